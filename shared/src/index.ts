@@ -1,0 +1,7 @@
+export * from './keys.ts'
+export * from './errors.ts'
+export * from './limits.ts'
+export * from './ip.ts'
+export * from './annotations.ts'
+export * from './intent.ts'
+export * from './render.ts'

@@ -1,0 +1,260 @@
+// The interception intent, schema v1: what the webhook writes into the pod and the CNI
+// programs. Strict both ways: the parser accepts exactly the documented shape, and the
+// serializer writes one canonical spelling (sorted, compact, fixed key order).
+import { ValidationError } from './errors.ts'
+import { cidrsOverlap, compareCidrs, formatAddress, formatCidr, parseAddress, parseCidr, type Cidr } from './ip.ts'
+import { ANNOTATION_INTERCEPTION } from './keys.ts'
+import { LIMITS } from './limits.ts'
+import { parsePort, type Proto } from './annotations.ts'
+
+export const INTENT_VERSION = 1
+
+export interface DnatEntry {
+  /** Canonical address the app dials (from the pod's hostAliases). */
+  dst: string
+  proto: Proto
+  port: number
+  /** Local proxy port (the sidecar's listener on 127.0.0.1). */
+  to: number
+}
+
+interface IntentBase {
+  v: 1
+  /** The sidecar's uid: its own traffic is never captured. */
+  uid: number
+  /** Ports only reachable through `lo`. */
+  fence: number[]
+}
+
+export interface ProxyIntent extends IntentBase {
+  mode: 'proxy'
+  dnat: DnatEntry[]
+}
+
+export interface TproxyIntent extends IntentBase {
+  mode: 'tproxy'
+  cidrs: string[]
+  proto: Proto[]
+  /** Catch-all transparent listener port. */
+  to: number
+  /** DNS capture port; undefined disables DNS capture. */
+  dns: number | undefined
+  excludeCidrs: string[]
+  /** "22" or "8000-8100". */
+  excludePorts: string[]
+}
+
+export type Intent = ProxyIntent | TproxyIntent
+
+const KEYS = {
+  proxy: ['v', 'mode', 'uid', 'dnat', 'fence'],
+  tproxy: ['v', 'mode', 'uid', 'cidrs', 'proto', 'to', 'dns', 'excludeCidrs', 'excludePorts', 'fence'],
+} as const
+const DNAT_KEYS = ['dst', 'proto', 'port', 'to'] as const
+const MAX_UID = 2147483647
+
+class Checker {
+  fail(path: string, problem: string): never {
+    throw new ValidationError(ANNOTATION_INTERCEPTION, `field ${path}: ${problem}`)
+  }
+
+  object(path: string, v: unknown, allowed: readonly string[], required: readonly string[]): Record<string, unknown> {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) this.fail(path, 'must be an object')
+    const o = v as Record<string, unknown>
+    for (const k of Object.keys(o)) {
+      if (!allowed.includes(k)) this.fail(path === '$' ? JSON.stringify(k) : `${path}.${k}`, 'unknown field')
+    }
+    for (const k of required) if (!(k in o)) this.fail(path === '$' ? k : `${path}.${k}`, 'is required')
+    return o
+  }
+
+  array(path: string, v: unknown, min: number, max: number): unknown[] {
+    if (!Array.isArray(v)) this.fail(path, 'must be an array')
+    if (v.length < min) this.fail(path, `must have at least ${min} entr${min === 1 ? 'y' : 'ies'}`)
+    if (v.length > max) this.fail(path, `has ${v.length} entries, more than the limit of ${max}`)
+    return v
+  }
+
+  integer(path: string, v: unknown, min: number, max: number): number {
+    if (typeof v !== 'number' || !Number.isInteger(v)) this.fail(path, 'must be an integer')
+    if (v < min || v > max) this.fail(path, `${v} is out of range ${min}-${max}`)
+    return v
+  }
+
+  port(path: string, v: unknown): number {
+    return this.integer(path, v, 1, 65535)
+  }
+
+  proto(path: string, v: unknown): Proto {
+    if (v !== 'tcp' && v !== 'udp') this.fail(path, 'must be "tcp" or "udp"')
+    return v
+  }
+
+  string(path: string, v: unknown): string {
+    if (typeof v !== 'string') this.fail(path, 'must be a string')
+    return v
+  }
+
+  address(path: string, v: unknown): string {
+    const s = this.string(path, v)
+    const a = parseAddress(s)
+    if (typeof a === 'string') this.fail(path, a)
+    const canon = formatAddress(a)
+    if (canon !== s) this.fail(path, `"${s}" is not canonical (expected "${canon}")`)
+    return s
+  }
+
+  cidrs(path: string, v: unknown, min: number, max: number, disjoint: boolean): string[] {
+    const list = this.array(path, v, min, max).map((x, i): [Cidr, string] => {
+      const s = this.string(`${path}[${i}]`, x)
+      const c = parseCidr(s, false)
+      if (typeof c === 'string') this.fail(`${path}[${i}]`, c)
+      if (formatCidr(c) !== s) this.fail(`${path}[${i}]`, `"${s}" is not canonical (expected "${formatCidr(c)}")`)
+      return [c, s]
+    })
+    const sorted = [...list].sort((a, b) => compareCidrs(a[0], b[0]))
+    for (let i = 1; i < sorted.length; i++) {
+      const [prev, cur] = [sorted[i - 1]!, sorted[i]!]
+      if (compareCidrs(prev[0], cur[0]) === 0) this.fail(path, `${cur[1]} is listed twice`)
+      if (disjoint && cidrsOverlap(prev[0], cur[0])) this.fail(path, `${prev[1]} and ${cur[1]} overlap`)
+    }
+    return sorted.map(([, s]) => s)
+  }
+
+  ports(path: string, v: unknown, min: number, max: number): number[] {
+    const list = this.array(path, v, min, max).map((x, i) => this.port(`${path}[${i}]`, x))
+    const sorted = [...list].sort((a, b) => a - b)
+    sorted.forEach((p, i) => { if (i > 0 && sorted[i - 1] === p) this.fail(path, `port ${p} is listed twice`) })
+    return sorted
+  }
+
+  portRanges(path: string, v: unknown): string[] {
+    const list = this.array(path, v, 0, LIMITS.excludePorts).map((x, i) => {
+      const at = `${path}[${i}]`
+      const s = this.string(at, x)
+      const m = /^([0-9]{1,5})(?:-([0-9]{1,5}))?$/.exec(s)
+      if (!m) this.fail(at, `"${s}" is not a port or a range "from-to"`)
+      const from = parsePort(m[1]!)
+      const to = m[2] === undefined ? from : parsePort(m[2])
+      if (typeof from === 'string') this.fail(at, from)
+      if (typeof to === 'string') this.fail(at, to)
+      if (to < from) this.fail(at, `range ${s} is reversed`)
+      const canon = from === to ? String(from) : `${from}-${to}`
+      if (canon !== s) this.fail(at, `"${s}" is not canonical (expected "${canon}")`)
+      return { from, to, s }
+    })
+    const sorted = [...list].sort((a, b) => a.from - b.from || a.to - b.to)
+    for (let i = 1; i < sorted.length; i++) {
+      if (sorted[i]!.from <= sorted[i - 1]!.to) this.fail(path, `${sorted[i - 1]!.s} and ${sorted[i]!.s} overlap`)
+    }
+    return sorted.map((r) => r.s)
+  }
+}
+
+/** Validates a decoded JSON value against schema v1; returns the canonical (sorted) intent. */
+export function validateIntent(value: unknown): Intent {
+  const c = new Checker()
+  const top = c.object('$', value, [...KEYS.tproxy, ...KEYS.proxy], ['v', 'mode'])
+  if (top.v !== INTENT_VERSION) {
+    c.fail('v', `unsupported intent version ${JSON.stringify(top.v)} (this build understands ${INTENT_VERSION})`)
+  }
+  if (top.mode !== 'proxy' && top.mode !== 'tproxy') c.fail('mode', 'must be "proxy" or "tproxy"')
+  const mode = top.mode as Intent['mode']
+  const required = mode === 'proxy' ? ['uid', 'dnat', 'fence'] : ['uid', 'cidrs', 'proto', 'to', 'fence']
+  const o = c.object('$', value, KEYS[mode], required)
+  const uid = c.integer('uid', o.uid, 1, MAX_UID)
+  const fence = c.ports('fence', o.fence, 1, LIMITS.fence)
+  const fenced = (path: string, port: number) => {
+    if (!fence.includes(port)) c.fail(path, `listener port ${port} is not in fence`)
+  }
+
+  if (mode === 'proxy') {
+    const seen = new Set<string>()
+    const dnat = c.array('dnat', o.dnat, 1, LIMITS.services).map((x, i): DnatEntry => {
+      const at = `dnat[${i}]`
+      const e = c.object(at, x, DNAT_KEYS, DNAT_KEYS)
+      const entry = {
+        dst: c.address(`${at}.dst`, e.dst),
+        proto: c.proto(`${at}.proto`, e.proto),
+        port: c.port(`${at}.port`, e.port),
+        to: c.port(`${at}.to`, e.to),
+      }
+      const id = `${entry.dst} ${entry.proto} ${entry.port}`
+      if (seen.has(id)) c.fail(at, `${entry.dst}:${entry.port}/${entry.proto} is mapped twice`)
+      seen.add(id)
+      fenced(`${at}.to`, entry.to)
+      return entry
+    })
+    dnat.sort(compareDnat)
+    return { v: 1, mode, uid, dnat, fence }
+  }
+
+  const proto = c.array('proto', o.proto, 1, 2).map((p, i) => c.proto(`proto[${i}]`, p))
+  if (new Set(proto).size !== proto.length) c.fail('proto', 'lists a protocol twice')
+  proto.sort()
+  const to = c.port('to', o.to)
+  fenced('to', to)
+  const dns = o.dns === undefined ? undefined : c.port('dns', o.dns)
+  if (dns !== undefined) {
+    fenced('dns', dns)
+    if (dns === to) c.fail('dns', `must differ from the catch-all port ${to}`)
+  }
+  return {
+    v: 1,
+    mode,
+    uid,
+    cidrs: c.cidrs('cidrs', o.cidrs, 1, LIMITS.cidrs, true),
+    proto,
+    to,
+    dns,
+    excludeCidrs: o.excludeCidrs === undefined ? [] : c.cidrs('excludeCidrs', o.excludeCidrs, 0, LIMITS.excludeCidrs, false),
+    excludePorts: o.excludePorts === undefined ? [] : c.portRanges('excludePorts', o.excludePorts),
+    fence,
+  }
+}
+
+function compareDnat(a: DnatEntry, b: DnatEntry): number {
+  const fa = parseAddress(a.dst) as { family: number; value: bigint }
+  const fb = parseAddress(b.dst) as { family: number; value: bigint }
+  if (fa.family !== fb.family) return fa.family - fb.family
+  if (fa.value !== fb.value) return fa.value < fb.value ? -1 : 1
+  if (a.proto !== b.proto) return a.proto < b.proto ? -1 : 1
+  return a.port - b.port
+}
+
+/** Parses the annotation value. Size is checked before JSON.parse ever sees it. */
+export function parseIntent(text: string): Intent {
+  if (typeof text !== 'string') throw new ValidationError(ANNOTATION_INTERCEPTION, 'must be a string')
+  if (text.length > LIMITS.annotationBytes) {
+    throw new ValidationError(ANNOTATION_INTERCEPTION, `value is ${text.length} bytes, more than the limit of ${LIMITS.annotationBytes}`)
+  }
+  let decoded: unknown
+  try {
+    decoded = JSON.parse(text)
+  } catch (e) {
+    throw new ValidationError(ANNOTATION_INTERCEPTION, `not valid JSON (${(e as Error).message})`)
+  }
+  return validateIntent(decoded)
+}
+
+/** Canonical compact JSON: validated, sorted, fixed key order, empty optionals omitted. */
+export function serializeIntent(intent: Intent): string {
+  const i = validateIntent(intent)
+  if (i.mode === 'proxy') {
+    return JSON.stringify({
+      v: i.v, mode: i.mode, uid: i.uid,
+      dnat: i.dnat.map((d) => ({ dst: d.dst, proto: d.proto, port: d.port, to: d.to })),
+      fence: i.fence,
+    })
+  }
+  const out: Record<string, unknown> = { v: i.v, mode: i.mode, uid: i.uid, cidrs: i.cidrs, proto: i.proto, to: i.to }
+  if (i.dns !== undefined) out.dns = i.dns
+  if (i.excludeCidrs.length > 0) out.excludeCidrs = i.excludeCidrs
+  if (i.excludePorts.length > 0) out.excludePorts = i.excludePorts
+  out.fence = i.fence
+  const text = JSON.stringify(out)
+  if (text.length > LIMITS.annotationBytes) {
+    throw new ValidationError(ANNOTATION_INTERCEPTION, `serialized intent is ${text.length} bytes, more than the limit of ${LIMITS.annotationBytes}`)
+  }
+  return text
+}

@@ -1,0 +1,51 @@
+// Every label and annotation key of the interception contract, in one place.
+// The README's reference section documents each of them.
+
+export const DOMAIN = 'cni.openziti.io'
+
+/** Namespace label (opt in) and pod label (override): `enabled` | `disabled`. */
+export const LABEL_INJECT = `${DOMAIN}/inject`
+
+/** User-written pod annotations. */
+export const ANNOTATION_IDENTITY_SECRET = `${DOMAIN}/identity-secret`
+export const ANNOTATION_ENROLLMENT_SECRET = `${DOMAIN}/enrollment-secret`
+export const ANNOTATION_MODE = `${DOMAIN}/mode`
+export const ANNOTATION_SERVICES = `${DOMAIN}/services`
+export const ANNOTATION_INTERCEPT_CIDRS = `${DOMAIN}/intercept-cidrs`
+export const ANNOTATION_EXCLUDE_CIDRS = `${DOMAIN}/exclude-cidrs`
+export const ANNOTATION_EXCLUDE_PORTS = `${DOMAIN}/exclude-ports`
+export const ANNOTATION_DNS_CAPTURE = `${DOMAIN}/dns-capture`
+
+/** Webhook-owned pod annotations (a user-supplied value is replaced). */
+export const ANNOTATION_INTERCEPTION = `${DOMAIN}/interception`
+export const ANNOTATION_STATUS = `${DOMAIN}/status`
+
+export const USER_ANNOTATIONS = [
+  ANNOTATION_IDENTITY_SECRET,
+  ANNOTATION_ENROLLMENT_SECRET,
+  ANNOTATION_MODE,
+  ANNOTATION_SERVICES,
+  ANNOTATION_INTERCEPT_CIDRS,
+  ANNOTATION_EXCLUDE_CIDRS,
+  ANNOTATION_EXCLUDE_PORTS,
+  ANNOTATION_DNS_CAPTURE,
+] as const
+
+/** Name of the injected sidecar container and its volume. */
+export const SIDECAR_NAME = 'ziti-tunnel'
+export const SIDECAR_VOLUME = 'ziti-identity'
+
+/** The nftables table the CNI owns inside a pod netns. It is replaced as a whole. */
+export const NFT_TABLE = 'ziti_cni'
+export const NFT_FAMILY = 'inet'
+
+/**
+ * tproxy mode steers marked packets back into the stack through `lo` with a policy route.
+ * Mark and table are fixed by the contract so DEL and CHECK can find them without state.
+ */
+export const TPROXY_FWMARK = 0x2a1
+export const TPROXY_ROUTE_TABLE = 2171
+export const TPROXY_RULE_PRIORITY = 32000
+
+/** Default Ziti DNS range; the tunnelers allocate service IPs from it (first one 100.64.0.2). */
+export const ZITI_DNS_RANGE = '100.64.0.0/10'

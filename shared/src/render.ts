@@ -1,0 +1,154 @@
+// The pure renderer: intent in, the exact `nft -f` transaction and policy-routing state out.
+// Same intent, same bytes. The transaction creates-then-deletes the table before defining
+// it, so applying it replaces whatever was there in one atomic step (nft 1.0.6 has no
+// `destroy`).
+import { parseCidr, type Cidr } from './ip.ts'
+import type { Intent, ProxyIntent, TproxyIntent } from './intent.ts'
+import { NFT_FAMILY, NFT_TABLE, TPROXY_FWMARK, TPROXY_ROUTE_TABLE, TPROXY_RULE_PRIORITY } from './keys.ts'
+import { parseAddress } from './ip.ts'
+
+export interface RouteSpec {
+  family: 4 | 6
+  /** Always `local default dev lo`: marked packets loop back into PREROUTING. */
+  table: number
+}
+
+export interface RuleSpec {
+  family: 4 | 6
+  fwmark: number
+  table: number
+  priority: number
+}
+
+export interface Plan {
+  mode: Intent['mode']
+  /** One `nft -f -` transaction that replaces the table. */
+  nft: string
+  routes: RouteSpec[]
+  rules: RuleSpec[]
+}
+
+const MARK = `0x${TPROXY_FWMARK.toString(16).padStart(8, '0')}`
+const TABLE_REF = `${NFT_FAMILY} ${NFT_TABLE}`
+
+/** The transaction that removes the table (and only it) if present. */
+export function renderDeleteTable(): string {
+  return `table ${TABLE_REF}\ndelete table ${TABLE_REF}\n`
+}
+
+export function renderPlan(intent: Intent): Plan {
+  return intent.mode === 'proxy' ? renderProxy(intent) : renderTproxy(intent)
+}
+
+/** Route/rule state as `ip` argv (no shell), for the agent and for humans. */
+export function ipCommands(plan: Pick<Plan, 'routes' | 'rules'>): string[][] {
+  return [
+    ...plan.routes.map((r) => [`-${r.family}`, 'route', 'replace', 'local', r.family === 4 ? '0.0.0.0/0' : '::/0', 'dev', 'lo', 'table', String(r.table)]),
+    ...plan.rules.map((r) => [`-${r.family}`, 'rule', 'add', 'fwmark', `0x${r.fwmark.toString(16)}`, 'lookup', String(r.table), 'priority', String(r.priority)]),
+  ]
+}
+
+class Writer {
+  private lines: string[] = [`table ${TABLE_REF}`, `delete table ${TABLE_REF}`, `table ${TABLE_REF} {`]
+  block(head: string, body: string[]): void {
+    this.lines.push(`\t${head} {`, ...body.map((l) => `\t\t${l}`), '\t}')
+  }
+  set(name: string, type: string, elements: string[], interval = false): void {
+    const body = [`type ${type}`]
+    if (interval) body.push('flags interval')
+    body.push(...elementLines(elements))
+    this.block(`set ${name}`, body)
+  }
+  done(): string {
+    return [...this.lines, '}', ''].join('\n')
+  }
+}
+
+/** One element per line keeps golden diffs readable even with 10,000 CIDRs. */
+function elementLines(elements: string[]): string[] {
+  if (elements.length === 1) return [`elements = { ${elements[0]} }`]
+  return [`elements = {`, ...elements.map((e, i) => `\t${e}${i < elements.length - 1 ? ',' : ''}`), '}']
+}
+
+function fenceBlock(w: Writer, fence: number[]): void {
+  w.set('fence', 'inet_service', fence.map(String))
+  // The sidecar's listeners bind 0.0.0.0; only this pod (via lo) may reach them.
+  w.block('chain fence_input', [
+    'type filter hook input priority filter; policy accept;',
+    'iifname != "lo" meta l4proto { tcp, udp } th dport @fence drop',
+  ])
+}
+
+function renderProxy(intent: ProxyIntent): Plan {
+  const w = new Writer()
+  const byFamily = (f: 4 | 6) =>
+    intent.dnat
+      .filter((d) => (parseAddress(d.dst) as { family: number }).family === f)
+      .map((d) => `${d.dst} . ${d.proto} . ${d.port} : ${d.to}`)
+  const v4 = byFamily(4)
+  const v6 = byFamily(6)
+  if (v4.length) w.block('map dnat4', ['type ipv4_addr . inet_proto . inet_service : inet_service', ...elementLines(v4)])
+  if (v6.length) w.block('map dnat6', ['type ipv6_addr . inet_proto . inet_service : inet_service', ...elementLines(v6)])
+  const rules = ['type nat hook output priority -100; policy accept;', `meta skuid ${intent.uid} return`]
+  if (v4.length) rules.push('meta nfproto ipv4 meta l4proto { tcp, udp } dnat ip to 127.0.0.1 : ip daddr . meta l4proto . th dport map @dnat4')
+  if (v6.length) rules.push('meta nfproto ipv6 meta l4proto { tcp, udp } dnat ip6 to [::1] : ip6 daddr . meta l4proto . th dport map @dnat6')
+  w.block('chain proxy_output', rules)
+  fenceBlock(w, intent.fence)
+  return { mode: 'proxy', nft: w.done(), routes: [], rules: [] }
+}
+
+function splitFamilies(cidrs: string[]): Record<4 | 6, string[]> {
+  const out: Record<4 | 6, string[]> = { 4: [], 6: [] }
+  for (const s of cidrs) out[(parseCidr(s) as Cidr).family].push(s)
+  return out
+}
+
+function renderTproxy(intent: TproxyIntent): Plan {
+  const w = new Writer()
+  const intercept = splitFamilies(intent.cidrs)
+  const exclude = splitFamilies(intent.excludeCidrs)
+  const families = ([4, 6] as const).filter((f) => intercept[f].length > 0)
+  const ipOf = (f: 4 | 6) => (f === 4 ? 'ip' : 'ip6')
+  for (const f of families) w.set(`intercept${f}`, f === 4 ? 'ipv4_addr' : 'ipv6_addr', intercept[f], true)
+  for (const f of families) if (exclude[f].length) w.set(`exclude${f}`, f === 4 ? 'ipv4_addr' : 'ipv6_addr', exclude[f], true)
+  if (intent.excludePorts.length) w.set('exclude_ports', 'inet_service', intent.excludePorts, true)
+  const protos = `{ ${intent.proto.join(', ')} }`
+
+  // Mark what the app sends to an intercepted address; the route chain re-routes marked
+  // packets through the policy table (local default dev lo) so they re-enter on lo.
+  const steer = [
+    'type route hook output priority mangle; policy accept;',
+    `meta skuid ${intent.uid} return`,
+    `meta l4proto != ${protos} return`,
+  ]
+  if (intent.dns !== undefined) steer.push('th dport 53 return')
+  if (intent.excludePorts.length) steer.push('th dport @exclude_ports return')
+  for (const f of families) if (exclude[f].length) steer.push(`${ipOf(f)} daddr @exclude${f} return`)
+  for (const f of families) steer.push(`${ipOf(f)} daddr @intercept${f} meta mark set ${MARK}`)
+  w.block('chain steer_output', steer)
+
+  const divert = ['type filter hook prerouting priority mangle; policy accept;']
+  for (const f of families) {
+    for (const p of intent.proto) {
+      const local = f === 4 ? '127.0.0.1' : '[::1]'
+      divert.push(`iifname "lo" meta mark ${MARK} meta nfproto ipv${f} meta l4proto ${p} tproxy ${ipOf(f)} to ${local}:${intent.to} accept`)
+    }
+  }
+  w.block('chain divert_prerouting', divert)
+
+  if (intent.dns !== undefined) {
+    w.block('chain dns_output', [
+      'type nat hook output priority -100; policy accept;',
+      `meta skuid ${intent.uid} return`,
+      `meta nfproto ipv4 meta l4proto { tcp, udp } th dport 53 dnat ip to 127.0.0.1:${intent.dns}`,
+      `meta nfproto ipv6 meta l4proto { tcp, udp } th dport 53 dnat ip6 to [::1]:${intent.dns}`,
+    ])
+  }
+  fenceBlock(w, intent.fence)
+  return {
+    mode: 'tproxy',
+    nft: w.done(),
+    routes: families.map((family) => ({ family, table: TPROXY_ROUTE_TABLE })),
+    rules: families.map((family) => ({ family, fwmark: TPROXY_FWMARK, table: TPROXY_ROUTE_TABLE, priority: TPROXY_RULE_PRIORITY })),
+  }
+}

@@ -1,0 +1,62 @@
+import t from 'tap'
+import { LIMITS, ValidationError, parseIntent, serializeIntent, validateIntent } from '../src/index.ts'
+import { FIXTURES } from './fixtures.ts'
+
+const message = (fn: () => unknown): string => {
+  try { fn() } catch (e) {
+    if (e instanceof ValidationError) return e.message
+    throw e
+  }
+  throw new Error('expected a ValidationError')
+}
+
+t.test('the design card examples parse and serialize canonically', async (t) => {
+  const proxy = '{"v":1,"mode":"proxy","uid":2171,"dnat":[{"dst":"100.64.0.2","proto":"tcp","port":5432,"to":15100}],"fence":[15100]}'
+  t.equal(serializeIntent(parseIntent(proxy)), proxy)
+  const tproxy = '{"v":1,"mode":"tproxy","uid":2171,"cidrs":["100.64.0.0/10"],"proto":["tcp","udp"],"to":15001,"dns":15053,"fence":[15001,15053]}'
+  t.equal(serializeIntent(parseIntent(tproxy)), tproxy)
+})
+
+t.test('serialization is canonical: order and spelling are fixed', async (t) => {
+  const shuffled = '{"fence":[15101,15100],"dnat":[{"to":15101,"port":443,"proto":"tcp","dst":"100.64.0.3"},{"dst":"100.64.0.2","proto":"tcp","port":5432,"to":15100}],"uid":2171,"mode":"proxy","v":1}'
+  t.equal(serializeIntent(parseIntent(shuffled)), serializeIntent(FIXTURES['proxy-two-services']!))
+  for (const [name, intent] of Object.entries(FIXTURES)) {
+    const wire = serializeIntent(intent)
+    t.equal(serializeIntent(parseIntent(wire)), wire, `${name} round-trips`)
+  }
+})
+
+t.test('everything else is refused with the field and the problem', async (t) => {
+  const p = (o: object) => message(() => validateIntent(o))
+  const proxy = { v: 1, mode: 'proxy', uid: 2171, dnat: [{ dst: '100.64.0.2', proto: 'tcp', port: 5432, to: 15100 }], fence: [15100] }
+  const tproxy = { v: 1, mode: 'tproxy', uid: 2171, cidrs: ['100.64.0.0/10'], proto: ['tcp'], to: 15001, fence: [15001] }
+  const K = 'cni.openziti.io/interception'
+  t.equal(p({ ...proxy, v: 2 }), `${K}: field v: unsupported intent version 2 (this build understands 1)`)
+  t.equal(p({ ...proxy, extra: true }), `${K}: field "extra": unknown field`)
+  t.equal(p({ ...proxy, cidrs: [] }), `${K}: field "cidrs": unknown field`)
+  t.equal(p({ ...proxy, mode: 'tun' }), `${K}: field mode: must be "proxy" or "tproxy"`)
+  t.equal(p({ ...proxy, uid: 0 }), `${K}: field uid: 0 is out of range 1-2147483647`)
+  t.equal(p({ ...proxy, uid: 1.5 }), `${K}: field uid: must be an integer`)
+  t.equal(p({ ...proxy, uid: '2171' }), `${K}: field uid: must be an integer`)
+  t.equal(p({ ...proxy, fence: [] }), `${K}: field fence: must have at least 1 entry`)
+  t.equal(p({ ...proxy, fence: [15101] }), `${K}: field dnat[0].to: listener port 15100 is not in fence`)
+  t.equal(p({ ...proxy, dnat: [{ ...proxy.dnat[0], port: 99999 }] }), `${K}: field dnat[0].port: 99999 is out of range 1-65535`)
+  t.equal(p({ ...proxy, dnat: [{ ...proxy.dnat[0], dst: '100.064.0.2' }] }), `${K}: field dnat[0].dst: "100.064.0.2" is not an IPv4 address`)
+  t.equal(p({ ...proxy, dnat: [{ ...proxy.dnat[0], dst: 'FD00::2' }] }), `${K}: field dnat[0].dst: "FD00::2" is not canonical (expected "fd00::2")`)
+  t.equal(p({ ...proxy, dnat: [{ ...proxy.dnat[0], extra: 1 }] }), `${K}: field dnat[0].extra: unknown field`)
+  t.equal(p({ ...proxy, dnat: [proxy.dnat[0], proxy.dnat[0]] }), `${K}: field dnat[1]: 100.64.0.2:5432/tcp is mapped twice`)
+  t.equal(p({ ...tproxy, cidrs: ['100.64.0.0/10', '100.64.0.0/16'] }), `${K}: field cidrs: 100.64.0.0/10 and 100.64.0.0/16 overlap`)
+  t.equal(p({ ...tproxy, cidrs: ['100.64.0.1/10'] }), `${K}: field cidrs[0]: host bits are set (did you mean 100.64.0.0/10?)`)
+  t.equal(p({ ...tproxy, cidrs: ['100.64.0.1'] }), `${K}: field cidrs[0]: missing prefix length (write it as address/length)`)
+  t.equal(p({ ...tproxy, cidrs: [] }), `${K}: field cidrs: must have at least 1 entry`)
+  t.equal(p({ ...tproxy, proto: ['tcp', 'tcp'] }), `${K}: field proto: lists a protocol twice`)
+  t.equal(p({ ...tproxy, dns: 15001 }), `${K}: field dns: must differ from the catch-all port 15001`)
+  t.equal(p({ ...tproxy, dns: 15053 }), `${K}: field dns: listener port 15053 is not in fence`)
+  t.equal(p({ ...tproxy, excludePorts: ['8100-8000'] }), `${K}: field excludePorts[0]: range 8100-8000 is reversed`)
+  t.equal(p({ ...tproxy, excludePorts: ['22', '20-30'] }), `${K}: field excludePorts: 20-30 and 22 overlap`)
+  t.equal(p({ ...tproxy, excludePorts: ['022'] }), `${K}: field excludePorts[0]: "022" is not canonical (expected "22")`)
+  t.equal(p({ ...tproxy, cidrs: Array.from({ length: LIMITS.cidrs + 1 }, (_, i) => `10.0.0.${i}/32`) }), `${K}: field cidrs: has ${LIMITS.cidrs + 1} entries, more than the limit of ${LIMITS.cidrs}`)
+  t.equal(p([]), `${K}: field $: must be an object`)
+  t.equal(message(() => parseIntent('{"v":1,')), `${K}: not valid JSON (Expected double-quoted property name in JSON at position 7 (line 1 column 8))`)
+  t.equal(message(() => parseIntent('x'.repeat(LIMITS.annotationBytes + 1))), `${K}: value is ${LIMITS.annotationBytes + 1} bytes, more than the limit of ${LIMITS.annotationBytes}`)
+})
