@@ -1,0 +1,120 @@
+// Command-line flags of the node agent: every path and endpoint, with defaults that match
+// the DaemonSet's hostPath mounts (host paths are mounted at the same paths in the container).
+import { parseArgs } from 'node:util'
+
+export interface AgentFlags {
+  command: 'run' | 'uninstall'
+  nodeName: string
+  kubeconfig: string | undefined
+  socket: string
+  stateDir: string
+  cniBinDir: string
+  cniConfDir: string
+  pluginBinary: string
+  pluginKubeconfig: string
+  pluginLogFile: string | undefined
+  pluginTimeoutSeconds: number
+  tokenFile: string
+  caFile: string
+  apiServer: string | undefined
+  healthAddr: { host: string; port: number }
+  logLevel: string
+  checkIntervalMs: number
+  lookupDeadlineMs: number
+  uninstallOnExit: boolean
+  install: boolean
+  hostNetns: string
+}
+
+export const USAGE = `usage: ziti-cni-agent [run|uninstall] [flags]
+
+  --node-name NAME            this node (env NODE_NAME); the pod cache watches spec.nodeName=NAME
+  --kubeconfig PATH           the agent's own kubeconfig (default: in-cluster service account)
+  --socket PATH               unix socket for the CNI executable (default /var/run/ziti-cni/agent.sock)
+  --state-dir PATH            per-attachment state (default /var/run/ziti-cni/state)
+  --cni-bin-dir PATH          where the executable is installed (default /opt/cni/bin)
+  --cni-conf-dir PATH         where the primary conflist lives (default /etc/cni/net.d)
+  --plugin-binary PATH        the ziti-cni executable to install (default /opt/ziti-cni/ziti-cni)
+  --plugin-kubeconfig PATH    kubeconfig written for the executable (default /etc/cni/net.d/ziti-cni.d/ziti-cni.kubeconfig)
+  --plugin-log-file PATH      log file for the executable (default: its stderr)
+  --plugin-timeout SECONDS    the executable's bound on each call (default 10)
+  --token-file PATH           service-account token (default /var/run/secrets/kubernetes.io/serviceaccount/token)
+  --ca-file PATH              API server CA (default /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)
+  --api-server URL            API server for the executable (default https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)
+  --health-addr HOST:PORT     /healthz, /readyz, /metrics (default 127.0.0.1:9107)
+  --log-level LEVEL           trace|debug|info|warn|error (default info)
+  --check-interval SECONDS    periodic conflist/token check (default 10)
+  --lookup-deadline SECONDS   total time for a pod lookup with retries (default 8)
+  --uninstall-on-exit         remove the conflist entry, kubeconfig and executable on SIGTERM
+  --no-install                serve only; do not run the installer
+  --host-netns PATH           the namespace never to program (default /proc/self/ns/net)
+`
+
+export class FlagError extends Error {
+  override readonly name = 'FlagError'
+}
+
+function seconds(name: string, v: string): number {
+  const n = Number(v)
+  if (!Number.isFinite(n) || n <= 0) throw new FlagError(`--${name}: ${JSON.stringify(v)} is not a positive number of seconds`)
+  return n
+}
+
+export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
+  let parsed
+  try {
+    parsed = parseArgs({
+      args: argv, allowPositionals: true, strict: true,
+      options: {
+        'node-name': { type: 'string' }, kubeconfig: { type: 'string' }, socket: { type: 'string' },
+        'state-dir': { type: 'string' }, 'cni-bin-dir': { type: 'string' }, 'cni-conf-dir': { type: 'string' },
+        'plugin-binary': { type: 'string' }, 'plugin-kubeconfig': { type: 'string' }, 'plugin-log-file': { type: 'string' },
+        'plugin-timeout': { type: 'string' }, 'token-file': { type: 'string' }, 'ca-file': { type: 'string' },
+        'api-server': { type: 'string' }, 'health-addr': { type: 'string' }, 'log-level': { type: 'string' },
+        'check-interval': { type: 'string' }, 'lookup-deadline': { type: 'string' },
+        'uninstall-on-exit': { type: 'boolean' }, 'no-install': { type: 'boolean' }, 'host-netns': { type: 'string' },
+        help: { type: 'boolean' },
+      },
+    })
+  } catch (e) {
+    throw new FlagError((e as Error).message)
+  }
+  const v = parsed.values
+  if (v.help) throw new FlagError('help requested')
+  const command = (parsed.positionals[0] ?? 'run') as AgentFlags['command']
+  if (command !== 'run' && command !== 'uninstall') throw new FlagError(`unknown command ${JSON.stringify(command)}`)
+  const nodeName = v['node-name'] ?? env.NODE_NAME ?? ''
+  if (command === 'run' && !nodeName) throw new FlagError('--node-name (or env NODE_NAME) is required')
+  const health = v['health-addr'] ?? '127.0.0.1:9107'
+  const m = /^(.*):([0-9]{1,5})$/.exec(health)
+  if (!m || Number(m[2]) > 65535) throw new FlagError(`--health-addr: ${JSON.stringify(health)} is not HOST:PORT`)
+  const level = v['log-level'] ?? 'info'
+  if (!['trace', 'debug', 'info', 'warn', 'error'].includes(level)) throw new FlagError(`--log-level: unknown level ${JSON.stringify(level)}`)
+  const sa = '/var/run/secrets/kubernetes.io/serviceaccount'
+  const lookupDeadline = seconds('lookup-deadline', v['lookup-deadline'] ?? '8')
+  const pluginTimeout = seconds('plugin-timeout', v['plugin-timeout'] ?? '10')
+  if (lookupDeadline >= pluginTimeout) throw new FlagError(`--lookup-deadline (${lookupDeadline}s) must be shorter than --plugin-timeout (${pluginTimeout}s)`)
+  return {
+    command,
+    nodeName,
+    kubeconfig: v.kubeconfig ?? env.KUBECONFIG,
+    socket: v.socket ?? '/var/run/ziti-cni/agent.sock',
+    stateDir: v['state-dir'] ?? '/var/run/ziti-cni/state',
+    cniBinDir: v['cni-bin-dir'] ?? '/opt/cni/bin',
+    cniConfDir: v['cni-conf-dir'] ?? '/etc/cni/net.d',
+    pluginBinary: v['plugin-binary'] ?? '/opt/ziti-cni/ziti-cni',
+    pluginKubeconfig: v['plugin-kubeconfig'] ?? '/etc/cni/net.d/ziti-cni.d/ziti-cni.kubeconfig',
+    pluginLogFile: v['plugin-log-file'],
+    pluginTimeoutSeconds: pluginTimeout,
+    tokenFile: v['token-file'] ?? `${sa}/token`,
+    caFile: v['ca-file'] ?? `${sa}/ca.crt`,
+    apiServer: v['api-server'],
+    healthAddr: { host: m[1] || '0.0.0.0', port: Number(m[2]) },
+    logLevel: level,
+    checkIntervalMs: seconds('check-interval', v['check-interval'] ?? '10') * 1000,
+    lookupDeadlineMs: lookupDeadline * 1000,
+    uninstallOnExit: v['uninstall-on-exit'] ?? false,
+    install: !(v['no-install'] ?? false),
+    hostNetns: v['host-netns'] ?? '/proc/self/ns/net',
+  }
+}

@@ -1,0 +1,106 @@
+// ziti-cni-agent: the node agent (DaemonSet). Serves the CNI executable, keeps the pod cache,
+// programs pod netns, and installs/guards the plugin on the node.
+import { KubeConfig } from '@kubernetes/client-node'
+import { chmodSync, mkdirSync, rmSync } from 'node:fs'
+import { dirname } from 'node:path'
+import { pino } from 'pino'
+import { PLUGIN_TYPE } from '../install/conflist.ts'
+import { inClusterServer } from '../install/kubeconfig.ts'
+import { Installer, uninstall } from '../install/installer.ts'
+import { FlagError, parseFlags, USAGE, type AgentFlags } from './flags.ts'
+import { createAgentMetrics } from './metrics.ts'
+import { createNetns } from './netns.ts'
+import { createPodSource } from './pods.ts'
+import { Programmer } from './programmer.ts'
+import { createCniServer, createHealthServer } from './server.ts'
+import { StateStore } from './state.ts'
+
+function pluginEntry(f: AgentFlags) {
+  return {
+    type: PLUGIN_TYPE,
+    agentSocket: f.socket,
+    kubeconfig: f.pluginKubeconfig,
+    timeoutSeconds: f.pluginTimeoutSeconds,
+    ...(f.pluginLogFile ? { logFile: f.pluginLogFile } : {}),
+  } as const
+}
+
+async function run(f: AgentFlags): Promise<void> {
+  const log = pino({ level: f.logLevel, base: { component: 'agent', node: f.nodeName } })
+  const metrics = createAgentMetrics()
+  const kc = new KubeConfig()
+  if (f.kubeconfig) kc.loadFromFile(f.kubeconfig)
+  else kc.loadFromCluster()
+  const pods = createPodSource(kc, f.nodeName, log, { onLookup: (source, outcome) => metrics.lookups.inc({ source, outcome }) })
+  const state = new StateStore(f.stateDir)
+  const netns = createNetns({ hostNetns: f.hostNetns, nsenter: 'nsenter', timeoutMs: 5000 })
+  const programmer = new Programmer({ netns, pods, state, log, lookupDeadlineMs: f.lookupDeadlineMs })
+
+  // Attachments whose netns vanished while we were away (pods deleted with the agent down).
+  for (const s of state.list()) {
+    if (!netns.exists(s.netns)) { state.delete(s.containerId, s.ifName); log.info({ containerId: s.containerId }, 'dropped state of a vanished attachment') }
+  }
+
+  const cni = createCniServer(programmer, metrics, log)
+  mkdirSync(dirname(f.socket), { recursive: true, mode: 0o700 })
+  rmSync(f.socket, { force: true })
+  await cni.listen({ path: f.socket })
+  chmodSync(f.socket, 0o600)
+
+  let installer: Installer | undefined
+  if (f.install) {
+    const apiServer = f.apiServer ?? inClusterServer(process.env)
+    if (!apiServer) throw new FlagError('--api-server is required outside a cluster (no KUBERNETES_SERVICE_HOST)')
+    installer = new Installer({
+      pluginSource: f.pluginBinary, cniBinDir: f.cniBinDir, cniConfDir: f.cniConfDir, pluginKubeconfig: f.pluginKubeconfig,
+      tokenFile: f.tokenFile, caFile: f.caFile, apiServer, entry: pluginEntry(f), checkIntervalMs: f.checkIntervalMs,
+      onReinsert: (primary) => metrics.reinserts.inc({ primary }),
+    }, log)
+    installer.start()
+  }
+
+  const health = createHealthServer({
+    live: () => true,
+    ready: () => {
+      metrics.cachedPods.set(pods.cachedCount())
+      if (installer && !installer.ready) return { ready: false, reason: 'no primary CNI config yet' }
+      if (!pods.synced()) return { ready: false, reason: 'pod cache not synced' }
+      return { ready: true, reason: '' }
+    },
+  }, metrics, log)
+  await health.listen({ host: f.healthAddr.host, port: f.healthAddr.port })
+  log.info({ socket: f.socket, health: `${f.healthAddr.host}:${f.healthAddr.port}` }, 'agent ready')
+
+  const shutdown = async (signal: string) => {
+    log.info({ signal }, 'shutting down: finishing in-flight requests')
+    installer?.stop()
+    await cni.close()
+    await health.close()
+    await pods.stop()
+    if (f.uninstallOnExit) for (const line of uninstall(f)) log.info(line)
+    rmSync(f.socket, { force: true })
+    process.exit(0)
+  }
+  process.once('SIGTERM', () => void shutdown('SIGTERM'))
+  process.once('SIGINT', () => void shutdown('SIGINT'))
+}
+
+async function main(): Promise<void> {
+  let flags: AgentFlags
+  try {
+    flags = parseFlags(process.argv.slice(2), process.env)
+  } catch (e) {
+    process.stderr.write(`${(e as Error).message}\n\n${USAGE}`)
+    process.exit(2)
+  }
+  if (flags.command === 'uninstall') {
+    for (const line of uninstall(flags)) process.stderr.write(`${line}\n`)
+    return
+  }
+  await run(flags)
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`ziti-cni-agent: ${(e as Error).stack ?? e}\n`)
+  process.exit(1)
+})

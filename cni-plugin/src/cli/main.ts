@@ -1,0 +1,87 @@
+// The admin CLI: `render` prints exactly what ADD would apply for a pod manifest; `inspect`
+// shows a live netns table and whether it matches the pod's intent. Same code as the agent.
+import { ANNOTATION_INTERCEPTION, NFT_FAMILY, NFT_TABLE, ValidationError, ipCommands, parseIntent, renderPlan } from '@ziti-cni/shared'
+import { readFileSync } from 'node:fs'
+import { parseArgs } from 'node:util'
+import { parse as parseYaml } from 'yaml'
+import { lineDiff } from '../agent/programmer.ts'
+import { createNetns } from '../agent/netns.ts'
+
+const USAGE = `usage:
+  ziti-cni render -f POD.yaml [--format nft|json]   print what ADD would apply (nft: pipe into nft -c -f -)
+  ziti-cni inspect --netns PATH [-f POD.yaml]       show the live table; with -f, compare it with the intent
+`
+
+class UsageError extends Error {}
+
+function readPodIntent(file: string): string {
+  const text = file === '-' ? readFileSync(0, 'utf8') : readFileSync(file, 'utf8')
+  let doc: unknown
+  try {
+    doc = parseYaml(text)
+  } catch (e) {
+    throw new UsageError(`${file}: not YAML or JSON: ${(e as Error).message}`)
+  }
+  const annotations = (doc as { metadata?: { annotations?: Record<string, unknown> } })?.metadata?.annotations ?? {}
+  const intent = annotations[ANNOTATION_INTERCEPTION]
+  if (intent === undefined) throw new UsageError(`${file}: the pod has no ${ANNOTATION_INTERCEPTION} annotation (run it through the webhook first: pnpm run inject -f ${file})`)
+  if (typeof intent !== 'string') throw new UsageError(`${file}: ${ANNOTATION_INTERCEPTION} must be a string`)
+  return intent
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv, allowPositionals: true, strict: true,
+    options: { file: { type: 'string', short: 'f' }, format: { type: 'string', default: 'json' }, netns: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+  })
+  const cmd = positionals[0]
+  if (values.help || !cmd) { process.stdout.write(USAGE); return values.help ? 0 : 2 }
+  if (cmd === 'render') {
+    if (!values.file) throw new UsageError('render needs -f POD.yaml')
+    if (values.format !== 'nft' && values.format !== 'json') throw new UsageError(`--format must be nft or json, not ${JSON.stringify(values.format)}`)
+    const plan = renderPlan(parseIntent(readPodIntent(values.file)))
+    if (values.format === 'nft') process.stdout.write(plan.nft)
+    else process.stdout.write(JSON.stringify({ ...plan, ip: ipCommands(plan).map((a) => ['ip', ...a]) }, null, 2) + '\n')
+    return 0
+  }
+  if (cmd === 'inspect') {
+    if (!values.netns) throw new UsageError('inspect needs --netns PATH')
+    const netns = createNetns({ hostNetns: '/proc/self/ns/net', nsenter: 'nsenter', timeoutMs: 5000 })
+    netns.assertPodNetns(values.netns)
+    const live = await netns.nft(values.netns, ['list', 'table', NFT_FAMILY, NFT_TABLE])
+    if (live.code !== 0) {
+      process.stdout.write(`no ${NFT_FAMILY} ${NFT_TABLE} table in ${values.netns}\n`)
+      return values.file ? 1 : 0
+    }
+    process.stdout.write(live.stdout)
+    if (!values.file) return 0
+    // Same judge as CHECK: load the rendered plan into a throwaway netns and compare listings.
+    const expected = await renderedListing(renderPlan(parseIntent(readPodIntent(values.file))).nft)
+    const diff = lineDiff(expected, live.stdout)
+    process.stdout.write(diff ? `\nDRIFT: live table differs from the pod's intent:\n${diff}\n` : '\nMATCH: live table equals the pod\'s intent\n')
+    return diff ? 1 : 0
+  }
+  throw new UsageError(`unknown command ${JSON.stringify(cmd)}`)
+}
+
+async function renderedListing(nft: string): Promise<string> {
+  const { execFileSync } = await import('node:child_process')
+  const name = `zcni-inspect-${process.pid}`
+  execFileSync('ip', ['netns', 'add', name])
+  try {
+    execFileSync('ip', ['netns', 'exec', name, 'nft', '-f', '-'], { input: nft })
+    return execFileSync('ip', ['netns', 'exec', name, 'nft', 'list', 'table', NFT_FAMILY, NFT_TABLE], { encoding: 'utf8' })
+  } finally {
+    execFileSync('ip', ['netns', 'del', name])
+  }
+}
+
+main(process.argv.slice(2)).then((code) => { process.exitCode = code }, (e: unknown) => {
+  if (e instanceof ValidationError || e instanceof UsageError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+    process.stderr.write(`ziti-cni: ${(e as Error).message}\n`)
+    process.exitCode = e instanceof UsageError || !(e instanceof ValidationError) ? 2 : 1
+  } else {
+    process.stderr.write(`ziti-cni: ${(e as Error).message}\n`)
+    process.exitCode = 1
+  }
+})

@@ -1,0 +1,35 @@
+// ziti-cni: the chained CNI executable. Thin: parse, ask the node agent, print the result.
+// stdout carries only the CNI result or error JSON; logs go to the log file or stderr.
+import { accessSync, constants } from 'node:fs'
+import { agentStatus, callAgent } from './agent-client.ts'
+import { readPod } from './pod-fallback.ts'
+import { createLogger } from './log.ts'
+import { runPlugin } from './run.ts'
+
+function readStdin(): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    process.stdin.on('data', (c: Buffer) => chunks.push(c))
+    process.stdin.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')))
+    process.stdin.on('error', reject)
+  })
+}
+
+async function main(): Promise<void> {
+  const stdin = process.env.CNI_COMMAND === 'VERSION' ? '' : await readStdin()
+  const out = await runPlugin(process.env, stdin, {
+    callAgent, agentStatus, readPod,
+    kubeconfigReadable: (p) => { try { accessSync(p, constants.R_OK); return true } catch { return false } },
+    logger: (req) => createLogger(
+      { plugin: 'ziti-cni', command: process.env.CNI_COMMAND, containerId: req?.containerId, pod: req?.pod ? `${req.pod.namespace}/${req.pod.name}` : undefined },
+      req?.conf.logFile,
+    ),
+  })
+  if (out.stdout !== undefined) process.stdout.write(JSON.stringify(out.stdout) + '\n')
+  process.exitCode = out.exitCode
+}
+
+main().catch((e: unknown) => {
+  process.stdout.write(JSON.stringify({ cniVersion: '1.1.0', code: 999, msg: `ziti-cni crashed: ${(e as Error).message}` }) + '\n')
+  process.exitCode = 1
+})

@@ -1,0 +1,160 @@
+// Root integration: the real agent (bundle), the real SEA executable installed by the real
+// installer, the reference bridge/host-local/loopback plugins, real netns and nft.
+import t from 'tap'
+import { spawnSync } from 'node:child_process'
+import { readFileSync, statSync, existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { nftIn, rootOnly } from '../../shared/testkit/root.ts'
+import { TestNode, NODE_NAME, AGENT_BUNDLE, sweepLeftovers, type PodSandbox } from '../../e2e/node/lib/node.ts'
+import { CniCallError, execPlugin } from '../../e2e/node/lib/runtime.ts'
+
+const PROXY_INTENT = '{"v":1,"mode":"proxy","uid":2171,"dnat":[{"dst":"100.64.0.2","proto":"tcp","port":5432,"to":15100}],"fence":[15100]}'
+const TPROXY_INTENT = '{"v":1,"mode":"tproxy","uid":2171,"cidrs":["100.64.0.0/10"],"proto":["tcp","udp"],"to":15001,"dns":15053,"fence":[15001,15053]}'
+
+function pod(name: string, intent?: string) {
+  return {
+    metadata: { name, namespace: 'default', annotations: intent ? { 'cni.openziti.io/interception': intent } : {} },
+    spec: { nodeName: NODE_NAME, containers: [{ name: 'app', image: 'app' }] },
+  }
+}
+
+const table = (s: PodSandbox) => spawnSync('ip', ['netns', 'exec', s.netns, 'nft', 'list', 'table', 'inet', 'ziti_cni'], { encoding: 'utf8' })
+
+t.test('agent + executable on a real kernel', rootOnly(['nft', 'ip', 'nsenter']), async (t) => {
+  sweepLeftovers()
+  if (!existsSync(AGENT_BUNDLE)) t.fail('cni-plugin is not built (pnpm build)')
+  const node = new TestNode({ id: 1 })
+  t.teardown(() => node.teardown())
+  const original = node.primaryConflist()
+  await node.start()
+
+  await t.test('the installer appended ziti-cni to the primary conflist and wrote a 0600 kubeconfig', async (t) => {
+    const list = JSON.parse(readFileSync(join(node.confDir, '10-bridge.conflist'), 'utf8'))
+    t.same(list.plugins.map((p: { type: string }) => p.type), ['bridge', 'ziti-cni'])
+    t.equal(list.plugins[1].agentSocket, node.socket)
+    t.equal(statSync(node.pluginKubeconfig).mode & 0o777, 0o600)
+    t.equal(statSync(join(node.binDir, 'ziti-cni')).mode & 0o777, 0o755)
+  })
+
+  await t.test('ADD programs the table; ADD twice gives the same table; CHECK passes', async (t) => {
+    const p = await node.api.put('pods', pod('proxy-1', PROXY_INTENT))
+    const s = await node.runSandbox(p)
+    const first = table(s)
+    t.equal(first.status, 0, 'table exists')
+    t.match(first.stdout, /100\.64\.0\.2 \. tcp \. 5432 : 15100/)
+    // A second ADD of the same attachment (the runtime retrying) replaces, not duplicates.
+    const again = await node.runtime.addOne(s, 'ziti-cni') as { ips: Array<{ address: string }> }
+    t.equal(again.ips[0]?.address, `${s.ip}/24`, 'prevResult passed through')
+    t.equal(table(s).stdout, first.stdout, 'identical after a second ADD')
+    await node.runtime.check(s)
+    t.pass('CHECK passes on an untouched table')
+
+    nftIn(s.netns, ['flush', 'chain', 'inet', 'ziti_cni', 'fence_input'])
+    const drift = await node.runtime.check(s).then(() => undefined, (e: unknown) => e)
+    t.type(drift, CniCallError)
+    t.equal((drift as CniCallError).error.code, 104, 'drift code')
+    t.match((drift as CniCallError).error.msg, /differs from what ADD programmed/)
+    t.match((drift as CniCallError).error.details, /- iifname != "lo"/, 'details name the missing rule')
+
+    // DEL after the netns is gone succeeds and drops the state.
+    await node.removeSandbox(s, { netnsFirst: true })
+    t.equal(existsSync(join(node.stateDir, `${s.containerId}_eth0.json`)), false, 'state removed')
+  })
+
+  await t.test('tproxy: table plus policy routing, removed by DEL', async (t) => {
+    const p = await node.api.put('pods', pod('tproxy-1', TPROXY_INTENT))
+    const s = await node.runSandbox(p)
+    t.match(table(s).stdout, /tproxy ip to 127\.0\.0\.1:15001/)
+    const rules = spawnSync('ip', ['-n', s.netns, 'rule', 'show'], { encoding: 'utf8' }).stdout
+    t.match(rules, /fwmark 0x2a1 lookup 2171/)
+    await node.runtime.check(s)
+    spawnSync('ip', ['-n', s.netns, 'rule', 'del', 'fwmark', '0x2a1', 'lookup', '2171'])
+    const drift = await node.runtime.check(s).then(() => undefined, (e: unknown) => e as CniCallError)
+    t.match(drift?.error.msg, /policy rule for fwmark 0x2a1 is missing/)
+    await node.runtime.del(s)
+    t.not(table(s).status, 0, 'table gone after DEL')
+    t.notMatch(spawnSync('ip', ['-n', s.netns, 'rule', 'show'], { encoding: 'utf8' }).stdout, /0x2a1/, 'rule gone after DEL')
+    node.deleteNetns(s.netns)
+  })
+
+  await t.test('a pod without intent gets no table', async (t) => {
+    const s = await node.runSandbox(await node.api.put('pods', pod('plain-1')))
+    t.not(table(s).status, 0)
+    t.match(s.ip, /^10\./, 'the primary plugin still gave it an address')
+    await node.removeSandbox(s)
+  })
+
+  await t.test('a hostile intent programs nothing and fails with the CNI error JSON', async (t) => {
+    const hostile = [
+      '{"v":1,"mode":"proxy","uid":2171,"dnat":[{"dst":"100.64.0.2 } ; flush ruleset ;","proto":"tcp","port":1,"to":2}],"fence":[2]}',
+      '{"v":1,"mode":"tproxy","uid":0,"cidrs":["0.0.0.0/0"],"proto":["tcp"],"to":1,"fence":[1]}',
+      '{"v":2}',
+      'not json',
+    ]
+    for (const [i, intent] of hostile.entries()) {
+      const p = await node.api.put('pods', pod(`hostile-${i}`, intent))
+      const err = await node.runSandbox(p).then(() => undefined, (e: unknown) => e as CniCallError)
+      t.equal(err?.plugin, 'ziti-cni')
+      t.equal(err?.error.code, 101, `intent ${i}: invalid-intent code`)
+      t.match(err?.error.msg, /cni\.openziti\.io\/interception/, 'message names the annotation')
+    }
+    const leftovers = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.split('\n').filter((l) => l.startsWith(node.prefix))
+    for (const l of leftovers) {
+      const ns = l.split(' ')[0]!
+      t.equal(spawnSync('ip', ['netns', 'exec', ns, 'nft', 'list', 'ruleset'], { encoding: 'utf8' }).stdout.trim(), '', `${ns}: nothing programmed`)
+      node.deleteNetns(ns)
+    }
+  })
+
+  await t.test('metrics count what happened', async (t) => {
+    const m = await node.metrics()
+    t.match(m, /ziti_cni_requests_total\{command="ADD",outcome="programmed"\} \d+/)
+    t.match(m, /ziti_cni_requests_total\{command="ADD",outcome="error_101"\} 4/)
+    t.match(m, /ziti_cni_requests_total\{command="CHECK",outcome="error_104"\} 2/)
+    t.match(m, /ziti_cni_pod_lookups_total\{source="cache",outcome="hit"\} \d+/)
+  })
+
+  await t.test('agent down: no intent passes, intent fails closed, recovers when the agent is back', async (t) => {
+    await node.stopAgent()
+    const plain = await node.runSandbox(await node.api.put('pods', pod('plain-2')))
+    t.ok(plain.ip, 'pod without intent starts with the agent down')
+    const p = await node.api.put('pods', pod('proxy-2', PROXY_INTENT))
+    const err = await node.runSandbox(p).then(() => undefined, (e: unknown) => e as CniCallError)
+    t.equal(err?.error.code, 11, 'try-again-later')
+    t.match(err?.error.msg, /agent is down .*has interception intent, so it fails closed/)
+    for (const l of spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.split('\n')) {
+      const ns = l.split(' ')[0]!
+      if (ns.startsWith(node.prefix) && ns !== plain.netns) node.deleteNetns(ns)
+    }
+    await node.startAgent()
+    const s = await node.runSandbox(p)
+    t.equal(table(s).status, 0, 'same pod succeeds once the agent is back')
+    await node.removeSandbox(s)
+    await node.removeSandbox(plain)
+  })
+
+  await t.test('GC drops attachments that are no longer valid', async (t) => {
+    const s = await node.runSandbox(await node.api.put('pods', pod('proxy-gc', PROXY_INTENT)))
+    const conf = { cniVersion: '1.1.0', name: 'e2e-pod-network', type: 'ziti-cni', agentSocket: node.socket, 'cni.dev/valid-attachments': [] }
+    const out = await execPlugin(join(node.binDir, 'ziti-cni'), { CNI_COMMAND: 'GC', CNI_PATH: node.binDir }, JSON.stringify(conf))
+    t.equal(out.code, 0, out.stdout)
+    t.not(table(s).status, 0, 'GC removed the table of an attachment the runtime no longer lists')
+    node.deleteNetns(s.netns)
+  })
+
+  await t.test('STATUS succeeds with the agent up', async (t) => {
+    const conf = { cniVersion: '1.1.0', name: 'n', type: 'ziti-cni', agentSocket: node.socket }
+    const out = await execPlugin(join(node.binDir, 'ziti-cni'), { CNI_COMMAND: 'STATUS', CNI_PATH: node.binDir }, JSON.stringify(conf))
+    t.equal(out.code, 0)
+    t.equal(out.stdout, '', 'STATUS prints nothing on success')
+  })
+
+  await t.test('uninstall restores the primary conflist and removes our files', async (t) => {
+    await node.stopAgent()
+    const r = spawnSync(process.execPath, [AGENT_BUNDLE, 'uninstall', '--cni-bin-dir', node.binDir, '--cni-conf-dir', node.confDir, '--plugin-kubeconfig', node.pluginKubeconfig], { encoding: 'utf8' })
+    t.equal(r.status, 0, r.stderr)
+    t.same(JSON.parse(readFileSync(join(node.confDir, '10-bridge.conflist'), 'utf8')), JSON.parse(original))
+    t.notOk(existsSync(join(node.binDir, 'ziti-cni')))
+    t.notOk(existsSync(node.pluginKubeconfig))
+  })
+})
