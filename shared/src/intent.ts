@@ -154,10 +154,12 @@ class Checker {
 /** Validates a decoded JSON value against schema v1; returns the canonical (sorted) intent. */
 export function validateIntent(value: unknown): Intent {
   const c = new Checker()
-  const top = c.object('$', value, [...KEYS.tproxy, ...KEYS.proxy], ['v', 'mode'])
+  // The version decides everything else, so it is checked before any other field.
+  const top = c.object('$', value, [...KEYS.tproxy, ...KEYS.proxy], ['v'])
   if (top.v !== INTENT_VERSION) {
     c.fail('v', `unsupported intent version ${JSON.stringify(top.v)} (this build understands ${INTENT_VERSION})`)
   }
+  c.object('$', value, [...KEYS.tproxy, ...KEYS.proxy], ['mode'])
   if (top.mode !== 'proxy' && top.mode !== 'tproxy') c.fail('mode', 'must be "proxy" or "tproxy"')
   const mode = top.mode as Intent['mode']
   const required = mode === 'proxy' ? ['uid', 'dnat', 'fence'] : ['uid', 'cidrs', 'proto', 'to', 'fence']
