@@ -13,7 +13,7 @@ const TPROXY_INTENT = '{"v":1,"mode":"tproxy","uid":2171,"cidrs":["100.64.0.0/10
 
 function pod(name: string, intent?: string) {
   return {
-    metadata: { name, namespace: 'default', annotations: intent ? { 'cni.openziti.io/interception': intent } : {} },
+    metadata: { name, namespace: 'default', annotations: (intent ? { 'cni.openziti.io/interception': intent } : {}) as Record<string, string> },
     spec: { nodeName: NODE_NAME, containers: [{ name: 'app', image: 'app' }] },
   }
 }

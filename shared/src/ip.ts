@@ -156,3 +156,18 @@ export function nthAddress(c: Cidr, n: number): Address | undefined {
   const v = lo + BigInt(n)
   return v > hi ? undefined : { family: c.family, value: v }
 }
+
+/**
+ * Sorts and reduces a CIDR list to disjoint entries: two CIDRs either nest or are
+ * disjoint, so dropping every CIDR contained in a previous one is enough.
+ */
+export function mergeCidrs(list: Cidr[]): Cidr[] {
+  const sorted = [...list].sort(compareCidrs)
+  const out: Cidr[] = []
+  for (const c of sorted) {
+    const last = out.at(-1)
+    if (last && cidrsOverlap(last, c)) continue
+    out.push(c)
+  }
+  return out
+}

@@ -1,0 +1,79 @@
+// AdmissionReview v1 in, AdmissionReview v1 out. Pure: the HTTP route and the offline
+// command both call `review`, so they share every decision and every message.
+import { ValidationError } from '@ziti-cni/shared'
+import type { V1Pod } from '@kubernetes/client-node'
+import jsonpatch from 'fast-json-patch'
+import type { WebhookConfig } from './config.ts'
+import { mutatePod } from './inject/mutate.ts'
+import { alreadyInjected, selectPod } from './inject/select.ts'
+
+export interface AdmissionRequest {
+  uid: string
+  kind?: { group: string; version: string; kind: string }
+  operation?: string
+  namespace?: string
+  name?: string
+  dryRun?: boolean
+  object?: V1Pod
+}
+
+export interface AdmissionReview {
+  apiVersion: string
+  kind: 'AdmissionReview'
+  request?: AdmissionRequest
+  response?: AdmissionResponse
+}
+
+export interface AdmissionResponse {
+  uid: string
+  allowed: boolean
+  patchType?: 'JSONPatch'
+  patch?: string
+  warnings?: string[]
+  status?: { code: number; message: string; reason?: string }
+}
+
+export type Outcome = 'injected' | 'skipped' | 'already-injected' | 'rejected' | 'error'
+
+export interface ReviewResult {
+  response: AdmissionResponse
+  outcome: Outcome
+  mode?: string
+  ops?: jsonpatch.Operation[]
+}
+
+export class BadReview extends Error {
+  override readonly name = 'BadReview'
+}
+
+/** Checks the envelope; a malformed review is an HTTP 400, not an admission verdict. */
+export function parseReview(body: unknown): AdmissionRequest {
+  const r = body as AdmissionReview
+  if (typeof r !== 'object' || r === null) throw new BadReview('body must be an AdmissionReview object')
+  if (r.apiVersion !== 'admission.k8s.io/v1' || r.kind !== 'AdmissionReview') throw new BadReview(`expected admission.k8s.io/v1 AdmissionReview, got ${r.apiVersion}/${r.kind}`)
+  if (!r.request || typeof r.request.uid !== 'string' || r.request.uid === '') throw new BadReview('request.uid is required')
+  return r.request
+}
+
+export function review(req: AdmissionRequest, cfg: WebhookConfig): ReviewResult {
+  const allow = (outcome: Outcome, warnings?: string[]): ReviewResult => ({ response: { uid: req.uid, allowed: true, ...(warnings?.length ? { warnings } : {}) }, outcome })
+  if (req.kind && (req.kind.kind !== 'Pod' || req.kind.group !== '')) return allow('skipped')
+  if (req.operation && req.operation !== 'CREATE') return allow('skipped')
+  const pod = req.object
+  if (!pod) return { response: { uid: req.uid, allowed: false, status: { code: 400, reason: 'BadRequest', message: 'ziti-cni: request.object (the pod) is missing' } }, outcome: 'error' }
+  const namespace = req.namespace ?? pod.metadata?.namespace ?? 'default'
+  const sel = selectPod(pod, namespace, cfg.excludedNamespaces)
+  if (!sel.inject) return allow('skipped', sel.warning ? [sel.warning] : undefined)
+  if (alreadyInjected(pod)) return allow('already-injected')
+  try {
+    const { pod: mutated, warnings, plan } = mutatePod(pod, cfg)
+    const ops = jsonpatch.compare(pod, mutated)
+    return {
+      response: { uid: req.uid, allowed: true, patchType: 'JSONPatch', patch: Buffer.from(JSON.stringify(ops)).toString('base64'), ...(warnings.length ? { warnings } : {}) },
+      outcome: 'injected', mode: plan.mode, ops,
+    }
+  } catch (e) {
+    if (!(e instanceof ValidationError)) throw e
+    return { response: { uid: req.uid, allowed: false, status: { code: 400, reason: 'BadRequest', message: `ziti-cni: ${e.message}` } }, outcome: 'rejected' }
+  }
+}

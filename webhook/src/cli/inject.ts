@@ -1,0 +1,50 @@
+// `pnpm run inject -f pod.yaml [-o yaml|json] [--config FILE]`: prints the mutated pod,
+// like `istioctl kube-inject`, through the same review() as POST /mutate.
+import type { V1Pod } from '@kubernetes/client-node'
+import { readFileSync } from 'node:fs'
+import { parseArgs } from 'node:util'
+import jsonpatch from 'fast-json-patch'
+import { parse as parseYaml, stringify as toYaml } from 'yaml'
+import { review } from '../admission.ts'
+import { ConfigError, validateConfig } from '../config.ts'
+import { loadConfig } from '../load-config.ts'
+
+class UsageError extends Error {}
+
+function run(argv: string[]): number {
+  const { values } = parseArgs({
+    args: argv, strict: true,
+    options: { file: { type: 'string', short: 'f' }, output: { type: 'string', short: 'o', default: 'yaml' }, config: { type: 'string' }, namespace: { type: 'string', short: 'n' } },
+  })
+  if (!values.file) throw new UsageError('usage: inject -f POD.yaml [-o yaml|json] [--config FILE] [-n NAMESPACE]')
+  if (values.output !== 'yaml' && values.output !== 'json') throw new UsageError(`-o must be yaml or json, not ${JSON.stringify(values.output)}`)
+  // Offline, the default config is the built-in one unless --config names a file.
+  const config = values.config ? loadConfig(values.config, {}) : validateConfig({}, {})
+  const text = values.file === '-' ? readFileSync(0, 'utf8') : readFileSync(values.file, 'utf8')
+  let pod: V1Pod
+  try {
+    pod = parseYaml(text) as V1Pod
+  } catch (e) {
+    throw new UsageError(`${values.file}: not YAML or JSON: ${(e as Error).message}`)
+  }
+  if ((pod as { kind?: string })?.kind !== 'Pod') throw new UsageError(`${values.file}: expected a Pod manifest, got kind ${JSON.stringify((pod as { kind?: string })?.kind)}`)
+  const namespace = values.namespace ?? pod.metadata?.namespace ?? 'default'
+  const result = review({ uid: 'offline', kind: { group: '', version: 'v1', kind: 'Pod' }, operation: 'CREATE', namespace, object: pod }, config)
+  for (const w of result.response.warnings ?? []) process.stderr.write(`Warning: ${w}\n`)
+  if (!result.response.allowed) {
+    process.stderr.write(`${result.response.status?.message}\n`)
+    return 1
+  }
+  const mutated = result.ops ? jsonpatch.applyPatch(structuredClone(pod), result.ops, true).newDocument : pod
+  process.stdout.write(values.output === 'json' ? JSON.stringify(mutated, null, 2) + '\n' : toYaml(mutated))
+  return 0
+}
+
+try {
+  process.exitCode = run(process.argv.slice(2))
+} catch (e) {
+  if (e instanceof UsageError || e instanceof ConfigError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') || (e as { code?: string }).code === 'ENOENT') {
+    process.stderr.write(`inject: ${(e as Error).message}\n`)
+    process.exitCode = 2
+  } else throw e
+}

@@ -1,0 +1,211 @@
+// The webhook's configuration: a file (the mounted ConfigMap, YAML or JSON) plus env
+// overrides, validated at start-up with one clear message per bad key. Pure: the caller
+// reads the file; `validateConfig` only looks at values.
+import { isDnsName, parseCidr, parsePort, formatCidr, type Cidr, type Mode } from '@ziti-cni/shared'
+
+export interface Resources {
+  requests?: Record<string, string>
+  limits?: Record<string, string>
+}
+
+export interface WebhookConfig {
+  defaultMode: Mode
+  /** First initContainers entry with restartPolicy: Always (K8s 1.29+); else a regular container. */
+  nativeSidecar: boolean
+  sidecarUid: number
+  sidecarGid: number
+  /** Key used when `identity-secret: <name>` names no key. */
+  identitySecretKey: string
+  enrollmentSecretKey: string
+  identityDir: string
+  resources: Resources
+  proxy: { image: string; portBase: number; aliasRange: Cidr }
+  tproxy: {
+    image: string
+    args: string[]
+    port: number
+    dnsPort: number
+    /** nft TPROXY hands packets only to IP_TRANSPARENT sockets, which need CAP_NET_RAW. */
+    addCapabilities: string[]
+    defaultCidrs: Cidr[]
+    dnsCapture: boolean
+    protocols: Array<'tcp' | 'udp'>
+  }
+  excludedNamespaces: string[]
+  listen: { host: string; port: number }
+  bodyLimitBytes: number
+  tls: {
+    mode: 'self-managed' | 'files'
+    certFile: string
+    keyFile: string
+    secretName: string
+    namespace: string
+    serviceName: string
+    webhookConfigName: string
+    validityDays: number
+    renewBeforeDays: number
+  }
+  logLevel: string
+}
+
+export const DEFAULT_CONFIG: WebhookConfig = {
+  defaultMode: 'proxy',
+  nativeSidecar: true,
+  sidecarUid: 2171,
+  sidecarGid: 2171,
+  identitySecretKey: 'identity.json',
+  enrollmentSecretKey: 'token.jwt',
+  identityDir: '/netfoundry',
+  resources: { requests: { cpu: '20m', memory: '48Mi' }, limits: { memory: '256Mi' } },
+  proxy: { image: 'docker.io/openziti/ziti-tunnel:1.6.8', portBase: 15100, aliasRange: parseCidr('100.64.0.0/10') as Cidr },
+  tproxy: {
+    image: 'docker.io/openziti/ziti-tunnel:1.6.8',
+    args: ['tproxy-contract'],
+    port: 15001,
+    dnsPort: 15053,
+    addCapabilities: ['NET_RAW'],
+    defaultCidrs: [parseCidr('100.64.0.0/10') as Cidr],
+    dnsCapture: true,
+    protocols: ['tcp', 'udp'],
+  },
+  excludedNamespaces: ['kube-system', 'kube-node-lease'],
+  listen: { host: '0.0.0.0', port: 9443 },
+  bodyLimitBytes: 6 * 1024 * 1024,
+  tls: {
+    mode: 'self-managed',
+    certFile: '/etc/ziti-cni/tls/tls.crt',
+    keyFile: '/etc/ziti-cni/tls/tls.key',
+    secretName: 'ziti-cni-webhook-tls',
+    namespace: 'ziti-cni-system',
+    serviceName: 'ziti-cni-webhook',
+    webhookConfigName: 'ziti-cni-webhook',
+    validityDays: 365,
+    renewBeforeDays: 30,
+  },
+  logLevel: 'info',
+}
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError'
+  readonly problems: string[]
+  constructor(problems: string[]) {
+    super(`invalid webhook configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`)
+    this.problems = problems
+  }
+}
+
+const PINNED_IMAGE = /^[a-z0-9.-]+(:[0-9]+)?(\/[a-z0-9._-]+)+(:[A-Za-z0-9._-]{1,128}|@sha256:[a-f0-9]{64})$/
+
+type Raw = Record<string, unknown>
+
+/** Validates a raw (parsed YAML) object over the defaults; every problem is reported at once. */
+export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): WebhookConfig {
+  const problems: string[] = []
+  const root = (raw ?? {}) as Raw
+  if (typeof root !== 'object' || Array.isArray(root)) throw new ConfigError(['the configuration must be a mapping'])
+  const known: Record<string, string[]> = {
+    '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'excludedNamespaces', 'listen', 'bodyLimitBytes', 'tls', 'logLevel'],
+    proxy: ['image', 'portBase', 'aliasRange'],
+    tproxy: ['image', 'args', 'port', 'dnsPort', 'addCapabilities', 'defaultCidrs', 'dnsCapture', 'protocols'],
+    listen: ['host', 'port'],
+    tls: ['mode', 'certFile', 'keyFile', 'secretName', 'namespace', 'serviceName', 'webhookConfigName', 'validityDays', 'renewBeforeDays'],
+    resources: ['requests', 'limits'],
+  }
+  const section = (name: string): Raw => {
+    const v = name === '' ? root : root[name]
+    if (v === undefined) return {}
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) { problems.push(`${name}: must be a mapping`); return {} }
+    for (const k of Object.keys(v)) if (!known[name]!.includes(k)) problems.push(`${name ? `${name}.` : ''}${k}: unknown key`)
+    return v as Raw
+  }
+  const top = section('')
+  const d = DEFAULT_CONFIG
+  const pick = <T>(key: string, v: unknown, fallback: T, check: (v: unknown) => string | undefined): T => {
+    if (v === undefined) return fallback
+    const problem = check(v)
+    if (problem) { problems.push(`${key}: ${problem}`); return fallback }
+    return v as T
+  }
+  const bool = (v: unknown) => (typeof v === 'boolean' ? undefined : 'must be true or false')
+  const int = (min: number, max: number) => (v: unknown) => (typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max ? undefined : `must be an integer in ${min}-${max}`)
+  const port = (v: unknown) => (typeof v === 'number' && typeof parsePort(String(v)) === 'number' ? undefined : 'must be a port 1-65535')
+  const str = (v: unknown) => (typeof v === 'string' && v.length > 0 ? undefined : 'must be a non-empty string')
+  const image = (v: unknown) => (typeof v === 'string' && PINNED_IMAGE.test(v) && !v.endsWith(':latest') ? undefined : 'must be a fully qualified image with a pinned tag or digest (not :latest)')
+  const cidr = (key: string, v: unknown, fallback: Cidr): Cidr => {
+    if (v === undefined) return fallback
+    const c = typeof v === 'string' ? parseCidr(v, false) : 'must be a CIDR string'
+    if (typeof c === 'string') { problems.push(`${key}: ${c}`); return fallback }
+    return c
+  }
+  const list = <T>(key: string, v: unknown, fallback: T[], each: (x: unknown) => string | undefined): T[] => {
+    if (v === undefined) return fallback
+    if (!Array.isArray(v)) { problems.push(`${key}: must be a list`); return fallback }
+    v.forEach((x, i) => { const p = each(x); if (p) problems.push(`${key}[${i}]: ${p}`) })
+    return v as T[]
+  }
+
+  const proxy = section('proxy')
+  const tproxy = section('tproxy')
+  const listen = section('listen')
+  const tls = section('tls')
+  const resources = section('resources')
+  const envPort = env.WEBHOOK_PORT !== undefined ? Number(env.WEBHOOK_PORT) : undefined
+  if (env.WEBHOOK_PORT !== undefined && port(envPort)) problems.push(`WEBHOOK_PORT: must be a port 1-65535`)
+
+  const cfg: WebhookConfig = {
+    defaultMode: pick('defaultMode', top.defaultMode, d.defaultMode, (v) => (v === 'proxy' || v === 'tproxy' ? undefined : 'must be proxy or tproxy')),
+    nativeSidecar: pick('nativeSidecar', top.nativeSidecar, d.nativeSidecar, bool),
+    sidecarUid: pick('sidecarUid', top.sidecarUid, d.sidecarUid, int(1, 2147483647)),
+    sidecarGid: pick('sidecarGid', top.sidecarGid, d.sidecarGid, int(1, 2147483647)),
+    identitySecretKey: pick('identitySecretKey', top.identitySecretKey, d.identitySecretKey, str),
+    enrollmentSecretKey: pick('enrollmentSecretKey', top.enrollmentSecretKey, d.enrollmentSecretKey, str),
+    identityDir: pick('identityDir', top.identityDir, d.identityDir, (v) => (typeof v === 'string' && v.startsWith('/') ? undefined : 'must be an absolute path')),
+    resources: {
+      requests: pick('resources.requests', resources.requests, d.resources.requests, (v) => (typeof v === 'object' && v !== null ? undefined : 'must be a mapping')),
+      limits: pick('resources.limits', resources.limits, d.resources.limits, (v) => (typeof v === 'object' && v !== null ? undefined : 'must be a mapping')),
+    },
+    proxy: {
+      image: pick('proxy.image', proxy.image, d.proxy.image, image),
+      portBase: pick('proxy.portBase', proxy.portBase, d.proxy.portBase, int(1024, 65000)),
+      aliasRange: cidr('proxy.aliasRange', proxy.aliasRange, d.proxy.aliasRange),
+    },
+    tproxy: {
+      image: pick('tproxy.image', tproxy.image, d.tproxy.image, image),
+      args: list('tproxy.args', tproxy.args, d.tproxy.args, str),
+      port: pick('tproxy.port', tproxy.port, d.tproxy.port, port),
+      dnsPort: pick('tproxy.dnsPort', tproxy.dnsPort, d.tproxy.dnsPort, port),
+      addCapabilities: list('tproxy.addCapabilities', tproxy.addCapabilities, d.tproxy.addCapabilities, (v) => (v === 'NET_RAW' ? undefined : 'only NET_RAW may be added (IP_TRANSPARENT); NET_ADMIN is never needed')),
+      defaultCidrs: list<unknown>('tproxy.defaultCidrs', tproxy.defaultCidrs, d.tproxy.defaultCidrs.map(formatCidr), (v) => {
+        const c = typeof v === 'string' ? parseCidr(v, false) : 'must be a CIDR string'
+        return typeof c === 'string' ? c : undefined
+      }).map((v) => (typeof v === 'string' ? parseCidr(v, false) : v) as Cidr),
+      dnsCapture: pick('tproxy.dnsCapture', tproxy.dnsCapture, d.tproxy.dnsCapture, bool),
+      protocols: list('tproxy.protocols', tproxy.protocols, d.tproxy.protocols, (v) => (v === 'tcp' || v === 'udp' ? undefined : 'must be tcp or udp')),
+    },
+    excludedNamespaces: list('excludedNamespaces', top.excludedNamespaces, d.excludedNamespaces, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a namespace name')),
+    listen: {
+      host: pick('listen.host', listen.host, d.listen.host, str),
+      port: envPort ?? pick('listen.port', listen.port, d.listen.port, port),
+    },
+    bodyLimitBytes: pick('bodyLimitBytes', top.bodyLimitBytes, d.bodyLimitBytes, int(64 * 1024, 64 * 1024 * 1024)),
+    tls: {
+      mode: pick('tls.mode', tls.mode, d.tls.mode, (v) => (v === 'self-managed' || v === 'files' ? undefined : 'must be self-managed or files')),
+      certFile: pick('tls.certFile', tls.certFile, d.tls.certFile, str),
+      keyFile: pick('tls.keyFile', tls.keyFile, d.tls.keyFile, str),
+      secretName: pick('tls.secretName', tls.secretName, d.tls.secretName, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a Secret name')),
+      namespace: env.POD_NAMESPACE ?? pick('tls.namespace', tls.namespace, d.tls.namespace, str),
+      serviceName: pick('tls.serviceName', tls.serviceName, d.tls.serviceName, str),
+      webhookConfigName: pick('tls.webhookConfigName', tls.webhookConfigName, d.tls.webhookConfigName, str),
+      validityDays: pick('tls.validityDays', tls.validityDays, d.tls.validityDays, int(2, 3650)),
+      renewBeforeDays: pick('tls.renewBeforeDays', tls.renewBeforeDays, d.tls.renewBeforeDays, int(1, 3649)),
+    },
+    logLevel: env.LOG_LEVEL ?? pick('logLevel', top.logLevel, d.logLevel, (v) => (['trace', 'debug', 'info', 'warn', 'error'].includes(v as string) ? undefined : 'must be trace, debug, info, warn or error')),
+  }
+  if (cfg.tproxy.port === cfg.tproxy.dnsPort) problems.push(`tproxy.dnsPort: must differ from tproxy.port (${cfg.tproxy.port})`)
+  if (cfg.tls.renewBeforeDays >= cfg.tls.validityDays) problems.push('tls.renewBeforeDays: must be less than tls.validityDays')
+  if (cfg.tproxy.protocols.length === 0) problems.push('tproxy.protocols: must list tcp, udp or both')
+  if (problems.length) throw new ConfigError(problems)
+  // The webhook's own namespace is never injected.
+  if (!cfg.excludedNamespaces.includes(cfg.tls.namespace)) cfg.excludedNamespaces = [...cfg.excludedNamespaces, cfg.tls.namespace]
+  return cfg
+}

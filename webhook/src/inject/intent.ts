@@ -1,0 +1,105 @@
+// From the user's annotations and the webhook config to the interception intent (schema v1)
+// plus what the sidecar needs to match it: hostAliases, proxy listeners, env.
+import {
+  ANNOTATION_DNS_CAPTURE, ANNOTATION_EXCLUDE_CIDRS, ANNOTATION_EXCLUDE_PORTS, ANNOTATION_INTERCEPT_CIDRS, ANNOTATION_MODE, ANNOTATION_SERVICES,
+  ValidationError, formatAddress, formatCidr, formatPortRange, mergeCidrs, nthAddress, parseDnsCapture, parseExcludeCidrs, parseExcludePorts,
+  parseInterceptCidrs, parseMode, parseServices, type Intent, type Mode, type Proto,
+} from '@ziti-cni/shared'
+import type { V1HostAlias } from '@kubernetes/client-node'
+import type { WebhookConfig } from '../config.ts'
+
+export interface ProxyListener { service: string; proto: Proto; port: number }
+
+export interface InterceptionPlan {
+  mode: Mode
+  intent: Intent
+  /** Hostname -> IP for proxy mode (merged into spec.hostAliases). */
+  aliases: Array<{ ip: string; hostname: string }>
+  /** Proxy mode: one listener per (Ziti service, protocol). */
+  listeners: ProxyListener[]
+  /** Ports the sidecar listens on (checked against the app's containerPorts). */
+  ports: number[]
+}
+
+const PROXY_ONLY = [ANNOTATION_SERVICES]
+const TPROXY_ONLY = [ANNOTATION_INTERCEPT_CIDRS, ANNOTATION_EXCLUDE_CIDRS, ANNOTATION_EXCLUDE_PORTS, ANNOTATION_DNS_CAPTURE]
+
+export function planInterception(annotations: Record<string, string>, existingAliases: V1HostAlias[], cfg: WebhookConfig): InterceptionPlan {
+  const mode = annotations[ANNOTATION_MODE] !== undefined ? parseMode(annotations[ANNOTATION_MODE]) : cfg.defaultMode
+  for (const key of mode === 'proxy' ? TPROXY_ONLY : PROXY_ONLY) {
+    if (annotations[key] !== undefined) throw new ValidationError(key, `only applies to ${mode === 'proxy' ? 'tproxy' : 'proxy'} mode, but the pod's mode is ${mode}`)
+  }
+  return mode === 'proxy' ? planProxy(annotations, existingAliases, cfg) : planTproxy(annotations, cfg)
+}
+
+function planProxy(annotations: Record<string, string>, existingAliases: V1HostAlias[], cfg: WebhookConfig): InterceptionPlan {
+  const value = annotations[ANNOTATION_SERVICES]
+  if (value === undefined) throw new ValidationError(ANNOTATION_SERVICES, 'is required in proxy mode (e.g. "pg.ziti:5432=postgres")')
+  const services = parseServices(value)
+
+  // Names the pod already defines must not be redefined; their IPs are not handed out again.
+  const taken = new Map<string, string>()
+  for (const a of existingAliases) for (const h of a.hostnames ?? []) taken.set(h, a.ip ?? '')
+  const usedIps = new Set(existingAliases.map((a) => a.ip))
+  services.forEach((s, i) => {
+    if (taken.has(s.host)) {
+      throw new ValidationError(ANNOTATION_SERVICES, `hostname ${s.host} is already in spec.hostAliases (as ${taken.get(s.host)})`, { index: i + 1, text: `${s.host}:${s.port}${s.proto === 'udp' ? '/udp' : ''}=${s.service}` })
+    }
+  })
+
+  // Deterministic: hostnames get addresses in order of first appearance, starting at the
+  // range's .2 (the Ziti tunnelers' own first service IP); listeners likewise from portBase.
+  const aliases: Array<{ ip: string; hostname: string }> = []
+  const ipOf = new Map<string, string>()
+  let offset = 2
+  for (const s of services) {
+    if (ipOf.has(s.host)) continue
+    let ip: string | undefined
+    while (!ip || usedIps.has(ip)) {
+      const a = nthAddress(cfg.proxy.aliasRange, offset++)
+      if (!a) throw new ValidationError(ANNOTATION_SERVICES, `the alias range ${formatCidr(cfg.proxy.aliasRange)} has no free address left`)
+      ip = formatAddress(a)
+    }
+    ipOf.set(s.host, ip)
+    aliases.push({ ip, hostname: s.host })
+  }
+  const listeners: ProxyListener[] = []
+  const portOf = new Map<string, number>()
+  for (const s of services) {
+    const key = `${s.service}/${s.proto}`
+    if (portOf.has(key)) continue
+    const port = cfg.proxy.portBase + listeners.length
+    if (port > 65535) throw new ValidationError(ANNOTATION_SERVICES, 'too many services for the configured proxy.portBase')
+    portOf.set(key, port)
+    listeners.push({ service: s.service, proto: s.proto, port })
+  }
+  const intent: Intent = {
+    v: 1, mode: 'proxy', uid: cfg.sidecarUid,
+    dnat: services.map((s) => ({ dst: ipOf.get(s.host)!, proto: s.proto, port: s.port, to: portOf.get(`${s.service}/${s.proto}`)! })),
+    fence: [...new Set(listeners.map((l) => l.port))],
+  }
+  return { mode: 'proxy', intent, aliases, listeners, ports: intent.fence }
+}
+
+function planTproxy(annotations: Record<string, string>, cfg: WebhookConfig): InterceptionPlan {
+  const get = (k: string) => annotations[k]
+  const cidrs = mergeCidrs(get(ANNOTATION_INTERCEPT_CIDRS) !== undefined ? parseInterceptCidrs(get(ANNOTATION_INTERCEPT_CIDRS)!) : cfg.tproxy.defaultCidrs)
+  const exclude = get(ANNOTATION_EXCLUDE_CIDRS) !== undefined ? parseExcludeCidrs(get(ANNOTATION_EXCLUDE_CIDRS)!) : []
+  const ports = get(ANNOTATION_EXCLUDE_PORTS) !== undefined ? parseExcludePorts(get(ANNOTATION_EXCLUDE_PORTS)!) : []
+  const dns = get(ANNOTATION_DNS_CAPTURE) !== undefined ? parseDnsCapture(get(ANNOTATION_DNS_CAPTURE)!) : cfg.tproxy.dnsCapture
+  // Overlapping exclude ranges are merged; the schema wants them disjoint.
+  const sortedPorts = [...ports].sort((a, b) => a.from - b.from)
+  const mergedPorts: typeof ports = []
+  for (const r of sortedPorts) {
+    const last = mergedPorts.at(-1)
+    if (last && r.from <= last.to + 1) last.to = Math.max(last.to, r.to)
+    else mergedPorts.push({ ...r })
+  }
+  const fence = dns ? [cfg.tproxy.port, cfg.tproxy.dnsPort] : [cfg.tproxy.port]
+  const intent: Intent = {
+    v: 1, mode: 'tproxy', uid: cfg.sidecarUid,
+    cidrs: cidrs.map(formatCidr), proto: [...cfg.tproxy.protocols], to: cfg.tproxy.port, dns: dns ? cfg.tproxy.dnsPort : undefined,
+    excludeCidrs: mergeCidrs(exclude).map(formatCidr), excludePorts: mergedPorts.map(formatPortRange), fence,
+  }
+  return { mode: 'tproxy', intent, aliases: [], listeners: [], ports: fence }
+}

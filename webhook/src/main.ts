@@ -1,0 +1,78 @@
+// ziti-cni-webhook: the admission server. Config and TLS are settled before it listens;
+// SIGTERM drains in-flight requests (readiness goes false first).
+import { KubeConfig } from '@kubernetes/client-node'
+import type { Server } from 'node:https'
+import { parseArgs } from 'node:util'
+import { pino } from 'pino'
+import { ConfigError, type WebhookConfig } from './config.ts'
+import { loadConfig } from './load-config.ts'
+import { createWebhookMetrics } from './metrics.ts'
+import { buildServer } from './server.ts'
+import { readPair, watchPair } from './tls/files.ts'
+import { SelfManagedTls } from './tls/self-managed.ts'
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { config: { type: 'string' }, kubeconfig: { type: 'string' } }, strict: true })
+  let config: WebhookConfig
+  try {
+    config = loadConfig(values.config, process.env)
+  } catch (e) {
+    if (e instanceof ConfigError) { process.stderr.write(`${e.message}\n`); process.exit(2) }
+    throw e
+  }
+  const log = pino({ level: config.logLevel, base: { component: 'webhook' } })
+  const metrics = createWebhookMetrics()
+  let draining = false
+  const stops: Array<() => void> = []
+
+  let pair: { cert: string; key: string }
+  let selfManaged: SelfManagedTls | undefined
+  if (config.tls.mode === 'self-managed') {
+    const kc = new KubeConfig()
+    if (values.kubeconfig) kc.loadFromFile(values.kubeconfig)
+    else kc.loadFromCluster()
+    selfManaged = new SelfManagedTls(kc, config.tls, log)
+    const m = await selfManaged.ensure()
+    pair = { cert: m.serving.certPem, key: m.serving.keyPem }
+  } else {
+    pair = readPair(config.tls.certFile, config.tls.keyFile)
+  }
+  metrics.certRenewals.inc()
+
+  const app = buildServer({ config, metrics, log, tls: pair, ready: () => !draining })
+  const swap = (next: { cert: string; key: string }) => {
+    if (next.cert === pair.cert) return
+    pair = next
+    ;(app.server as Server).setSecureContext({ cert: next.cert, key: next.key, minVersion: 'TLSv1.2' })
+    metrics.certRenewals.inc()
+    log.info('serving certificate reloaded without restart')
+  }
+  if (selfManaged) {
+    const everyMs = Number(process.env.TLS_CHECK_INTERVAL_SECONDS ?? '3600') * 1000
+    const timer = setInterval(() => {
+      selfManaged.ensure().then((m) => swap({ cert: m.serving.certPem, key: m.serving.keyPem }), (e: unknown) => log.error({ err: e }, 'TLS renewal check failed'))
+    }, everyMs)
+    timer.unref()
+    stops.push(() => clearInterval(timer))
+  } else {
+    stops.push(watchPair(config.tls.certFile, config.tls.keyFile, swap, (e) => log.error({ err: e }, 'cannot reload certificate files')))
+  }
+
+  await app.listen({ host: config.listen.host, port: config.listen.port })
+  log.info({ port: config.listen.port, tls: config.tls.mode }, 'webhook listening')
+
+  const shutdown = async (signal: string) => {
+    log.info({ signal }, 'draining')
+    draining = true
+    for (const s of stops) s()
+    await app.close()
+    process.exit(0)
+  }
+  process.once('SIGTERM', () => void shutdown('SIGTERM'))
+  process.once('SIGINT', () => void shutdown('SIGINT'))
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`ziti-cni-webhook: ${(e as Error).stack ?? e}\n`)
+  process.exit(1)
+})
