@@ -66,8 +66,7 @@ export function review(req: AdmissionRequest, cfg: WebhookConfig): ReviewResult 
   if (!sel.inject) return allow('skipped', sel.warning ? [sel.warning] : undefined)
   if (alreadyInjected(pod)) return allow('already-injected')
   try {
-    const { pod: mutated, warnings, plan } = mutatePod(pod, cfg)
-    const ops = jsonpatch.compare(pod, mutated)
+    const { ops, warnings, plan } = mutatePod(pod, cfg)
     return {
       response: { uid: req.uid, allowed: true, patchType: 'JSONPatch', patch: Buffer.from(JSON.stringify(ops)).toString('base64'), ...(warnings.length ? { warnings } : {}) },
       outcome: 'injected', mode: plan.mode, ops,

@@ -5,6 +5,7 @@ import {
   ValidationError, parseSecretRef, serializeIntent,
 } from '@ziti-cni/shared'
 import type { V1Container, V1Pod } from '@kubernetes/client-node'
+import jsonpatch, { type Operation } from 'fast-json-patch'
 import type { WebhookConfig } from '../config.ts'
 import { planInterception, type InterceptionPlan } from './intent.ts'
 import { buildSidecar, sidecarVolume, type IdentitySource } from './sidecar.ts'
@@ -12,7 +13,9 @@ import { buildSidecar, sidecarVolume, type IdentitySource } from './sidecar.ts'
 export const INJECTOR_VERSION = '0.1.0'
 
 export interface MutationResult {
+  /** The pod after the patch (for the offline command and tests). */
   pod: V1Pod
+  ops: Operation[]
   plan: InterceptionPlan
   warnings: string[]
 }
@@ -57,37 +60,57 @@ function checkPorts(pod: V1Pod, plan: InterceptionPlan): void {
   if (pod.spec?.volumes?.some((v) => v.name === SIDECAR_VOLUME)) throw new ValidationError('spec.volumes', `volume name "${SIDECAR_VOLUME}" is reserved for the Ziti sidecar`)
 }
 
+/** RFC 6901: "~" and "/" in a key become "~0" and "~1". */
+export function pointerEscape(key: string): string {
+  return key.replace(/~/g, '~0').replace(/\//g, '~1')
+}
+
+/**
+ * Builds the JSON Patch by hand rather than diffing: an `add` at index 0 inserts the
+ * sidecar in front of existing containers instead of rewriting every one of them.
+ */
 export function mutatePod(original: V1Pod, cfg: WebhookConfig): MutationResult {
-  const pod = structuredClone(original)
-  pod.metadata ??= {}
-  pod.spec ??= { containers: [] }
-  const annotations = pod.metadata.annotations ?? {}
+  const spec = original.spec ?? { containers: [] }
+  const annotations = original.metadata?.annotations ?? {}
   const identity = identitySource(annotations)
-  checkUids(pod, cfg.sidecarUid)
-  const plan = planInterception(annotations, pod.spec.hostAliases ?? [], cfg)
-  checkPorts(pod, plan)
+  checkUids(original, cfg.sidecarUid)
+  const plan = planInterception(annotations, spec.hostAliases ?? [], cfg)
+  checkPorts(original, plan)
+
+  const ops: Operation[] = []
+  const prepend = (path: string, list: unknown[] | undefined, value: unknown) =>
+    ops.push(list ? { op: 'add', path: `${path}/0`, value } : { op: 'add', path, value: [value] })
+  const append = (path: string, list: unknown[] | undefined, values: unknown[]) => {
+    if (!list) ops.push({ op: 'add', path, value: values })
+    else for (const value of values) ops.push({ op: 'add', path: `${path}/-`, value })
+  }
 
   const sidecar = buildSidecar(plan, identity, cfg)
-  if (cfg.nativeSidecar) pod.spec.initContainers = [sidecar, ...(pod.spec.initContainers ?? [])]
-  else pod.spec.containers = [sidecar, ...pod.spec.containers]
-  pod.spec.volumes = [...(pod.spec.volumes ?? []), sidecarVolume()]
+  if (cfg.nativeSidecar) prepend('/spec/initContainers', spec.initContainers, sidecar)
+  else prepend('/spec/containers', spec.containers, sidecar)
+  append('/spec/volumes', spec.volumes, [sidecarVolume()])
   if (plan.aliases.length) {
     const byIp = new Map<string, string[]>()
     for (const a of plan.aliases) byIp.set(a.ip, [...(byIp.get(a.ip) ?? []), a.hostname])
-    pod.spec.hostAliases = [...(pod.spec.hostAliases ?? []), ...[...byIp].map(([ip, hostnames]) => ({ ip, hostnames }))]
+    append('/spec/hostAliases', spec.hostAliases, [...byIp].map(([ip, hostnames]) => ({ ip, hostnames })))
   }
-  // Owned by the webhook: whatever the user put there is replaced.
-  pod.metadata.annotations = {
-    ...annotations,
+  // Owned by the webhook: whatever the user put there is replaced (`add` replaces a member).
+  const owned: Record<string, string> = {
     [ANNOTATION_INTERCEPTION]: serializeIntent(plan.intent),
     [ANNOTATION_STATUS]: JSON.stringify({ version: INJECTOR_VERSION, mode: plan.mode, sidecar: SIDECAR_NAME }),
   }
+  if (!original.metadata?.annotations) ops.push({ op: 'add', path: '/metadata/annotations', value: owned })
+  else for (const [k, v] of Object.entries(owned)) ops.push({ op: 'add', path: `/metadata/annotations/${pointerEscape(k)}`, value: v })
+  if (!original.metadata) ops.unshift({ op: 'add', path: '/metadata', value: {} })
+
   const warnings: string[] = []
   if (plan.mode === 'tproxy' && cfg.tproxy.addCapabilities.length) {
     warnings.push(`ziti-cni: the tproxy sidecar gets ${cfg.tproxy.addCapabilities.join(', ')} (nftables TPROXY only delivers to IP_TRANSPARENT sockets); this pod will not pass Pod Security "restricted"`)
   }
-  if (annotations[ANNOTATION_INTERCEPTION] !== undefined && annotations[ANNOTATION_INTERCEPTION] !== pod.metadata.annotations[ANNOTATION_INTERCEPTION]) {
+  const supplied = annotations[ANNOTATION_INTERCEPTION]
+  if (supplied !== undefined && supplied !== owned[ANNOTATION_INTERCEPTION]) {
     warnings.push(`ziti-cni: replaced the user-supplied ${ANNOTATION_INTERCEPTION} annotation (it is owned by the webhook)`)
   }
-  return { pod, plan, warnings }
+  const pod = jsonpatch.applyPatch(structuredClone(original), ops, true, false).newDocument
+  return { pod, ops, plan, warnings }
 }

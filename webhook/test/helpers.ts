@@ -1,0 +1,37 @@
+import { request } from 'node:https'
+import type { AddressInfo } from 'node:net'
+import { pino } from 'pino'
+import { validateConfig, type WebhookConfig } from '../src/config.ts'
+import { createWebhookMetrics } from '../src/metrics.ts'
+import { buildServer } from '../src/server.ts'
+import { createCa, createServingCert, type KeyPair } from '../src/tls/certs.ts'
+
+let cached: { ca: KeyPair; serving: KeyPair } | undefined
+export function testCerts(): { ca: KeyPair; serving: KeyPair } {
+  if (!cached) {
+    const ca = createCa({ commonName: 'test-ca', validDays: 2 })
+    cached = { ca, serving: createServingCert(ca, { commonName: 'localhost', dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'], validDays: 2 }) }
+  }
+  return cached
+}
+
+export async function startWebhook(config: WebhookConfig = validateConfig({}, {})) {
+  const { ca, serving } = testCerts()
+  const metrics = createWebhookMetrics()
+  const app = buildServer({ config, metrics, log: pino({ level: 'silent' }), tls: { cert: serving.certPem, key: serving.keyPem }, ready: () => true })
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const url = `https://127.0.0.1:${(app.server.address() as AddressInfo).port}`
+  return { app, url, ca: ca.certPem, metrics }
+}
+
+export function https(url: string, ca: string, method: string, body?: string, headers: Record<string, string> = {}): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { method, ca, headers: { ...(body ? { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) } : {}), ...headers } }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (c: Buffer) => chunks.push(c))
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }))
+    })
+    req.on('error', reject)
+    req.end(body)
+  })
+}
