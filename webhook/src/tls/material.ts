@@ -53,6 +53,7 @@ export function fromSecretData(data: Record<string, string> | undefined): TlsMat
   const get = (k: string) => (data?.[k] ? Buffer.from(data[k], 'base64').toString('utf8') : undefined)
   const [crt, key, caBundle, caKey] = [get('tls.crt'), get('tls.key'), get('ca.crt'), get('ca.key')]
   if (!crt || !key || !caBundle || !caKey) return undefined
-  const caCert = caBundle.split(/(?<=-----END CERTIFICATE-----\n?)/)[0]!
+  const caCert = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----\r?\n?/.exec(caBundle)?.[0]
+  if (!caCert) return undefined
   return { ca: { certPem: caCert, keyPem: caKey }, serving: { certPem: crt, keyPem: key }, caBundle }
 }

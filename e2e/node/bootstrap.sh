@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian machine (as root) and runs the demo or the test suite.
+#   bash e2e/node/bootstrap.sh demo   # the narrated end-to-end demo
+#   bash e2e/node/bootstrap.sh test   # every test: unit, golden, kernel, webhook, node e2e
+# Idempotent: packages and dependencies already present are left as they are.
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+readonly PNPM_VERSION=10.34.9
+readonly APT_PACKAGES=(nftables iproute2 containernetworking-plugins util-linux python3 ca-certificates)
+
+what=${1:-}
+case "$what" in
+  demo|test|setup) ;;
+  *) echo "usage: $0 demo|test|setup" >&2; exit 2 ;;
+esac
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "error: run as root (network namespaces, nftables and the CNI chain need it)" >&2
+  exit 1
+fi
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "==> installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+pnpm() { npx --yes "pnpm@${PNPM_VERSION}" "$@"; }
+
+echo "==> installing locked npm dependencies (Node 22 comes from the lockfile)"
+pnpm install --frozen-lockfile --reporter=append-only
+echo "==> type-checking and building"
+pnpm run typecheck
+pnpm run build
+
+case "$what" in
+  demo) pnpm run demo ;;
+  test) pnpm test ;;
+  setup) ;;
+esac

@@ -1,0 +1,39 @@
+import t from 'tap'
+import { ConfigError, DEFAULT_CONFIG, validateConfig } from '../src/config.ts'
+import { formatCidr } from '@ziti-cni/shared'
+
+const problems = (raw: unknown, env: NodeJS.ProcessEnv = {}) => {
+  try { validateConfig(raw, env) } catch (e) { if (e instanceof ConfigError) return e.problems; throw e }
+  return []
+}
+
+t.test('defaults are valid and exclude the webhook namespace', async (t) => {
+  const c = validateConfig({}, {})
+  t.equal(c.defaultMode, 'proxy')
+  t.same(c.excludedNamespaces, ['kube-system', 'kube-node-lease', 'ziti-cni-system'])
+  t.equal(formatCidr(c.proxy.aliasRange), '100.64.0.0/10')
+  t.equal(validateConfig({}, { POD_NAMESPACE: 'zt' }).excludedNamespaces.at(-1), 'zt', 'POD_NAMESPACE wins')
+  t.equal(validateConfig({}, { WEBHOOK_PORT: '8443' }).listen.port, 8443)
+})
+
+t.test('every bad key is reported at once, by name', async (t) => {
+  t.same(problems({
+    defaultMode: 'tun', sidecarUid: 0, frob: 1, proxy: { image: 'openziti/ziti-tunnel:latest', aliasRange: '100.64.0.1/10' },
+    tproxy: { addCapabilities: ['NET_ADMIN'], port: 15053, dnsPort: 15053 }, tls: { mode: 'magic', renewBeforeDays: 400 },
+  }), [
+    'frob: unknown key',
+    'defaultMode: must be proxy or tproxy',
+    'sidecarUid: must be an integer in 1-2147483647',
+    'proxy.image: must be a fully qualified image with a pinned tag or digest (not :latest)',
+    'proxy.aliasRange: host bits are set (did you mean 100.64.0.0/10?)',
+    'tproxy.addCapabilities[0]: only NET_RAW may be added (IP_TRANSPARENT); NET_ADMIN is never needed',
+    'tls.mode: must be self-managed or files',
+    'tproxy.dnsPort: must differ from tproxy.port (15053)',
+    'tls.renewBeforeDays: must be less than tls.validityDays',
+  ])
+  t.same(problems({ proxy: { image: 'ziti-tunnel' } }), ['proxy.image: must be a fully qualified image with a pinned tag or digest (not :latest)'])
+  t.same(problems({ listen: 'x' }), ['listen: must be a mapping'])
+  t.same(problems({}, { WEBHOOK_PORT: 'abc' }), ['WEBHOOK_PORT: must be a port 1-65535'])
+  t.match(new ConfigError(['a: b']).message, /invalid webhook configuration:\n  - a: b/)
+  t.equal(DEFAULT_CONFIG.tproxy.addCapabilities[0], 'NET_RAW')
+})
