@@ -1,5 +1,5 @@
 // Assembles the HTTPS fastify app from its encapsulated plugins.
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import type { WebhookConfig } from './config.ts'
 import { healthRoutes } from './http/health.ts'
@@ -19,7 +19,7 @@ export function buildServer(opts: ServerOptions): FastifyInstance {
     loggerInstance: opts.log as FastifyBaseLogger,
     https: { cert: opts.tls.cert, key: opts.tls.key, minVersion: 'TLSv1.2' },
     bodyLimit: opts.config.bodyLimitBytes,
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
     connectionTimeout: 30_000,
     keepAliveTimeout: 65_000,

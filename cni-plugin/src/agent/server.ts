@@ -1,6 +1,6 @@
 // Two listeners: the CNI socket (root-only unix socket the executable talks to) and the
 // health/metrics port for the kubelet and Prometheus. Each is an encapsulated fastify app.
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import { AGENT_CNI_PATH, AGENT_STATUS_PATH, type AgentRequest, type AgentResponse } from '../cni/agent-protocol.ts'
 import { CniError, ErrorCode } from '../cni/spec.ts'
@@ -25,7 +25,7 @@ const requestSchema = {
 } as const
 
 export function createCniServer(programmer: Programmer, metrics: AgentMetrics, log: Logger): FastifyInstance {
-  const app = Fastify({ loggerInstance: log.child({ component: 'cni-server' }) as FastifyBaseLogger, bodyLimit: 8 << 20, disableRequestLogging: true })
+  const app = Fastify({ loggerInstance: log.child({ component: 'cni-server' }) as FastifyBaseLogger, bodyLimit: 8 << 20, logController: new LogController({ disableRequestLogging: true }) })
   app.get(AGENT_STATUS_PATH, async () => ({ ok: true }))
   app.post<{ Body: AgentRequest }>(AGENT_CNI_PATH, { schema: { body: requestSchema } }, async (request): Promise<AgentResponse> => {
     const body: AgentRequest = { ...request.body, validAttachments: request.body.validAttachments ?? [] }
@@ -58,7 +58,7 @@ export interface HealthProbe {
 }
 
 export function createHealthServer(probe: HealthProbe, metrics: AgentMetrics, log: Logger): FastifyInstance {
-  const app = Fastify({ loggerInstance: log.child({ component: 'health' }) as FastifyBaseLogger, disableRequestLogging: true })
+  const app = Fastify({ loggerInstance: log.child({ component: 'health' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }) })
   app.get('/healthz', async (_req, reply) => reply.code(probe.live() ? 200 : 500).send({ ok: probe.live() }))
   app.get('/readyz', async (_req, reply) => {
     const r = probe.ready()

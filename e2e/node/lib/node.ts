@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createCa, createServingCert, type KeyPair } from '../../../webhook/src/tls/certs.ts'
 import { KubeApiStandIn } from './kube-api.ts'
-import { CniRuntime, type Attachment } from './runtime.ts'
+import { CniCallError, CniRuntime, type Attachment } from './runtime.ts'
 
 export const REPO = fileURLToPath(new URL('../../../', import.meta.url))
 export const PLUGIN_SEA = join(REPO, 'cni-plugin/dist/ziti-cni')
@@ -114,12 +114,23 @@ export class TestNode {
       users: [{ name: 'agent', user: { token } }],
       contexts: [{ name: 'e2e', context: { cluster: 'e2e', user: 'agent' } }],
     }))
+    this.guardHost()
     writeFileSync(join(this.confDir, '10-bridge.conflist'), this.primaryConflist())
     for (const ns of ['default', 'apps', 'plain']) {
       await this.api.create('namespaces', { metadata: { name: ns, labels: { 'kubernetes.io/metadata.name': ns, ...(ns === 'apps' ? { 'cni.openziti.io/inject': 'enabled' } : {}) } } })
     }
     this.healthPort = await freePort()
     await this.startAgent()
+  }
+
+  /**
+   * The bridge plugin (isGateway) turns on forwarding; a guard table makes sure nothing a
+   * test pod sends ever leaves the test bridge (e.g. a connection that was not intercepted).
+   */
+  guardHost(): void {
+    const nft = `table inet ${this.prefix}_guard {\n\tchain forward {\n\t\ttype filter hook forward priority -10; policy accept;\n\t\tiifname "${this.bridge}" oifname != "${this.bridge}" drop\n\t\tiifname != "${this.bridge}" oifname "${this.bridge}" drop\n\t}\n}\n`
+    const r = spawnSync('nft', ['-f', '-'], { input: nft, encoding: 'utf8' })
+    if (r.status !== 0) throw new Error(`cannot install the host guard: ${r.stderr}`)
   }
 
   agentArgs(): string[] {
@@ -161,8 +172,8 @@ export class TestNode {
   }
 
   /** Stores a pod (through admission when configured) scheduled on this node. */
-  async createPod(manifest: Record<string, unknown> & { metadata: { name: string; namespace: string } }): Promise<Record<string, any>> {
-    const spec = { ...(manifest.spec as object), nodeName: NODE_NAME }
+  async createPod(manifest: { metadata: { name: string; namespace: string }; spec?: object }): Promise<Record<string, any>> {
+    const spec = { ...manifest.spec, nodeName: NODE_NAME }
     return this.api.create('pods', { ...manifest, spec } as never) as Promise<Record<string, any>>
   }
 
@@ -182,7 +193,14 @@ export class TestNode {
       containerId: randomBytes(32).toString('hex'), netnsPath: `/var/run/netns/${netns}`, ifName: 'eth0',
       pod: { namespace: pod.metadata.namespace, name: pod.metadata.name, uid: pod.metadata.uid },
     }
-    const { result } = await this.runtime.add(a)
+    let result: unknown
+    try {
+      ({ result } = await this.runtime.add(a))
+    } catch (e) {
+      // Keep the netns for inspection; the caller removes it (failedNetns) as a runtime would.
+      if (e instanceof CniCallError) e.netns = netns
+      throw e
+    }
     const ip = ((result as { ips?: Array<{ address: string }> }).ips?.[0]?.address ?? '').split('/')[0]!
     return { ...a, netns, ip, result }
   }
@@ -203,6 +221,7 @@ export class TestNode {
     await this.stopAgent().catch(() => {})
     for (const ns of [...this.sandboxes]) this.deleteNetns(ns)
     spawnSync('ip', ['link', 'del', this.bridge])
+    spawnSync('nft', ['delete', 'table', 'inet', `${this.prefix}_guard`])
     await this.api?.close().catch(() => {})
     rmSync(this.dir, { recursive: true, force: true })
   }
@@ -220,6 +239,8 @@ export function sweepLeftovers(): void {
   }
   const links = spawnSync('ip', ['-o', 'link', 'show', 'type', 'bridge'], { encoding: 'utf8' }).stdout ?? ''
   for (const m of links.matchAll(/^\d+: (zc\d+[0-9a-f]{4}br)[:@]/gm)) spawnSync('ip', ['link', 'del', m[1]!])
+  const tables = spawnSync('nft', ['list', 'tables'], { encoding: 'utf8' }).stdout ?? ''
+  for (const m of tables.matchAll(/^table inet (zc\d+[0-9a-f]{4}_guard)$/gm)) spawnSync('nft', ['delete', 'table', 'inet', m[1]!])
 }
 
 export function readIfExists(p: string): string {

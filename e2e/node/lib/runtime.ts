@@ -19,6 +19,8 @@ export class CniCallError extends Error {
   readonly exitCode: number
   readonly error: { code?: number; msg?: string; details?: string }
   readonly stderr: string
+  /** Set by the harness when the failed ADD's netns was kept for inspection. */
+  netns: string | undefined
   constructor(plugin: string, exitCode: number, error: { code?: number; msg?: string; details?: string }, stderr: string) {
     super(`${plugin} failed (exit ${exitCode}): ${error.msg ?? 'no error JSON'}${error.code !== undefined ? ` [code ${error.code}]` : ''}`)
     this.plugin = plugin

@@ -1,0 +1,73 @@
+// Processes "inside a pod": `ip netns exec` (which also mounts the pod's kubelet-written
+// /etc/hosts and resolv.conf) then `setpriv` to an unprivileged uid with exactly the
+// capabilities the pod spec grants, nothing through a shell.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import type { V1Container, V1Pod } from '@kubernetes/client-node'
+
+export const STANDINS = fileURLToPath(new URL('../standins/', import.meta.url))
+export const APP_UID = 1000
+
+export interface Identity { uid: number; gid: number; caps?: string[] }
+
+export function setprivArgs(id: Identity): string[] {
+  const caps = (id.caps ?? []).map((c) => `+${c.toLowerCase()}`)
+  const base = ['setpriv', `--reuid=${id.uid}`, `--regid=${id.gid}`, '--clear-groups']
+  if (caps.length === 0) return [...base, '--inh-caps=-all', '--bounding-set=-all', '--no-new-privs']
+  const set = `-all,${caps.join(',')}`
+  return [...base, `--inh-caps=${set}`, `--ambient-caps=${set}`, `--bounding-set=${set}`]
+}
+
+export function podArgv(netns: string, id: Identity, argv: string[]): string[] {
+  return ['netns', 'exec', netns, ...setprivArgs(id), ...argv]
+}
+
+export interface RunResult { code: number; stdout: string; stderr: string }
+
+export function runInPod(netns: string, id: Identity, argv: string[], timeoutMs = 10_000): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('ip', podArgv(netns, id, argv), { stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
+    child.stdout.on('data', (d) => { stdout += d })
+    child.stderr.on('data', (d) => { stderr += d })
+    child.on('error', reject)
+    child.on('close', (code) => { clearTimeout(timer); resolve({ code: code ?? 1, stdout, stderr }) })
+  })
+}
+
+/** Starts a long-running process and resolves once it prints READY. */
+export function startInPod(netns: string, id: Identity, argv: string[], env: Record<string, string> = {}): Promise<ChildProcess> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('ip', podArgv(netns, id, argv), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } })
+    let out = ''
+    let err = ''
+    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`${argv.join(' ')} not ready in 15s: ${err}`)) }, 15_000)
+    child.stdout!.on('data', (d) => {
+      out += d
+      if (out.includes('READY')) { clearTimeout(timer); resolve(child) }
+    })
+    child.stderr!.on('data', (d) => { err += d })
+    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`${argv.join(' ')} exited ${code}: ${err}`)) })
+  })
+}
+
+export const node = (script: string, ...args: string[]) => [process.execPath, `${STANDINS}${script}`, ...args]
+
+/** The app client, as uid 1000 with no capabilities. */
+export async function app(netns: string, ...args: string[]): Promise<{ ok: boolean; resolved?: string; reply?: string; error?: string; answers?: string[] }> {
+  const r = await runInPod(netns, { uid: APP_UID, gid: APP_UID }, node('app-client.ts', ...args))
+  try { return JSON.parse(r.stdout.trim().split('\n').at(-1)!) } catch { return { ok: false, error: `no JSON: ${r.stdout}${r.stderr}` } }
+}
+
+/** Runs the injected sidecar's stand-in with the uid, gid, capabilities, args and env the webhook gave it. */
+export function startSidecar(netns: string, pod: V1Pod): Promise<ChildProcess> {
+  const c = [...(pod.spec?.initContainers ?? []), ...(pod.spec?.containers ?? [])].find((x) => x.name === 'ziti-tunnel') as V1Container
+  if (!c) throw new Error(`pod ${pod.metadata?.name} has no injected sidecar`)
+  const sc = c.securityContext!
+  const id = { uid: sc.runAsUser!, gid: sc.runAsGroup!, caps: sc.capabilities?.add ?? [] }
+  const env = Object.fromEntries((c.env ?? []).filter((e) => e.value !== undefined).map((e) => [e.name, e.value!]))
+  if (c.args?.[0] === 'proxy') return startInPod(netns, id, node('proxy-sidecar.ts', ...c.args), env)
+  return startInPod(netns, id, ['/usr/bin/python3', `${STANDINS}tproxy-sidecar.py`], env)
+}

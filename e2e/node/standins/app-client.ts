@@ -1,0 +1,43 @@
+// The app: an unprivileged process that uses names and ports the way real code does.
+//   tcp HOST PORT      resolve through /etc/hosts (the pod's hostAliases), connect, print the reply
+//   udp HOST PORT      same over UDP
+//   resolve NAME       ask the resolver from /etc/resolv.conf for an A record
+// Prints one JSON line: {ok, resolved, reply | error}.
+import { connect } from 'node:net'
+import { createSocket } from 'node:dgram'
+import { lookup, Resolver } from 'node:dns/promises'
+
+const [cmd, host, port] = process.argv.slice(2) as [string, string, string | undefined]
+const out = (o: object) => process.stdout.write(JSON.stringify(o) + '\n')
+const timeout = <T>(p: Promise<T>, ms: number) => Promise.race([p, new Promise<T>((_, rej) => setTimeout(() => rej(new Error('timeout')), ms))])
+
+async function main() {
+  if (cmd === 'resolve') {
+    const r = new Resolver({ timeout: 1500, tries: 1 })
+    out({ ok: true, answers: await r.resolve4(host) })
+    return
+  }
+  const { address } = await lookup(host, { family: 4 })
+  if (cmd === 'tcp') {
+    const reply = await timeout(new Promise<string>((resolve, reject) => {
+      const c = connect(Number(port), address)
+      let data = ''
+      c.on('data', (d) => { data += d })
+      c.on('end', () => resolve(data.trim()))
+      c.on('error', reject)
+    }), 3000)
+    out({ ok: true, resolved: address, reply })
+  } else if (cmd === 'udp') {
+    const s = createSocket('udp4')
+    const reply = await timeout(new Promise<string>((resolve, reject) => {
+      s.on('message', (m) => resolve(m.toString().trim()))
+      s.on('error', reject)
+      s.send('ping', Number(port), address)
+    }), 3000)
+    s.close()
+    out({ ok: true, resolved: address, reply })
+  } else throw new Error(`unknown command ${cmd}`)
+}
+
+// Exit at once: a dropped SYN would otherwise keep the process alive for minutes.
+main().then(() => process.exit(0), (e: NodeJS.ErrnoException) => { out({ ok: false, error: e.code ?? e.message }); process.exit(1) })
