@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url'
 import { createCa, createServingCert, type KeyPair } from '../../../webhook/src/tls/certs.ts'
 import { KubeApiStandIn } from './kube-api.ts'
 import { CniCallError, CniRuntime, type Attachment } from './runtime.ts'
+import { cleanEnv } from './processes.ts'
 
 export const REPO = fileURLToPath(new URL('../../../', import.meta.url))
 export const PLUGIN_SEA = join(REPO, 'cni-plugin/dist/ziti-cni')
@@ -141,7 +142,7 @@ export class TestNode {
   }
 
   async startAgent(): Promise<void> {
-    const agent = spawn(process.execPath, this.agentArgs(), { stdio: ['ignore', 'pipe', 'pipe'] })
+    const agent = spawn(process.execPath, this.agentArgs(), { stdio: ['ignore', 'pipe', 'pipe'], env: cleanEnv() })
     this.agent = agent
     const collect = (c: Buffer) => { for (const l of c.toString('utf8').split('\n')) if (l) this.agentLog.push(l) }
     agent.stdout!.on('data', collect)
@@ -172,7 +173,7 @@ export class TestNode {
   }
 
   /** Stores a pod (through admission when configured) scheduled on this node. */
-  async createPod(manifest: { metadata: { name: string; namespace: string }; spec?: object }): Promise<Record<string, any>> {
+  async createPod(manifest: { apiVersion?: string; kind?: string; metadata: { name: string; namespace: string; annotations?: Record<string, string> }; spec?: object }): Promise<Record<string, any>> {
     const spec = { ...manifest.spec, nodeName: NODE_NAME }
     return this.api.create('pods', { ...manifest, spec } as never) as Promise<Record<string, any>>
   }

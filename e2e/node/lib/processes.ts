@@ -6,6 +6,16 @@ import { fileURLToPath } from 'node:url'
 import type { V1Container, V1Pod } from '@kubernetes/client-node'
 
 export const STANDINS = fileURLToPath(new URL('../standins/', import.meta.url))
+
+/**
+ * The environment for processes we start: the test runner's NODE_OPTIONS (tap's loaders)
+ * and its own variables would slow every child down and are not what a pod sees.
+ */
+export function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {}
+  for (const [k, v] of Object.entries(process.env)) if (k !== 'NODE_OPTIONS' && !k.startsWith('TAP') && !k.startsWith('_TAPJS')) env[k] = v
+  return { ...env, ...extra }
+}
 export const APP_UID = 1000
 
 export interface Identity { uid: number; gid: number; caps?: string[] }
@@ -24,9 +34,9 @@ export function podArgv(netns: string, id: Identity, argv: string[]): string[] {
 
 export interface RunResult { code: number; stdout: string; stderr: string }
 
-export function runInPod(netns: string, id: Identity, argv: string[], timeoutMs = 10_000): Promise<RunResult> {
+export function runInPod(netns: string, id: Identity, argv: string[], timeoutMs = 30_000): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn('ip', podArgv(netns, id, argv), { stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn('ip', podArgv(netns, id, argv), { stdio: ['ignore', 'pipe', 'pipe'], env: cleanEnv() })
     let stdout = ''
     let stderr = ''
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
@@ -40,7 +50,7 @@ export function runInPod(netns: string, id: Identity, argv: string[], timeoutMs 
 /** Starts a long-running process and resolves once it prints READY. */
 export function startInPod(netns: string, id: Identity, argv: string[], env: Record<string, string> = {}): Promise<ChildProcess> {
   return new Promise((resolve, reject) => {
-    const child = spawn('ip', podArgv(netns, id, argv), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } })
+    const child = spawn('ip', podArgv(netns, id, argv), { stdio: ['ignore', 'pipe', 'pipe'], env: cleanEnv(env) })
     let out = ''
     let err = ''
     const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`${argv.join(' ')} not ready in 15s: ${err}`)) }, 15_000)
