@@ -187,8 +187,7 @@ export function validateIntent(value: unknown): Intent {
       fenced(`${at}.to`, entry.to)
       return entry
     })
-    dnat.sort(compareDnat)
-    return { v: 1, mode, uid, dnat, fence }
+    return { v: 1, mode, uid, dnat: sortDnat(dnat), fence }
   }
 
   const proto = c.array('proto', o.proto, 1, 2).map((p, i) => c.proto(`proto[${i}]`, p))
@@ -215,13 +214,15 @@ export function validateIntent(value: unknown): Intent {
   }
 }
 
-function compareDnat(a: DnatEntry, b: DnatEntry): number {
-  const fa = parseAddress(a.dst) as { family: number; value: bigint }
-  const fb = parseAddress(b.dst) as { family: number; value: bigint }
-  if (fa.family !== fb.family) return fa.family - fb.family
-  if (fa.value !== fb.value) return fa.value < fb.value ? -1 : 1
-  if (a.proto !== b.proto) return a.proto < b.proto ? -1 : 1
-  return a.port - b.port
+/** Sort key: family, address, protocol, port (decorate once, then sort). */
+function sortDnat(list: DnatEntry[]): DnatEntry[] {
+  const keyed = list.map((d) => {
+    const a = parseAddress(d.dst) as { family: number; value: bigint }
+    return { d, family: a.family, value: a.value }
+  })
+  keyed.sort((x, y) => x.family - y.family || (x.value === y.value ? 0 : x.value < y.value ? -1 : 1) ||
+    (x.d.proto === y.d.proto ? 0 : x.d.proto < y.d.proto ? -1 : 1) || x.d.port - y.d.port)
+  return keyed.map((k) => k.d)
 }
 
 /** Parses the annotation value. Size is checked before JSON.parse ever sees it. */

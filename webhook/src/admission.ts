@@ -4,7 +4,7 @@ import { ValidationError } from '@ziti-cni/shared'
 import type { V1Pod } from '@kubernetes/client-node'
 import jsonpatch from 'fast-json-patch'
 import type { WebhookConfig } from './config.ts'
-import { mutatePod } from './inject/mutate.ts'
+import { mutatePod, type InjectionCache } from './inject/mutate.ts'
 import { alreadyInjected, selectPod } from './inject/select.ts'
 
 export interface AdmissionRequest {
@@ -55,7 +55,7 @@ export function parseReview(body: unknown): AdmissionRequest {
   return r.request
 }
 
-export function review(req: AdmissionRequest, cfg: WebhookConfig): ReviewResult {
+export function review(req: AdmissionRequest, cfg: WebhookConfig, cache?: InjectionCache): ReviewResult {
   const allow = (outcome: Outcome, warnings?: string[]): ReviewResult => ({ response: { uid: req.uid, allowed: true, ...(warnings?.length ? { warnings } : {}) }, outcome })
   if (req.kind && (req.kind.kind !== 'Pod' || req.kind.group !== '')) return allow('skipped')
   if (req.operation && req.operation !== 'CREATE') return allow('skipped')
@@ -66,7 +66,7 @@ export function review(req: AdmissionRequest, cfg: WebhookConfig): ReviewResult 
   if (!sel.inject) return allow('skipped', sel.warning ? [sel.warning] : undefined)
   if (alreadyInjected(pod)) return allow('already-injected')
   try {
-    const { ops, warnings, plan } = mutatePod(pod, cfg)
+    const { ops, warnings, plan } = mutatePod(pod, cfg, cache)
     return {
       response: { uid: req.uid, allowed: true, patchType: 'JSONPatch', patch: Buffer.from(JSON.stringify(ops)).toString('base64'), ...(warnings.length ? { warnings } : {}) },
       outcome: 'injected', mode: plan.mode, ops,

@@ -3,9 +3,9 @@
 import type { V1Pod } from '@kubernetes/client-node'
 import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
-import jsonpatch from 'fast-json-patch'
 import { parse as parseYaml, stringify as toYaml } from 'yaml'
 import { review } from '../admission.ts'
+import { applyMutation } from '../inject/mutate.ts'
 import { ConfigError, validateConfig } from '../config.ts'
 import { loadConfig } from '../load-config.ts'
 
@@ -35,7 +35,7 @@ function run(argv: string[]): number {
     process.stderr.write(`${result.response.status?.message}\n`)
     return 1
   }
-  const mutated = result.ops ? jsonpatch.applyPatch(structuredClone(pod), result.ops, true).newDocument : pod
+  const mutated = result.ops ? applyMutation(pod, result.ops) : pod
   process.stdout.write(values.output === 'json' ? JSON.stringify(mutated, null, 2) + '\n' : toYaml(mutated))
   return 0
 }

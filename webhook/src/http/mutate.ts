@@ -3,6 +3,7 @@
 import type { FastifyPluginAsync } from 'fastify'
 import type { WebhookConfig } from '../config.ts'
 import { BadReview, parseReview, review, type AdmissionReview } from '../admission.ts'
+import { InjectionCache } from '../inject/mutate.ts'
 import type { WebhookMetrics } from '../metrics.ts'
 
 export interface MutateOptions {
@@ -11,6 +12,7 @@ export interface MutateOptions {
 }
 
 export const mutateRoutes: FastifyPluginAsync<MutateOptions> = async (app, { config, metrics }) => {
+  const cache = new InjectionCache()
   app.post('/mutate', async (request, reply) => {
     const started = process.hrtime.bigint()
     let req
@@ -21,16 +23,18 @@ export const mutateRoutes: FastifyPluginAsync<MutateOptions> = async (app, { con
       metrics.requests.inc({ outcome: 'bad-request' })
       return reply.code(400).send({ message: e.message })
     }
-    const log = request.log.child({
+    // Request context on every line; plain fields instead of a child logger (hot path).
+    const ctx = {
       admissionUid: req.uid, namespace: req.namespace ?? req.object?.metadata?.namespace,
       pod: req.name || req.object?.metadata?.name || `${req.object?.metadata?.generateName ?? ''}<generated>`,
       dryRun: req.dryRun ?? false,
-    })
+    }
+    const log = request.log
     let result
     try {
-      result = review(req, config)
+      result = review(req, config, cache)
     } catch (e) {
-      log.error({ err: e }, 'admission failed unexpectedly')
+      log.error({ ...ctx, err: e }, 'admission failed unexpectedly')
       result = { response: { uid: req.uid, allowed: false, status: { code: 500, message: `ziti-cni: internal error: ${(e as Error).message}` } }, outcome: 'error' as const }
     }
     const seconds = Number(process.hrtime.bigint() - started) / 1e9
@@ -38,7 +42,7 @@ export const mutateRoutes: FastifyPluginAsync<MutateOptions> = async (app, { con
     metrics.latency.observe({ outcome: result.outcome }, seconds)
     if (result.outcome === 'injected') metrics.injections.inc({ mode: result.mode ?? 'unknown' })
     if (result.outcome === 'rejected') metrics.rejections.inc()
-    const fields = { outcome: result.outcome, mode: result.mode, ms: seconds * 1000 }
+    const fields = { ...ctx, outcome: result.outcome, mode: result.mode, ms: seconds * 1000 }
     if (result.outcome === 'rejected') log.warn({ ...fields, reason: result.response.status?.message }, 'pod rejected')
     else log.info({ ...fields, warnings: result.response.warnings }, `admission ${result.outcome}`)
     const body: AdmissionReview = { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response: result.response }

@@ -2,9 +2,9 @@
 // the problem) out. Both /mutate and the offline `inject` command run exactly this.
 import {
   ANNOTATION_ENROLLMENT_SECRET, ANNOTATION_IDENTITY_SECRET, ANNOTATION_INTERCEPTION, ANNOTATION_STATUS, SIDECAR_NAME, SIDECAR_VOLUME,
-  ValidationError, parseSecretRef, serializeIntent,
+  USER_ANNOTATIONS, ValidationError, parseSecretRef, serializeIntent,
 } from '@ziti-cni/shared'
-import type { V1Container, V1Pod } from '@kubernetes/client-node'
+import type { V1Container, V1HostAlias, V1Pod } from '@kubernetes/client-node'
 import jsonpatch, { type Operation } from 'fast-json-patch'
 import type { WebhookConfig } from '../config.ts'
 import { planInterception, type InterceptionPlan } from './intent.ts'
@@ -13,8 +13,6 @@ import { buildSidecar, sidecarVolume, type IdentitySource } from './sidecar.ts'
 export const INJECTOR_VERSION = '0.1.0'
 
 export interface MutationResult {
-  /** The pod after the patch (for the offline command and tests). */
-  pod: V1Pod
   ops: Operation[]
   plan: InterceptionPlan
   warnings: string[]
@@ -65,16 +63,77 @@ export function pointerEscape(key: string): string {
   return key.replace(/~/g, '~0').replace(/\//g, '~1')
 }
 
+/** Everything about an injection that depends only on the annotations and hostAliases. */
+interface Prepared {
+  plan: InterceptionPlan
+  sidecar: V1Container
+  aliases: Array<{ ip: string; hostnames: string[] }>
+  owned: Record<string, string>
+}
+
+function prepare(annotations: Record<string, string>, hostAliases: V1HostAlias[], cfg: WebhookConfig): Prepared {
+  const identity = identitySource(annotations)
+  const plan = planInterception(annotations, hostAliases, cfg)
+  const byIp = new Map<string, string[]>()
+  for (const a of plan.aliases) byIp.set(a.ip, [...(byIp.get(a.ip) ?? []), a.hostname])
+  return {
+    plan,
+    sidecar: buildSidecar(plan, identity, cfg),
+    aliases: [...byIp].map(([ip, hostnames]) => ({ ip, hostnames })),
+    owned: {
+      [ANNOTATION_INTERCEPTION]: serializeIntent(plan.intent),
+      [ANNOTATION_STATUS]: JSON.stringify({ version: INJECTOR_VERSION, mode: plan.mode, sidecar: SIDECAR_NAME }),
+    },
+  }
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object' && !Object.isFrozen(o)) {
+    Object.freeze(o)
+    for (const v of Object.values(o)) deepFreeze(v)
+  }
+  return o
+}
+
+/**
+ * Pods of one ReplicaSet share their annotations, so the parsed and rendered part of an
+ * injection is memoised (bounded LRU). Entries are frozen: a patch only ever reads them.
+ */
+export class InjectionCache {
+  private readonly entries = new Map<string, Prepared>()
+  private readonly max: number
+  hits = 0
+  constructor(max = 512) {
+    this.max = max
+  }
+  get(annotations: Record<string, string>, hostAliases: V1HostAlias[], cfg: WebhookConfig): Prepared {
+    const key = JSON.stringify([USER_ANNOTATIONS.map((k) => annotations[k] ?? null), hostAliases])
+    const hit = this.entries.get(key)
+    if (hit) {
+      this.hits++
+      this.entries.delete(key)
+      this.entries.set(key, hit)
+      return hit
+    }
+    const fresh = deepFreeze(prepare(annotations, hostAliases, cfg))
+    this.entries.set(key, fresh)
+    if (this.entries.size > this.max) this.entries.delete(this.entries.keys().next().value!)
+    return fresh
+  }
+}
+
 /**
  * Builds the JSON Patch by hand rather than diffing: an `add` at index 0 inserts the
  * sidecar in front of existing containers instead of rewriting every one of them.
  */
-export function mutatePod(original: V1Pod, cfg: WebhookConfig): MutationResult {
+export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: InjectionCache): MutationResult {
   const spec = original.spec ?? { containers: [] }
   const annotations = original.metadata?.annotations ?? {}
-  const identity = identitySource(annotations)
+  const hostAliases = spec.hostAliases ?? []
+  // Identity first: a pod without one is refused before anything else is looked at.
+  identitySource(annotations)
   checkUids(original, cfg.sidecarUid)
-  const plan = planInterception(annotations, spec.hostAliases ?? [], cfg)
+  const { plan, sidecar, aliases, owned } = cache ? cache.get(annotations, hostAliases, cfg) : prepare(annotations, hostAliases, cfg)
   checkPorts(original, plan)
 
   const ops: Operation[] = []
@@ -84,21 +143,11 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig): MutationResult {
     if (!list) ops.push({ op: 'add', path, value: values })
     else for (const value of values) ops.push({ op: 'add', path: `${path}/-`, value })
   }
-
-  const sidecar = buildSidecar(plan, identity, cfg)
   if (cfg.nativeSidecar) prepend('/spec/initContainers', spec.initContainers, sidecar)
   else prepend('/spec/containers', spec.containers, sidecar)
   append('/spec/volumes', spec.volumes, [sidecarVolume()])
-  if (plan.aliases.length) {
-    const byIp = new Map<string, string[]>()
-    for (const a of plan.aliases) byIp.set(a.ip, [...(byIp.get(a.ip) ?? []), a.hostname])
-    append('/spec/hostAliases', spec.hostAliases, [...byIp].map(([ip, hostnames]) => ({ ip, hostnames })))
-  }
+  if (aliases.length) append('/spec/hostAliases', spec.hostAliases, aliases)
   // Owned by the webhook: whatever the user put there is replaced (`add` replaces a member).
-  const owned: Record<string, string> = {
-    [ANNOTATION_INTERCEPTION]: serializeIntent(plan.intent),
-    [ANNOTATION_STATUS]: JSON.stringify({ version: INJECTOR_VERSION, mode: plan.mode, sidecar: SIDECAR_NAME }),
-  }
   if (!original.metadata?.annotations) ops.push({ op: 'add', path: '/metadata/annotations', value: owned })
   else for (const [k, v] of Object.entries(owned)) ops.push({ op: 'add', path: `/metadata/annotations/${pointerEscape(k)}`, value: v })
   if (!original.metadata) ops.unshift({ op: 'add', path: '/metadata', value: {} })
@@ -111,6 +160,10 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig): MutationResult {
   if (supplied !== undefined && supplied !== owned[ANNOTATION_INTERCEPTION]) {
     warnings.push(`ziti-cni: replaced the user-supplied ${ANNOTATION_INTERCEPTION} annotation (it is owned by the webhook)`)
   }
-  const pod = jsonpatch.applyPatch(structuredClone(original), ops, true, false).newDocument
-  return { pod, ops, plan, warnings }
+  return { ops, plan, warnings }
+}
+
+/** The pod after a patch (the offline command and tests; /mutate never needs it). */
+export function applyMutation(original: V1Pod, ops: Operation[]): V1Pod {
+  return jsonpatch.applyPatch(structuredClone(original), ops, true, false).newDocument
 }

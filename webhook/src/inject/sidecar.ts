@@ -51,7 +51,7 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
     args,
     env,
     volumeMounts: [{ name: SIDECAR_VOLUME, mountPath: cfg.identityDir }],
-    resources: structuredClone(cfg.resources),
+    resources: { ...(cfg.resources.requests ? { requests: { ...cfg.resources.requests } } : {}), ...(cfg.resources.limits ? { limits: { ...cfg.resources.limits } } : {}) },
     securityContext: {
       runAsUser: cfg.sidecarUid,
       runAsGroup: cfg.sidecarGid,
