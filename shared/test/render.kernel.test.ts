@@ -3,7 +3,8 @@
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import { ipCommands, renderDeleteTable, renderPlan } from '../src/index.ts'
+import { createOnly, ipCommands, renderDeleteTable, renderPlan } from '../src/index.ts'
+import { normaliseListing } from '../src/index.ts'
 import { nftIn, rootOnly, scratchNetns } from '../testkit/root.ts'
 import { FIXTURES } from './fixtures.ts'
 
@@ -15,10 +16,13 @@ t.test('golden rulesets load into a real netns', rootOnly(), async (t) => {
   for (const [name, intent] of Object.entries(FIXTURES)) {
     const nft = readFileSync(new URL(`./golden/${name}.nft`, import.meta.url), 'utf8')
     t.equal(nft, renderPlan(intent).nft, `${name}: golden file is current`)
+    // First ADD: the create-only form; again: it fails atomically and the replace form wins.
+    nftIn(ns.name, ['-f', '-'], createOnly(nft))
+    const first = normaliseListing(nftIn(ns.name, ['list', 'table', 'inet', 'ziti_cni']))
+    t.throws(() => nftIn(ns.name, ['-f', '-'], createOnly(nft)), /File exists/, `${name}: create-only refuses an existing table`)
+    t.equal(normaliseListing(nftIn(ns.name, ['list', 'table', 'inet', 'ziti_cni'])), first, `${name}: ...and changes nothing`)
     nftIn(ns.name, ['-f', '-'], nft)
-    const first = nftIn(ns.name, ['list', 'table', 'inet', 'ziti_cni'])
-    nftIn(ns.name, ['-f', '-'], nft)
-    t.equal(nftIn(ns.name, ['list', 'table', 'inet', 'ziti_cni']), first, `${name}: applying twice gives the same table`)
+    t.equal(normaliseListing(nftIn(ns.name, ['list', 'table', 'inet', 'ziti_cni'])), first, `${name}: replacing gives the same table`)
 
     const parsed = JSON.parse(nftIn(ns.name, ['-j', 'list', 'table', 'inet', 'ziti_cni'])) as NftJson
     const sets = new Map<string, number>()

@@ -27,11 +27,13 @@ function pluginEntry(f: AgentFlags) {
 
 async function run(f: AgentFlags): Promise<void> {
   const log = pino({ level: f.logLevel, base: { component: 'agent', node: f.nodeName } })
-  const metrics = createAgentMetrics()
+  let cachedCount = () => 0
+  const metrics = createAgentMetrics(() => cachedCount())
   const kc = new KubeConfig()
   if (f.kubeconfig) kc.loadFromFile(f.kubeconfig)
   else kc.loadFromCluster()
   const pods = createPodSource(kc, f.nodeName, log, { onLookup: (source, outcome) => metrics.lookups.inc({ source, outcome }) })
+  cachedCount = () => pods.cachedCount()
   const state = new StateStore(f.stateDir)
   const netns = createNetns({ hostNetns: f.hostNetns, nsenter: 'nsenter', timeoutMs: 5000 })
   const programmer = new Programmer({ netns, pods, state, log, lookupDeadlineMs: f.lookupDeadlineMs })
@@ -44,7 +46,7 @@ async function run(f: AgentFlags): Promise<void> {
   const cni = createCniServer(programmer, metrics, log)
   mkdirSync(dirname(f.socket), { recursive: true, mode: 0o700 })
   rmSync(f.socket, { force: true })
-  await cni.listen({ path: f.socket })
+  await new Promise<void>((resolve, reject) => { cni.once('error', reject); cni.listen(f.socket, () => resolve()) })
   chmodSync(f.socket, 0o600)
 
   let installer: Installer | undefined
@@ -62,7 +64,6 @@ async function run(f: AgentFlags): Promise<void> {
   const health = createHealthServer({
     live: () => true,
     ready: () => {
-      metrics.cachedPods.set(pods.cachedCount())
       if (installer && !installer.ready) return { ready: false, reason: 'no primary CNI config yet' }
       if (!pods.synced()) return { ready: false, reason: 'pod cache not synced' }
       return { ready: true, reason: '' }
@@ -74,7 +75,8 @@ async function run(f: AgentFlags): Promise<void> {
   const shutdown = async (signal: string) => {
     log.info({ signal }, 'shutting down: finishing in-flight requests')
     installer?.stop()
-    await cni.close()
+    // Stop accepting; in-flight requests finish (close waits for open connections).
+    await new Promise<void>((resolve) => cni.close(() => resolve()))
     await health.close()
     await pods.stop()
     if (f.uninstallOnExit) for (const line of uninstall(f)) log.info(line)

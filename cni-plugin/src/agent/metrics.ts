@@ -1,6 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 
-export function createAgentMetrics() {
+export function createAgentMetrics(cachedPods: () => number = () => 0) {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'ziti_cni_agent_' })
   return {
@@ -12,7 +12,7 @@ export function createAgentMetrics() {
     }),
     lookups: new Counter({ name: 'ziti_cni_pod_lookups_total', help: 'Pod lookups by source and outcome', labelNames: ['source', 'outcome'] as const, registers: [registry] }),
     reinserts: new Counter({ name: 'ziti_cni_conflist_reinserts_total', help: 'Times the primary CNI config was rewritten without ziti-cni', labelNames: ['primary'] as const, registers: [registry] }),
-    cachedPods: new Gauge({ name: 'ziti_cni_cached_pods', help: 'Pods in the node-scoped cache', registers: [registry] }),
+    cachedPods: new Gauge({ name: 'ziti_cni_cached_pods', help: 'Pods in the node-scoped cache', registers: [registry], collect() { this.set(cachedPods()) } }),
   }
 }
 

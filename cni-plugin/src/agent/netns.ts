@@ -21,6 +21,8 @@ export interface Netns {
   assertPodNetns(path: string): void
   nft(path: string, args: string[], input?: string): Promise<ExecResult>
   ip(path: string, args: string[]): Promise<ExecResult>
+  /** `ip -4|-6 -batch -`: one process for many commands; `force` carries on past failures. */
+  ipBatch(path: string, family: '-4' | '-6', commands: string[][], force: boolean): Promise<ExecResult>
 }
 
 export interface NetnsOptions {
@@ -71,6 +73,12 @@ export function createNetns(opts: NetnsOptions): Netns {
     },
     ip(path, args) {
       return run(opts.nsenter, [`--net=${path}`, '--', 'ip', ...args], undefined, opts.timeoutMs)
+    },
+    ipBatch(path, family, commands, force) {
+      // Batch lines are split on whitespace by ip: only renderer output (numbers, keywords) goes here.
+      for (const c of commands) for (const a of c) if (!/^[A-Za-z0-9.:/_-]+$/.test(a)) throw new NetnsError(`refusing ip batch argument ${JSON.stringify(a)}`)
+      const input = commands.map((c) => c.join(' ')).join('\n') + '\n'
+      return run(opts.nsenter, [`--net=${path}`, '--', 'ip', family, ...(force ? ['-force'] : []), '-batch', '-'], input, opts.timeoutMs)
     },
   }
 }

@@ -1,6 +1,7 @@
 // ADD/DEL/CHECK/GC on the node: read the pod's intent, render it with the shared renderer,
 // apply it inside the pod's netns as one nft transaction plus policy routes, and record it.
-import { ANNOTATION_INTERCEPTION, NFT_FAMILY, NFT_TABLE, ValidationError, ipCommands, parseIntent, renderDeleteTable, renderPlan, serializeIntent, type Plan } from '@ziti-cni/shared'
+import { ANNOTATION_INTERCEPTION, NFT_FAMILY, NFT_TABLE, ValidationError, createOnly, ipCommands, parseIntent, renderDeleteTable, renderPlan, serializeIntent, type Plan } from '@ziti-cni/shared'
+import { lineDiff, normaliseListing } from '@ziti-cni/shared'
 import type { Logger } from 'pino'
 import type { AgentRequest, AgentResponse } from '../cni/agent-protocol.ts'
 import { CniError, ErrorCode, type PodRef } from '../cni/spec.ts'
@@ -20,11 +21,13 @@ const LIST_TABLE = ['list', 'table', NFT_FAMILY, NFT_TABLE]
 
 export class Programmer {
   private readonly d: ProgrammerDeps
+  /** Normalised listing per canonical intent: pods of one template share it, saving a call per ADD. */
+  private readonly listings = new Map<string, string>()
   constructor(deps: ProgrammerDeps) {
     this.d = deps
   }
 
-  async handle(req: AgentRequest): Promise<AgentResponse> {
+  async handle(req: AgentRequest & { command: 'ADD' | 'DEL' | 'CHECK' | 'GC' }): Promise<AgentResponse> {
     switch (req.command) {
       case 'ADD': return this.add(req)
       case 'DEL': return this.del(req)
@@ -62,13 +65,20 @@ export class Programmer {
     return r.stdout
   }
 
-  private async removeRouting(netns: string, plan: Pick<Plan, 'routes' | 'rules'>): Promise<void> {
-    for (const argv of ipCommands(plan)) {
-      const del = [...argv]
-      del[2] = 'del'
-      // Deleting until it fails removes duplicates too; "not found" is the success case here.
-      for (let i = 0; i < 8; i++) if ((await this.d.netns.ip(netns, del)).code !== 0) break
+  /** Runs `ip` argv lists (each starting with -4/-6) as one batch per family. */
+  private async ipBatches(netns: string, argvs: string[][], force: boolean): Promise<void> {
+    for (const family of ['-4', '-6'] as const) {
+      const lines = argvs.filter((a) => a[0] === family).map((a) => a.slice(1))
+      if (lines.length === 0) continue
+      const r = await this.d.netns.ipBatch(netns, family, lines, force)
+      if (r.code !== 0 && !force) throw new CniError(ErrorCode.ProgrammingFailed, 'policy routing failed', r.stderr.trim())
     }
+  }
+
+  /** Removes our routes and rules; "not found" is success, repeats catch duplicates. */
+  private async removeRouting(netns: string, plan: Pick<Plan, 'routes' | 'rules'>): Promise<void> {
+    const dels = ipCommands(plan).map((argv) => argv.map((a, i) => (i === 2 ? 'del' : a)))
+    await this.ipBatches(netns, [...dels, ...dels, ...dels], true)
   }
 
   async add(req: AgentRequest): Promise<AgentResponse> {
@@ -84,16 +94,23 @@ export class Programmer {
     // Routing first (idempotent), then the table in one transaction; undo routing if nft fails.
     await this.removeRouting(req.netns, plan)
     try {
-      for (const argv of ipCommands(plan)) {
-        const r = await this.d.netns.ip(req.netns, argv)
-        if (r.code !== 0) throw new CniError(ErrorCode.ProgrammingFailed, `ip ${argv.join(' ')} failed`, r.stderr.trim())
+      await this.ipBatches(req.netns, ipCommands(plan), false)
+      const created = await this.d.netns.nft(req.netns, ['-f', '-'], createOnly(plan.nft))
+      if (created.code !== 0) {
+        if (!created.stderr.includes('File exists')) throw new CniError(ErrorCode.ProgrammingFailed, `nft -f in ${req.netns} failed`, created.stderr.trim())
+        await this.nft(req.netns, ['-f', '-'], plan.nft) // a table is there (ADD again): replace it
       }
-      await this.nft(req.netns, ['-f', '-'], plan.nft)
     } catch (e) {
       await this.removeRouting(req.netns, plan)
       throw e
     }
-    const listing = await this.nft(req.netns, LIST_TABLE)
+    // The kernel's own spelling of what was committed, once per distinct intent.
+    let listing = this.listings.get(canonical)
+    if (listing === undefined) {
+      listing = normaliseListing(await this.nft(req.netns, LIST_TABLE))
+      if (this.listings.size >= 1024) this.listings.delete(this.listings.keys().next().value!)
+      this.listings.set(canonical, listing)
+    }
     this.d.state.put({
       containerId: req.containerId, ifName: req.ifName, netns: req.netns, pod,
       mode: plan.mode, intent: canonical, listing, createdAt: new Date().toISOString(),
@@ -131,8 +148,9 @@ export class Programmer {
     if (!saved) throw new CniError(ErrorCode.Drift, `no record of ADD for ${req.containerId}/${req.ifName}`)
     if (saved.intent !== canonical) throw new CniError(ErrorCode.Drift, `pod ${pod.namespace}/${pod.name}: the interception intent changed since ADD`)
     if (live.code !== 0) throw new CniError(ErrorCode.Drift, `table ${NFT_TABLE} is missing from ${req.netns}`, live.stderr.trim())
-    if (live.stdout !== saved.listing) {
-      throw new CniError(ErrorCode.Drift, `table ${NFT_TABLE} in ${req.netns} differs from what ADD programmed`, lineDiff(saved.listing, live.stdout))
+    const liveListing = normaliseListing(live.stdout)
+    if (liveListing !== saved.listing) {
+      throw new CniError(ErrorCode.Drift, `table ${NFT_TABLE} in ${req.netns} differs from what ADD programmed`, lineDiff(saved.listing, liveListing))
     }
     for (const rule of plan.rules) {
       const r = await this.d.netns.ip(req.netns, [`-${rule.family}`, 'rule', 'show'])
@@ -161,13 +179,4 @@ export class Programmer {
     }
     return { ok: true, intercepted: false, detail: `removed ${removed} stale attachment(s)` }
   }
-}
-
-/** A short, readable difference for the CHECK error's details. */
-export function lineDiff(expected: string, actual: string): string {
-  const a = new Set(actual.split('\n'))
-  const e = new Set(expected.split('\n'))
-  const missing = expected.split('\n').filter((l) => !a.has(l)).map((l) => `- ${l.trim()}`)
-  const extra = actual.split('\n').filter((l) => !e.has(l)).map((l) => `+ ${l.trim()}`)
-  return [...missing, ...extra].slice(0, 20).join('\n')
 }

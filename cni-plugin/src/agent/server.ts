@@ -1,42 +1,38 @@
 // Two listeners: the CNI socket (root-only unix socket the executable talks to) and the
-// health/metrics port for the kubelet and Prometheus. Each is an encapsulated fastify app.
+// health/metrics port (fastify) for the kubelet and Prometheus.
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
-import { AGENT_CNI_PATH, AGENT_STATUS_PATH, type AgentRequest, type AgentResponse } from '../cni/agent-protocol.ts'
+import { createServer, type Server } from 'node:net'
+import { MAX_MESSAGE_BYTES, requestProblem, type AgentRequest, type AgentResponse } from '../cni/agent-protocol.ts'
 import { CniError, ErrorCode } from '../cni/spec.ts'
 import type { AgentMetrics } from './metrics.ts'
 import type { Programmer } from './programmer.ts'
 
-const requestSchema = {
-  type: 'object',
-  required: ['command', 'containerId', 'netns', 'ifName'],
-  additionalProperties: false,
-  properties: {
-    command: { enum: ['ADD', 'DEL', 'CHECK', 'GC'] },
-    containerId: { type: 'string', maxLength: 256 },
-    netns: { type: 'string', maxLength: 4096 },
-    ifName: { type: 'string', maxLength: 64 },
-    pod: {
-      type: 'object', required: ['namespace', 'name'], additionalProperties: false,
-      properties: { namespace: { type: 'string', maxLength: 253 }, name: { type: 'string', maxLength: 253 }, uid: { type: 'string', maxLength: 64 } },
-    },
-    validAttachments: { type: 'array', maxItems: 100000, items: { type: 'object', properties: { containerID: { type: 'string' }, ifname: { type: 'string' } } } },
-  },
-} as const
-
-export function createCniServer(programmer: Programmer, metrics: AgentMetrics, log: Logger): FastifyInstance {
-  const app = Fastify({ loggerInstance: log.child({ component: 'cni-server' }) as FastifyBaseLogger, bodyLimit: 8 << 20, logController: new LogController({ disableRequestLogging: true }) })
-  app.get(AGENT_STATUS_PATH, async () => ({ ok: true }))
-  app.post<{ Body: AgentRequest }>(AGENT_CNI_PATH, { schema: { body: requestSchema } }, async (request): Promise<AgentResponse> => {
-    const body: AgentRequest = { ...request.body, validAttachments: request.body.validAttachments ?? [] }
+/**
+ * The CNI socket: one JSON request line in, one JSON response line out, per connection.
+ * Root-only (0600), on the node; the executable is its only client.
+ */
+export function createCniServer(programmer: Programmer, metrics: AgentMetrics, log: Logger): Server {
+  const cniLog = log.child({ component: 'cni-server' })
+  const handle = async (line: string): Promise<AgentResponse> => {
+    let body: AgentRequest
+    try {
+      body = JSON.parse(line) as AgentRequest
+    } catch {
+      return { ok: false, code: ErrorCode.DecodeFailure, msg: 'agent request is not JSON' }
+    }
+    const problem = requestProblem(body)
+    if (problem) return { ok: false, code: ErrorCode.DecodeFailure, msg: `agent request: ${problem}` }
+    if (body.command === 'PING') return { ok: true, intercepted: false }
+    body = { ...body, validAttachments: body.validAttachments ?? [] }
     const started = process.hrtime.bigint()
-    const reqLog = request.log.child({ command: body.command, containerId: body.containerId, pod: body.pod ? `${body.pod.namespace}/${body.pod.name}` : undefined })
+    const reqLog = cniLog.child({ command: body.command, containerId: body.containerId, pod: body.pod ? `${body.pod.namespace}/${body.pod.name}` : undefined })
     let res: AgentResponse
     try {
       if ((body.command === 'ADD' || body.command === 'CHECK') && !body.pod) {
         throw new CniError(ErrorCode.InvalidEnv, `${body.command} needs the pod's namespace and name`)
       }
-      res = await programmer.handle(body)
+      res = await programmer.handle(body as AgentRequest & { command: 'ADD' | 'DEL' | 'CHECK' | 'GC' })
     } catch (e) {
       const err = e instanceof CniError ? e : new CniError(ErrorCode.IoFailure, `agent error: ${(e as Error).message}`)
       res = { ok: false, code: err.code, msg: err.message, ...(err.details ? { details: err.details } : {}) }
@@ -48,8 +44,20 @@ export function createCniServer(programmer: Programmer, metrics: AgentMetrics, l
     if (res.ok) reqLog.info({ outcome, ms: Math.round(seconds * 1000) }, `${body.command} ${outcome}`)
     else reqLog.warn({ outcome, code: res.code, details: res.details, ms: Math.round(seconds * 1000) }, res.msg)
     return res
+  }
+  return createServer((sock) => {
+    const chunks: Buffer[] = []
+    let size = 0
+    sock.on('error', () => { /* the client went away; nothing to answer */ })
+    sock.on('data', (c: Buffer) => {
+      chunks.push(c)
+      size += c.length
+      if (size > MAX_MESSAGE_BYTES) { sock.end(JSON.stringify({ ok: false, code: ErrorCode.DecodeFailure, msg: 'agent request is too large' }) + '\n'); return }
+      if (!c.includes(10)) return
+      sock.pause()
+      void handle(Buffer.concat(chunks).toString('utf8')).then((res) => sock.end(JSON.stringify(res) + '\n'))
+    })
   })
-  return app
 }
 
 export interface HealthProbe {

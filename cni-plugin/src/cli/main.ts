@@ -4,7 +4,7 @@ import { ANNOTATION_INTERCEPTION, NFT_FAMILY, NFT_TABLE, ValidationError, ipComm
 import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { parse as parseYaml } from 'yaml'
-import { lineDiff } from '../agent/programmer.ts'
+import { lineDiff, normaliseListing } from '@ziti-cni/shared'
 import { createNetns } from '../agent/netns.ts'
 
 const USAGE = `usage:
@@ -57,7 +57,7 @@ async function main(argv: string[]): Promise<number> {
     if (!values.file) return 0
     // Same judge as CHECK: load the rendered plan into a throwaway netns and compare listings.
     const expected = await renderedListing(renderPlan(parseIntent(readPodIntent(values.file))).nft)
-    const diff = lineDiff(expected, live.stdout)
+    const diff = lineDiff(normaliseListing(expected), normaliseListing(live.stdout))
     process.stdout.write(diff ? `\nDRIFT: live table differs from the pod's intent:\n${diff}\n` : '\nMATCH: live table equals the pod\'s intent\n')
     return diff ? 1 : 0
   }

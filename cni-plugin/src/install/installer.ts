@@ -1,7 +1,7 @@
 // The installer's I/O: the executable into the CNI bin dir, the plugin kubeconfig, and our
 // entry at the end of the primary conflist; kept there while the primary CNI rewrites it.
 import { createHash } from 'node:crypto'
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, watch, writeFileSync, type FSWatcher } from 'node:fs'
+import { chmodSync, closeSync, copyFileSync, openSync, readSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, watch, writeFileSync, type FSWatcher } from 'node:fs'
 import { basename, dirname, join } from 'node:path'
 import type { Logger } from 'pino'
 import { candidateFiles, hasPlugin, insertPlugin, PLUGIN_TYPE, primaryType, removePlugin, selectPrimary, type ConfFile, type PluginEntry } from './conflist.ts'
@@ -21,8 +21,18 @@ export interface InstallerOptions {
   onReinsert?: (culprit: string) => void
 }
 
+/** Streams the file through the hash in 1 MiB steps: the SEA executable is ~120 MiB. */
 function sha256(path: string): string | undefined {
-  try { return createHash('sha256').update(readFileSync(path)).digest('hex') } catch { return undefined }
+  let fd: number
+  try { fd = openSync(path, 'r') } catch { return undefined }
+  try {
+    const hash = createHash('sha256')
+    const buf = Buffer.allocUnsafe(1 << 20)
+    for (let n; (n = readSync(fd, buf, 0, buf.length, null)) > 0;) hash.update(buf.subarray(0, n))
+    return hash.digest('hex')
+  } finally {
+    closeSync(fd)
+  }
 }
 
 /** Write-to-temp then rename: readers never see a half-written file. */

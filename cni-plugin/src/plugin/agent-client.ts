@@ -1,47 +1,47 @@
-// HTTP over the agent's unix socket, bounded by a deadline.
-import { request } from 'node:http'
-import type { AgentRequest, AgentResponse } from '../cni/agent-protocol.ts'
-import { AGENT_CNI_PATH, AGENT_STATUS_PATH } from '../cni/agent-protocol.ts'
+// Talks to the node agent over its unix socket (JSON line protocol), bounded by a deadline.
+import { connect } from 'node:net'
+import { MAX_MESSAGE_BYTES, type AgentRequest, type AgentResponse } from '../cni/agent-protocol.ts'
 
 /** The agent could not be reached at all (as opposed to answering with an error). */
 export class AgentUnreachable extends Error {
   override readonly name = 'AgentUnreachable'
 }
 
-function call(socketPath: string, method: string, path: string, body: unknown, timeoutMs: number): Promise<{ status: number; text: string }> {
+function call(socketPath: string, body: AgentRequest, timeoutMs: number): Promise<AgentResponse> {
   return new Promise((resolve, reject) => {
-    const payload = body === undefined ? undefined : JSON.stringify(body)
-    const req = request({
-      socketPath, method, path,
-      headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {},
-    }, (res) => {
-      const chunks: Buffer[] = []
-      res.on('data', (c: Buffer) => chunks.push(c))
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }))
-      res.on('error', reject)
+    const sock = connect(socketPath)
+    const chunks: Buffer[] = []
+    let size = 0
+    let settled = false
+    const done = (fn: () => void) => { if (!settled) { settled = true; clearTimeout(timer); sock.destroy(); fn() } }
+    const timer = setTimeout(() => done(() => reject(new AgentUnreachable(`no answer from the agent at ${socketPath} within ${timeoutMs} ms`))), timeoutMs)
+    sock.on('connect', () => sock.write(JSON.stringify(body) + '\n'))
+    sock.on('data', (c: Buffer) => {
+      chunks.push(c)
+      size += c.length
+      if (size > MAX_MESSAGE_BYTES) done(() => resolve({ ok: false, code: 5, msg: 'agent answer is too large' }))
+      else if (c.includes(10)) sock.end()
     })
-    const timer = setTimeout(() => req.destroy(new AgentUnreachable(`no answer from the agent at ${socketPath} within ${timeoutMs} ms`)), timeoutMs)
-    req.on('close', () => clearTimeout(timer))
-    req.on('error', (e: NodeJS.ErrnoException) => {
-      reject(e instanceof AgentUnreachable ? e : new AgentUnreachable(`cannot reach the agent at ${socketPath}: ${e.code ?? e.message}`))
-    })
-    req.end(payload)
+    sock.on('end', () => done(() => {
+      const text = Buffer.concat(chunks).toString('utf8').trim()
+      try {
+        resolve(JSON.parse(text) as AgentResponse)
+      } catch {
+        resolve({ ok: false, code: 5, msg: 'agent answered with something that is not JSON', details: text.slice(0, 200) })
+      }
+    }))
+    sock.on('error', (e: NodeJS.ErrnoException) => done(() => reject(new AgentUnreachable(`cannot reach the agent at ${socketPath}: ${e.code ?? e.message}`))))
   })
 }
 
-export async function callAgent(socketPath: string, body: AgentRequest, timeoutMs: number): Promise<AgentResponse> {
-  const { status, text } = await call(socketPath, 'POST', AGENT_CNI_PATH, body, timeoutMs)
-  try {
-    return JSON.parse(text) as AgentResponse
-  } catch {
-    return { ok: false, code: 5, msg: `agent answered HTTP ${status} with a body that is not JSON`, details: text.slice(0, 200) }
-  }
+export function callAgent(socketPath: string, body: AgentRequest, timeoutMs: number): Promise<AgentResponse> {
+  return call(socketPath, body, timeoutMs)
 }
 
 export async function agentStatus(socketPath: string, timeoutMs: number): Promise<boolean> {
   try {
-    const { status } = await call(socketPath, 'GET', AGENT_STATUS_PATH, undefined, timeoutMs)
-    return status === 200
+    const r = await call(socketPath, { command: 'PING', containerId: '', netns: '', ifName: '', pod: undefined, validAttachments: [] }, timeoutMs)
+    return r.ok
   } catch {
     return false
   }

@@ -41,6 +41,8 @@ export interface PodSandbox extends Attachment {
   netns: string
   ip: string
   result: unknown
+  /** Per-plugin ADD time in ms, as the runtime saw it. */
+  timings: Record<string, number>
 }
 
 export class TestNode {
@@ -195,15 +197,16 @@ export class TestNode {
       pod: { namespace: pod.metadata.namespace, name: pod.metadata.name, uid: pod.metadata.uid },
     }
     let result: unknown
+    let timings: Record<string, number> = {}
     try {
-      ({ result } = await this.runtime.add(a))
+      ({ result, timings } = await this.runtime.add(a))
     } catch (e) {
       // Keep the netns for inspection; the caller removes it (failedNetns) as a runtime would.
       if (e instanceof CniCallError) e.netns = netns
       throw e
     }
     const ip = ((result as { ips?: Array<{ address: string }> }).ips?.[0]?.address ?? '').split('/')[0]!
-    return { ...a, netns, ip, result }
+    return { ...a, netns, ip, result, timings }
   }
 
   async removeSandbox(s: PodSandbox, opts: { netnsFirst?: boolean } = {}): Promise<void> {

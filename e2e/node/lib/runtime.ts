@@ -2,7 +2,7 @@
 // the kubelet does, runs `loopback` and then every plugin of the list in order with
 // prevResult on ADD, in reverse on DEL, with the cached result on CHECK/DEL.
 import { spawn } from 'node:child_process'
-import { readdirSync, readFileSync } from 'node:fs'
+import { accessSync, constants, readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { selectPrimary } from '../../../cni-plugin/src/install/conflist.ts'
 
@@ -33,9 +33,14 @@ export class CniCallError extends Error {
 export interface ExecOutcome { code: number; stdout: string; stderr: string; ms: number }
 
 export function execPlugin(binary: string, env: Record<string, string>, stdin: string): Promise<ExecOutcome> {
+  return execProcess(binary, [], env, stdin)
+}
+
+/** Runs a process with a minimal environment, timing it from spawn to exit. */
+export function execProcess(binary: string, args: string[], env: Record<string, string> = {}, stdin = ''): Promise<ExecOutcome> {
   return new Promise((resolve, reject) => {
     const started = process.hrtime.bigint()
-    const child = spawn(binary, [], { env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env }, stdio: ['pipe', 'pipe', 'pipe'] })
+    const child = spawn(binary, args, { env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env }, stdio: ['pipe', 'pipe', 'pipe'] })
     const out: Buffer[] = []
     const err: Buffer[] = []
     child.stdout.on('data', (c: Buffer) => out.push(c))
@@ -73,7 +78,7 @@ export class CniRuntime {
   private binary(type: string): string {
     for (const dir of this.binDirs) {
       const p = join(dir, type)
-      try { readFileSync(p, { flag: 'r' }).length; return p } catch { /* next */ }
+      try { accessSync(p, constants.X_OK); return p } catch { /* next */ }
     }
     throw new Error(`CNI plugin ${type} not found in ${this.binDirs.join(':')}`)
   }
