@@ -48,6 +48,9 @@ t.test('agent + executable on a real kernel', rootOnly(['nft', 'ip', 'nsenter'])
     t.equal(table(s).stdout, first.stdout, 'identical after a second ADD')
     await node.runtime.check(s)
     t.pass('CHECK passes on an untouched table')
+    const cli = spawnSync(process.execPath, [new URL('../src/cli/main.ts', import.meta.url).pathname, 'inspect', '--pod', 'default/proxy-1', '--state-dir', node.stateDir], { encoding: 'utf8' })
+    t.equal(cli.status, 0, cli.stderr)
+    t.match(cli.stdout, /MATCH: live table equals the pod's intent/, 'the admin CLI finds the pod and agrees')
 
     nftIn(s.netns, ['flush', 'chain', 'inet', 'ziti_cni', 'fence_input'])
     const drift = await node.runtime.check(s).then(() => undefined, (e: unknown) => e)
@@ -149,7 +152,26 @@ t.test('agent + executable on a real kernel', rootOnly(['nft', 'ip', 'nsenter'])
     t.equal(out.stdout, '', 'STATUS prints nothing on success')
   })
 
-  await t.test('uninstall restores the primary conflist and removes our files', async (t) => {
+  await t.test('SIGTERM while the DaemonSet exists (upgrade): the plugin stays', async (t) => {
+    await node.stopAgent()
+    t.match(readFileSync(join(node.confDir, '10-bridge.conflist'), 'utf8'), /ziti-cni/)
+    t.ok(existsSync(join(node.binDir, 'ziti-cni')))
+    t.match(node.agentLog.join('\n'), /leaving the plugin installed/)
+  })
+
+  await t.test('SIGTERM after the DaemonSet was deleted (uninstall): everything is removed', async (t) => {
+    await node.startAgent()
+    node.api.delete('daemonsets', 'ziti-cni-system', 'ziti-cni-agent')
+    await node.stopAgent()
+    t.same(JSON.parse(readFileSync(join(node.confDir, '10-bridge.conflist'), 'utf8')), JSON.parse(original))
+    t.notOk(existsSync(join(node.binDir, 'ziti-cni')))
+    t.notOk(existsSync(node.pluginKubeconfig))
+  })
+
+  await t.test('the explicit uninstall command restores the primary conflist and removes our files', async (t) => {
+    await node.startAgent()
+    t.match(readFileSync(join(node.confDir, '10-bridge.conflist'), 'utf8'), /ziti-cni/, 'installed again')
+    await node.api.create('daemonsets', { metadata: { name: 'ziti-cni-agent', namespace: 'ziti-cni-system' }, spec: {} })
     await node.stopAgent()
     const r = spawnSync(process.execPath, [AGENT_BUNDLE, 'uninstall', '--cni-bin-dir', node.binDir, '--cni-conf-dir', node.confDir, '--plugin-kubeconfig', node.pluginKubeconfig], { encoding: 'utf8' })
     t.equal(r.status, 0, r.stderr)

@@ -22,6 +22,8 @@ export interface AgentFlags {
   checkIntervalMs: number
   lookupDeadlineMs: number
   uninstallOnExit: boolean
+  /** Own DaemonSet: gone or being deleted at SIGTERM means uninstall, present means upgrade. */
+  daemonSet: { namespace: string; name: string } | undefined
   install: boolean
   hostNetns: string
 }
@@ -45,7 +47,10 @@ export const USAGE = `usage: ziti-cni-agent [run|uninstall] [flags]
   --log-level LEVEL           trace|debug|info|warn|error (default info)
   --check-interval SECONDS    periodic conflist/token check (default 10)
   --lookup-deadline SECONDS   total time for a pod lookup with retries (default 8)
-  --uninstall-on-exit         remove the conflist entry, kubeconfig and executable on SIGTERM
+  --uninstall-on-exit         always remove the conflist entry, kubeconfig and executable on SIGTERM
+  --daemonset NS/NAME         own DaemonSet (default env POD_NAMESPACE + DAEMONSET_NAME): at SIGTERM,
+                              if it is gone or being deleted the agent uninstalls, otherwise (an
+                              upgrade or a node drain) it leaves the plugin in place
   --no-install                serve only; do not run the installer
   --host-netns PATH           the namespace never to program (default /proc/self/ns/net)
 `
@@ -72,7 +77,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
         'plugin-timeout': { type: 'string' }, 'token-file': { type: 'string' }, 'ca-file': { type: 'string' },
         'api-server': { type: 'string' }, 'health-addr': { type: 'string' }, 'log-level': { type: 'string' },
         'check-interval': { type: 'string' }, 'lookup-deadline': { type: 'string' },
-        'uninstall-on-exit': { type: 'boolean' }, 'no-install': { type: 'boolean' }, 'host-netns': { type: 'string' },
+        'uninstall-on-exit': { type: 'boolean' }, 'no-install': { type: 'boolean' }, 'host-netns': { type: 'string' }, daemonset: { type: 'string' },
         help: { type: 'boolean' },
       },
     })
@@ -90,6 +95,9 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
   if (!m || Number(m[2]) > 65535) throw new FlagError(`--health-addr: ${JSON.stringify(health)} is not HOST:PORT`)
   const level = v['log-level'] ?? 'info'
   if (!['trace', 'debug', 'info', 'warn', 'error'].includes(level)) throw new FlagError(`--log-level: unknown level ${JSON.stringify(level)}`)
+  const dsText = v.daemonset ?? (env.POD_NAMESPACE && env.DAEMONSET_NAME ? `${env.POD_NAMESPACE}/${env.DAEMONSET_NAME}` : undefined)
+  const ds = dsText?.split('/')
+  if (ds && (ds.length !== 2 || !ds[0] || !ds[1])) throw new FlagError(`--daemonset: ${JSON.stringify(dsText)} is not NAMESPACE/NAME`)
   const sa = '/var/run/secrets/kubernetes.io/serviceaccount'
   const lookupDeadline = seconds('lookup-deadline', v['lookup-deadline'] ?? '8')
   const pluginTimeout = seconds('plugin-timeout', v['plugin-timeout'] ?? '10')
@@ -114,6 +122,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
     checkIntervalMs: seconds('check-interval', v['check-interval'] ?? '10') * 1000,
     lookupDeadlineMs: lookupDeadline * 1000,
     uninstallOnExit: v['uninstall-on-exit'] ?? false,
+    daemonSet: ds ? { namespace: ds[0]!, name: ds[1]! } : undefined,
     install: !(v['no-install'] ?? false),
     hostNetns: v['host-netns'] ?? '/proc/self/ns/net',
   }

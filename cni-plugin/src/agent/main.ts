@@ -1,9 +1,9 @@
 // ziti-cni-agent: the node agent (DaemonSet). Serves the CNI executable, keeps the pod cache,
 // programs pod netns, and installs/guards the plugin on the node.
-import { KubeConfig } from '@kubernetes/client-node'
+import { AppsV1Api, KubeConfig } from '@kubernetes/client-node'
 import { chmodSync, mkdirSync, rmSync } from 'node:fs'
 import { dirname } from 'node:path'
-import { pino } from 'pino'
+import { pino, type Logger } from 'pino'
 import { PLUGIN_TYPE } from '../install/conflist.ts'
 import { inClusterServer } from '../install/kubeconfig.ts'
 import { Installer, uninstall } from '../install/installer.ts'
@@ -79,12 +79,27 @@ async function run(f: AgentFlags): Promise<void> {
     await new Promise<void>((resolve) => cni.close(() => resolve()))
     await health.close()
     await pods.stop()
-    if (f.uninstallOnExit) for (const line of uninstall(f)) log.info(line)
+    if (await shouldUninstall(f, kc, log)) for (const line of uninstall(f)) log.info(line)
+    else log.info('leaving the plugin installed (upgrade or restart)')
     rmSync(f.socket, { force: true })
     process.exit(0)
   }
   process.once('SIGTERM', () => void shutdown('SIGTERM'))
   process.once('SIGINT', () => void shutdown('SIGINT'))
+}
+
+/** Uninstall only when asked to, or when our DaemonSet is gone or going: never on upgrade. */
+async function shouldUninstall(f: AgentFlags, kc: KubeConfig, log: Logger): Promise<boolean> {
+  if (f.uninstallOnExit) return true
+  if (!f.daemonSet || !f.install) return false
+  try {
+    const ds = await kc.makeApiClient(AppsV1Api).readNamespacedDaemonSet({ name: f.daemonSet.name, namespace: f.daemonSet.namespace })
+    return ds.metadata?.deletionTimestamp !== undefined
+  } catch (e) {
+    if ((e as { code?: number }).code === 404) return true
+    log.warn({ err: String(e) }, 'cannot tell uninstall from upgrade; leaving the plugin installed')
+    return false
+  }
 }
 
 async function main(): Promise<void> {

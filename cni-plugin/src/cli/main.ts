@@ -6,10 +6,13 @@ import { parseArgs } from 'node:util'
 import { parse as parseYaml } from 'yaml'
 import { lineDiff, normaliseListing } from '@ziti-cni/shared'
 import { createNetns } from '../agent/netns.ts'
+import { StateStore } from '../agent/state.ts'
 
 const USAGE = `usage:
   ziti-cni render -f POD.yaml [--format nft|json]   print what ADD would apply (nft: pipe into nft -c -f -)
   ziti-cni inspect --netns PATH [-f POD.yaml]       show the live table; with -f, compare it with the intent
+  ziti-cni inspect --pod NS/NAME [--state-dir DIR]  the same for a pod the agent programmed (run on the node,
+                                                    e.g. kubectl exec into the agent pod)
 `
 
 class UsageError extends Error {}
@@ -32,7 +35,10 @@ function readPodIntent(file: string): string {
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv, allowPositionals: true, strict: true,
-    options: { file: { type: 'string', short: 'f' }, format: { type: 'string', default: 'json' }, netns: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      file: { type: 'string', short: 'f' }, format: { type: 'string', default: 'json' }, netns: { type: 'string' },
+      pod: { type: 'string' }, 'state-dir': { type: 'string', default: '/var/run/ziti-cni/state' }, help: { type: 'boolean', short: 'h' },
+    },
   })
   const cmd = positionals[0]
   if (values.help || !cmd) { process.stdout.write(USAGE); return values.help ? 0 : 2 }
@@ -45,18 +51,27 @@ async function main(argv: string[]): Promise<number> {
     return 0
   }
   if (cmd === 'inspect') {
-    if (!values.netns) throw new UsageError('inspect needs --netns PATH')
+    let expectedIntent: string | undefined = values.file ? readPodIntent(values.file) : undefined
+    if (values.pod) {
+      const [ns, name] = values.pod.split('/')
+      const found = new StateStore(values['state-dir']).list().find((s) => s.pod.namespace === ns && s.pod.name === name)
+      if (!found) throw new UsageError(`no attachment recorded for pod ${values.pod} in ${values['state-dir']} (not intercepted, or not on this node)`)
+      values.netns = found.netns
+      expectedIntent ??= found.intent
+      process.stdout.write(`pod ${values.pod}: container ${found.containerId.slice(0, 12)}, netns ${found.netns}, mode ${found.mode}\n`)
+    }
+    if (!values.netns) throw new UsageError('inspect needs --netns PATH or --pod NS/NAME')
     const netns = createNetns({ hostNetns: '/proc/self/ns/net', nsenter: 'nsenter', timeoutMs: 5000 })
     netns.assertPodNetns(values.netns)
     const live = await netns.nft(values.netns, ['list', 'table', NFT_FAMILY, NFT_TABLE])
     if (live.code !== 0) {
       process.stdout.write(`no ${NFT_FAMILY} ${NFT_TABLE} table in ${values.netns}\n`)
-      return values.file ? 1 : 0
+      return expectedIntent ? 1 : 0
     }
     process.stdout.write(live.stdout)
-    if (!values.file) return 0
+    if (!expectedIntent) return 0
     // Same judge as CHECK: load the rendered plan into a throwaway netns and compare listings.
-    const expected = await renderedListing(renderPlan(parseIntent(readPodIntent(values.file))).nft)
+    const expected = await renderedListing(renderPlan(parseIntent(expectedIntent)).nft)
     const diff = lineDiff(normaliseListing(expected), normaliseListing(live.stdout))
     process.stdout.write(diff ? `\nDRIFT: live table differs from the pod's intent:\n${diff}\n` : '\nMATCH: live table equals the pod\'s intent\n')
     return diff ? 1 : 0

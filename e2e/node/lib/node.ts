@@ -119,6 +119,7 @@ export class TestNode {
     }))
     this.guardHost()
     writeFileSync(join(this.confDir, '10-bridge.conflist'), this.primaryConflist())
+    await this.api.create('daemonsets', { metadata: { name: 'ziti-cni-agent', namespace: 'ziti-cni-system' }, spec: {} })
     for (const ns of ['default', 'apps', 'plain']) {
       await this.api.create('namespaces', { metadata: { name: ns, labels: { 'kubernetes.io/metadata.name': ns, ...(ns === 'apps' ? { 'cni.openziti.io/inject': 'enabled' } : {}) } } })
     }
@@ -140,7 +141,8 @@ export class TestNode {
     return [AGENT_BUNDLE, 'run', '--node-name', NODE_NAME, '--kubeconfig', this.agentKubeconfig, '--socket', this.socket,
       '--state-dir', this.stateDir, '--cni-bin-dir', this.binDir, '--cni-conf-dir', this.confDir, '--plugin-binary', PLUGIN_SEA,
       '--plugin-kubeconfig', this.pluginKubeconfig, '--plugin-log-file', this.pluginLog, '--token-file', this.tokenFile, '--ca-file', this.caFile,
-      '--api-server', this.apiUrl, '--health-addr', `127.0.0.1:${this.healthPort}`, '--check-interval', '1', '--log-level', 'debug']
+      '--api-server', this.apiUrl, '--health-addr', `127.0.0.1:${this.healthPort}`, '--check-interval', '1', '--log-level', 'debug',
+      '--daemonset', 'ziti-cni-system/ziti-cni-agent']
   }
 
   async startAgent(): Promise<void> {
