@@ -79,16 +79,15 @@ async function main(argv: string[]): Promise<number> {
   throw new UsageError(`unknown command ${JSON.stringify(cmd)}`)
 }
 
+/**
+ * The kernel's listing of a rendered transaction, from a throwaway netns (`unshare --net`)
+ * that disappears with the process. The shell script is a constant; the ruleset is stdin.
+ */
 async function renderedListing(nft: string): Promise<string> {
-  const { execFileSync } = await import('node:child_process')
-  const name = `zcni-inspect-${process.pid}`
-  execFileSync('ip', ['netns', 'add', name])
-  try {
-    execFileSync('ip', ['netns', 'exec', name, 'nft', '-f', '-'], { input: nft })
-    return execFileSync('ip', ['netns', 'exec', name, 'nft', 'list', 'table', NFT_FAMILY, NFT_TABLE], { encoding: 'utf8' })
-  } finally {
-    execFileSync('ip', ['netns', 'del', name])
-  }
+  const { spawnSync } = await import('node:child_process')
+  const r = spawnSync('unshare', ['--net', '--', 'sh', '-c', `nft -f - && nft list table ${NFT_FAMILY} ${NFT_TABLE}`], { input: nft, encoding: 'utf8' })
+  if (r.status !== 0) throw new Error(`cannot load the rendered ruleset into a scratch netns: ${r.stderr || r.error}`)
+  return r.stdout
 }
 
 main(process.argv.slice(2)).then((code) => { process.exitCode = code }, (e: unknown) => {

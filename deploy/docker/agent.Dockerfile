@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1.7
+# The node agent: Node 22 LTS, the agent bundle, the self-contained `ziti-cni` executable
+# (Node SEA, built here on glibc with the same Node as the runtime) that the installer
+# copies to the node, and the tools the agent runs inside pod netns: nft, ip, nsenter.
+ARG NODE_IMAGE=docker.io/library/node:22.23.3-bookworm-slim
+
+FROM ${NODE_IMAGE} AS build
+WORKDIR /src
+RUN npm install -g pnpm@10.34.9
+COPY package.json pnpm-lock.yaml pnpm-workspace.yaml .npmrc tsconfig.json ./
+COPY shared/package.json shared/
+COPY webhook/package.json webhook/
+COPY cni-plugin/package.json cni-plugin/
+COPY e2e/package.json e2e/
+RUN pnpm install --frozen-lockfile
+COPY shared shared
+COPY cni-plugin cni-plugin
+COPY webhook/src/tls webhook/src/tls
+RUN pnpm --filter @ziti-cni/cni-plugin run build
+
+FROM ${NODE_IMAGE}
+LABEL org.opencontainers.image.description="ziti-cni node agent and CNI plugin installer"
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nftables iproute2 util-linux \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /src/cni-plugin/dist/agent.mjs /opt/ziti-cni/agent.mjs
+COPY --from=build /src/cni-plugin/dist/cli.mjs /opt/ziti-cni/cli.mjs
+COPY --from=build /src/cni-plugin/dist/ziti-cni /opt/ziti-cni/ziti-cni
+RUN printf '#!/bin/sh\nexec node /opt/ziti-cni/cli.mjs "$@"\n' > /usr/local/bin/ziti-cni && chmod 0755 /usr/local/bin/ziti-cni
+ENTRYPOINT ["node", "/opt/ziti-cni/agent.mjs"]
+CMD ["run"]
