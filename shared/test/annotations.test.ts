@@ -1,7 +1,7 @@
 import t from 'tap'
+import { validationMessage } from './validation-message.ts'
 import {
   ANNOTATION_EXCLUDE_PORTS,
-  ValidationError,
   formatCidr,
   parseBool,
   parseExcludeCidrs,
@@ -12,13 +12,7 @@ import {
   parseServices,
 } from '../src/index.ts'
 
-const message = (fn: () => unknown): string => {
-  try { fn() } catch (e) {
-    if (e instanceof ValidationError) return e.message
-    throw e
-  }
-  throw new Error('expected a ValidationError')
-}
+const message = validationMessage
 
 t.test('services: the documented form', async (t) => {
   t.same(parseServices('pg.ziti:5432=postgres, api.ziti:443=billing-api,syslog.ziti:514/udp=logs'), [

@@ -1,14 +1,9 @@
 import t from 'tap'
-import { LIMITS, ValidationError, parseIntent, serializeIntent, validateIntent } from '../src/index.ts'
+import { validationMessage } from './validation-message.ts'
+import { LIMITS, parseIntent, serializeIntent, validateIntent } from '../src/index.ts'
 import { FIXTURES } from './fixtures.ts'
 
-const message = (fn: () => unknown): string => {
-  try { fn() } catch (e) {
-    if (e instanceof ValidationError) return e.message
-    throw e
-  }
-  throw new Error('expected a ValidationError')
-}
+const message = validationMessage
 
 t.test('the design card examples parse and serialize canonically', async (t) => {
   const proxy = '{"v":1,"mode":"proxy","uid":2171,"dnat":[{"dst":"100.64.0.2","proto":"tcp","port":5432,"to":15100}],"fence":[15100]}'

@@ -55,15 +55,9 @@ async function dispatch(req: CniRequest, deps: PluginDeps): Promise<PluginOutput
       }
       throw new CniError(ErrorCode.PluginNotAvailable, `ziti-cni cannot service ADD: agent at ${socket} is down and kubeconfig ${kubeconfig} is unreadable`)
     }
-    case 'GC': {
-      try {
-        await expectOk(await deps.callAgent(socket, agentRequest(req), timeoutMs))
-      } catch (e) {
-        if (!(e instanceof AgentUnreachable)) throw e
-        log.log('warn', 'GC skipped: agent unreachable; it collects stale state when it starts', { error: e.message })
-      }
+    case 'GC':
+      await cleanupOrWarn(req, deps, socket, timeoutMs, 'GC skipped: agent unreachable; it drops stale state when it starts')
       return { stdout: undefined, exitCode: 0 }
-    }
     case 'ADD':
     case 'CHECK': {
       const prev = req.conf.prevResult
@@ -74,19 +68,22 @@ async function dispatch(req: CniRequest, deps: PluginDeps): Promise<PluginOutput
       if (req.command === 'CHECK') return { stdout: undefined, exitCode: 0 }
       return { stdout: convertResult(prev as CniResult, req.version), exitCode: 0 }
     }
-    case 'DEL': {
-      if (!req.pod) return { stdout: undefined, exitCode: 0 }
-      try {
-        await expectOk(await deps.callAgent(socket, agentRequest(req), timeoutMs))
-      } catch (e) {
-        if (!(e instanceof AgentUnreachable)) throw e
-        // The table lives in the pod's netns and dies with it; the agent drops stale state at GC.
-        log.log('warn', 'DEL with the agent unreachable: nothing to clean from here', { error: e.message })
-      }
+    case 'DEL':
+      // The table lives in the pod's netns and dies with it; the agent drops stale state later.
+      if (req.pod) await cleanupOrWarn(req, deps, socket, timeoutMs, 'DEL with the agent unreachable: nothing to clean from here')
       return { stdout: undefined, exitCode: 0 }
-    }
     default:
       throw new CniError(ErrorCode.InvalidEnv, `unsupported command ${String(req.command)}`)
+  }
+}
+
+/** DEL and GC: the agent's errors count, an unreachable agent does not (nothing to clean here). */
+async function cleanupOrWarn(req: CniRequest, deps: PluginDeps, socket: string, timeoutMs: number, warning: string): Promise<void> {
+  try {
+    await expectOk(await deps.callAgent(socket, agentRequest(req), timeoutMs))
+  } catch (e) {
+    if (!(e instanceof AgentUnreachable)) throw e
+    deps.logger(req).log('warn', warning, { error: e.message })
   }
 }
 
