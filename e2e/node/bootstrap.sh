@@ -35,6 +35,9 @@ pnpm() { npx --yes "pnpm@${PNPM_VERSION}" "$@"; }
 
 echo "==> installing locked npm dependencies (Node 22 comes from the lockfile)"
 pnpm install --frozen-lockfile --reporter=append-only
+# tap compiles its Test class for the plugins in .taprc (the TypeScript loader is disabled);
+# build it now, or the first run would still load the default plugins.
+pnpm exec tap build
 echo "==> type-checking and building"
 pnpm run typecheck
 pnpm run build
