@@ -24,9 +24,9 @@ export async function startWebhook(config: WebhookConfig = validateConfig({}, {}
   return { app, url, ca: ca.certPem, metrics }
 }
 
-export function https(url: string, ca: string, method: string, body?: string, headers: Record<string, string> = {}): Promise<{ status: number; text: string }> {
+export function https(url: string, ca: string, method: string, body?: string, headers: Record<string, string> = {}, servername?: string): Promise<{ status: number; text: string }> {
   return new Promise((resolve, reject) => {
-    const req = request(url, { method, ca, headers: { ...(body ? { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) } : {}), ...headers } }, (res) => {
+    const req = request(url, { method, ca, ...(servername ? { servername } : {}), headers: { ...(body ? { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) } : {}), ...headers } }, (res) => {
       const chunks: Buffer[] = []
       res.on('data', (c: Buffer) => chunks.push(c))
       res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }))

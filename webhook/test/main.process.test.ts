@@ -1,0 +1,90 @@
+// The webhook process as deployed: config file, self-managed TLS against the API stand-in
+// (the Secret ships empty, so only get/update are used), caBundle patched, a certificate
+// renewed by another replica picked up without a restart, SIGTERM drains and exits 0.
+import t from 'tap'
+import { spawn } from 'node:child_process'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { connect } from 'node:tls'
+import { KubeApiStandIn } from '../../e2e/node/lib/kube-api.ts'
+import { cleanEnv } from '../../e2e/node/lib/processes.ts'
+import { freePort } from '../../e2e/node/lib/node.ts'
+import { createCa, createServingCert } from '../src/tls/certs.ts'
+import { fromSecretData, toSecretData } from '../src/tls/material.ts'
+import { https } from './helpers.ts'
+
+t.test('webhook process with self-managed TLS', async (t) => {
+  const apiCa = createCa({ commonName: 'api-ca', validDays: 1 })
+  const apiCert = createServingCert(apiCa, { commonName: 'api', ipAddresses: ['127.0.0.1'], validDays: 1 })
+  const api = new KubeApiStandIn({ cert: apiCert.certPem, key: apiCert.keyPem, tokens: ['wh-token'] })
+  const url = await api.listen()
+  t.teardown(() => api.close())
+  await api.create('mutatingwebhookconfigurations', { metadata: { name: 'ziti-cni-webhook' }, webhooks: [{ name: 'a.cni.openziti.io', clientConfig: { service: { name: 'ziti-cni-webhook', namespace: 'ziti-cni-system' } } }] } as never)
+  await api.create('secrets', { metadata: { name: 'ziti-cni-webhook-tls', namespace: 'ziti-cni-system' }, type: 'Opaque' } as never)
+
+  const dir = mkdtempSync(join(tmpdir(), 'zcni-wh-'))
+  writeFileSync(join(dir, 'kubeconfig'), JSON.stringify({
+    apiVersion: 'v1', kind: 'Config', 'current-context': 'c',
+    clusters: [{ name: 'c', cluster: { server: url, 'certificate-authority-data': Buffer.from(apiCa.certPem).toString('base64') } }],
+    users: [{ name: 'u', user: { token: 'wh-token' } }], contexts: [{ name: 'c', context: { cluster: 'c', user: 'u' } }],
+  }))
+  writeFileSync(join(dir, 'config.yaml'), 'logLevel: info\ntls:\n  mode: self-managed\n')
+  const port = await freePort()
+  const proc = spawn(process.execPath, [new URL('../src/main.ts', import.meta.url).pathname, '--config', join(dir, 'config.yaml'), '--kubeconfig', join(dir, 'kubeconfig')], {
+    env: cleanEnv({ WEBHOOK_PORT: String(port), POD_NAMESPACE: 'ziti-cni-system', TLS_CHECK_INTERVAL_SECONDS: '1' }), stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let logs = ''
+  proc.stdout.on('data', (d) => { logs += d })
+  proc.stderr.on('data', (d) => { logs += d })
+  t.teardown(() => { proc.kill('SIGKILL') })
+  const stored = () => fromSecretData(api.get('secrets', 'ziti-cni-system', 'ziti-cni-webhook-tls')?.data as Record<string, string>)
+  const until = async (cond: () => boolean | Promise<boolean>, what: string) => {
+    const end = Date.now() + 15_000
+    while (!(await cond())) {
+      if (Date.now() > end || proc.exitCode !== null) throw new Error(`${what} did not happen:\n${logs}`)
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+  await until(async () => {
+    const m = stored()
+    if (!m) return false
+    try { return (await https(`https://127.0.0.1:${port}/readyz`, m.caBundle, 'GET', undefined, {}, 'ziti-cni-webhook.ziti-cni-system.svc')).status === 200 } catch { return false }
+  }, 'ready over HTTPS')
+  const material = stored()!
+  t.pass('serves HTTPS with a certificate the stored CA verifies')
+  const mwc = api.get('mutatingwebhookconfigurations', undefined, 'ziti-cni-webhook') as unknown as { webhooks: Array<{ clientConfig: { caBundle: string } }> }
+  t.equal(Buffer.from(mwc.webhooks[0]!.clientConfig.caBundle, 'base64').toString(), material.caBundle, 'caBundle patched')
+  t.notOk(api.requests.some((r) => r.method === 'POST'), 'never creates objects (RBAC: get/update/patch only)')
+
+  const serial = () => new Promise<string>((resolve, reject) => {
+    const s = connect({ host: '127.0.0.1', port, ca: material.caBundle, servername: 'ziti-cni-webhook.ziti-cni-system.svc' }, () => { resolve(s.getPeerCertificate().serialNumber); s.end() })
+    s.on('error', reject)
+  })
+  const before = await serial()
+  // Another replica renews: same CA, new serving certificate in the Secret.
+  const renewed = createServingCert(material.ca, { commonName: 'ziti-cni-webhook.ziti-cni-system.svc', dnsNames: ['ziti-cni-webhook.ziti-cni-system.svc'], validDays: 365 })
+  const secret = api.get('secrets', 'ziti-cni-system', 'ziti-cni-webhook-tls')!
+  api.put('secrets', { ...secret, data: toSecretData({ ...material, serving: renewed }) } as never)
+  await until(async () => (await serial()) !== before, 'certificate swap')
+  t.pass('new connections get the renewed certificate, same process')
+  t.match(logs, /serving certificate reloaded without restart/)
+
+  const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)))
+  proc.kill('SIGTERM')
+  t.equal(await exited, 0, 'SIGTERM drains and exits 0')
+})
+
+t.test('a bad config file stops start-up with every problem named', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'zcni-wh-'))
+  writeFileSync(join(dir, 'config.yaml'), 'sidecarUid: root\nproxy:\n  portBase: 80\n')
+  const r = await new Promise<{ code: number | null; err: string }>((resolve) => {
+    const p = spawn(process.execPath, [new URL('../src/main.ts', import.meta.url).pathname, '--config', join(dir, 'config.yaml')], { env: cleanEnv(), stdio: ['ignore', 'ignore', 'pipe'] })
+    let err = ''
+    p.stderr.on('data', (d) => { err += d })
+    p.on('exit', (code) => resolve({ code, err }))
+  })
+  t.equal(r.code, 2)
+  t.match(r.err, /sidecarUid: must be an integer in 1-2147483647/)
+  t.match(r.err, /proxy.portBase: must be an integer in 1024-65000/)
+})
