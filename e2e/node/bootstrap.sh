@@ -42,8 +42,22 @@ echo "==> type-checking and building"
 pnpm run typecheck
 pnpm run build
 
+run_tests() {
+  local log
+  log=$(mktemp)
+  pnpm test 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  # tap's own summary is "# { total: N, pass: N, fail: N }"; say it plainly as well.
+  local pass fail
+  pass=$(grep -Eo '^# \{ total: [0-9]+, pass: [0-9]+' "$log" | tail -1 | grep -Eo '[0-9]+$' || echo 0)
+  fail=$(grep -Eo '^# \{ total: [0-9]+, pass: [0-9]+, fail: [0-9]+' "$log" | tail -1 | grep -Eo '[0-9]+$' || echo 0)
+  rm -f "$log"
+  echo "${pass} passed, ${fail} failed"
+  return "$rc"
+}
+
 case "$what" in
   demo) pnpm run demo ;;
-  test) pnpm test ;;
+  test) run_tests ;;
   setup) ;;
 esac
