@@ -1,7 +1,7 @@
 // The admin CLI, run as a user would: `pnpm run ziti-cni render|inspect`.
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { renderPlan, parseIntent } from '@ziti-cni/shared'
@@ -9,6 +9,7 @@ import { rootOnly, scratchNetns, nftIn } from '../../shared/testkit/root.ts'
 
 const cli = new URL('../src/cli/main.ts', import.meta.url).pathname
 const dir = mkdtempSync(join(tmpdir(), 'zcni-cli-'))
+t.teardown(() => rmSync(dir, { recursive: true, force: true }))
 const intent = '{"v":1,"mode":"tproxy","uid":2171,"cidrs":["100.64.0.0/10"],"proto":["tcp","udp"],"to":15001,"dns":15053,"fence":[15001,15053]}'
 const podYaml = join(dir, 'pod.yaml')
 writeFileSync(podYaml, `apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  annotations:\n    cni.openziti.io/interception: '${intent}'\nspec:\n  containers: [{name: app, image: app}]\n`)

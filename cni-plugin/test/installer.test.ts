@@ -1,7 +1,7 @@
 // The installer against temp dirs: atomic writes, 0600 kubeconfig, token rotation, re-insert
 // after the primary CNI rewrites its file, uninstall vs upgrade.
 import t from 'tap'
-import { mkdtempSync, readFileSync, statSync, writeFileSync, existsSync, mkdirSync, readdirSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, existsSync, mkdirSync, readdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pino } from 'pino'
@@ -11,6 +11,7 @@ import { loadKubeconfig } from '../src/plugin/pod-fallback.ts'
 
 function setup() {
   const dir = mkdtempSync(join(tmpdir(), 'zcni-inst-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   for (const d of ['net.d', 'bin', 'sa', 'src']) mkdirSync(join(dir, d))
   writeFileSync(join(dir, 'sa/token'), 'token-1')
   writeFileSync(join(dir, 'sa/ca.crt'), '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n')

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parse } from 'yaml'
@@ -22,6 +22,7 @@ t.test('prints the mutated pod as YAML and as JSON', async (t) => {
 
 t.test('same messages as the webhook, on stderr, non-zero exit', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'zcni-inj-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const bad = join(dir, 'bad.yaml')
   writeFileSync(bad, 'apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\n  annotations:\n    cni.openziti.io/identity-secret: id\n    cni.openziti.io/services: "pg.ziti:5432=postgres, pg.ziti:99999=pg"\nspec:\n  containers: [{name: app, image: a/b:1}]\n')
   const r = run(['-f', bad])
@@ -41,6 +42,7 @@ t.test('same messages as the webhook, on stderr, non-zero exit', async (t) => {
 
 t.test('--config changes the injection', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'zcni-inj-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const cfg = join(dir, 'config.yaml')
   writeFileSync(cfg, 'nativeSidecar: false\nproxy:\n  portBase: 20000\n')
   const pod = parse(run(['-f', example, '--config', cfg]).stdout)

@@ -3,7 +3,7 @@
 // renewed by another replica picked up without a restart, SIGTERM drains and exits 0.
 import t from 'tap'
 import { spawn } from 'node:child_process'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { connect } from 'node:tls'
@@ -24,6 +24,7 @@ t.test('webhook process with self-managed TLS', async (t) => {
   await api.create('secrets', { metadata: { name: 'ziti-cni-webhook-tls', namespace: 'ziti-cni-system' }, type: 'Opaque' } as never)
 
   const dir = mkdtempSync(join(tmpdir(), 'zcni-wh-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   writeFileSync(join(dir, 'kubeconfig'), JSON.stringify({
     apiVersion: 'v1', kind: 'Config', 'current-context': 'c',
     clusters: [{ name: 'c', cluster: { server: url, 'certificate-authority-data': Buffer.from(apiCa.certPem).toString('base64') } }],
@@ -77,6 +78,7 @@ t.test('webhook process with self-managed TLS', async (t) => {
 
 t.test('a bad config file stops start-up with every problem named', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'zcni-wh-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   writeFileSync(join(dir, 'config.yaml'), 'sidecarUid: root\nproxy:\n  portBase: 80\n')
   const r = await new Promise<{ code: number | null; err: string }>((resolve) => {
     const p = spawn(process.execPath, [new URL('../src/main.ts', import.meta.url).pathname, '--config', join(dir, 'config.yaml')], { env: cleanEnv(), stdio: ['ignore', 'ignore', 'pipe'] })

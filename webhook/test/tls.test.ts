@@ -2,7 +2,7 @@
 // caBundle patch, concurrent replicas), then the running server swapping certificates.
 import t from 'tap'
 import { KubeConfig } from '@kubernetes/client-node'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { connect } from 'node:tls'
@@ -64,6 +64,7 @@ t.test('self-managed mode against the API stand-in', async (t) => {
 
 t.test('files mode: a swapped pair is picked up', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'zcni-tls-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const ca = createCa({ commonName: 'cm', validDays: 1 })
   const one = createServingCert(ca, { commonName: 'one', validDays: 1 })
   const two = createServingCert(ca, { commonName: 'two', validDays: 1 })
