@@ -3,6 +3,7 @@
 //   dist/ziti-cni      the same as a self-contained Node single executable (nodes have no Node.js)
 //   dist/agent.mjs     the node agent bundle
 //   dist/cli.mjs       the admin CLI bundle
+//   dist/validator.mjs the init-container validator
 import { build } from 'esbuild'
 import { execFileSync } from 'node:child_process'
 import { chmodSync, copyFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
@@ -15,6 +16,7 @@ const esmBanner = "import { createRequire as __cr } from 'node:module'; const re
 
 await build({ entryPoints: [`${root}src/plugin/main.ts`], outfile: `${dist}/ziti-cni.cjs`, bundle: true, platform: 'node', format: 'cjs', target: 'node22', minify: true, legalComments: 'none' })
 await build({ entryPoints: [`${root}src/agent/main.ts`], outfile: `${dist}/agent.mjs`, bundle: true, platform: 'node', format: 'esm', target: 'node22', banner: { js: esmBanner } })
+await build({ entryPoints: [`${root}src/validator/main.ts`], outfile: `${dist}/validator.mjs`, bundle: true, platform: 'node', format: 'esm', target: 'node22', banner: { js: esmBanner } })
 await build({ entryPoints: [`${root}src/cli/main.ts`], outfile: `${dist}/cli.mjs`, bundle: true, platform: 'node', format: 'esm', target: 'node22', banner: { js: esmBanner } })
 
 if (process.env.SKIP_SEA !== '1') {

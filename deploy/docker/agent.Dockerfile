@@ -25,6 +25,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/cni-plugin/dist/agent.mjs /opt/ziti-cni/agent.mjs
 COPY --from=build /src/cni-plugin/dist/cli.mjs /opt/ziti-cni/cli.mjs
+# Also the validator init container's command (the webhook's validator.image is this image).
+COPY --from=build /src/cni-plugin/dist/validator.mjs /opt/ziti-cni/validator.mjs
 COPY --from=build /src/cni-plugin/dist/ziti-cni /opt/ziti-cni/ziti-cni
 RUN printf '#!/bin/sh\nexec node /opt/ziti-cni/cli.mjs "$@"\n' > /usr/local/bin/ziti-cni && chmod 0755 /usr/local/bin/ziti-cni
 ENTRYPOINT ["node", "/opt/ziti-cni/agent.mjs"]

@@ -3,7 +3,8 @@
 // Pod Security labels, and the webhook configuration's safety settings.
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { parseAllDocuments } from 'yaml'
+import { parse as parseYaml, parseAllDocuments } from 'yaml'
+import { validateConfig } from '../../webhook/src/config.ts'
 
 const ROOT = new URL('../', import.meta.url).pathname
 type Doc = Record<string, any>
@@ -28,7 +29,8 @@ for (const overlay of ['kind', 'production']) {
       const rules = (kind: string, name: string) => find(docs, kind, name)?.rules
       t.same(rules('ClusterRole', 'ziti-cni-webhook'), [{ apiGroups: ['admissionregistration.k8s.io'], resources: ['mutatingwebhookconfigurations'], resourceNames: ['ziti-cni-webhook'], verbs: ['get', 'patch'] }])
       t.same(rules('Role', 'ziti-cni-webhook-tls'), [{ apiGroups: [''], resources: ['secrets'], resourceNames: ['ziti-cni-webhook-tls'], verbs: ['get', 'update'] }])
-      t.same(rules('ClusterRole', 'ziti-cni-agent'), [{ apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch'] }])
+      const repairByDeletion = find(docs, 'DaemonSet', 'ziti-cni-agent')!.spec.template.spec.containers[0].args.includes('--repair=delete')
+      t.same(rules('ClusterRole', 'ziti-cni-agent'), [{ apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch', ...(repairByDeletion ? ['delete'] : [])] }], 'pods: read, and delete only with repair-by-deletion')
       t.same(rules('Role', 'ziti-cni-agent-lifecycle'), [{ apiGroups: ['apps'], resources: ['daemonsets'], resourceNames: ['ziti-cni-agent'], verbs: ['get'] }])
       const roles = docs.filter((d) => d.kind === 'Role' || d.kind === 'ClusterRole').map((d) => `${d.kind}/${d.metadata.name}`).sort()
       t.same(roles, ['ClusterRole/ziti-cni-agent', 'ClusterRole/ziti-cni-webhook', 'Role/ziti-cni-agent-lifecycle', 'Role/ziti-cni-webhook-tls'], 'no other roles')
@@ -119,6 +121,17 @@ for (const overlay of ['kind', 'production']) {
     })
   })
 }
+
+t.test('every shipped webhook config passes the webhook\'s own validation', opts, async (t) => {
+  for (const dir of ['overlays/kind', 'overlays/production', '../e2e/kind/overlay']) {
+    const r = spawnSync('kubectl', ['kustomize', `${ROOT}${dir}`], { encoding: 'utf8' })
+    const cm = parseAllDocuments(r.stdout).map((d) => d.toJS() as Doc).find((d) => d.kind === 'ConfigMap')!
+    const cfg = validateConfig(parseYaml(cm.data['config.yaml']), { POD_NAMESPACE: 'ziti-cni-system' })
+    t.ok(cfg.validator.enabled, `${dir}: valid, validator on`)
+    const dep = parseAllDocuments(r.stdout).map((d) => d.toJS() as Doc).find((d) => d.kind === 'Deployment')!
+    t.equal(dep.spec.template.spec.volumes.find((v: Doc) => v.configMap).configMap.name, cm.metadata.name, `${dir}: the Deployment mounts this ConfigMap`)
+  }
+})
 
 t.test('production adds a NetworkPolicy and three replicas', opts, async (t) => {
   const docs = render('production')

@@ -38,9 +38,9 @@ mapfile -t NODES < <(kind get nodes --name "$KIND_CLUSTER")
 
 step "images"
 docker build -t "ziti-cni-webhook:$TAG" -f "$ROOT/deploy/docker/webhook.Dockerfile" "$ROOT"
-docker build -t "ziti-cni-agent:$TAG" -f "$ROOT/deploy/docker/agent.Dockerfile" "$ROOT"
+docker build -t "docker.io/library/ziti-cni-agent:$TAG" -f "$ROOT/deploy/docker/agent.Dockerfile" "$ROOT"
 docker build -t "docker.io/library/ziti-cni-standin-tunnel:$TAG" -f "$ROOT/deploy/docker/standin-tunnel.Dockerfile" "$ROOT"
-for image in "ziti-cni-webhook:$TAG" "ziti-cni-agent:$TAG" "docker.io/library/ziti-cni-standin-tunnel:$TAG"; do
+for image in "ziti-cni-webhook:$TAG" "docker.io/library/ziti-cni-agent:$TAG" "docker.io/library/ziti-cni-standin-tunnel:$TAG"; do
   kind load docker-image --name "$KIND_CLUSTER" "$image"
 done
 
@@ -72,8 +72,9 @@ pod=$(k -n zt-apps get pod -l app=billing -o jsonpath='{.items[0].metadata.name}
 node=$(k -n zt-apps get pod "$pod" -o jsonpath='{.spec.nodeName}')
 
 step "1. injected and admitted under restricted"
-[[ $(k -n zt-apps get pod "$pod" -o jsonpath='{.spec.initContainers[0].name}') == ziti-tunnel ]] || fail "no ziti-tunnel sidecar"
-[[ $(k -n zt-apps get pod "$pod" -o jsonpath='{.spec.initContainers[0].restartPolicy}') == Always ]] || fail "not a native sidecar"
+[[ $(k -n zt-apps get pod "$pod" -o jsonpath='{.spec.initContainers[*].name}') == "ziti-cni-validator ziti-tunnel" ]] || fail "validator and ziti-tunnel sidecar not injected"
+[[ $(k -n zt-apps get pod "$pod" -o jsonpath='{.spec.initContainers[1].restartPolicy}') == Always ]] || fail "not a native sidecar"
+[[ $(k -n zt-apps get pod "$pod" -o jsonpath='{.status.initContainerStatuses[0].state.terminated.exitCode}') == 0 ]] || fail "the validator did not confirm interception"
 k -n zt-apps get pod "$pod" -o jsonpath='{.metadata.annotations.cni\.openziti\.io/interception}' | grep -q '"mode":"proxy"' || fail "no intent annotation"
 
 step "2. the agent programmed the pod's table"

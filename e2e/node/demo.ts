@@ -51,7 +51,7 @@ async function main(): Promise<void> {
     }
     say(indent(Object.entries(manifest.metadata.annotations).map(([k, v]) => `${k}: ${v}`).join('\n')))
     const pod = await node.createPod(manifest) as V1Pod
-    const sidecar = pod.spec!.initContainers![0]!
+    const sidecar = pod.spec!.initContainers!.find((c) => c.name === 'ziti-tunnel')!
     say(`   the webhook injected a native sidecar "${sidecar.name}" (${sidecar.image})`)
     say(`     args: ${sidecar.args!.join(' ')}`)
     say(`     runs as uid ${sidecar.securityContext!.runAsUser}, capabilities drop ${sidecar.securityContext!.capabilities!.drop}, read-only root, seccomp RuntimeDefault`)
@@ -94,7 +94,7 @@ async function main(): Promise<void> {
       spec: structuredClone(restricted),
     }) as V1Pod
     say(`   intent: ${tpod.metadata!.annotations!['cni.openziti.io/interception']}`)
-    say(`   the sidecar gets only ${tpod.spec!.initContainers![0]!.securityContext!.capabilities!.add} (IP_TRANSPARENT for nft TPROXY); the app gets nothing`)
+    say(`   the sidecar gets only ${tpod.spec!.initContainers!.find((c) => c.name === 'ziti-tunnel')!.securityContext!.capabilities!.add} (IP_TRANSPARENT for nft TPROXY); the app gets nothing`)
     const scanner = await node.runSandbox(tpod, { resolvConf: `nameserver ${other.ip}\noptions timeout:1 attempts:1\n` })
     procs.push(await startSidecar(scanner.netns, tpod))
     procs.push(await startInPod(scanner.netns, { uid: 2171, gid: 2171 }, nodeScript('dns-server.ts', '127.0.0.1', '15053', '100.64.0.7')))

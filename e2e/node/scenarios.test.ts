@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import type { V1Pod } from '@kubernetes/client-node'
 import { parseIntent } from '@ziti-cni/shared'
 import { rootOnly } from '../../shared/testkit/root.ts'
-import { TestNode, sweepLeftovers, type PodSandbox } from './lib/node.ts'
+import { AGENT_BUNDLE, TestNode, sweepLeftovers, type PodSandbox } from './lib/node.ts'
 import { CniCallError } from './lib/runtime.ts'
 import { APP_UID, app, node as nodeScript, runInPod, startInPod, startSidecar } from './lib/processes.ts'
 import { startWebhook } from './lib/webhook.ts'
@@ -21,6 +21,14 @@ function manifest(name: string, namespace: string, annotations: Record<string, s
   return { apiVersion: 'v1', kind: 'Pod', metadata: { name, namespace, annotations }, spec: structuredClone(restricted) as V1Pod['spec'] }
 }
 const SIDECAR = { uid: 2171, gid: 2171 }
+const VALIDATOR_BUNDLE = new URL('../../cni-plugin/dist/validator.mjs', import.meta.url).pathname
+
+/** Runs the injected validator init container's command with its uid and env, as the kubelet would. */
+function runValidator(netns: string, pod: V1Pod) {
+  const c = pod.spec!.initContainers!.find((x) => x.name === 'ziti-cni-validator')!
+  const uid = c.securityContext!.runAsUser!
+  return runInPod(netns, { uid, gid: uid }, ['env', ...c.env!.map((e) => `${e.name}=${e.value}`), process.execPath, VALIDATOR_BUNDLE])
+}
 
 async function inBatches<T>(jobs: Array<() => Promise<T>>, size: number): Promise<T[]> {
   const out: T[] = []
@@ -200,6 +208,36 @@ t.test('node-level end-to-end', rootOnly(['nft', 'ip', 'nsenter', 'setpriv']), a
     procs.push(await startSidecar(s.netns, pod))
     t.match((await app(s.netns, 'tcp', 'pg.ziti', '5432')).reply, /ziti-service=postgres/, 'the next pod is intercepted')
     await node.removeSandbox(s)
+  })
+
+  await t.test('12. a pod that started before the plugin was installed is caught by its validator and recreated', async (t) => {
+    // Node boot race: no agent yet and no ziti-cni entry in the CNI config.
+    await node.stopAgent()
+    const un = spawnSync(process.execPath, [AGENT_BUNDLE, 'uninstall', '--cni-bin-dir', node.binDir, '--cni-conf-dir', node.confDir, '--plugin-kubeconfig', node.pluginKubeconfig], { encoding: 'utf8' })
+    t.equal(un.status, 0, un.stderr)
+    const services = { 'cni.openziti.io/identity-secret': 'early-identity', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' }
+    const early = await node.createPod(manifest('early', 'apps', services))
+    const s = await node.runSandbox(early)
+    t.notOk(hasTable(s), 'the pod started without ziti-cni in the chain: no rules')
+    const bad = await runValidator(s.netns, early as V1Pod)
+    t.equal(bad.code, 126, 'the validator exits with EXIT_NOT_INTERCEPTED')
+    t.match(bad.stderr, /traffic is NOT intercepted: 100\.64\.0\.2:5432 did not reach 127\.0\.0\.1:15100/)
+    // The kubelet reports the init container's exit; the agent comes up and repairs.
+    node.api.put('pods', { ...early, status: { phase: 'Pending', initContainerStatuses: [{ name: 'ziti-cni-validator', ready: false, restartCount: 0, image: 'x', imageID: '', state: { terminated: { exitCode: 126, reason: 'Error' } } }] } } as never)
+    await node.startAgent()
+    const end = Date.now() + 15_000
+    while (node.api.get('pods', 'apps', 'early') && Date.now() < end) await new Promise((r) => setTimeout(r, 100))
+    t.notOk(node.api.get('pods', 'apps', 'early'), 'the agent deleted the unintercepted pod')
+    t.match(await node.metrics(), /ziti_cni_repairs_total\{action="deleted"\} 1/)
+    await node.removeSandbox(s)
+    // Its controller recreates it; this time the chain includes ziti-cni and the validator agrees.
+    const again = await node.createPod(manifest('early', 'apps', services))
+    const s2 = await node.runSandbox(again)
+    t.ok(hasTable(s2))
+    const good = await runValidator(s2.netns, again as V1Pod)
+    t.equal(good.code, 0, good.stderr)
+    t.match(good.stdout, /ok, 100\.64\.0\.2:5432\/tcp is redirected to 127\.0\.0\.1:15100/)
+    await node.removeSandbox(s2)
   })
 
   await t.test('cleanup: nothing of ours is left in the state dir', async (t) => {

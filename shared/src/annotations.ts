@@ -1,7 +1,7 @@
 // Parsers for the user-written pod annotations. Each error names the key, the entry
 // (1-based, with its text) and the problem, so a rejected pod says exactly what to fix.
 import { ValidationError } from './errors.ts'
-import { compareCidrs, formatCidr, parseCidr, type Cidr } from './ip.ts'
+import { compareCidrs, parseCidr, type Cidr } from './ip.ts'
 import {
   ANNOTATION_DNS_CAPTURE,
   ANNOTATION_ENROLLMENT_SECRET,
@@ -180,4 +180,3 @@ export function formatPortRange(r: PortRange): string {
   return r.from === r.to ? String(r.from) : `${r.from}-${r.to}`
 }
 
-export { formatCidr }

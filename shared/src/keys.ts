@@ -35,6 +35,10 @@ export const USER_ANNOTATIONS = [
 export const SIDECAR_NAME = 'ziti-tunnel'
 export const SIDECAR_VOLUME = 'ziti-identity'
 
+/** The validator init container, and the exit code that means "this pod is not intercepted". */
+export const VALIDATOR_NAME = 'ziti-cni-validator'
+export const EXIT_NOT_INTERCEPTED = 126
+
 /** The nftables table the CNI owns inside a pod netns. It is replaced as a whole. */
 export const NFT_TABLE = 'ziti_cni'
 export const NFT_FAMILY = 'inet'

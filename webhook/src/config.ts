@@ -31,6 +31,8 @@ export interface WebhookConfig {
     dnsCapture: boolean
     protocols: Array<'tcp' | 'udp'>
   }
+  /** First init container: proves the redirect before anything else runs (see cni-plugin/src/validator). */
+  validator: { enabled: boolean; image: string; uid: number }
   excludedNamespaces: string[]
   listen: { host: string; port: number }
   bodyLimitBytes: number
@@ -68,6 +70,7 @@ export const DEFAULT_CONFIG: WebhookConfig = {
     dnsCapture: true,
     protocols: ['tcp', 'udp'],
   },
+  validator: { enabled: true, image: 'ghcr.io/ziti-cni/agent:0.1.0', uid: 2172 },
   excludedNamespaces: ['kube-system', 'kube-node-lease'],
   listen: { host: '0.0.0.0', port: 9443 },
   bodyLimitBytes: 6 * 1024 * 1024,
@@ -104,12 +107,13 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const root = (raw ?? {}) as Raw
   if (typeof root !== 'object' || Array.isArray(root)) throw new ConfigError(['the configuration must be a mapping'])
   const known: Record<string, string[]> = {
-    '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'excludedNamespaces', 'listen', 'bodyLimitBytes', 'tls', 'logLevel'],
+    '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'validator', 'excludedNamespaces', 'listen', 'bodyLimitBytes', 'tls', 'logLevel'],
     proxy: ['image', 'portBase', 'aliasRange'],
     tproxy: ['image', 'args', 'port', 'dnsPort', 'addCapabilities', 'defaultCidrs', 'dnsCapture', 'protocols'],
     listen: ['host', 'port'],
     tls: ['mode', 'certFile', 'keyFile', 'secretName', 'namespace', 'serviceName', 'webhookConfigName', 'validityDays', 'renewBeforeDays'],
     resources: ['requests', 'limits'],
+    validator: ['enabled', 'image', 'uid'],
   }
   const section = (name: string): Raw => {
     const v = name === '' ? root : root[name]
@@ -149,6 +153,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const listen = section('listen')
   const tls = section('tls')
   const resources = section('resources')
+  const validator = section('validator')
   const envPort = env.WEBHOOK_PORT !== undefined ? Number(env.WEBHOOK_PORT) : undefined
   if (env.WEBHOOK_PORT !== undefined && port(envPort)) problems.push(`WEBHOOK_PORT: must be a port 1-65535`)
 
@@ -182,6 +187,11 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       dnsCapture: pick('tproxy.dnsCapture', tproxy.dnsCapture, d.tproxy.dnsCapture, bool),
       protocols: list('tproxy.protocols', tproxy.protocols, d.tproxy.protocols, (v) => (v === 'tcp' || v === 'udp' ? undefined : 'must be tcp or udp')),
     },
+    validator: {
+      enabled: pick('validator.enabled', validator.enabled, d.validator.enabled, bool),
+      image: pick('validator.image', validator.image, d.validator.image, image),
+      uid: pick('validator.uid', validator.uid, d.validator.uid, int(1, 2147483647)),
+    },
     excludedNamespaces: list('excludedNamespaces', top.excludedNamespaces, d.excludedNamespaces, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a namespace name')),
     listen: {
       host: pick('listen.host', listen.host, d.listen.host, str),
@@ -204,6 +214,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   if (cfg.tproxy.port === cfg.tproxy.dnsPort) problems.push(`tproxy.dnsPort: must differ from tproxy.port (${cfg.tproxy.port})`)
   if (cfg.tls.renewBeforeDays >= cfg.tls.validityDays) problems.push('tls.renewBeforeDays: must be less than tls.validityDays')
   if (cfg.tproxy.protocols.length === 0) problems.push('tproxy.protocols: must list tcp, udp or both')
+  if (cfg.validator.uid === cfg.sidecarUid) problems.push('validator.uid: must differ from sidecarUid (the sidecar\'s traffic is never captured)')
   if (problems.length) throw new ConfigError(problems)
   // The webhook's own namespace is never injected.
   if (!cfg.excludedNamespaces.includes(cfg.tls.namespace)) cfg.excludedNamespaces = [...cfg.excludedNamespaces, cfg.tls.namespace]

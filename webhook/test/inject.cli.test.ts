@@ -14,7 +14,7 @@ t.test('prints the mutated pod as YAML and as JSON', async (t) => {
   const y = run(['-f', example])
   t.equal(y.status, 0, y.stderr)
   const pod = parse(y.stdout)
-  t.equal(pod.spec.initContainers[0].name, 'ziti-tunnel')
+  t.same(pod.spec.initContainers.map((c: { name: string }) => c.name), ['ziti-cni-validator', 'ziti-tunnel'])
   t.equal(parseIntent(pod.metadata.annotations['cni.openziti.io/interception']).mode, 'proxy')
   const j = run(['-f', example, '-o', 'json'])
   t.same(JSON.parse(j.stdout), pod, 'same pod either way')

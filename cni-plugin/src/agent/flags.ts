@@ -26,6 +26,7 @@ export interface AgentFlags {
   daemonSet: { namespace: string; name: string } | undefined
   install: boolean
   hostNetns: string
+  repair: 'off' | 'delete'
 }
 
 export const USAGE = `usage: ziti-cni-agent [run|uninstall] [flags]
@@ -53,6 +54,8 @@ export const USAGE = `usage: ziti-cni-agent [run|uninstall] [flags]
                               upgrade or a node drain) it leaves the plugin in place
   --no-install                serve only; do not run the installer
   --host-netns PATH           the namespace never to program (default /proc/self/ns/net)
+  --repair off|delete         pods whose validator found no interception: report only, or delete
+                              them so their controller recreates them (needs RBAC delete on pods)
 `
 
 export class FlagError extends Error {
@@ -77,7 +80,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
         'plugin-timeout': { type: 'string' }, 'token-file': { type: 'string' }, 'ca-file': { type: 'string' },
         'api-server': { type: 'string' }, 'health-addr': { type: 'string' }, 'log-level': { type: 'string' },
         'check-interval': { type: 'string' }, 'lookup-deadline': { type: 'string' },
-        'uninstall-on-exit': { type: 'boolean' }, 'no-install': { type: 'boolean' }, 'host-netns': { type: 'string' }, daemonset: { type: 'string' },
+        'uninstall-on-exit': { type: 'boolean' }, 'no-install': { type: 'boolean' }, 'host-netns': { type: 'string' }, daemonset: { type: 'string' }, repair: { type: 'string' },
         help: { type: 'boolean' },
       },
     })
@@ -98,6 +101,8 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
   const dsText = v.daemonset ?? (env.POD_NAMESPACE && env.DAEMONSET_NAME ? `${env.POD_NAMESPACE}/${env.DAEMONSET_NAME}` : undefined)
   const ds = dsText?.split('/')
   if (ds && (ds.length !== 2 || !ds[0] || !ds[1])) throw new FlagError(`--daemonset: ${JSON.stringify(dsText)} is not NAMESPACE/NAME`)
+  const repair = v.repair ?? 'off'
+  if (repair !== 'off' && repair !== 'delete') throw new FlagError(`--repair: ${JSON.stringify(repair)} is not off or delete`)
   const sa = '/var/run/secrets/kubernetes.io/serviceaccount'
   const lookupDeadline = seconds('lookup-deadline', v['lookup-deadline'] ?? '8')
   const pluginTimeout = seconds('plugin-timeout', v['plugin-timeout'] ?? '10')
@@ -125,5 +130,6 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
     daemonSet: ds ? { namespace: ds[0]!, name: ds[1]! } : undefined,
     install: !(v['no-install'] ?? false),
     hostNetns: v['host-netns'] ?? '/proc/self/ns/net',
+    repair,
   }
 }

@@ -12,6 +12,7 @@ import { createAgentMetrics } from './metrics.ts'
 import { createNetns } from './netns.ts'
 import { createPodSource } from './pods.ts'
 import { Programmer } from './programmer.ts'
+import { Repairer } from './repair.ts'
 import { createCniServer, createHealthServer } from './server.ts'
 import { StateStore } from './state.ts'
 
@@ -34,6 +35,8 @@ async function run(f: AgentFlags): Promise<void> {
   else kc.loadFromCluster()
   const pods = createPodSource(kc, f.nodeName, log, { onLookup: (source, outcome) => metrics.lookups.inc({ source, outcome }) })
   cachedCount = () => pods.cachedCount()
+  const repairer = new Repairer(kc, f.repair, log, (action) => metrics.repairs.inc({ action }))
+  pods.onPod((pod) => void repairer.consider(pod))
   const state = new StateStore(f.stateDir)
   const netns = createNetns({ hostNetns: f.hostNetns, nsenter: 'nsenter', timeoutMs: 5000 })
   const programmer = new Programmer({ netns, pods, state, log, lookupDeadlineMs: f.lookupDeadlineMs })

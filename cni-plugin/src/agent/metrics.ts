@@ -12,6 +12,7 @@ export function createAgentMetrics(cachedPods: () => number = () => 0) {
     }),
     lookups: new Counter({ name: 'ziti_cni_pod_lookups_total', help: 'Pod lookups by source and outcome', labelNames: ['source', 'outcome'] as const, registers: [registry] }),
     reinserts: new Counter({ name: 'ziti_cni_conflist_reinserts_total', help: 'Times the primary CNI config was rewritten without ziti-cni', labelNames: ['primary'] as const, registers: [registry] }),
+    repairs: new Counter({ name: 'ziti_cni_repairs_total', help: 'Pods found running without interception, by action', labelNames: ['action'] as const, registers: [registry] }),
     cachedPods: new Gauge({ name: 'ziti_cni_cached_pods', help: 'Pods in the node-scoped cache', registers: [registry], collect() { this.set(cachedPods()) } }),
   }
 }

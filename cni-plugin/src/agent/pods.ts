@@ -13,6 +13,8 @@ export interface PodSource {
   get(ref: PodRef, deadlineMs: number): Promise<PodLookup>
   cachedCount(): number
   synced(): boolean
+  /** Every pod of this node as the watch sees it (added or updated). */
+  onPod(cb: (pod: V1Pod) => void): void
   stop(): Promise<void>
 }
 
@@ -72,6 +74,7 @@ export function createPodSource(kc: KubeConfig, nodeName: string, log: Logger, h
       throw new Error(`pod ${ref.namespace}/${ref.name} lookup failed before the deadline: ${(lastError as Error)?.message ?? lastError}`)
     },
     cachedCount: () => informer.list().length,
+    onPod: (cb) => { informer.on('add', cb); informer.on('update', cb) },
     synced: () => synced,
     stop: () => informer.stop(),
   }

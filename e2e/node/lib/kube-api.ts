@@ -195,6 +195,11 @@ export class KubeApiStandIn {
     }
     if (method === 'DELETE') {
       if (!existing) return notFound()
+      const opts = (await this.body(req).catch(() => null)) as { preconditions?: { uid?: string } } | null
+      const uid = opts?.preconditions?.uid
+      if (uid && uid !== existing.metadata.uid) {
+        return this.status(res, 409, 'Conflict', `Precondition failed: UID in precondition: ${uid}, UID in object meta: ${existing.metadata.uid}`)
+      }
       this.delete(r.plural, ns, name)
       res.writeHead(200, { 'content-type': 'application/json' })
       res.end(JSON.stringify(existing))

@@ -2,13 +2,13 @@
 // the problem) out. Both /mutate and the offline `inject` command run exactly this.
 import {
   ANNOTATION_ENROLLMENT_SECRET, ANNOTATION_IDENTITY_SECRET, ANNOTATION_INTERCEPTION, ANNOTATION_STATUS, SIDECAR_NAME, SIDECAR_VOLUME,
-  USER_ANNOTATIONS, ValidationError, parseSecretRef, serializeIntent,
+  USER_ANNOTATIONS, VALIDATOR_NAME, ValidationError, parseSecretRef, serializeIntent,
 } from '@ziti-cni/shared'
 import type { V1Container, V1HostAlias, V1Pod } from '@kubernetes/client-node'
 import jsonpatch, { type Operation } from 'fast-json-patch'
 import type { WebhookConfig } from '../config.ts'
 import { planInterception, type InterceptionPlan } from './intent.ts'
-import { buildSidecar, sidecarVolume, type IdentitySource } from './sidecar.ts'
+import { buildSidecar, buildValidator, sidecarVolume, type IdentitySource } from './sidecar.ts'
 
 export const INJECTOR_VERSION = '0.1.0'
 
@@ -39,7 +39,7 @@ function checkUids(pod: V1Pod, uid: number): void {
     ...(pod.spec?.containers ?? []).map((c, i): [string, V1Container] => [`spec.containers[${i}]`, c]),
   ]
   for (const [path, c] of all) {
-    if (c.name === SIDECAR_NAME) throw new ValidationError(`${path}.name`, `"${SIDECAR_NAME}" is reserved for the injected Ziti sidecar`)
+    if (c.name === SIDECAR_NAME || c.name === VALIDATOR_NAME) throw new ValidationError(`${path}.name`, `"${c.name}" is reserved for the injected Ziti sidecar`)
     if (c.securityContext?.runAsUser === uid) {
       throw new ValidationError(`${path}.securityContext.runAsUser`, `container "${c.name}" runs as ${uid}, the Ziti sidecar's uid; its traffic would escape capture`)
     }
@@ -67,6 +67,7 @@ export function pointerEscape(key: string): string {
 interface Prepared {
   plan: InterceptionPlan
   sidecar: V1Container
+  validator: V1Container | undefined
   aliases: Array<{ ip: string; hostnames: string[] }>
   owned: Record<string, string>
 }
@@ -76,12 +77,14 @@ function prepare(annotations: Record<string, string>, hostAliases: V1HostAlias[]
   const plan = planInterception(annotations, hostAliases, cfg)
   const byIp = new Map<string, string[]>()
   for (const a of plan.aliases) byIp.set(a.ip, [...(byIp.get(a.ip) ?? []), a.hostname])
+  const intentJson = serializeIntent(plan.intent)
   return {
     plan,
     sidecar: buildSidecar(plan, identity, cfg),
+    validator: cfg.validator.enabled ? buildValidator(intentJson, cfg) : undefined,
     aliases: [...byIp].map(([ip, hostnames]) => ({ ip, hostnames })),
     owned: {
-      [ANNOTATION_INTERCEPTION]: serializeIntent(plan.intent),
+      [ANNOTATION_INTERCEPTION]: intentJson,
       [ANNOTATION_STATUS]: JSON.stringify({ version: INJECTOR_VERSION, mode: plan.mode, sidecar: SIDECAR_NAME }),
     },
   }
@@ -133,7 +136,7 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: Injection
   // Identity first: a pod without one is refused before anything else is looked at.
   identitySource(annotations)
   checkUids(original, cfg.sidecarUid)
-  const { plan, sidecar, aliases, owned } = cache ? cache.get(annotations, hostAliases, cfg) : prepare(annotations, hostAliases, cfg)
+  const { plan, sidecar, validator, aliases, owned } = cache ? cache.get(annotations, hostAliases, cfg) : prepare(annotations, hostAliases, cfg)
   checkPorts(original, plan)
 
   const ops: Operation[] = []
@@ -143,8 +146,11 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: Injection
     if (!list) ops.push({ op: 'add', path, value: values })
     else for (const value of values) ops.push({ op: 'add', path: `${path}/-`, value })
   }
-  if (cfg.nativeSidecar) prepend('/spec/initContainers', spec.initContainers, sidecar)
-  else prepend('/spec/containers', spec.containers, sidecar)
+  // Init order: validator, then the (native) sidecar, then the app's own init containers.
+  const inits = [...(validator ? [validator] : []), ...(cfg.nativeSidecar ? [sidecar] : [])]
+  if (!spec.initContainers && inits.length) ops.push({ op: 'add', path: '/spec/initContainers', value: inits })
+  else inits.forEach((c, i) => ops.push({ op: 'add', path: `/spec/initContainers/${i}`, value: c }))
+  if (!cfg.nativeSidecar) prepend('/spec/containers', spec.containers, sidecar)
   append('/spec/volumes', spec.volumes, [sidecarVolume()])
   if (aliases.length) append('/spec/hostAliases', spec.hostAliases, aliases)
   // Owned by the webhook: whatever the user put there is replaced (`add` replaces a member).

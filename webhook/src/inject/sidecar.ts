@@ -1,7 +1,7 @@
 // The injected OpenZiti tunneler container: unprivileged, read-only root, identity from the
 // Secret named by the pod (the webhook never reads it), and a startup probe run from inside
 // the pod (the fence drops kubelet probes from the node's address by design).
-import { SIDECAR_NAME, SIDECAR_VOLUME, formatCidr, type SecretRef } from '@ziti-cni/shared'
+import { SIDECAR_NAME, SIDECAR_VOLUME, VALIDATOR_NAME, type SecretRef } from '@ziti-cni/shared'
 import type { V1Container, V1EnvVar, V1Volume } from '@kubernetes/client-node'
 import type { WebhookConfig } from '../config.ts'
 import type { InterceptionPlan } from './intent.ts'
@@ -9,6 +9,31 @@ import type { InterceptionPlan } from './intent.ts'
 export interface IdentitySource {
   kind: 'identity' | 'enrollment'
   ref: SecretRef
+}
+
+/**
+ * The validator runs first, as its own uid with nothing granted: it binds the listener port the
+ * rules point at and dials the address the app would (see cni-plugin/src/validator).
+ */
+export function buildValidator(intentJson: string, cfg: WebhookConfig): V1Container {
+  return {
+    name: VALIDATOR_NAME,
+    image: cfg.validator.image,
+    imagePullPolicy: 'IfNotPresent',
+    command: ['node', '/opt/ziti-cni/validator.mjs'],
+    env: [{ name: 'ZITI_CNI_INTERCEPTION', value: intentJson }],
+    resources: { requests: { cpu: '10m', memory: '32Mi' }, limits: { memory: '96Mi' } },
+    securityContext: {
+      runAsUser: cfg.validator.uid,
+      runAsGroup: cfg.validator.uid,
+      runAsNonRoot: true,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      privileged: false,
+      capabilities: { drop: ['ALL'] },
+      seccompProfile: { type: 'RuntimeDefault' },
+    },
+  }
 }
 
 export function sidecarVolume(): V1Volume {
@@ -75,4 +100,3 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
   return container
 }
 
-export { formatCidr }

@@ -1,0 +1,58 @@
+// The validator's checks: the first init container of an injected pod, unprivileged and not the
+// sidecar's uid (whose traffic is never captured). It proves the pod's redirect is in place
+// before anything else starts; if the pod came up before the agent could program it (the
+// plugin was not yet in the node's CNI config), it exits with EXIT_NOT_INTERCEPTED so the
+// agent's repair loop can recognise and recreate the pod.
+import { createServer, connect } from 'node:net'
+import { createSocket } from 'node:dgram'
+import { execFileSync } from 'node:child_process'
+import { TPROXY_FWMARK, TPROXY_ROUTE_TABLE, type Intent } from '@ziti-cni/shared'
+
+export { EXIT_NOT_INTERCEPTED } from '@ziti-cni/shared'
+const TIMEOUT_MS = Number(process.env.ZITI_CNI_VALIDATOR_TIMEOUT_MS ?? 2000)
+
+/** Listens on the local port the rules point at, dials the address the app would: it must arrive. */
+function checkTcp(dst: string, port: number, to: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const server = createServer((c) => { c.destroy(); server.close(); clearTimeout(timer); resolve() })
+    const timer = setTimeout(() => { server.close(); reject(new Error(`${dst}:${port} did not reach 127.0.0.1:${to} within ${TIMEOUT_MS} ms`)) }, TIMEOUT_MS)
+    server.on('error', (e) => { clearTimeout(timer); reject(new Error(`cannot listen on 127.0.0.1:${to}: ${e.message}`)) })
+    server.listen(to, '127.0.0.1', () => {
+      connect(port, dst).on('error', () => { /* the timer reports it */ })
+    })
+  })
+}
+
+function checkUdp(dst: string, port: number, to: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const rx = createSocket('udp4')
+    const tx = createSocket('udp4')
+    const done = (err?: Error) => { clearTimeout(timer); rx.close(); tx.close(); if (err) reject(err); else resolve() }
+    const timer = setTimeout(() => done(new Error(`udp ${dst}:${port} did not reach 127.0.0.1:${to} within ${TIMEOUT_MS} ms`)), TIMEOUT_MS)
+    rx.on('message', () => done())
+    rx.on('error', (e) => done(new Error(`cannot listen on udp 127.0.0.1:${to}: ${e.message}`)))
+    rx.bind(to, '127.0.0.1', () => tx.send('ziti-cni-validator', port, dst))
+  })
+}
+
+/** Policy routing can be read without privileges. */
+function checkRule(): void {
+  const rules = execFileSync('ip', ['-4', 'rule', 'show'], { encoding: 'utf8' })
+  if (!rules.includes(`fwmark 0x${TPROXY_FWMARK.toString(16)} lookup ${TPROXY_ROUTE_TABLE}`)) throw new Error('the tproxy policy rule is missing')
+}
+
+export async function validate(intent: Intent): Promise<string> {
+  if (intent.mode === 'proxy') {
+    const d = intent.dnat.find((x) => !x.dst.includes(':')) ?? intent.dnat[0]!
+    await (d.proto === 'tcp' ? checkTcp(d.dst, d.port, d.to) : checkUdp(d.dst, d.port, d.to))
+    return `${d.dst}:${d.port}/${d.proto} is redirected to 127.0.0.1:${d.to}`
+  }
+  if (intent.cidrs.some((c) => c.includes('.'))) checkRule()
+  // Capture itself needs a transparent socket (CAP_NET_RAW), which this container does not
+  // have; DNS capture is a plain DNAT and proves the table is there.
+  if (intent.dns !== undefined) {
+    await checkUdp('192.0.2.53', 53, intent.dns)
+    return `policy rule present and DNS is captured to 127.0.0.1:${intent.dns}`
+  }
+  return 'policy rule present'
+}
