@@ -67,9 +67,15 @@ t.test('token rotation rewrites the kubeconfig; a rewritten conflist gets ziti-c
 t.test('upgrade replaces the executable; uninstall removes everything', async (t) => {
   const { dir, opts, installer, primary } = setup()
   installer.reconcile('v1')
+  // An upgrade is a new agent pod with a new executable in its image.
   writeFileSync(opts.pluginSource, '#!/bin/sh\necho v2\n')
-  installer.reconcile('v2')
+  const upgraded = new Installer(opts, pino({ level: 'silent' }))
+  upgraded.reconcile('v2')
   t.equal(readFileSync(join(dir, 'bin/ziti-cni'), 'utf8'), '#!/bin/sh\necho v2\n')
+  // Someone replaces the installed file: the next periodic pass puts ours back.
+  writeFileSync(join(dir, 'bin/ziti-cni'), 'tampered')
+  upgraded.reconcile('periodic')
+  t.equal(readFileSync(join(dir, 'bin/ziti-cni'), 'utf8'), '#!/bin/sh\necho v2\n', 'a changed file on the node is noticed without re-hashing every pass')
   const done = uninstall(opts)
   t.equal(done.length, 3)
   t.same(JSON.parse(readFileSync(join(dir, 'net.d/10-kindnet.conflist'), 'utf8')), JSON.parse(primary))

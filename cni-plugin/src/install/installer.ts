@@ -51,14 +51,32 @@ export function writeAtomic(path: string, content: string | Buffer, mode: number
   return true
 }
 
-export function installBinary(source: string, binDir: string): boolean {
+/**
+ * Installs the executable unless an identical one is there. `known` remembers the source hash
+ * and the target's identity from the last pass, so a periodic check hashes nothing (the SEA
+ * executable is ~120 MiB) unless the file on the node changed.
+ */
+export interface BinaryMemo { sourceHash?: string; target?: string }
+
+function identity(path: string): string | undefined {
+  try { const s = statSync(path); return `${s.dev}:${s.ino}:${s.size}:${s.mtimeMs}` } catch { return undefined }
+}
+
+export function installBinary(source: string, binDir: string, memo: BinaryMemo = {}): boolean {
   const target = join(binDir, PLUGIN_TYPE)
-  if (sha256(source) === sha256(target)) return false
+  const now = identity(target)
+  if (now !== undefined && now === memo.target) return false
+  memo.sourceHash ??= sha256(source)
+  if (memo.sourceHash === sha256(target)) {
+    memo.target = now
+    return false
+  }
   mkdirSync(binDir, { recursive: true })
   const tmp = join(binDir, `.${PLUGIN_TYPE}.tmp-${process.pid}`)
   copyFileSync(source, tmp)
   chmodSync(tmp, 0o755)
   renameSync(tmp, target)
+  memo.target = identity(target)
   return true
 }
 
@@ -109,6 +127,7 @@ export class Installer {
   private timer: NodeJS.Timeout | undefined
   private pending: NodeJS.Timeout | undefined
   private lastToken = ''
+  private readonly binary: BinaryMemo = {}
   private readonly opts: InstallerOptions
   private readonly log: Logger
   ready = false
@@ -120,7 +139,7 @@ export class Installer {
 
   /** One full pass; safe to repeat. */
   reconcile(reason: string): ConfState {
-    if (installBinary(this.opts.pluginSource, this.opts.cniBinDir)) this.log.info({ reason, dir: this.opts.cniBinDir }, 'installed the ziti-cni executable')
+    if (installBinary(this.opts.pluginSource, this.opts.cniBinDir, this.binary)) this.log.info({ reason, dir: this.opts.cniBinDir }, 'installed the ziti-cni executable')
     const token = readFileSync(this.opts.tokenFile, 'utf8').trim()
     if (token !== this.lastToken) {
       if (writePluginKubeconfig(this.opts)) this.log.info({ reason, path: this.opts.pluginKubeconfig }, 'wrote the plugin kubeconfig')
