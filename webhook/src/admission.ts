@@ -66,9 +66,9 @@ export function review(req: AdmissionRequest, cfg: WebhookConfig, cache?: Inject
   if (!sel.inject) return allow('skipped', sel.warning ? [sel.warning] : undefined)
   if (alreadyInjected(pod)) return allow('already-injected')
   try {
-    const { ops, warnings, plan } = mutatePod(pod, cfg, cache)
+    const { ops, patch, warnings, plan } = mutatePod(pod, cfg, cache)
     return {
-      response: { uid: req.uid, allowed: true, patchType: 'JSONPatch', patch: Buffer.from(JSON.stringify(ops)).toString('base64'), ...(warnings.length ? { warnings } : {}) },
+      response: { uid: req.uid, allowed: true, patchType: 'JSONPatch', patch, ...(warnings.length ? { warnings } : {}) },
       outcome: 'injected', mode: plan.mode, ops,
     }
   } catch (e) {

@@ -14,6 +14,8 @@ export const INJECTOR_VERSION = '0.1.0'
 
 export interface MutationResult {
   ops: Operation[]
+  /** `ops` as the base64 JSON the AdmissionReview carries. */
+  patch: string
   plan: InterceptionPlan
   warnings: string[]
 }
@@ -65,6 +67,8 @@ export function pointerEscape(key: string): string {
 
 /** Everything about an injection that depends only on the annotations and hostAliases. */
 interface Prepared {
+  /** Encoded patches by pod shape (which lists exist): the same template, the same bytes. */
+  encoded: Map<string, string>
   plan: InterceptionPlan
   sidecar: V1Container
   validator: V1Container | undefined
@@ -79,6 +83,7 @@ function prepare(annotations: Record<string, string>, hostAliases: V1HostAlias[]
   for (const a of plan.aliases) byIp.set(a.ip, [...(byIp.get(a.ip) ?? []), a.hostname])
   const intentJson = serializeIntent(plan.intent)
   return {
+    encoded: new Map(),
     plan,
     sidecar: buildSidecar(plan, identity, cfg),
     validator: cfg.validator.enabled ? buildValidator(intentJson, cfg) : undefined,
@@ -118,7 +123,8 @@ export class InjectionCache {
       this.entries.set(key, hit)
       return hit
     }
-    const fresh = deepFreeze(prepare(annotations, hostAliases, cfg))
+    const { encoded, ...rest } = prepare(annotations, hostAliases, cfg)
+    const fresh = { ...deepFreeze(rest), encoded }
     this.entries.set(key, fresh)
     if (this.entries.size > this.max) this.entries.delete(this.entries.keys().next().value!)
     return fresh
@@ -136,7 +142,7 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: Injection
   // Identity first: a pod without one is refused before anything else is looked at.
   identitySource(annotations)
   checkUids(original, cfg.sidecarUid)
-  const { plan, sidecar, validator, aliases, owned } = cache ? cache.get(annotations, hostAliases, cfg) : prepare(annotations, hostAliases, cfg)
+  const { plan, sidecar, validator, aliases, owned, encoded } = cache ? cache.get(annotations, hostAliases, cfg) : prepare(annotations, hostAliases, cfg)
   checkPorts(original, plan)
 
   const ops: Operation[] = []
@@ -166,7 +172,13 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: Injection
   if (supplied !== undefined && supplied !== owned[ANNOTATION_INTERCEPTION]) {
     warnings.push(`ziti-cni: replaced the user-supplied ${ANNOTATION_INTERCEPTION} annotation (it is owned by the webhook)`)
   }
-  return { ops, plan, warnings }
+  const shape = [spec.initContainers, spec.containers, spec.volumes, spec.hostAliases, original.metadata?.annotations, original.metadata].map((x) => (x ? 1 : 0)).join('')
+  let patch = encoded.get(shape)
+  if (patch === undefined) {
+    patch = Buffer.from(JSON.stringify(ops)).toString('base64')
+    encoded.set(shape, patch)
+  }
+  return { ops, patch, plan, warnings }
 }
 
 /** The pod after a patch (the offline command and tests; /mutate never needs it). */
