@@ -7,19 +7,14 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { connect } from 'node:tls'
-import { KubeApiStandIn } from '../../e2e/node/lib/kube-api.ts'
 import { cleanEnv } from '../../e2e/node/lib/processes.ts'
 import { freePort } from '../../e2e/node/lib/node.ts'
-import { createCa, createServingCert } from '../src/tls/certs.ts'
+import { createServingCert } from '../src/tls/certs.ts'
 import { fromSecretData, toSecretData } from '../src/tls/material.ts'
-import { https } from './helpers.ts'
+import { https, startApiStandIn } from './helpers.ts'
 
 t.test('webhook process with self-managed TLS', async (t) => {
-  const apiCa = createCa({ commonName: 'api-ca', validDays: 1 })
-  const apiCert = createServingCert(apiCa, { commonName: 'api', ipAddresses: ['127.0.0.1'], validDays: 1 })
-  const api = new KubeApiStandIn({ cert: apiCert.certPem, key: apiCert.keyPem, tokens: ['wh-token'] })
-  const url = await api.listen()
-  t.teardown(() => api.close())
+  const { api, url, ca: apiCa } = await startApiStandIn(t, 'wh-token')
   await api.create('mutatingwebhookconfigurations', { metadata: { name: 'ziti-cni-webhook' }, webhooks: [{ name: 'a.cni.openziti.io', clientConfig: { service: { name: 'ziti-cni-webhook', namespace: 'ziti-cni-system' } } }] } as never)
   await api.create('secrets', { metadata: { name: 'ziti-cni-webhook-tls', namespace: 'ziti-cni-system' }, type: 'Opaque' } as never)
 

@@ -11,7 +11,7 @@ import { certExpiry, createCa, createServingCert, signedBy } from '../src/tls/ce
 import { decideMaterial, fromSecretData, toSecretData } from '../src/tls/material.ts'
 import { SelfManagedTls } from '../src/tls/self-managed.ts'
 import { watchPair } from '../src/tls/files.ts'
-import { KubeApiStandIn } from '../../e2e/node/lib/kube-api.ts'
+import { startApiStandIn } from './helpers.ts'
 
 const policy = { serviceName: 'ziti-cni-webhook', namespace: 'ziti-cni-system', validityDays: 30, renewBeforeDays: 7 }
 const DAY = 86_400_000
@@ -33,11 +33,7 @@ t.test('decideMaterial: create, keep, renew', async (t) => {
 })
 
 t.test('self-managed mode against the API stand-in', async (t) => {
-  const ca = createCa({ commonName: 'api-ca', validDays: 1 })
-  const serving = createServingCert(ca, { commonName: 'api', ipAddresses: ['127.0.0.1'], validDays: 1 })
-  const api = new KubeApiStandIn({ cert: serving.certPem, key: serving.keyPem, tokens: ['webhook-token'] })
-  const url = await api.listen()
-  t.teardown(() => api.close())
+  const { api, url, ca } = await startApiStandIn(t, 'webhook-token')
   await api.create('mutatingwebhookconfigurations', { metadata: { name: 'ziti-cni-webhook' }, webhooks: [{ name: 'a.ziti-cni.openziti.io', clientConfig: { service: { name: 'x', namespace: 'y' } } }, { name: 'b.ziti-cni.openziti.io', clientConfig: { service: { name: 'x', namespace: 'y' } } }] } as never)
   const kc = new KubeConfig()
   kc.loadFromOptions({
