@@ -1,5 +1,5 @@
 import t from 'tap'
-import { parseFlags, FlagError } from '../src/agent/flags.ts'
+import { parseFlags, FlagError, HelpRequested } from '../src/agent/flags.ts'
 
 t.test('defaults match the DaemonSet mounts', async (t) => {
   const f = parseFlags([], { NODE_NAME: 'n1' })
@@ -17,4 +17,7 @@ t.test('bad flags are specific errors', async (t) => {
   t.throws(() => parseFlags(['--node-name', 'n', '--frob'], {}), /Unknown option '--frob'/)
   t.throws(() => parseFlags(['--node-name', 'n', '--log-level', 'loud'], {}), /unknown level "loud"/)
   t.equal(parseFlags(['uninstall'], {}).command, 'uninstall', 'uninstall needs no node name')
+  t.throws(() => parseFlags(['--repair', 'fix'], { NODE_NAME: 'n' }), /--repair: "fix" is not off or delete/)
+  t.throws(() => parseFlags(['--daemonset', 'x'], { NODE_NAME: 'n' }), /--daemonset: "x" is not NAMESPACE\/NAME/)
+  t.throws(() => parseFlags(['--help'], {}), HelpRequested)
 })

@@ -71,6 +71,7 @@ t.test('errors are the spec error JSON with the right code', async (t) => {
     ['bad CNI_ARGS', env('ADD', { CNI_ARGS: 'K8S_POD_NAME' }), conf(), 4, /malformed pair "K8S_POD_NAME"/],
     ['no prevResult', env('ADD'), conf({ prevResult: undefined }), 7, /chained plugin/],
     ['bad timeout', env('ADD'), conf({ timeoutSeconds: -1 }), 7, /timeoutSeconds/],
+    ['GC without the list', env('GC'), conf({ cniVersion: '1.1.0' }), 7, /GC needs cni.dev\/valid-attachments/],
   ]
   for (const [name, e, stdin, code, msg] of cases) {
     const out = await runPlugin(e, stdin, deps())
@@ -96,7 +97,7 @@ t.test('agent down: fallback reads the pod directly', async (t) => {
   t.equal((apiDown.stdout as { code: number }).code, 11, 'API unreachable too: retry later')
   const del = await runPlugin(env('DEL'), conf(), deps({ callAgent: down }))
   t.same(del, { stdout: undefined, exitCode: 0 }, 'DEL succeeds with the agent down')
-  const gc = await runPlugin(env('GC'), conf({ cniVersion: '1.1.0' }), deps({ callAgent: down }))
+  const gc = await runPlugin(env('GC'), conf({ cniVersion: '1.1.0', 'cni.dev/valid-attachments': [] }), deps({ callAgent: down }))
   t.equal(gc.exitCode, 0, 'GC succeeds with the agent down')
 })
 

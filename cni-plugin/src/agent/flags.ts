@@ -62,6 +62,11 @@ export class FlagError extends Error {
   override readonly name = 'FlagError'
 }
 
+/** `--help`: print the usage and exit 0. */
+export class HelpRequested extends Error {
+  override readonly name = 'HelpRequested'
+}
+
 function seconds(name: string, v: string): number {
   const n = Number(v)
   if (!Number.isFinite(n) || n <= 0) throw new FlagError(`--${name}: ${JSON.stringify(v)} is not a positive number of seconds`)
@@ -88,7 +93,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
     throw new FlagError((e as Error).message)
   }
   const v = parsed.values
-  if (v.help) throw new FlagError('help requested')
+  if (v.help) throw new HelpRequested()
   const command = (parsed.positionals[0] ?? 'run') as AgentFlags['command']
   if (command !== 'run' && command !== 'uninstall') throw new FlagError(`unknown command ${JSON.stringify(command)}`)
   const nodeName = v['node-name'] ?? env.NODE_NAME ?? ''

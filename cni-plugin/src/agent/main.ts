@@ -7,7 +7,7 @@ import { pino, type Logger } from 'pino'
 import { PLUGIN_TYPE } from '../install/conflist.ts'
 import { inClusterServer } from '../install/kubeconfig.ts'
 import { Installer, uninstall } from '../install/installer.ts'
-import { FlagError, parseFlags, USAGE, type AgentFlags } from './flags.ts'
+import { FlagError, HelpRequested, parseFlags, USAGE, type AgentFlags } from './flags.ts'
 import { createAgentMetrics } from './metrics.ts'
 import { createNetns } from './netns.ts'
 import { createPodSource } from './pods.ts'
@@ -110,6 +110,7 @@ async function main(): Promise<void> {
   try {
     flags = parseFlags(process.argv.slice(2), process.env)
   } catch (e) {
+    if (e instanceof HelpRequested) { process.stdout.write(USAGE); process.exit(0) }
     process.stderr.write(`${(e as Error).message}\n\n${USAGE}`)
     process.exit(2)
   }

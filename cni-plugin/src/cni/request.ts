@@ -67,6 +67,10 @@ export function parseRequest(env: NodeJS.ProcessEnv, stdin: string): CniRequest 
     if (command !== 'DEL' && !netns) throw new CniError(ErrorCode.InvalidEnv, 'CNI_NETNS is required')
   }
   const valid = conf['cni.dev/valid-attachments']
+  if (command === 'GC' && !Array.isArray(valid)) {
+    // Without the list every attachment would look stale: refuse rather than wipe the node.
+    throw new CniError(ErrorCode.InvalidConfig, 'GC needs cni.dev/valid-attachments (a list, possibly empty)')
+  }
   const validAttachments = Array.isArray(valid)
     ? valid.filter((a): a is { containerID: string; ifname: string } => typeof a?.containerID === 'string' && typeof a?.ifname === 'string')
     : []
