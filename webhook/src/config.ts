@@ -214,6 +214,9 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   if (cfg.tproxy.port === cfg.tproxy.dnsPort) problems.push(`tproxy.dnsPort: must differ from tproxy.port (${cfg.tproxy.port})`)
   if (cfg.tls.renewBeforeDays >= cfg.tls.validityDays) problems.push('tls.renewBeforeDays: must be less than tls.validityDays')
   if (cfg.tproxy.protocols.length === 0) problems.push('tproxy.protocols: must list tcp, udp or both')
+  // `ziti tunnel proxy` listens on 0.0.0.0 only: a v6 alias would be DNATed to [::1] where
+  // nothing listens.
+  if (cfg.proxy.aliasRange.family !== 4) problems.push('proxy.aliasRange: must be an IPv4 range (the proxy tunneler listens on 0.0.0.0 only)')
   if (cfg.validator.uid === cfg.sidecarUid) problems.push('validator.uid: must differ from sidecarUid (the sidecar\'s traffic is never captured)')
   if (problems.length) throw new ConfigError(problems)
   // The webhook's own namespace is never injected.

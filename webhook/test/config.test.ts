@@ -33,6 +33,8 @@ t.test('every bad key is reported at once, by name', async (t) => {
   ])
   t.same(problems({ proxy: { image: 'ziti-tunnel' } }), ['proxy.image: must be a fully qualified image with a pinned tag or digest (not :latest)'])
   t.same(problems({ listen: 'x' }), ['listen: must be a mapping'])
+  t.same(problems({ proxy: { aliasRange: 'fd00::/64' } }), ['proxy.aliasRange: must be an IPv4 range (the proxy tunneler listens on 0.0.0.0 only)'])
+  t.same(problems({ validator: { uid: 2171 } }), ['validator.uid: must differ from sidecarUid (the sidecar\'s traffic is never captured)'])
   t.same(problems({}, { WEBHOOK_PORT: 'abc' }), ['WEBHOOK_PORT: must be a port 1-65535'])
   t.match(new ConfigError(['a: b']).message, /invalid webhook configuration:\n  - a: b/)
   t.equal(DEFAULT_CONFIG.tproxy.addCapabilities[0], 'NET_RAW')
