@@ -4,6 +4,7 @@
 //   dist/agent.mjs     the node agent bundle
 //   dist/cli.mjs       the admin CLI bundle
 //   dist/validator.mjs the init-container validator
+//   dist/tproxy.bpf.o  the eBPF datapath's tc program
 import { build } from 'esbuild'
 import { execFileSync } from 'node:child_process'
 import { chmodSync, copyFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
@@ -18,6 +19,13 @@ await build({ entryPoints: [`${root}src/plugin/main.ts`], outfile: `${dist}/ziti
 await build({ entryPoints: [`${root}src/agent/main.ts`], outfile: `${dist}/agent.mjs`, bundle: true, platform: 'node', format: 'esm', target: 'node22', banner: { js: esmBanner } })
 await build({ entryPoints: [`${root}src/validator/main.ts`], outfile: `${dist}/validator.mjs`, bundle: true, platform: 'node', format: 'esm', target: 'node22', banner: { js: esmBanner } })
 await build({ entryPoints: [`${root}src/cli/main.ts`], outfile: `${dist}/cli.mjs`, bundle: true, platform: 'node', format: 'esm', target: 'node22', banner: { js: esmBanner } })
+
+// The eBPF datapath's tc program (clang from Debian: clang, libbpf-dev).
+try {
+  execFileSync('clang', ['-O2', '-g', '-target', 'bpf', '-I/usr/include/x86_64-linux-gnu', '-c', `${root}bpf/tproxy.bpf.c`, '-o', `${dist}/tproxy.bpf.o`], { stdio: 'inherit' })
+} catch (e) {
+  throw new Error(`cannot compile bpf/tproxy.bpf.c (needs clang and libbpf-dev): ${(e as Error).message}`)
+}
 
 if (process.env.SKIP_SEA !== '1') {
   // Node SEA: blob from the CJS bundle, injected into a copy of this very node binary.

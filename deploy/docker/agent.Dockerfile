@@ -1,12 +1,17 @@
 # syntax=docker/dockerfile:1.7
 # The node agent: Node 22 LTS, the agent bundle, the self-contained `ziti-cni` executable
 # (Node SEA, built here on glibc with the same Node as the runtime) that the installer
-# copies to the node, and the tools the agent runs inside pod netns: nft, ip, nsenter.
+# copies to the node, the eBPF datapath's tc program, and the tools the agent runs inside pod
+# netns: nft, ip, tc, nsenter.
 ARG NODE_IMAGE=docker.io/library/node:22.23.3-bookworm-slim
 
 FROM ${NODE_IMAGE} AS build
 WORKDIR /src
-RUN npm install -g pnpm@10.34.9
+# clang + libbpf headers compile the eBPF datapath's tc program.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends clang libbpf-dev \
+ && rm -rf /var/lib/apt/lists/* \
+ && npm install -g pnpm@10.34.9
 COPY package.json pnpm-lock.yaml pnpm-workspace.yaml .npmrc tsconfig.json ./
 COPY shared/package.json shared/
 COPY webhook/package.json webhook/
@@ -28,6 +33,7 @@ COPY --from=build /src/cni-plugin/dist/cli.mjs /opt/ziti-cni/cli.mjs
 # Also the validator init container's command (the webhook's validator.image is this image).
 COPY --from=build /src/cni-plugin/dist/validator.mjs /opt/ziti-cni/validator.mjs
 COPY --from=build /src/cni-plugin/dist/ziti-cni /opt/ziti-cni/ziti-cni
+COPY --from=build /src/cni-plugin/dist/tproxy.bpf.o /opt/ziti-cni/tproxy.bpf.o
 RUN printf '#!/bin/sh\nexec node /opt/ziti-cni/cli.mjs "$@"\n' > /usr/local/bin/ziti-cni && chmod 0755 /usr/local/bin/ziti-cni
 ENTRYPOINT ["node", "/opt/ziti-cni/agent.mjs"]
 CMD ["run"]

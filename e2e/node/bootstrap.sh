@@ -7,7 +7,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 readonly PNPM_VERSION=10.34.9
-readonly APT_PACKAGES=(nftables iproute2 containernetworking-plugins util-linux python3 ca-certificates shellcheck)
+readonly APT_PACKAGES=(nftables iproute2 containernetworking-plugins util-linux python3 ca-certificates shellcheck clang libbpf-dev)
 
 what=${1:-}
 case "$what" in

@@ -12,6 +12,7 @@ import { AGENT_BUNDLE, TestNode, sweepLeftovers, type PodSandbox } from './lib/n
 import { CniCallError } from './lib/runtime.ts'
 import { APP_UID, app, node as nodeScript, runInPod, startInPod, startSidecar } from './lib/processes.ts'
 import { startWebhook } from './lib/webhook.ts'
+import { restrictedViolations } from '../../webhook/test/pss-restricted.ts'
 
 const restricted = {
   securityContext: { runAsNonRoot: true, runAsUser: APP_UID, seccompProfile: { type: 'RuntimeDefault' } },
@@ -117,6 +118,33 @@ t.test('node-level end-to-end', rootOnly(['nft', 'ip', 'nsenter', 'setpriv']), a
     t.match(direct.reply, /^direct /, 'addresses outside the intercept CIDRs are untouched')
     const fromOther = await app(infra.netns, 'tcp', s.ip, '15001')
     t.notOk(fromOther.ok, 'the catch-all port is fenced too')
+    await node.removeSandbox(s)
+  })
+
+  await t.test('5b. tproxy over the eBPF datapath: the same interception with no capability anywhere in the pod', async (t) => {
+    const pod = await node.createPod(manifest('scanner-ebpf', 'apps', {
+      'cni.openziti.io/identity-secret': 'scanner-identity', 'cni.openziti.io/mode': 'tproxy', 'cni.openziti.io/datapath': 'ebpf',
+    })) as V1Pod
+    const sidecar = pod.spec!.initContainers!.find((c) => c.name === 'ziti-tunnel')!
+    t.same(sidecar.securityContext!.capabilities, { drop: ['ALL'] }, 'the sidecar gets no capability')
+    t.same(restrictedViolations(pod), [], 'the whole pod passes Pod Security "restricted"')
+    t.notMatch(pod.metadata!.annotations!['cni.openziti.io/interception'], /"dns"/, 'DNS capture is off on the ebpf datapath')
+    const s = await node.runSandbox(pod)
+    t.match(spawnSync('ip', ['netns', 'exec', s.netns, 'tc', 'filter', 'show', 'dev', 'lo', 'ingress'], { encoding: 'utf8' }).stdout, /name ziti_tproxy/, 'tc program attached to lo')
+    const valid = await runValidator(s.netns, pod)
+    t.equal(valid.code, 0, valid.stderr)
+    procs.push(await startSidecar(s.netns, pod))
+    const tcp = await app(s.netns, 'tcp', '100.64.3.7', '443')
+    t.match(tcp.reply, /^tproxy proto=tcp orig_dst=100\.64\.3\.7:443 /, 'TCP reaches a plain listener with its original destination')
+    const udp = await app(s.netns, 'udp', '100.127.0.9', '5353')
+    t.match(udp.reply, /^tproxy proto=udp orig_dst=100\.127\.0\.9:5353/, 'UDP too, and the reply comes from the original destination')
+    const asUser = await runInPod(s.netns, SIDECAR, ['nft', 'flush', 'ruleset'])
+    t.match(asUser.stderr, /Operation not permitted/, 'the sidecar still cannot touch the rules')
+    t.match((await app(s.netns, 'tcp', infra.ip, '8080')).reply, /^direct /, 'other traffic untouched')
+    await node.runtime.check(s)
+    spawnSync('ip', ['netns', 'exec', s.netns, 'tc', 'filter', 'del', 'dev', 'lo', 'ingress'])
+    const drift = await node.runtime.check(s).then(() => undefined, (e: unknown) => e as CniCallError)
+    t.match(drift?.error.msg, /eBPF program is not attached/, 'CHECK notices a detached program')
     await node.removeSandbox(s)
   })
 

@@ -3,6 +3,7 @@
 import { ValidationError } from './errors.ts'
 import { compareCidrs, parseCidr, type Cidr } from './ip.ts'
 import {
+  ANNOTATION_DATAPATH,
   ANNOTATION_DNS_CAPTURE,
   ANNOTATION_ENROLLMENT_SECRET,
   ANNOTATION_EXCLUDE_CIDRS,
@@ -155,6 +156,12 @@ export function parseBool(key: string, value: string): boolean {
   if (v === 'true') return true
   if (v === 'false') return false
   throw new ValidationError(key, `${JSON.stringify(v)} is not a boolean (expected true or false)`)
+}
+
+export function parseDatapath(value: string): 'nftables' | 'ebpf' {
+  const v = value.trim()
+  if (v === 'nftables' || v === 'ebpf') return v
+  throw new ValidationError(ANNOTATION_DATAPATH, `unknown datapath ${JSON.stringify(v)} (expected nftables or ebpf)`)
 }
 
 export function parseDnsCapture(value: string): boolean {

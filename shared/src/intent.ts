@@ -42,13 +42,21 @@ export interface TproxyIntent extends IntentBase {
   excludeCidrs: string[]
   /** "22" or "8000-8100". */
   excludePorts: string[]
+  /**
+   * nftables: TPROXY to a transparent listener (the tunneler needs CAP_NET_RAW).
+   * ebpf: the CIDRs become local addresses and a tc program assigns marked packets to a plain
+   * listener: no capability at all, but excluded traffic inside the CIDRs cannot leave.
+   */
+  datapath: Datapath
 }
+
+export type Datapath = 'nftables' | 'ebpf'
 
 export type Intent = ProxyIntent | TproxyIntent
 
 const KEYS = {
   proxy: ['v', 'mode', 'uid', 'dnat', 'fence'],
-  tproxy: ['v', 'mode', 'uid', 'cidrs', 'proto', 'to', 'dns', 'excludeCidrs', 'excludePorts', 'fence'],
+  tproxy: ['v', 'mode', 'uid', 'cidrs', 'proto', 'to', 'dns', 'excludeCidrs', 'excludePorts', 'datapath', 'fence'],
 } as const
 const DNAT_KEYS = ['dst', 'proto', 'port', 'to'] as const
 const MAX_UID = 2147483647
@@ -200,10 +208,21 @@ export function validateIntent(value: unknown): Intent {
     fenced('dns', dns)
     if (dns === to) c.fail('dns', `must differ from the catch-all port ${to}`)
   }
+  if (o.datapath !== undefined && o.datapath !== 'nftables' && o.datapath !== 'ebpf') c.fail('datapath', 'must be "nftables" or "ebpf"')
+  const datapath = (o.datapath ?? 'nftables') as Datapath
+  if (datapath === 'ebpf' && ((o.excludeCidrs as unknown[] | undefined)?.length || (o.excludePorts as unknown[] | undefined)?.length)) {
+    c.fail('datapath', 'ebpf makes the intercept CIDRs local addresses, so excluded traffic could not leave; use datapath nftables for exclusions')
+  }
+  if (datapath === 'ebpf' && o.dns !== undefined) {
+    // Measured: with any nat chain in the netns (DNS capture is a DNAT), packets that
+    // bpf_sk_assign handed to the catch-all are refused instead.
+    c.fail('datapath', 'ebpf cannot be combined with DNS capture (its DNAT stops bpf_sk_assign delivery); use datapath nftables')
+  }
   return {
     v: 1,
     mode,
     uid,
+    datapath,
     cidrs: c.cidrs('cidrs', o.cidrs, 1, LIMITS.cidrs, true),
     proto,
     to,
@@ -254,6 +273,7 @@ export function serializeIntent(intent: Intent): string {
   if (i.dns !== undefined) out.dns = i.dns
   if (i.excludeCidrs.length > 0) out.excludeCidrs = i.excludeCidrs
   if (i.excludePorts.length > 0) out.excludePorts = i.excludePorts
+  if (i.datapath === 'ebpf') out.datapath = i.datapath
   out.fence = i.fence
   const text = JSON.stringify(out)
   if (text.length > LIMITS.annotationBytes) {

@@ -15,6 +15,7 @@ export const ANNOTATION_INTERCEPT_CIDRS = `${DOMAIN}/intercept-cidrs`
 export const ANNOTATION_EXCLUDE_CIDRS = `${DOMAIN}/exclude-cidrs`
 export const ANNOTATION_EXCLUDE_PORTS = `${DOMAIN}/exclude-ports`
 export const ANNOTATION_DNS_CAPTURE = `${DOMAIN}/dns-capture`
+export const ANNOTATION_DATAPATH = `${DOMAIN}/datapath`
 
 /** Webhook-owned pod annotations (a user-supplied value is replaced). */
 export const ANNOTATION_INTERCEPTION = `${DOMAIN}/interception`
@@ -29,6 +30,7 @@ export const USER_ANNOTATIONS = [
   ANNOTATION_EXCLUDE_CIDRS,
   ANNOTATION_EXCLUDE_PORTS,
   ANNOTATION_DNS_CAPTURE,
+  ANNOTATION_DATAPATH,
 ] as const
 
 /** Name of the injected sidecar container and its volume. */
@@ -50,6 +52,11 @@ export const NFT_FAMILY = 'inet'
 export const TPROXY_FWMARK = 0x2a1
 export const TPROXY_ROUTE_TABLE = 2171
 export const TPROXY_RULE_PRIORITY = 32000
+/**
+ * eBPF datapath: the mark carries the catch-all port, (0x02a1 << 16) | port, so the tc
+ * program needs no map. Must match cni-plugin/bpf/tproxy.bpf.c.
+ */
+export const EBPF_MARK_TAG = 0x02a10000
 
 /** Default Ziti DNS range; the tunnelers allocate service IPs from it (first one 100.64.0.2). */
 export const ZITI_DNS_RANGE = '100.64.0.0/10'

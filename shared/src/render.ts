@@ -4,13 +4,18 @@
 // `destroy`).
 import { parseCidr, type Cidr } from './ip.ts'
 import type { Intent, ProxyIntent, TproxyIntent } from './intent.ts'
-import { NFT_FAMILY, NFT_TABLE, TPROXY_FWMARK, TPROXY_ROUTE_TABLE, TPROXY_RULE_PRIORITY } from './keys.ts'
+import { EBPF_MARK_TAG, NFT_FAMILY, NFT_TABLE, TPROXY_FWMARK, TPROXY_ROUTE_TABLE, TPROXY_RULE_PRIORITY } from './keys.ts'
 import { parseAddress } from './ip.ts'
 
 export interface RouteSpec {
   family: 4 | 6
-  /** Always `local default dev lo`: marked packets loop back into PREROUTING. */
-  table: number
+  /**
+   * A `local … dev lo` route. nftables datapath: `default` in the policy table, so marked
+   * packets loop back into PREROUTING. ebpf datapath: each intercept CIDR in table local,
+   * so the catch-all's replies from those addresses are from local addresses.
+   */
+  dst: string
+  table: number | 'local'
 }
 
 export interface RuleSpec {
@@ -22,6 +27,8 @@ export interface RuleSpec {
 
 export interface Plan {
   mode: Intent['mode']
+  /** ebpf datapath: attach the tc program (section `tc` of the agent's object) to lo ingress. */
+  bpf: { dev: 'lo'; section: 'tc' } | undefined
   /** One `nft -f -` transaction that replaces the table. */
   nft: string
   routes: RouteSpec[]
@@ -54,7 +61,7 @@ export function renderPlan(intent: Intent): Plan {
 /** Route/rule state as `ip` argv (no shell), for the agent and for humans. */
 export function ipCommands(plan: Pick<Plan, 'routes' | 'rules'>): string[][] {
   return [
-    ...plan.routes.map((r) => [`-${r.family}`, 'route', 'replace', 'local', r.family === 4 ? '0.0.0.0/0' : '::/0', 'dev', 'lo', 'table', String(r.table)]),
+    ...plan.routes.map((r) => [`-${r.family}`, 'route', 'replace', 'local', r.dst, 'dev', 'lo', 'table', String(r.table)]),
     ...plan.rules.map((r) => [`-${r.family}`, 'rule', 'add', 'fwmark', `0x${r.fwmark.toString(16)}`, 'lookup', String(r.table), 'priority', String(r.priority)]),
   ]
 }
@@ -105,7 +112,7 @@ function renderProxy(intent: ProxyIntent): Plan {
   if (v6.length) rules.push('meta nfproto ipv6 meta l4proto { tcp, udp } dnat ip6 to [::1] : ip6 daddr . meta l4proto . th dport map @dnat6')
   w.block('chain proxy_output', rules)
   fenceBlock(w, intent.fence)
-  return { mode: 'proxy', nft: w.done(), routes: [], rules: [] }
+  return { mode: 'proxy', nft: w.done(), routes: [], rules: [], bpf: undefined }
 }
 
 function splitFamilies(cidrs: string[]): Record<4 | 6, string[]> {
@@ -135,17 +142,22 @@ function renderTproxy(intent: TproxyIntent): Plan {
   if (intent.dns !== undefined) steer.push('th dport 53 return')
   if (intent.excludePorts.length) steer.push('th dport @exclude_ports return')
   for (const f of families) if (exclude[f].length) steer.push(`${ipOf(f)} daddr @exclude${f} return`)
-  for (const f of families) steer.push(`${ipOf(f)} daddr @intercept${f} meta mark set ${MARK}`)
+  const ebpf = intent.datapath === 'ebpf'
+  // ebpf: the mark carries the catch-all port for the tc program.
+  const mark = ebpf ? `0x${(EBPF_MARK_TAG | intent.to).toString(16).padStart(8, '0')}` : MARK
+  for (const f of families) steer.push(`${ipOf(f)} daddr @intercept${f} meta mark set ${mark}`)
   w.block('chain steer_output', steer)
 
-  const divert = ['type filter hook prerouting priority mangle; policy accept;']
-  for (const f of families) {
-    for (const p of intent.proto) {
-      const local = f === 4 ? '127.0.0.1' : '[::1]'
-      divert.push(`iifname "lo" meta mark ${MARK} meta nfproto ipv${f} meta l4proto ${p} tproxy ${ipOf(f)} to ${local}:${intent.to} accept`)
+  if (!ebpf) {
+    const divert = ['type filter hook prerouting priority mangle; policy accept;']
+    for (const f of families) {
+      for (const p of intent.proto) {
+        const local = f === 4 ? '127.0.0.1' : '[::1]'
+        divert.push(`iifname "lo" meta mark ${MARK} meta nfproto ipv${f} meta l4proto ${p} tproxy ${ipOf(f)} to ${local}:${intent.to} accept`)
+      }
     }
+    w.block('chain divert_prerouting', divert)
   }
-  w.block('chain divert_prerouting', divert)
 
   if (intent.dns !== undefined) {
     w.block('chain dns_output', [
@@ -156,10 +168,20 @@ function renderTproxy(intent: TproxyIntent): Plan {
     ])
   }
   fenceBlock(w, intent.fence)
+  if (ebpf) {
+    return {
+      mode: 'tproxy',
+      nft: w.done(),
+      routes: families.flatMap((family) => intercept[family].map((dst) => ({ family, dst, table: 'local' as const }))),
+      rules: [],
+      bpf: { dev: 'lo', section: 'tc' },
+    }
+  }
   return {
     mode: 'tproxy',
     nft: w.done(),
-    routes: families.map((family) => ({ family, table: TPROXY_ROUTE_TABLE })),
+    routes: families.map((family) => ({ family, dst: family === 4 ? '0.0.0.0/0' : '::/0', table: TPROXY_ROUTE_TABLE })),
     rules: families.map((family) => ({ family, fwmark: TPROXY_FWMARK, table: TPROXY_ROUTE_TABLE, priority: TPROXY_RULE_PRIORITY })),
+    bpf: undefined,
   }
 }

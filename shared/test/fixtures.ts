@@ -34,24 +34,28 @@ export const FIXTURES: Record<string, Intent> = {
     fence: [15100],
   },
   'tproxy-default': {
-    ...base, mode: 'tproxy', cidrs: ['100.64.0.0/10'], proto: ['tcp', 'udp'], to: 15001, dns: 15053,
+    ...base, mode: 'tproxy', datapath: 'nftables', cidrs: ['100.64.0.0/10'], proto: ['tcp', 'udp'], to: 15001, dns: 15053,
     excludeCidrs: [], excludePorts: [], fence: [15001, 15053],
   },
   'tproxy-exclusions': {
-    ...base, mode: 'tproxy', cidrs: ['10.0.0.0/8', '100.64.0.0/10', '172.16.0.0/12'], proto: ['tcp'], to: 15001,
+    ...base, mode: 'tproxy', datapath: 'nftables', cidrs: ['10.0.0.0/8', '100.64.0.0/10', '172.16.0.0/12'], proto: ['tcp'], to: 15001,
     dns: undefined, excludeCidrs: ['10.96.0.0/12', '100.64.0.1/32'], excludePorts: ['22', '8000-8100'],
     fence: [15001],
   },
   'tproxy-dualstack': {
-    ...base, mode: 'tproxy', cidrs: ['100.64.0.0/10', 'fd00:ffff::/64'], proto: ['tcp', 'udp'], to: 15001,
+    ...base, mode: 'tproxy', datapath: 'nftables', cidrs: ['100.64.0.0/10', 'fd00:ffff::/64'], proto: ['tcp', 'udp'], to: 15001,
     dns: 15053, excludeCidrs: ['fd00:ffff::1/128'], excludePorts: ['9090'], fence: [15001, 15053],
   },
   'tproxy-ipv6-only': {
-    ...base, mode: 'tproxy', cidrs: ['2001:db8::/32'], proto: ['udp'], to: 15001, dns: undefined,
+    ...base, mode: 'tproxy', datapath: 'nftables', cidrs: ['2001:db8::/32'], proto: ['udp'], to: 15001, dns: undefined,
     excludeCidrs: [], excludePorts: [], fence: [15001],
   },
+  'tproxy-ebpf-dualstack': {
+    ...base, mode: 'tproxy', datapath: 'ebpf', cidrs: ['100.64.0.0/10', 'fd00:ffff::/64'], proto: ['tcp', 'udp'], to: 15001,
+    dns: undefined, excludeCidrs: [], excludePorts: [], fence: [15001],
+  },
   'tproxy-10000-cidrs': {
-    ...base, mode: 'tproxy', cidrs: tenThousandCidrs(), proto: ['tcp', 'udp'], to: 15001, dns: 15053,
+    ...base, mode: 'tproxy', datapath: 'nftables', cidrs: tenThousandCidrs(), proto: ['tcp', 'udp'], to: 15001, dns: 15053,
     excludeCidrs: [], excludePorts: [], fence: [15001, 15053],
   },
 }

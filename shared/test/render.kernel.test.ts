@@ -39,13 +39,17 @@ t.test('golden rulesets load into a real netns', rootOnly(), async (t) => {
       t.ok(chains.has('proxy_output'), `${name}: dnat chain present`)
     } else {
       t.equal((sets.get('intercept4') ?? 0) + (sets.get('intercept6') ?? 0), intent.cidrs.length, `${name}: one interval per CIDR`)
-      t.ok(chains.has('steer_output') && chains.has('divert_prerouting'), `${name}: steer and divert chains present`)
+      const ebpf = intent.datapath === 'ebpf'
+      t.ok(chains.has('steer_output'), `${name}: steer chain present`)
+      t.equal(chains.has('divert_prerouting'), !ebpf, `${name}: TPROXY divert only on the nftables datapath`)
       t.equal(chains.has('dns_output'), intent.dns !== undefined, `${name}: DNS capture only when asked`)
       for (const argv of ipCommands(renderPlan(intent))) execFileSync('ip', ['-n', ns.name, ...argv])
       const rules = execFileSync('ip', ['-n', ns.name, '-4', 'rule', 'show'], { encoding: 'utf8' })
-      t.equal(rules.includes('fwmark 0x2a1 lookup 2171'), intent.cidrs.some((c) => c.includes('.')), `${name}: v4 policy rule`)
-      execFileSync('ip', ['-n', ns.name, '-4', 'rule', 'flush'])
-      execFileSync('ip', ['-n', ns.name, '-6', 'rule', 'flush'])
+      t.equal(rules.includes('fwmark 0x2a1 lookup 2171'), !ebpf && intent.cidrs.some((c) => c.includes('.')), `${name}: v4 policy rule (nftables datapath)`)
+      const local = execFileSync('ip', ['-n', ns.name, '-4', 'route', 'show', 'table', 'local'], { encoding: 'utf8' })
+      t.equal(local.includes('local 100.64.0.0/10 dev lo'), ebpf, `${name}: intercept CIDRs are local addresses only on the ebpf datapath`)
+      for (const argv of ipCommands(renderPlan(intent))) execFileSync('ip', ['-n', ns.name, ...argv.map((a, i) => (i === 2 ? 'del' : a))])
+      t.notMatch(execFileSync('ip', ['-n', ns.name, 'rule', 'show'], { encoding: 'utf8' }), /0x2a1/, `${name}: routing removed`)
     }
     nftIn(ns.name, ['-f', '-'], renderDeleteTable())
     t.equal(nftIn(ns.name, ['list', 'ruleset']).trim(), '', `${name}: the delete transaction removes everything`)

@@ -30,6 +30,8 @@ export interface WebhookConfig {
     defaultCidrs: Cidr[]
     dnsCapture: boolean
     protocols: Array<'tcp' | 'udp'>
+    /** Default for cni.openziti.io/datapath. */
+    datapath: 'nftables' | 'ebpf'
   }
   /** First init container: proves the redirect before anything else runs (see cni-plugin/src/validator). */
   validator: { enabled: boolean; image: string; uid: number }
@@ -69,6 +71,7 @@ export const DEFAULT_CONFIG: WebhookConfig = {
     defaultCidrs: [parseCidr('100.64.0.0/10') as Cidr],
     dnsCapture: true,
     protocols: ['tcp', 'udp'],
+    datapath: 'nftables',
   },
   validator: { enabled: true, image: 'ghcr.io/ziti-cni/agent:0.1.0', uid: 2172 },
   excludedNamespaces: ['kube-system', 'kube-node-lease'],
@@ -109,7 +112,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const known: Record<string, string[]> = {
     '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'validator', 'excludedNamespaces', 'listen', 'bodyLimitBytes', 'tls', 'logLevel'],
     proxy: ['image', 'portBase', 'aliasRange'],
-    tproxy: ['image', 'args', 'port', 'dnsPort', 'addCapabilities', 'defaultCidrs', 'dnsCapture', 'protocols'],
+    tproxy: ['image', 'args', 'port', 'dnsPort', 'addCapabilities', 'defaultCidrs', 'dnsCapture', 'protocols', 'datapath'],
     listen: ['host', 'port'],
     tls: ['mode', 'certFile', 'keyFile', 'secretName', 'namespace', 'serviceName', 'webhookConfigName', 'validityDays', 'renewBeforeDays'],
     resources: ['requests', 'limits'],
@@ -186,6 +189,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       }).map((v) => (typeof v === 'string' ? parseCidr(v, false) : v) as Cidr),
       dnsCapture: pick('tproxy.dnsCapture', tproxy.dnsCapture, d.tproxy.dnsCapture, bool),
       protocols: list('tproxy.protocols', tproxy.protocols, d.tproxy.protocols, (v) => (v === 'tcp' || v === 'udp' ? undefined : 'must be tcp or udp')),
+      datapath: pick('tproxy.datapath', tproxy.datapath, d.tproxy.datapath, (v) => (v === 'nftables' || v === 'ebpf' ? undefined : 'must be nftables or ebpf')),
     },
     validator: {
       enabled: pick('validator.enabled', validator.enabled, d.validator.enabled, bool),

@@ -60,7 +60,7 @@ t.test('admission over HTTPS', async (t) => {
       t.equal(mutated.spec!.initContainers![0]!.env![0]!.value, mutated.metadata!.annotations!['cni.openziti.io/interception'], 'the validator checks the same intent')
       t.equal(mutated.spec!.initContainers![0]!.securityContext!.runAsUser, 2172, 'not the sidecar uid')
       const violations = restrictedViolations(mutated)
-      if (intent.mode === 'proxy') t.same(violations, [], 'injected pod passes Pod Security "restricted"')
+      if (intent.mode === 'proxy' || intent.datapath === 'ebpf') t.same(violations, [], 'injected pod passes Pod Security "restricted"')
       else t.same(violations, ['initContainer ziti-tunnel: adds capabilities NET_RAW'], 'tproxy over nftables adds only NET_RAW, and says so')
       if (intent.mode === 'proxy') {
         const hosts = new Map(mutated.spec!.hostAliases!.flatMap((a) => (a.hostnames ?? []).map((h) => [h, a.ip] as const)))
@@ -102,7 +102,7 @@ t.test('admission over HTTPS', async (t) => {
     const m = (await https(`${wh.url}/metrics`, wh.ca, 'GET')).text
     t.match(m, /ziti_cni_admission_requests_total\{outcome="injected"\} \d+/)
     t.match(m, /ziti_cni_admission_requests_total\{outcome="rejected"\} \d+/)
-    t.match(m, /ziti_cni_injections_total\{mode="tproxy"\} 1/)
+    t.match(m, /ziti_cni_injections_total\{mode="tproxy"\} 2/)
     t.match(m, /ziti_cni_rejections_total \d+/)
     t.match(m, /ziti_cni_admission_duration_seconds_bucket\{le="0.005",outcome="injected"\} \d+/)
   })

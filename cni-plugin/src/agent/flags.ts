@@ -27,6 +27,7 @@ export interface AgentFlags {
   install: boolean
   hostNetns: string
   repair: 'off' | 'delete'
+  bpfObject: string
 }
 
 export const USAGE = `usage: ziti-cni-agent [run|uninstall] [flags]
@@ -54,6 +55,7 @@ export const USAGE = `usage: ziti-cni-agent [run|uninstall] [flags]
                               upgrade or a node drain) it leaves the plugin in place
   --no-install                serve only; do not run the installer
   --host-netns PATH           the namespace never to program (default /proc/self/ns/net)
+  --bpf-object PATH           tc program of the eBPF datapath (default /opt/ziti-cni/tproxy.bpf.o)
   --repair off|delete         pods whose validator found no interception: report only, or delete
                               them so their controller recreates them (needs RBAC delete on pods)
 `
@@ -85,7 +87,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
         'plugin-timeout': { type: 'string' }, 'token-file': { type: 'string' }, 'ca-file': { type: 'string' },
         'api-server': { type: 'string' }, 'health-addr': { type: 'string' }, 'log-level': { type: 'string' },
         'check-interval': { type: 'string' }, 'lookup-deadline': { type: 'string' },
-        'uninstall-on-exit': { type: 'boolean' }, 'no-install': { type: 'boolean' }, 'host-netns': { type: 'string' }, daemonset: { type: 'string' }, repair: { type: 'string' },
+        'uninstall-on-exit': { type: 'boolean' }, 'no-install': { type: 'boolean' }, 'host-netns': { type: 'string' }, daemonset: { type: 'string' }, repair: { type: 'string' }, 'bpf-object': { type: 'string' },
         help: { type: 'boolean' },
       },
     })
@@ -136,5 +138,6 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
     install: !(v['no-install'] ?? false),
     hostNetns: v['host-netns'] ?? '/proc/self/ns/net',
     repair,
+    bpfObject: v['bpf-object'] ?? '/opt/ziti-cni/tproxy.bpf.o',
   }
 }

@@ -39,7 +39,7 @@ async function run(f: AgentFlags): Promise<void> {
   pods.onPod((pod) => void repairer.consider(pod))
   const state = new StateStore(f.stateDir)
   const netns = createNetns({ hostNetns: f.hostNetns, nsenter: 'nsenter', timeoutMs: 5000 })
-  const programmer = new Programmer({ netns, pods, state, log, lookupDeadlineMs: f.lookupDeadlineMs })
+  const programmer = new Programmer({ netns, pods, state, log, lookupDeadlineMs: f.lookupDeadlineMs, bpfObject: f.bpfObject })
 
   // Attachments whose netns vanished while we were away (pods deleted with the agent down).
   for (const s of state.list()) {

@@ -21,6 +21,7 @@ export interface Netns {
   assertPodNetns(path: string): void
   nft(path: string, args: string[], input?: string): Promise<ExecResult>
   ip(path: string, args: string[]): Promise<ExecResult>
+  tc(path: string, args: string[]): Promise<ExecResult>
   /** `ip -4|-6 -batch -`: one process for many commands; `force` carries on past failures. */
   ipBatch(path: string, family: '-4' | '-6', commands: string[][], force: boolean): Promise<ExecResult>
 }
@@ -73,6 +74,9 @@ export function createNetns(opts: NetnsOptions): Netns {
     },
     ip(path, args) {
       return run(opts.nsenter, [`--net=${path}`, '--', 'ip', ...args], undefined, opts.timeoutMs)
+    },
+    tc(path, args) {
+      return run(opts.nsenter, [`--net=${path}`, '--', 'tc', ...args], undefined, opts.timeoutMs)
     },
     ipBatch(path, family, commands, force) {
       // Batch lines are split on whitespace by ip: only renderer output (numbers, keywords) goes here.

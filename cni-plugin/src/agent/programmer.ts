@@ -15,6 +15,8 @@ export interface ProgrammerDeps {
   state: StateStore
   log: Logger
   lookupDeadlineMs: number
+  /** The compiled tc program for the eBPF datapath (cni-plugin/bpf/tproxy.bpf.c). */
+  bpfObject: string
 }
 
 const LIST_TABLE = ['list', 'table', NFT_FAMILY, NFT_TABLE]
@@ -65,6 +67,16 @@ export class Programmer {
     return r.stdout
   }
 
+  private async attachBpf(netns: string): Promise<void> {
+    for (const args of [
+      ['qdisc', 'replace', 'dev', 'lo', 'clsact'],
+      ['filter', 'replace', 'dev', 'lo', 'ingress', 'pref', '1', 'handle', '1', 'bpf', 'direct-action', 'object-file', this.d.bpfObject, 'section', 'tc'],
+    ]) {
+      const r = await this.d.netns.tc(netns, args)
+      if (r.code !== 0) throw new CniError(ErrorCode.ProgrammingFailed, `tc ${args.slice(0, 2).join(' ')} in ${netns} failed`, r.stderr.trim())
+    }
+  }
+
   /** Runs `ip` argv lists (each starting with -4/-6) as one batch per family. */
   private async ipBatches(netns: string, argvs: string[][], force: boolean): Promise<void> {
     for (const family of ['-4', '-6'] as const) {
@@ -100,7 +112,10 @@ export class Programmer {
         if (!created.stderr.includes('File exists')) throw new CniError(ErrorCode.ProgrammingFailed, `nft -f in ${req.netns} failed`, created.stderr.trim())
         await this.nft(req.netns, ['-f', '-'], plan.nft) // a table is there (ADD again): replace it
       }
+      if (plan.bpf) await this.attachBpf(req.netns)
     } catch (e) {
+      // Nothing half-done: the table, the routing and the program go together.
+      await this.d.netns.nft(req.netns, ['-f', '-'], renderDeleteTable())
       await this.removeRouting(req.netns, plan)
       throw e
     }
@@ -128,7 +143,11 @@ export class Programmer {
         throw new CniError(ErrorCode.ProgrammingFailed, (e as Error).message)
       }
       await this.nft(netns, ['-f', '-'], renderDeleteTable())
-      if (saved) await this.removeRouting(netns, renderPlan(parseIntent(saved.intent)))
+      if (saved) {
+        const plan = renderPlan(parseIntent(saved.intent))
+        await this.removeRouting(netns, plan)
+        if (plan.bpf) await this.d.netns.tc(netns, ['qdisc', 'del', 'dev', 'lo', 'clsact'])
+      }
     }
     this.d.state.delete(req.containerId, req.ifName)
     return { ok: true, intercepted: saved !== undefined }
@@ -158,9 +177,19 @@ export class Programmer {
         throw new CniError(ErrorCode.Drift, `IPv${rule.family} policy rule for fwmark 0x${rule.fwmark.toString(16)} is missing`)
       }
     }
+    const routeTables = new Map<string, Set<string>>()
     for (const route of plan.routes) {
-      const r = await this.d.netns.ip(req.netns, [`-${route.family}`, 'route', 'show', 'table', String(route.table)])
-      if (!/^local default dev lo/m.test(r.stdout)) throw new CniError(ErrorCode.Drift, `IPv${route.family} local route in table ${route.table} is missing`)
+      const key = `-${route.family} ${route.table}`
+      if (!routeTables.has(key)) {
+        const r = await this.d.netns.ip(req.netns, [`-${route.family}`, 'route', 'show', 'table', String(route.table), 'type', 'local'])
+        routeTables.set(key, new Set(r.stdout.split('\n').map((l) => l.split(' ')[1] ?? '')))
+      }
+      const dst = route.dst === '0.0.0.0/0' || route.dst === '::/0' ? 'default' : route.dst.replace(/\/(32|128)$/, '')
+      if (!routeTables.get(key)!.has(dst)) throw new CniError(ErrorCode.Drift, `IPv${route.family} local route ${route.dst} in table ${route.table} is missing`)
+    }
+    if (plan.bpf) {
+      const r = await this.d.netns.tc(req.netns, ['filter', 'show', 'dev', 'lo', 'ingress'])
+      if (!r.stdout.includes('name ziti_tproxy')) throw new CniError(ErrorCode.Drift, 'the eBPF program is not attached to lo ingress')
     }
     return { ok: true, intercepted: true, mode: plan.mode }
   }

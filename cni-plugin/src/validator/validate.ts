@@ -35,8 +35,14 @@ function checkUdp(dst: string, port: number, to: number): Promise<void> {
   })
 }
 
-/** Policy routing can be read without privileges. */
-function checkRule(): void {
+/** Routing can be read without privileges: the policy rule (nftables) or the local routes (ebpf). */
+function checkRouting(intent: Extract<Intent, { mode: 'tproxy' }>): void {
+  if (intent.datapath === 'ebpf') {
+    const cidr = intent.cidrs.find((c) => c.includes('.'))!
+    const local = execFileSync('ip', ['-4', 'route', 'show', 'table', 'local', 'type', 'local'], { encoding: 'utf8' })
+    if (!local.split('\n').some((l) => l.split(' ')[1] === cidr.replace(/\/32$/, ''))) throw new Error(`the local route for ${cidr} is missing`)
+    return
+  }
   const rules = execFileSync('ip', ['-4', 'rule', 'show'], { encoding: 'utf8' })
   if (!rules.includes(`fwmark 0x${TPROXY_FWMARK.toString(16)} lookup ${TPROXY_ROUTE_TABLE}`)) throw new Error('the tproxy policy rule is missing')
 }
@@ -47,12 +53,12 @@ export async function validate(intent: Intent): Promise<string> {
     await (d.proto === 'tcp' ? checkTcp(d.dst, d.port, d.to) : checkUdp(d.dst, d.port, d.to))
     return `${d.dst}:${d.port}/${d.proto} is redirected to 127.0.0.1:${d.to}`
   }
-  if (intent.cidrs.some((c) => c.includes('.'))) checkRule()
+  if (intent.cidrs.some((c) => c.includes('.'))) checkRouting(intent)
   // Capture itself needs a transparent socket (CAP_NET_RAW), which this container does not
   // have; DNS capture is a plain DNAT and proves the table is there.
   if (intent.dns !== undefined) {
     await checkUdp('192.0.2.53', 53, intent.dns)
-    return `policy rule present and DNS is captured to 127.0.0.1:${intent.dns}`
+    return `routing present (${intent.datapath}) and DNS is captured to 127.0.0.1:${intent.dns}`
   }
-  return 'policy rule present'
+  return `routing present (${intent.datapath})`
 }

@@ -142,7 +142,7 @@ export class TestNode {
       '--state-dir', this.stateDir, '--cni-bin-dir', this.binDir, '--cni-conf-dir', this.confDir, '--plugin-binary', PLUGIN_SEA,
       '--plugin-kubeconfig', this.pluginKubeconfig, '--plugin-log-file', this.pluginLog, '--token-file', this.tokenFile, '--ca-file', this.caFile,
       '--api-server', this.apiUrl, '--health-addr', `127.0.0.1:${this.healthPort}`, '--check-interval', '1', '--log-level', 'debug',
-      '--daemonset', 'ziti-cni-system/ziti-cni-agent', '--repair', 'delete']
+      '--daemonset', 'ziti-cni-system/ziti-cni-agent', '--repair', 'delete', '--bpf-object', join(REPO, 'cni-plugin/dist/tproxy.bpf.o')]
   }
 
   async startAgent(): Promise<void> {

@@ -1,8 +1,8 @@
 // From the user's annotations and the webhook config to the interception intent (schema v1)
 // plus what the sidecar needs to match it: hostAliases, proxy listeners, env.
 import {
-  ANNOTATION_DNS_CAPTURE, ANNOTATION_EXCLUDE_CIDRS, ANNOTATION_EXCLUDE_PORTS, ANNOTATION_INTERCEPT_CIDRS, ANNOTATION_MODE, ANNOTATION_SERVICES,
-  ValidationError, formatAddress, formatCidr, formatPortRange, mergeCidrs, nthAddress, parseDnsCapture, parseExcludeCidrs, parseExcludePorts,
+  ANNOTATION_DATAPATH, ANNOTATION_DNS_CAPTURE, ANNOTATION_EXCLUDE_CIDRS, ANNOTATION_EXCLUDE_PORTS, ANNOTATION_INTERCEPT_CIDRS, ANNOTATION_MODE, ANNOTATION_SERVICES,
+  ValidationError, formatAddress, formatCidr, formatPortRange, mergeCidrs, nthAddress, parseDatapath, parseDnsCapture, parseExcludeCidrs, parseExcludePorts,
   parseInterceptCidrs, parseMode, parseServices, type Intent, type Mode, type Proto,
 } from '@ziti-cni/shared'
 import type { V1HostAlias } from '@kubernetes/client-node'
@@ -22,7 +22,7 @@ export interface InterceptionPlan {
 }
 
 const PROXY_ONLY = [ANNOTATION_SERVICES]
-const TPROXY_ONLY = [ANNOTATION_INTERCEPT_CIDRS, ANNOTATION_EXCLUDE_CIDRS, ANNOTATION_EXCLUDE_PORTS, ANNOTATION_DNS_CAPTURE]
+const TPROXY_ONLY = [ANNOTATION_INTERCEPT_CIDRS, ANNOTATION_EXCLUDE_CIDRS, ANNOTATION_EXCLUDE_PORTS, ANNOTATION_DNS_CAPTURE, ANNOTATION_DATAPATH]
 
 export function planInterception(annotations: Record<string, string>, existingAliases: V1HostAlias[], cfg: WebhookConfig): InterceptionPlan {
   const mode = annotations[ANNOTATION_MODE] !== undefined ? parseMode(annotations[ANNOTATION_MODE]) : cfg.defaultMode
@@ -86,7 +86,17 @@ function planTproxy(annotations: Record<string, string>, cfg: WebhookConfig): In
   const cidrs = mergeCidrs(get(ANNOTATION_INTERCEPT_CIDRS) !== undefined ? parseInterceptCidrs(get(ANNOTATION_INTERCEPT_CIDRS)!) : cfg.tproxy.defaultCidrs)
   const exclude = get(ANNOTATION_EXCLUDE_CIDRS) !== undefined ? parseExcludeCidrs(get(ANNOTATION_EXCLUDE_CIDRS)!) : []
   const ports = get(ANNOTATION_EXCLUDE_PORTS) !== undefined ? parseExcludePorts(get(ANNOTATION_EXCLUDE_PORTS)!) : []
-  const dns = get(ANNOTATION_DNS_CAPTURE) !== undefined ? parseDnsCapture(get(ANNOTATION_DNS_CAPTURE)!) : cfg.tproxy.dnsCapture
+  const datapath = get(ANNOTATION_DATAPATH) !== undefined ? parseDatapath(get(ANNOTATION_DATAPATH)!) : cfg.tproxy.datapath
+  if (datapath === 'ebpf' && (exclude.length || ports.length)) {
+    throw new ValidationError(ANNOTATION_DATAPATH, 'ebpf makes the intercept CIDRs local addresses of the pod, so excluded traffic could not leave; drop the exclusions or use nftables')
+  }
+  // DNS capture is a DNAT, and a nat chain in the netns stops bpf_sk_assign delivery: on the
+  // ebpf datapath it is off unless asked for, and asking is an error.
+  const dnsAsked = get(ANNOTATION_DNS_CAPTURE) !== undefined ? parseDnsCapture(get(ANNOTATION_DNS_CAPTURE)!) : undefined
+  if (datapath === 'ebpf' && dnsAsked === true) {
+    throw new ValidationError(ANNOTATION_DNS_CAPTURE, 'cannot be true with datapath ebpf (its DNAT stops bpf_sk_assign delivery); use datapath nftables for DNS capture')
+  }
+  const dns = dnsAsked ?? (datapath === 'ebpf' ? false : cfg.tproxy.dnsCapture)
   // Overlapping exclude ranges are merged; the schema wants them disjoint.
   const sortedPorts = [...ports].sort((a, b) => a.from - b.from)
   const mergedPorts: typeof ports = []
@@ -98,7 +108,7 @@ function planTproxy(annotations: Record<string, string>, cfg: WebhookConfig): In
   const fence = dns ? [cfg.tproxy.port, cfg.tproxy.dnsPort] : [cfg.tproxy.port]
   const intent: Intent = {
     v: 1, mode: 'tproxy', uid: cfg.sidecarUid,
-    cidrs: cidrs.map(formatCidr), proto: [...cfg.tproxy.protocols], to: cfg.tproxy.port, dns: dns ? cfg.tproxy.dnsPort : undefined,
+    datapath, cidrs: cidrs.map(formatCidr), proto: [...cfg.tproxy.protocols], to: cfg.tproxy.port, dns: dns ? cfg.tproxy.dnsPort : undefined,
     excludeCidrs: mergeCidrs(exclude).map(formatCidr), excludePorts: mergedPorts.map(formatPortRange), fence,
   }
   return { mode: 'tproxy', intent, aliases: [], listeners: [], ports: fence }

@@ -165,7 +165,7 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: Injection
   if (!original.metadata) ops.unshift({ op: 'add', path: '/metadata', value: {} })
 
   const warnings: string[] = []
-  if (plan.mode === 'tproxy' && cfg.tproxy.addCapabilities.length) {
+  if (plan.intent.mode === 'tproxy' && plan.intent.datapath === 'nftables' && cfg.tproxy.addCapabilities.length) {
     warnings.push(`ziti-cni: the tproxy sidecar gets ${cfg.tproxy.addCapabilities.join(', ')} (nftables TPROXY only delivers to IP_TRANSPARENT sockets); this pod will not pass Pod Security "restricted"`)
   }
   const supplied = annotations[ANNOTATION_INTERCEPTION]

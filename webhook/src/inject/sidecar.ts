@@ -62,11 +62,13 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
     args = [...cfg.tproxy.args]
     const intent = plan.intent as Extract<InterceptionPlan['intent'], { mode: 'tproxy' }>
     env.push(
+      { name: 'ZITI_CNI_DATAPATH', value: intent.datapath },
       { name: 'ZITI_CNI_TPROXY_PORT', value: String(intent.to) },
       { name: 'ZITI_CNI_INTERCEPT_CIDRS', value: intent.cidrs.join(',') },
       ...(intent.dns !== undefined ? [{ name: 'ZITI_CNI_DNS_PORT', value: String(intent.dns) }] : []),
     )
-    if (cfg.tproxy.addCapabilities.length) capabilities.add = [...cfg.tproxy.addCapabilities]
+    // The eBPF datapath hands connections to a plain listener: no capability at all.
+    if (intent.datapath === 'nftables' && cfg.tproxy.addCapabilities.length) capabilities.add = [...cfg.tproxy.addCapabilities]
   }
   const probePort = plan.ports[0]!
   const container: V1Container = {
