@@ -54,12 +54,36 @@ static __always_inline int steer_udp(struct __sk_buff *skb, struct bpf_sock_tupl
 	return assign(skb, sk);
 }
 
+/* The L4 part is the same for both families; only where the ports live in the tuple differs. */
+static __always_inline int steer_l4(struct __sk_buff *skb, void *l4, void *end, __u8 proto,
+				    struct bpf_sock_tuple *t, struct bpf_sock_tuple *l, __u32 len,
+				    __be16 *t_sport, __be16 *t_dport, __be16 *l_sport)
+{
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > end)
+			return TC_ACT_OK;
+		*t_sport = th->source;
+		*t_dport = th->dest;
+		*l_sport = th->source;
+		return steer_tcp(skb, t, len, l);
+	}
+	if (proto == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > end)
+			return TC_ACT_OK;
+		*l_sport = uh->source;
+		return steer_udp(skb, l, len);
+	}
+	return TC_ACT_OK;
+}
+
 SEC("tc")
 int ziti_tproxy(struct __sk_buff *skb)
 {
 	if ((skb->mark & MARK_MASK) != MARK_TAG)
 		return TC_ACT_OK;
-	__u16 port = bpf_htons(skb->mark & 0xffff);
+	__be16 port = bpf_htons(skb->mark & 0xffff);
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
@@ -71,54 +95,24 @@ int ziti_tproxy(struct __sk_buff *skb)
 		struct iphdr *ip = (void *)(eth + 1);
 		if ((void *)(ip + 1) > end || ip->ihl != 5)
 			return TC_ACT_OK;
-		l.ipv4.saddr = ip->saddr;
-		l.ipv4.daddr = bpf_htonl(0x7f000001);
+		t.ipv4.saddr = l.ipv4.saddr = ip->saddr;
+		t.ipv4.daddr = ip->daddr;
+		l.ipv4.daddr = bpf_htonl(0x7f000001); /* 127.0.0.1 */
 		l.ipv4.dport = port;
-		if (ip->protocol == IPPROTO_TCP) {
-			struct tcphdr *th = (void *)(ip + 1);
-			if ((void *)(th + 1) > end)
-				return TC_ACT_OK;
-			t.ipv4.saddr = ip->saddr;
-			t.ipv4.daddr = ip->daddr;
-			t.ipv4.sport = th->source;
-			t.ipv4.dport = th->dest;
-			l.ipv4.sport = th->source;
-			return steer_tcp(skb, &t, sizeof(t.ipv4), &l);
-		}
-		if (ip->protocol == IPPROTO_UDP) {
-			struct udphdr *uh = (void *)(ip + 1);
-			if ((void *)(uh + 1) > end)
-				return TC_ACT_OK;
-			l.ipv4.sport = uh->source;
-			return steer_udp(skb, &l, sizeof(l.ipv4));
-		}
-		return TC_ACT_OK;
+		return steer_l4(skb, ip + 1, end, ip->protocol, &t, &l, sizeof(t.ipv4),
+				&t.ipv4.sport, &t.ipv4.dport, &l.ipv4.sport);
 	}
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 		if ((void *)(ip6 + 1) > end)
 			return TC_ACT_OK;
+		__builtin_memcpy(t.ipv6.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(l.ipv6.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, &ip6->daddr, 16);
 		l.ipv6.daddr[3] = bpf_htonl(1); /* ::1 */
 		l.ipv6.dport = port;
-		if (ip6->nexthdr == IPPROTO_TCP) {
-			struct tcphdr *th = (void *)(ip6 + 1);
-			if ((void *)(th + 1) > end)
-				return TC_ACT_OK;
-			__builtin_memcpy(t.ipv6.saddr, &ip6->saddr, 16);
-			__builtin_memcpy(t.ipv6.daddr, &ip6->daddr, 16);
-			t.ipv6.sport = th->source;
-			t.ipv6.dport = th->dest;
-			l.ipv6.sport = th->source;
-			return steer_tcp(skb, &t, sizeof(t.ipv6), &l);
-		}
-		if (ip6->nexthdr == IPPROTO_UDP) {
-			struct udphdr *uh = (void *)(ip6 + 1);
-			if ((void *)(uh + 1) > end)
-				return TC_ACT_OK;
-			l.ipv6.sport = uh->source;
-			return steer_udp(skb, &l, sizeof(l.ipv6));
-		}
+		return steer_l4(skb, ip6 + 1, end, ip6->nexthdr, &t, &l, sizeof(t.ipv6),
+				&t.ipv6.sport, &t.ipv6.dport, &l.ipv6.sport);
 	}
 	return TC_ACT_OK;
 }
