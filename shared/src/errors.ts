@@ -18,7 +18,3 @@ export class ValidationError extends Error {
     this.entry = entry?.index
   }
 }
-
-export function isValidationError(e: unknown): e is ValidationError {
-  return e instanceof ValidationError
-}

@@ -131,12 +131,6 @@ export function cidrRange(c: Cidr): [bigint, bigint] {
   return [c.value, c.value + span]
 }
 
-export function cidrContains(c: Cidr, a: Address): boolean {
-  if (c.family !== a.family) return false
-  const [lo, hi] = cidrRange(c)
-  return a.value >= lo && a.value <= hi
-}
-
 export function cidrsOverlap(a: Cidr, b: Cidr): boolean {
   if (a.family !== b.family) return false
   const [al, ah] = cidrRange(a)

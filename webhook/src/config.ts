@@ -1,7 +1,7 @@
 // The webhook's configuration: a file (the mounted ConfigMap, YAML or JSON) plus env
 // overrides, validated at start-up with one clear message per bad key. Pure: the caller
 // reads the file; `validateConfig` only looks at values.
-import { isDnsName, parseCidr, parsePort, formatCidr, type Cidr, type Mode } from '@ziti-cni/shared'
+import { ZITI_DNS_RANGE, isDnsName, parseCidr, parsePort, formatCidr, type Cidr, type Mode } from '@ziti-cni/shared'
 
 export interface Resources {
   requests?: Record<string, string>
@@ -61,14 +61,14 @@ export const DEFAULT_CONFIG: WebhookConfig = {
   enrollmentSecretKey: 'token.jwt',
   identityDir: '/netfoundry',
   resources: { requests: { cpu: '20m', memory: '48Mi' }, limits: { memory: '256Mi' } },
-  proxy: { image: 'docker.io/openziti/ziti-tunnel:1.6.8', portBase: 15100, aliasRange: parseCidr('100.64.0.0/10') as Cidr },
+  proxy: { image: 'docker.io/openziti/ziti-tunnel:1.6.8', portBase: 15100, aliasRange: parseCidr(ZITI_DNS_RANGE) as Cidr },
   tproxy: {
     image: 'docker.io/openziti/ziti-tunnel:1.6.8',
     args: ['tproxy-contract'],
     port: 15001,
     dnsPort: 15053,
     addCapabilities: ['NET_RAW'],
-    defaultCidrs: [parseCidr('100.64.0.0/10') as Cidr],
+    defaultCidrs: [parseCidr(ZITI_DNS_RANGE) as Cidr],
     dnsCapture: true,
     protocols: ['tcp', 'udp'],
     datapath: 'nftables',

@@ -61,6 +61,15 @@ export class Programmer {
     }
   }
 
+  /** Never the host's netns, never a path that is not one: the CNI error every command gives. */
+  private assertPodNetns(netns: string): void {
+    try {
+      this.d.netns.assertPodNetns(netns)
+    } catch (e) {
+      throw new CniError(ErrorCode.ProgrammingFailed, (e as Error).message)
+    }
+  }
+
   private async nft(netns: string, args: string[], input?: string): Promise<string> {
     const r = await this.d.netns.nft(netns, args, input)
     if (r.code !== 0) throw new CniError(ErrorCode.ProgrammingFailed, `nft ${args[0]} in ${netns} failed`, r.stderr.trim())
@@ -98,11 +107,7 @@ export class Programmer {
     const text = await this.intentOf(pod)
     if (text === undefined) return { ok: true, intercepted: false, detail: 'no interception intent' }
     const { plan, canonical } = this.plan(pod, text)
-    try {
-      this.d.netns.assertPodNetns(req.netns)
-    } catch (e) {
-      throw new CniError(ErrorCode.ProgrammingFailed, (e as Error).message)
-    }
+    this.assertPodNetns(req.netns)
     // Routing first (idempotent), then the table in one transaction; undo routing if nft fails.
     await this.removeRouting(req.netns, plan)
     try {
@@ -137,11 +142,7 @@ export class Programmer {
     const saved = this.d.state.get(req.containerId, req.ifName)
     const netns = req.netns || saved?.netns || ''
     if (netns && this.d.netns.exists(netns)) {
-      try {
-        this.d.netns.assertPodNetns(netns)
-      } catch (e) {
-        throw new CniError(ErrorCode.ProgrammingFailed, (e as Error).message)
-      }
+      this.assertPodNetns(netns)
       await this.nft(netns, ['-f', '-'], renderDeleteTable())
       if (saved) {
         const plan = renderPlan(parseIntent(saved.intent))
@@ -157,7 +158,7 @@ export class Programmer {
     const pod = req.pod!
     const text = await this.intentOf(pod)
     const saved = this.d.state.get(req.containerId, req.ifName)
-    this.d.netns.assertPodNetns(req.netns)
+    this.assertPodNetns(req.netns)
     const live = await this.d.netns.nft(req.netns, LIST_TABLE)
     if (text === undefined) {
       if (live.code === 0) throw new CniError(ErrorCode.Drift, `pod ${pod.namespace}/${pod.name} has no intent but its netns has table ${NFT_TABLE}`)

@@ -1,5 +1,5 @@
 // One CNI invocation as data: environment + stdin config, validated per command.
-import { CniError, ErrorCode, commandAllowed, isSupportedVersion, parseCniArgs, podRefFromArgs, type Command, type CniVersion, type NetConf, type PodRef } from './spec.ts'
+import { CniError, ErrorCode, SUPPORTED_VERSIONS, commandAllowed, isSupportedVersion, parseCniArgs, podRefFromArgs, type Command, type CniVersion, type NetConf, type PodRef } from './spec.ts'
 
 export interface PluginConf extends NetConf {
   /** Unix socket of the node agent. */
@@ -45,7 +45,7 @@ export function parseRequest(env: NodeJS.ProcessEnv, stdin: string): CniRequest 
   }
   if (typeof conf !== 'object' || conf === null || Array.isArray(conf)) throw new CniError(ErrorCode.InvalidConfig, 'network configuration must be a JSON object')
   if (!isSupportedVersion(conf.cniVersion)) {
-    throw new CniError(ErrorCode.IncompatibleVersion, `cniVersion ${JSON.stringify(conf.cniVersion)} is not supported`, `supported: ${['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'].join(', ')}`)
+    throw new CniError(ErrorCode.IncompatibleVersion, `cniVersion ${JSON.stringify(conf.cniVersion)} is not supported`, `supported: ${SUPPORTED_VERSIONS.join(', ')}`)
   }
   const version = conf.cniVersion
   if (!commandAllowed(command, version)) {

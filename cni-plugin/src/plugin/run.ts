@@ -3,7 +3,7 @@
 import { ANNOTATION_INTERCEPTION } from '@ziti-cni/shared'
 import type { AgentRequest, AgentResponse } from '../cni/agent-protocol.ts'
 import { DEFAULTS, parseRequest, type CniRequest } from '../cni/request.ts'
-import { CniError, ErrorCode, convertResult, versionResult, type CniResult } from '../cni/spec.ts'
+import { CURRENT_VERSION, CniError, ErrorCode, convertResult, versionResult, type CniResult } from '../cni/spec.ts'
 import type { PodAnnotations } from './pod-fallback.ts'
 import { AgentUnreachable } from './agent-client.ts'
 import type { Logger } from './log.ts'
@@ -31,13 +31,18 @@ export async function runPlugin(env: NodeJS.ProcessEnv, stdin: string, deps: Plu
   } catch (e) {
     const err = e instanceof CniError ? e : new CniError(ErrorCode.IoFailure, `ziti-cni internal error: ${(e as Error).message}`)
     deps.logger(req).log('error', err.message, { code: err.code, details: err.details })
-    const version = req?.version ?? (typeof (safeJson(stdin) as { cniVersion?: unknown })?.cniVersion === 'string' ? (safeJson(stdin) as { cniVersion: string }).cniVersion : '1.1.0')
-    return { stdout: err.toJSON(version), exitCode: 1 }
+    return { stdout: err.toJSON(req?.version ?? declaredVersion(stdin)), exitCode: 1 }
   }
 }
 
-function safeJson(text: string): unknown {
-  try { return JSON.parse(text) } catch { return undefined }
+/** The cniVersion the caller asked for, for errors raised before the request parsed. */
+function declaredVersion(stdin: string): string {
+  try {
+    const v = (JSON.parse(stdin) as { cniVersion?: unknown })?.cniVersion
+    return typeof v === 'string' ? v : CURRENT_VERSION
+  } catch {
+    return CURRENT_VERSION
+  }
 }
 
 async function dispatch(req: CniRequest, deps: PluginDeps): Promise<PluginOutput> {

@@ -4,7 +4,7 @@
 // name prefix so teardown (and an interrupted run) can remove all of it.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -247,8 +247,4 @@ export function sweepLeftovers(): void {
   for (const m of links.matchAll(/^\d+: (zc\d+[0-9a-f]{4}br)[:@]/gm)) spawnSync('ip', ['link', 'del', m[1]!])
   const tables = spawnSync('nft', ['list', 'tables'], { encoding: 'utf8' }).stdout ?? ''
   for (const m of tables.matchAll(/^table inet (zc\d+[0-9a-f]{4}_guard)$/gm)) spawnSync('nft', ['delete', 'table', 'inet', m[1]!])
-}
-
-export function readIfExists(p: string): string {
-  return existsSync(p) ? readFileSync(p, 'utf8') : ''
 }

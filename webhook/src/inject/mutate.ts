@@ -76,8 +76,7 @@ interface Prepared {
   owned: Record<string, string>
 }
 
-function prepare(annotations: Record<string, string>, hostAliases: V1HostAlias[], cfg: WebhookConfig): Prepared {
-  const identity = identitySource(annotations)
+function prepare(annotations: Record<string, string>, identity: IdentitySource, hostAliases: V1HostAlias[], cfg: WebhookConfig): Prepared {
   const plan = planInterception(annotations, hostAliases, cfg)
   const byIp = new Map<string, string[]>()
   for (const a of plan.aliases) byIp.set(a.ip, [...(byIp.get(a.ip) ?? []), a.hostname])
@@ -114,7 +113,7 @@ export class InjectionCache {
   constructor(max = 512) {
     this.max = max
   }
-  get(annotations: Record<string, string>, hostAliases: V1HostAlias[], cfg: WebhookConfig): Prepared {
+  get(annotations: Record<string, string>, identity: IdentitySource, hostAliases: V1HostAlias[], cfg: WebhookConfig): Prepared {
     const key = JSON.stringify([USER_ANNOTATIONS.map((k) => annotations[k] ?? null), hostAliases])
     const hit = this.entries.get(key)
     if (hit) {
@@ -123,7 +122,7 @@ export class InjectionCache {
       this.entries.set(key, hit)
       return hit
     }
-    const { encoded, ...rest } = prepare(annotations, hostAliases, cfg)
+    const { encoded, ...rest } = prepare(annotations, identity, hostAliases, cfg)
     const fresh = { ...deepFreeze(rest), encoded }
     this.entries.set(key, fresh)
     if (this.entries.size > this.max) this.entries.delete(this.entries.keys().next().value!)
@@ -140,9 +139,9 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: Injection
   const annotations = original.metadata?.annotations ?? {}
   const hostAliases = spec.hostAliases ?? []
   // Identity first: a pod without one is refused before anything else is looked at.
-  identitySource(annotations)
+  const identity = identitySource(annotations)
   checkUids(original, cfg.sidecarUid)
-  const { plan, sidecar, validator, aliases, owned, encoded } = cache ? cache.get(annotations, hostAliases, cfg) : prepare(annotations, hostAliases, cfg)
+  const { plan, sidecar, validator, aliases, owned, encoded } = cache ? cache.get(annotations, identity, hostAliases, cfg) : prepare(annotations, identity, hostAliases, cfg)
   checkPorts(original, plan)
 
   const ops: Operation[] = []
