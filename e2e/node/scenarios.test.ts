@@ -10,7 +10,7 @@ import { parseIntent } from '@ziti-cni/shared'
 import { rootOnly } from '../../shared/testkit/root.ts'
 import { AGENT_BUNDLE, TestNode, sweepLeftovers, type PodSandbox } from './lib/node.ts'
 import { CniCallError } from './lib/runtime.ts'
-import { APP_UID, app, node as nodeScript, runInPod, startInPod, startSidecar } from './lib/processes.ts'
+import { APP_UID, app, node as nodeScript, runInPod, startInPod, startSidecar, validatorCommand } from './lib/processes.ts'
 import { startWebhook } from './lib/webhook.ts'
 import { restrictedViolations } from '../../webhook/test/pss-restricted.ts'
 
@@ -22,13 +22,12 @@ function manifest(name: string, namespace: string, annotations: Record<string, s
   return { apiVersion: 'v1', kind: 'Pod', metadata: { name, namespace, annotations }, spec: structuredClone(restricted) as V1Pod['spec'] }
 }
 const SIDECAR = { uid: 2171, gid: 2171 }
-const VALIDATOR_BUNDLE = new URL('../../cni-plugin/dist/validator.mjs', import.meta.url).pathname
 
 /** Runs the injected validator init container's command with its uid and env, as the kubelet would. */
 function runValidator(netns: string, pod: V1Pod) {
   const c = pod.spec!.initContainers!.find((x) => x.name === 'ziti-cni-validator')!
   const uid = c.securityContext!.runAsUser!
-  return runInPod(netns, { uid, gid: uid }, ['env', ...c.env!.map((e) => `${e.name}=${e.value}`), process.execPath, VALIDATOR_BUNDLE])
+  return runInPod(netns, { uid, gid: uid }, ['env', ...c.env!.map((e) => `${e.name}=${e.value}`), ...validatorCommand()])
 }
 
 async function inBatches<T>(jobs: Array<() => Promise<T>>, size: number): Promise<T[]> {

@@ -2,10 +2,42 @@
 // /etc/hosts and resolv.conf) then `setpriv` to an unprivileged uid with exactly the
 // capabilities the pod spec grants, nothing through a shell.
 import { spawn, type ChildProcess } from 'node:child_process'
+import { chmodSync, copyFileSync, linkSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { V1Container, V1Pod } from '@kubernetes/client-node'
 
-export const STANDINS = fileURLToPath(new URL('../standins/', import.meta.url))
+const STANDINS = fileURLToPath(new URL('../standins/', import.meta.url))
+const VALIDATOR_BUNDLE = fileURLToPath(new URL('../../../cni-plugin/dist/validator.mjs', import.meta.url))
+
+/**
+ * What pod processes run (the Node binary, the stand-ins, the validator bundle), staged in a
+ * world-readable temp dir: the checkout may sit under a 0700 directory (`mktemp -d`), which
+ * the unprivileged uids of a pod cannot traverse. Hard links where possible, else copies.
+ */
+let staged: { dir: string; node: string } | undefined
+function stage(): { dir: string; node: string } {
+  if (staged) return staged
+  const dir = mkdtempSync(join(tmpdir(), 'zcni-stage-'))
+  chmodSync(dir, 0o755)
+  const place = (from: string, name: string) => {
+    const to = join(dir, name)
+    try { linkSync(from, to) } catch { copyFileSync(from, to) }
+    chmodSync(to, 0o755)
+  }
+  place(process.execPath, 'node')
+  for (const f of readdirSync(STANDINS)) place(join(STANDINS, f), f)
+  place(VALIDATOR_BUNDLE, 'validator.mjs')
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }))
+  staged = { dir, node: join(dir, 'node') }
+  return staged
+}
+
+/** A staged file's path (stand-ins by name, `validator.mjs`). */
+function stagedFile(name: string): string {
+  return join(stage().dir, name)
+}
 
 /**
  * The environment for processes we start: the test runner's NODE_OPTIONS (tap's loaders)
@@ -29,7 +61,9 @@ export function setprivArgs(id: Identity): string[] {
 }
 
 export function podArgv(netns: string, id: Identity, argv: string[]): string[] {
-  return ['netns', 'exec', netns, ...setprivArgs(id), ...argv]
+  // `env -u NODE_OPTIONS`: the test runner's process tracking re-adds its loader to every
+  // spawn's environment; a pod process must not load it.
+  return ['netns', 'exec', netns, ...setprivArgs(id), 'env', '-u', 'NODE_OPTIONS', ...argv]
 }
 
 export interface RunResult { code: number; stdout: string; stderr: string }
@@ -63,7 +97,10 @@ export function startInPod(netns: string, id: Identity, argv: string[], env: Rec
   })
 }
 
-export const node = (script: string, ...args: string[]) => [process.execPath, `${STANDINS}${script}`, ...args]
+export const node = (script: string, ...args: string[]) => [stage().node, stagedFile(script), ...args]
+
+/** The validator init container's command, as its image runs it. */
+export const validatorCommand = () => [stage().node, stagedFile('validator.mjs')]
 
 /** The app client, as uid 1000 with no capabilities. */
 export async function app(netns: string, ...args: string[]): Promise<{ ok: boolean; resolved?: string; reply?: string; error?: string; answers?: string[] }> {
@@ -79,5 +116,5 @@ export function startSidecar(netns: string, pod: V1Pod): Promise<ChildProcess> {
   const id = { uid: sc.runAsUser!, gid: sc.runAsGroup!, caps: sc.capabilities?.add ?? [] }
   const env = Object.fromEntries((c.env ?? []).filter((e) => e.value !== undefined).map((e) => [e.name, e.value!]))
   if (c.args?.[0] === 'proxy') return startInPod(netns, id, node('proxy-sidecar.ts', ...c.args), env)
-  return startInPod(netns, id, ['/usr/bin/python3', `${STANDINS}tproxy-sidecar.py`], env)
+  return startInPod(netns, id, ['/usr/bin/python3', stagedFile('tproxy-sidecar.py')], env)
 }
