@@ -1,24 +1,29 @@
-// One "node" for the node-level suites: an API server stand-in, the real agent (built bundle)
-// with its real installer, a CNI conf dir with a bridge+host-local primary list, and a
-// runtime that creates a fresh netns per pod. Everything lives under one temp dir and one
-// name prefix so teardown (and an interrupted run) can remove all of it.
+// One Kubernetes node for the node-level suites, with real parts wherever they can run here:
+// containerd + runc driven over CRI by a kubelet-like harness (containerd's own libcni runs
+// the CNI chain from its conf dir: bridge + host-local from Debian, then ziti-cni as the agent
+// installed it), the real agent with its real installer, and an API server stand-in (the one
+// allowed stand-in, besides the tunnelers). Everything lives under one temp dir and one name
+// prefix so teardown, and an interrupted run's sweep, remove all of it.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import type { V1Pod } from '@kubernetes/client-node'
 import { createCa, createServingCert, type KeyPair } from '../../../webhook/src/tls/certs.ts'
 import { KubeApiStandIn } from './kube-api.ts'
-import { CniCallError, CniRuntime, type Attachment } from './runtime.ts'
-import { cleanEnv } from './processes.ts'
+import { Containerd, NETNS_LIST, cleanupInstance } from './containerd.ts'
+import { Kubelet, type RunningPod } from './kubelet.ts'
+import { buildTestImages, IMAGES } from './test-images.ts'
 
 export const REPO = fileURLToPath(new URL('../../../', import.meta.url))
 export const PLUGIN_SEA = join(REPO, 'cni-plugin/dist/ziti-cni')
 export const AGENT_BUNDLE = join(REPO, 'cni-plugin/dist/agent.mjs')
 export const REFERENCE_PLUGINS = '/usr/lib/cni'
 export const NODE_NAME = 'e2e-node'
+const TEMP_PREFIX = 'zcni-e2e-'
 
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -31,19 +36,36 @@ export function freePort(): Promise<number> {
   })
 }
 
-export interface NodeOptions {
-  /** Short unique prefix for netns, bridge and subnet (keeps parallel suites apart). */
-  id: number
-  admission?: { url: string; ca: string }
+/**
+ * The environment for processes we start: the test runner's NODE_OPTIONS (tap's loaders)
+ * and its own variables would slow every child down.
+ */
+export function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {}
+  for (const [k, v] of Object.entries(process.env)) if (k !== 'NODE_OPTIONS' && !k.startsWith('TAP') && !k.startsWith('_TAPJS')) env[k] = v
+  return { ...env, ...extra }
 }
 
-export interface PodSandbox extends Attachment {
-  netns: string
-  ip: string
-  result: unknown
-  /** Per-plugin ADD time in ms, as the runtime saw it. */
-  timings: Record<string, number>
+/** Images are built once per process and imported into every node's containerd. */
+let imageArchive: string | undefined
+function testImages(): string {
+  if (!imageArchive) {
+    const { archive, work } = buildTestImages()
+    process.once('exit', () => rmSync(work, { recursive: true, force: true }))
+    imageArchive = archive
+  }
+  return imageArchive
 }
+
+export interface NodeOptions {
+  /** Short unique prefix for bridge and subnet (keeps parallel suites apart). */
+  id: number
+  admission?: { url: string; ca: string }
+  /** Agent flags to add or override (e.g. ['--repair', 'off']). */
+  agentArgs?: string[]
+}
+
+export interface PodManifest { apiVersion?: string; kind?: string; metadata: { name: string; namespace: string; annotations?: Record<string, string>; labels?: Record<string, string>; ownerReferences?: object[] }; spec?: object }
 
 export class TestNode {
   readonly dir: string
@@ -64,16 +86,18 @@ export class TestNode {
   api!: KubeApiStandIn
   apiUrl = ''
   healthPort = 0
-  runtime: CniRuntime
+  containerd: Containerd
+  kubelet!: Kubelet
   agent: ChildProcess | undefined
   agentLog: string[] = []
-  private sandboxes = new Set<string>()
+  /** The cluster DNS server address (set by the suite once its DNS pod runs). */
+  clusterDns: string[] = []
 
   readonly opts: NodeOptions
 
   constructor(opts: NodeOptions) {
     this.opts = opts
-    this.dir = mkdtempSync(join(tmpdir(), 'zcni-e2e-'))
+    this.dir = mkdtempSync(join(tmpdir(), TEMP_PREFIX))
     this.prefix = `zc${opts.id}${randomBytes(2).toString('hex')}`
     this.bridge = `${this.prefix}br`
     this.subnet = `10.${200 + (opts.id % 50)}.${Math.floor(Math.random() * 250)}.0/24`
@@ -88,7 +112,9 @@ export class TestNode {
     this.agentKubeconfig = join(this.dir, 'agent.kubeconfig')
     this.pluginLog = join(this.dir, 'ziti-cni.log')
     for (const d of [this.confDir, this.binDir, join(this.dir, 'sa')]) mkdirSync(d, { recursive: true })
-    this.runtime = new CniRuntime(this.confDir, [this.binDir, REFERENCE_PLUGINS])
+    // A node's CNI bin dir holds the reference plugins; the agent installs ziti-cni next to them.
+    for (const p of ['bridge', 'host-local', 'loopback', 'portmap']) symlinkSync(join(REFERENCE_PLUGINS, p), join(this.binDir, p))
+    this.containerd = new Containerd({ dir: join(this.dir, 'containerd'), cniBinDir: this.binDir, cniConfDir: this.confDir, sandboxImage: IMAGES.pause })
   }
 
   /** The primary CNI's conflist, as a cluster CNI would write it. */
@@ -103,7 +129,7 @@ export class TestNode {
     }, null, 2)
   }
 
-  async start(): Promise<void> {
+  async start(opts: { agent?: boolean } = {}): Promise<void> {
     this.ca = createCa({ commonName: 'e2e-cluster-ca', validDays: 1 })
     const serving = createServingCert(this.ca, { commonName: 'kube-apiserver', ipAddresses: ['127.0.0.1'], dnsNames: ['localhost'], validDays: 1 })
     const token = `token-${randomUUID()}`
@@ -119,12 +145,29 @@ export class TestNode {
     }))
     this.guardHost()
     writeFileSync(join(this.confDir, '10-bridge.conflist'), this.primaryConflist())
+    await this.containerd.start()
+    this.containerd.importImages(testImages())
+    this.kubelet = new Kubelet({
+      cri: this.containerd.cri,
+      podsDir: join(this.dir, 'pods'),
+      dns: { servers: this.clusterDns, domain: 'cluster.local' },
+      secrets: (ns, name) => {
+        const s = this.api.get('secrets', ns, name) as { data?: Record<string, string> } | undefined
+        return s ? Object.fromEntries(Object.entries(s.data ?? {}).map(([k, v]) => [k, Buffer.from(v, 'base64').toString('utf8')])) : undefined
+      },
+      // The kubelet's status manager: write what it saw into the stored pod.
+      reportStatus: (pod, status) => {
+        const stored = this.api.get('pods', pod.metadata!.namespace, pod.metadata!.name!)
+        if (stored && stored.metadata.uid === pod.metadata!.uid) this.api.put('pods', { ...stored, status })
+      },
+      netnsList: join(this.containerd.dirs.dir, NETNS_LIST),
+    })
     await this.api.create('daemonsets', { metadata: { name: 'ziti-cni-agent', namespace: 'ziti-cni-system' }, spec: {} })
     for (const ns of ['default', 'apps', 'plain']) {
       await this.api.create('namespaces', { metadata: { name: ns, labels: { 'kubernetes.io/metadata.name': ns, ...(ns === 'apps' ? { 'cni.openziti.io/inject': 'enabled' } : {}) } } })
     }
     this.healthPort = await freePort()
-    await this.startAgent()
+    if (opts.agent !== false) await this.startAgent()
   }
 
   /**
@@ -138,11 +181,12 @@ export class TestNode {
   }
 
   agentArgs(): string[] {
-    return [AGENT_BUNDLE, 'run', '--node-name', NODE_NAME, '--kubeconfig', this.agentKubeconfig, '--socket', this.socket,
+    const base = [AGENT_BUNDLE, 'run', '--node-name', NODE_NAME, '--kubeconfig', this.agentKubeconfig, '--socket', this.socket,
       '--state-dir', this.stateDir, '--cni-bin-dir', this.binDir, '--cni-conf-dir', this.confDir, '--plugin-binary', PLUGIN_SEA,
       '--plugin-kubeconfig', this.pluginKubeconfig, '--plugin-log-file', this.pluginLog, '--token-file', this.tokenFile, '--ca-file', this.caFile,
       '--api-server', this.apiUrl, '--health-addr', `127.0.0.1:${this.healthPort}`, '--check-interval', '1', '--log-level', 'debug',
       '--daemonset', 'ziti-cni-system/ziti-cni-agent', '--repair', 'delete', '--bpf-object', join(REPO, 'cni-plugin/dist/tproxy.bpf.o')]
+    return [...base, ...(this.opts.agentArgs ?? [])]
   }
 
   async startAgent(): Promise<void> {
@@ -163,11 +207,11 @@ export class TestNode {
     throw new Error(`agent not ready within 20s:\n${this.agentLog.slice(-20).join('\n')}`)
   }
 
-  async stopAgent(): Promise<void> {
+  async stopAgent(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     const agent = this.agent
     if (!agent || agent.exitCode !== null) return
     const exited = new Promise((r) => agent.once('exit', r))
-    agent.kill('SIGTERM')
+    agent.kill(signal)
     await exited
     this.agent = undefined
   }
@@ -176,56 +220,47 @@ export class TestNode {
     return (await fetch(`http://127.0.0.1:${this.healthPort}/metrics`)).text()
   }
 
+  /** A Secret, as `kubectl create secret generic` would store it. */
+  async createSecret(namespace: string, name: string, data: Record<string, string>): Promise<void> {
+    const encoded = Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v).toString('base64')]))
+    this.api.put('secrets', { metadata: { name, namespace }, type: 'Opaque', data: encoded } as never)
+  }
+
   /** Stores a pod (through admission when configured) scheduled on this node. */
-  async createPod(manifest: { apiVersion?: string; kind?: string; metadata: { name: string; namespace: string; annotations?: Record<string, string> }; spec?: object }): Promise<Record<string, any>> {
+  async createPod(manifest: PodManifest): Promise<V1Pod & { metadata: { name: string; namespace: string; uid: string; annotations: Record<string, string> } }> {
     const spec = { ...manifest.spec, nodeName: NODE_NAME }
-    return this.api.create('pods', { ...manifest, spec } as never) as Promise<Record<string, any>>
+    return this.api.create('pods', { ...manifest, spec } as never) as never
   }
 
-  /** Like the kubelet: netns, /etc/hosts from hostAliases, then CNI ADD through the chain. */
-  async runSandbox(pod: Record<string, any>, opts: { resolvConf?: string } = {}): Promise<PodSandbox> {
-    const netns = `${this.prefix}-${randomBytes(3).toString('hex')}`
-    const r = spawnSync('ip', ['netns', 'add', netns])
-    if (r.status !== 0) throw new Error(`ip netns add: ${r.stderr}`)
-    this.sandboxes.add(netns)
-    // `ip netns exec` bind-mounts /etc/netns/<name>/* over /etc: our kubelet-written files.
-    const etc = `/etc/netns/${netns}`
-    mkdirSync(etc, { recursive: true })
-    const aliases = (pod.spec?.hostAliases ?? []) as Array<{ ip: string; hostnames: string[] }>
-    writeFileSync(join(etc, 'hosts'), ['# Kubernetes-managed hosts file.', '127.0.0.1\tlocalhost', ...aliases.map((a) => `\n# Entries added by HostAliases.\n${a.ip}\t${a.hostnames.join('\t')}`)].join('\n') + '\n')
-    if (opts.resolvConf) writeFileSync(join(etc, 'resolv.conf'), opts.resolvConf)
-    const a: Attachment = {
-      containerId: randomBytes(32).toString('hex'), netnsPath: `/var/run/netns/${netns}`, ifName: 'eth0',
-      pod: { namespace: pod.metadata.namespace, name: pod.metadata.name, uid: pod.metadata.uid },
-    }
-    let result: unknown
-    let timings: Record<string, number> = {}
-    try {
-      ({ result, timings } = await this.runtime.add(a))
-    } catch (e) {
-      // Keep the netns for inspection; the caller removes it (failedNetns) as a runtime would.
-      if (e instanceof CniCallError) e.netns = netns
-      throw e
-    }
-    const ip = ((result as { ips?: Array<{ address: string }> }).ips?.[0]?.address ?? '').split('/')[0]!
-    return { ...a, netns, ip, result, timings }
+  /** The kubelet runs the pod: RunPodSandbox (CNI ADD through containerd), then its containers. */
+  runPod(pod: V1Pod, opts?: Parameters<Kubelet['runPod']>[1]): Promise<RunningPod> {
+    return this.kubelet.runPod(pod, opts)
   }
 
-  async removeSandbox(s: PodSandbox, opts: { netnsFirst?: boolean } = {}): Promise<void> {
-    if (opts.netnsFirst) this.deleteNetns(s.netns)
-    await this.runtime.del(s)
-    this.deleteNetns(s.netns)
+  /** `kubectl exec` into one of the pod's containers. */
+  exec(rp: RunningPod, container: string, cmd: string[], timeoutSeconds = 30) {
+    return this.kubelet.exec(rp, container, cmd, timeoutSeconds)
   }
 
-  deleteNetns(netns: string): void {
-    spawnSync('ip', ['netns', 'del', netns])
-    rmSync(`/etc/netns/${netns}`, { recursive: true, force: true })
-    this.sandboxes.delete(netns)
+  /** Pod deletion on the node: StopPodSandbox runs CNI DEL through the chain. */
+  removePod(rp: RunningPod): Promise<void> {
+    return this.kubelet.removePod(rp)
+  }
+
+  /** `nft`/`ip` in a pod's netns as root on the node (what an operator would run). */
+  inNetns(rp: RunningPod, argv: string[]): { status: number; stdout: string; stderr: string } {
+    const r = spawnSync('nsenter', [`--net=${rp.netns}`, ...argv], { encoding: 'utf8' })
+    return { status: r.status ?? 1, stdout: r.stdout, stderr: r.stderr }
+  }
+
+  hasTable(rp: RunningPod): boolean {
+    return this.inNetns(rp, ['nft', 'list', 'table', 'inet', 'ziti_cni']).status === 0
   }
 
   async teardown(): Promise<void> {
+    await this.kubelet?.removeAll().catch(() => {})
     await this.stopAgent().catch(() => {})
-    for (const ns of [...this.sandboxes]) this.deleteNetns(ns)
+    await this.containerd.stop().catch(() => {})
     spawnSync('ip', ['link', 'del', this.bridge])
     spawnSync('nft', ['delete', 'table', 'inet', `${this.prefix}_guard`])
     await this.api?.close().catch(() => {})
@@ -233,15 +268,14 @@ export class TestNode {
   }
 }
 
-/** Removes leftovers of interrupted runs: netns and bridges with our prefix, /etc/netns dirs. */
+/** Removes leftovers of interrupted runs: containerd instances, their netns, bridges, guards. */
 export function sweepLeftovers(): void {
-  const list = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout ?? ''
-  for (const line of list.split('\n')) {
-    const name = line.split(' ')[0]
-    if (name && /^zc\d+[0-9a-f]{4}-/.test(name)) {
-      spawnSync('ip', ['netns', 'del', name])
-      rmSync(`/etc/netns/${name}`, { recursive: true, force: true })
-    }
+  for (const d of readdirSync(tmpdir()).filter((n) => n.startsWith(TEMP_PREFIX))) {
+    const dir = join(tmpdir(), d)
+    if (existsSync(join(dir, 'containerd'))) cleanupInstance(join(dir, 'containerd'))
+    const mounts = spawnSync('grep', ['-F', dir, '/proc/self/mountinfo'], { encoding: 'utf8' }).stdout ?? ''
+    for (const m of mounts.split('\n').map((l) => l.split(' ')[4]).filter(Boolean)) spawnSync('umount', ['-l', m!])
+    rmSync(dir, { recursive: true, force: true })
   }
   const links = spawnSync('ip', ['-o', 'link', 'show', 'type', 'bridge'], { encoding: 'utf8' }).stdout ?? ''
   for (const m of links.matchAll(/^\d+: (zc\d+[0-9a-f]{4}br)[:@]/gm)) spawnSync('ip', ['link', 'del', m[1]!])

@@ -1,6 +1,7 @@
 // The app: an unprivileged process that uses names and ports the way real code does.
 //   tcp HOST PORT      resolve through /etc/hosts (the pod's hostAliases), connect, print the reply
-//   udp HOST PORT      same over UDP
+//   udp HOST PORT      same over UDP, from a *connected* socket: like every resolver and most UDP
+//                      apps, it only accepts a reply from the address it sent to
 //   resolve NAME       ask the resolver from /etc/resolv.conf for an A record
 // Prints one JSON line: {ok, resolved, reply | error}.
 import { connect } from 'node:net'
@@ -32,7 +33,7 @@ async function main() {
     const reply = await timeout(new Promise<string>((resolve, reject) => {
       s.on('message', (m) => resolve(m.toString().trim()))
       s.on('error', reject)
-      s.send('ping', Number(port), address)
+      s.connect(Number(port), address, () => s.send('ping'))
     }), 3000)
     s.close()
     out({ ok: true, resolved: address, reply })

@@ -1,0 +1,77 @@
+// The images the node suite's pods run, built from this machine and this checkout:
+//   pause        the sandbox image (static pause, e2e/node/images/pause.c)
+//   tools        app containers and the "cluster" pod: busybox, bash, node, nft, ip, the stand-ins
+//   ziti-tunnel  stand-in for docker.io/openziti/ziti-tunnel under its real name, so the injected
+//                pod spec runs unchanged (entrypoint contract: standins/ziti-tunnel.ts)
+//   validator    the validator init container's image: node + cni-plugin/dist/validator.mjs
+//   tproxy       a tunneler honouring the tproxy contract (standins/tproxy-standin.c)
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { DEFAULT_CONFIG } from '../../../webhook/src/config.ts'
+import { Rootfs, writeOciArchive, type ImageConfig } from './images.ts'
+
+const HERE = fileURLToPath(new URL('.', import.meta.url))
+const STANDINS = join(HERE, '../standins')
+const REPO = join(HERE, '../../..')
+
+export const IMAGES = {
+  pause: 'localhost/zcni/pause:e2e',
+  tools: 'localhost/zcni/tools:e2e',
+  tunnel: DEFAULT_CONFIG.proxy.image,
+  validator: 'localhost/zcni/validator:e2e',
+  tproxy: 'localhost/zcni/tproxy-standin:e2e',
+} as const
+
+const PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+function cc(source: string, out: string): void {
+  const r = spawnSync('gcc', ['-static', '-O2', '-Wall', '-Werror', '-o', out, source], { encoding: 'utf8' })
+  if (r.status !== 0) throw new Error(`gcc ${source}: ${r.stderr}`)
+}
+
+/** Builds every image into one OCI archive; returns its path (caller imports and removes it). */
+export function buildTestImages(): { archive: string; work: string } {
+  const work = mkdtempSync(join(tmpdir(), 'zcni-images-'))
+  const bin = join(work, 'bin')
+  spawnSync('mkdir', ['-p', bin])
+  cc(join(HERE, '../images/pause.c'), join(bin, 'pause'))
+  for (const f of readdirSync(STANDINS).filter((n) => n.endsWith('.c'))) cc(join(STANDINS, f), join(bin, f.slice(0, -2)))
+
+  const pause = new Rootfs(join(work, 'pause-root')).file(join(bin, 'pause'), '/pause')
+  const pauseLayer = pause.layer(join(work, 'pause.tar'))
+
+  const tools = new Rootfs(join(work, 'tools-root'))
+    .busybox(['sh', 'cat', 'ls', 'sleep', 'echo', 'id', 'grep', 'true', 'false', 'env', 'wc', 'head', 'tail', 'printf', 'test', 'mkdir', 'rm'])
+    .binary('/bin/bash', '/bin/bash')
+    .binary(process.execPath, '/usr/local/bin/node')
+    .binary('/usr/sbin/nft', '/usr/sbin/nft')
+    .binary('/usr/bin/ip', '/usr/bin/ip')
+    .file(join(bin, 'pause'), '/pause')
+    .file(join(REPO, 'cni-plugin/dist/validator.mjs'), '/opt/ziti-cni/validator.mjs', 0o644)
+    .directory('/tmp', 0o1777)
+    .directory('/netfoundry', 0o755)
+    .content('/etc/passwd', 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n')
+    .content('/etc/group', 'root:x:0:\nnogroup:x:65534:\n')
+  for (const f of readdirSync(STANDINS)) {
+    if (f.endsWith('.c')) tools.file(join(bin, f.slice(0, -2)), `/opt/zcni/standins/${f.slice(0, -2)}`)
+    else tools.file(join(STANDINS, f), `/opt/zcni/standins/${f}`, 0o644)
+  }
+  tools.content('/entrypoint.sh', '#!/bin/bash\n# Stand-in image entrypoint: see /opt/zcni/standins/ziti-tunnel.ts\nexec node /opt/zcni/standins/ziti-tunnel.ts "$@"\n', 0o755)
+  const toolsLayer = tools.layer(join(work, 'tools.tar'))
+
+  const images: ImageConfig[] = [
+    { name: IMAGES.pause, layers: [pauseLayer], entrypoint: ['/pause'], env: [PATH] },
+    { name: IMAGES.tools, layers: [toolsLayer], entrypoint: ['/pause'], env: [PATH] },
+    // The real image: ENTRYPOINT ["/entrypoint.sh"], CMD ["run"], WORKDIR /netfoundry, user root
+    // (openziti/ziti dist/docker-images/ziti-tunnel/Dockerfile).
+    { name: IMAGES.tunnel, layers: [toolsLayer], entrypoint: ['/entrypoint.sh'], cmd: ['run'], workingDir: '/netfoundry', env: [PATH] },
+    { name: IMAGES.validator, layers: [toolsLayer], env: [PATH] },
+    { name: IMAGES.tproxy, layers: [toolsLayer], entrypoint: ['/opt/zcni/standins/tproxy-standin'], env: [PATH] },
+  ]
+  const archive = join(work, 'images.tar')
+  writeOciArchive(archive, images, work)
+  return { archive, work }
+}

@@ -1,0 +1,179 @@
+// Stand-in for the openziti/ziti-tunnel image (entrypoint + `ziti tunnel proxy`), reproducing
+// its observable behaviour as read in openziti/ziti at tag v1.6.8. Each behaviour cites its
+// source line; flaws are reproduced, not fixed. There is no Ziti network here: "dialing" a
+// service answers with a line naming the service, so a test sees where traffic landed.
+//
+// Identity: the real tunneler logs in with the identity file and lists the services it may
+// dial. The stand-in reads that list from the identity JSON's `standinDialable` array (a
+// test-only field; absent = every service named on the command line is dialable).
+import { createServer as createTcpServer } from 'node:net'
+import { createSocket, type Socket } from 'node:dgram'
+import { createServer as createUnixServer } from 'node:net'
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+const env = process.env
+const log = (level: string, msg: string) => process.stdout.write(`${level}: ${msg}\n`)
+const fail = (msg: string, code = 1): never => { process.stderr.write(`ERROR: ${msg}\n`); process.exit(code) }
+
+// ---- dist/docker-images/ziti-tunnel/entrypoint.sh ----
+
+// :42-50 deprecated NF_REG_NAME / IOTEDGE_DEVICEID become ZITI_IDENTITY_BASENAME, with a warning.
+let basename = env.ZITI_IDENTITY_BASENAME || undefined
+if (!basename && env.NF_REG_NAME) { log('WARN', `replacing deprecated NF_REG_NAME with ZITI_IDENTITY_BASENAME=${env.NF_REG_NAME}`); basename = env.NF_REG_NAME }
+// :61 default identity dir inside the image.
+const dir = env.ZITI_IDENTITY_DIR || '/netfoundry'
+// `echo ... > file` under `set -o errexit` (:19): an unwritable dir ends the script with 1.
+const write = (file: string, text: string) => {
+  try { writeFileSync(file, `${text}\n`) } catch (e) { process.stderr.write(`/entrypoint.sh: line 72: ${file}: ${(e as NodeJS.ErrnoException).code === 'EROFS' ? 'Read-only file system' : 'Permission denied'}\n`); process.exit(1) }
+}
+if (env.ZITI_IDENTITY_JSON) {
+  // :64-72 the enrolled identity from the env is written to <dir>/<basename|ziti_id>.json.
+  basename ??= 'ziti_id'
+  write(join(dir, `${basename}.json`), env.ZITI_IDENTITY_JSON)
+} else if (env.ZITI_ENROLL_TOKEN) {
+  // :75-83 an enrollment token is written next to it, to be enrolled below.
+  basename ??= 'ziti_id'
+  write(join(dir, `${basename}.jwt`), env.ZITI_ENROLL_TOKEN)
+} else if (!existsSync(dir)) {
+  fail(`need directory ${dir} to find tokens and identities`) // :86-89
+}
+
+let identityFile: string
+if (basename) {
+  identityFile = join(dir, `${basename}.json`)
+  // :110-140 wait ZITI_IDENTITY_WAIT (default 3) seconds for the file, else enroll a token found
+  // in the well-known dirs; a failed enrollment exits 1. Enrollment here: the token (a JWT) is
+  // single-use at the controller; the stand-in has none, so it records the enrolled identity.
+  if (!(existsSync(identityFile) && statSync(identityFile).size > 0)) {
+    const jwt = ['/var/run/secrets/netfoundry.io/enrollment-token', '/enrollment-token', dir].map((d) => join(d, `${basename}.jwt`)).find((f) => existsSync(f) && statSync(f).size > 0)
+    if (!jwt) fail(`identity file ${identityFile} does not exist and no token was found`)
+    log('INFO', `enrolling ${jwt}`)
+    write(identityFile, JSON.stringify({ ztAPI: 'https://controller.invalid:1280', id: { cert: 'pem:enrolled', key: 'pem:enrolled', ca: 'pem:enrolled' }, enrolledFrom: readFileSync(jwt!, 'utf8').trim().slice(0, 16) }))
+  }
+} else {
+  identityFile = dir // :142-150 every *.json in the dir (--identity-dir)
+}
+
+// :153-159 the first positional picks the mode when it matches t?proxy|host (unanchored, so
+// "tproxy-contract" matches too); anything else runs "tproxy" with all positionals.
+const argv = process.argv.slice(2)
+let mode = 'tproxy'
+if (argv.length && /t?proxy|host/.test(argv[0]!)) mode = argv.shift()!
+log('INFO', `running "ziti tunnel ${mode} --identity ${identityFile} ${argv.join(' ')}"`)
+
+// ---- ziti/tunnel/root.go: `ziti tunnel` subcommands and persistent flags ----
+
+if (mode !== 'proxy') {
+  if (mode === 'tproxy' || mode === 'host' || mode === 'run') {
+    // tproxy/run add the DNS range to lo and manage iptables (NET_ADMIN): unprivileged, they abort.
+    fail(`ziti tunnel ${mode}: this stand-in reproduces proxy mode only; ${mode} needs NET_ADMIN (see README)`)
+  }
+  // cobra: `tunnel` has no Run of its own, so an unknown subcommand prints usage and exits 0.
+  process.stdout.write('Ziti Tunnel\n\nUsage:\n  ziti tunnel [command]\n\nAvailable Commands:\n  host\n  proxy\n  run\n  tproxy\n')
+  process.exit(0)
+}
+
+const flags: Record<string, string> = { svcPollRate: '', 'cli-agent': 'true', identity: identityFile, verbose: 'false' }
+const known = new Set(['verbose', 'v', 'identity', 'i', 'identity-dir', 'svcPollRate', 'resolver', 'r', 'log-formatter', 'dnsSvcIpRange', 'd', 'cli-agent', 'cli-agent-addr', 'cli-agent-alias', 'sdk-flow-control', 'default-connections', 'control-connections'])
+const bools = new Set(['verbose', 'v', 'cli-agent', 'sdk-flow-control'])
+const positionals: string[] = []
+for (let i = 0; i < argv.length; i++) {
+  const a = argv[i]!
+  const m = /^--?([^=]+)(?:=(.*))?$/.exec(a)
+  if (!m) { positionals.push(a); continue }
+  const [, name, value] = m as unknown as [string, string, string | undefined]
+  if (!known.has(name)) fail(`unknown flag: ${a}`)
+  flags[name] = value ?? (bools.has(name) ? 'true' : argv[++i] ?? fail(`flag needs an argument: ${a}`))
+}
+// ziti/tunnel/proxy.go:34 cobra.MinimumNArgs(1)
+if (positionals.length === 0) fail('requires at least 1 arg(s), only received 0')
+
+// ---- tunnel/intercept/proxy/proxy.go New(): parse svc:port[:tcp|udp] ----
+interface Service { name: string; port: number; udp: boolean }
+const services = new Map<string, Service>()
+for (const arg of positionals) {
+  const parts = arg.split(':') // :69
+  if (parts.length < 2 || parts.length > 3) fail(`failed to initialize proxy interceptor: invalid argument '${arg}'`) // :70-72
+  const port = Number.parseInt(parts[1]!, 10)
+  if (!/^[+-]?\d+$/.test(parts[1]!)) fail(`failed to initialize proxy interceptor: invalid port specified in '${arg}'`) // :74-77
+  let udp = false
+  if (parts.length === 3) {
+    if (parts[2] === 'udp') udp = true
+    else if (parts[2] !== 'tcp') fail(`failed to initialize proxy interceptor: invalid protocol specified in '${arg}', must be tcp or udp`) // :85-91
+  }
+  // :93 keyed by service name: a second entry for the same service replaces the first.
+  services.set(parts[0]!, { name: parts[0]!, port, udp })
+}
+
+// root.go:121-133 the CLI agent listens on a unix socket in os.TempDir() unless --cli-agent=false;
+// failing to (read-only root) is logged, not fatal.
+if (flags['cli-agent'] !== 'false') {
+  const sock = join(env.TMPDIR || tmpdir(), `gops-agent.${process.pid}.sock`)
+  createUnixServer().on('error', (e) => log('ERROR', `unable to start CLI agent: listen unix ${sock}: bind: ${(e as NodeJS.ErrnoException).code === 'EROFS' ? 'read-only file system' : e.message}`)).listen(sock)
+}
+
+// The identity's dialable services (the controller's answer to the service poll).
+let dialable: Set<string> | undefined
+try {
+  const file = flags.identity!
+  const id = JSON.parse(readFileSync(existsSync(file) && statSync(file).isFile() ? file : join(file, 'ziti_id.json'), 'utf8')) as { standinDialable?: string[] }
+  if (id.standinDialable) dialable = new Set(id.standinDialable)
+} catch (e) { fail(`cannot load identity: ${(e as Error).message}`) }
+
+// proxy.go:41-44 without --svcPollRate proxy mode polls once (rate MaxUint32): services granted
+// later get no listener until restart.
+const pollSeconds = flags.svcPollRate ? Number(flags.svcPollRate) : undefined
+// udp_vconn/policy.go:53-65 a UDP flow expires after 5 minutes idle, checked every 30 s.
+const UDP_IDLE_MS = Number(env.ZITI_STANDIN_UDP_IDLE_MS ?? 5 * 60_000)
+const UDP_CHECK_MS = Number(env.ZITI_STANDIN_UDP_CHECK_MS ?? 30_000)
+
+const listening = new Set<string>()
+function intercept(s: Service): void {
+  if (listening.has(s.name)) return
+  listening.add(s.name)
+  if (!s.udp) {
+    // proxy.go:130-131 net.Listen("tcp4", 0.0.0.0:port)
+    createTcpServer((c) => c.end(`ziti-service=${s.name} listener=${s.port} peer=${c.remoteAddress}\n`))
+      .on('error', (e) => log('ERROR', `failed to intercept service: ${e.message}`))
+      .listen(s.port, '0.0.0.0', () => log('INFO', `service ${s.name} is listening addr=0.0.0.0:${s.port}`))
+    return
+  }
+  // proxy.go:162-163 net.ListenUDP("udp", 0.0.0.0:port): Go turns a wildcard "udp" listen into a
+  // dual-stack [::] socket (net/ipsock_posix.go favoriteAddrFamily).
+  const sock: Socket = createSocket({ type: 'udp6', ipv6Only: false })
+  const flows = new Map<string, number>()
+  sock.on('message', (msg, rinfo) => {
+    flows.set(`${rinfo.address}:${rinfo.port}`, Date.now())
+    // udp_vconn/conn.go:150 replies go out with WriteTo on the unconnected listener.
+    sock.send(`ziti-service=${s.name} listener=${s.port} via=udp got=${msg.toString().trim()}\n`, rinfo.port, rinfo.address)
+  })
+  sock.on('error', (e) => log('ERROR', `failed to intercept service: ${e.message}`))
+  sock.bind(s.port, '::', () => log('INFO', `service ${s.name} is listening addr=[::]:${s.port}`))
+  // manager.go:125-140 + conn.go:155-158 (fixed only in v2.0.0): closing an expired flow closes
+  // its writeConn, which is the service's listener; the service stops answering until restart.
+  const timer = setInterval(() => {
+    for (const [k, last] of flows) {
+      if (Date.now() - last > UDP_IDLE_MS) {
+        flows.delete(k)
+        log('INFO', `udp flow ${k} expired; closing listener of ${s.name}`)
+        sock.close()
+        clearInterval(timer)
+        return
+      }
+    }
+  }, UDP_CHECK_MS)
+}
+
+// svcpoll.go:187-229 a listener only for services the identity may Dial, after login and the
+// first service list (here a short delay stands for the controller round trips).
+function poll(): void {
+  for (const s of services.values()) {
+    if (dialable && !dialable.has(s.name)) continue
+    intercept(s)
+  }
+}
+setTimeout(poll, Number(env.ZITI_STANDIN_LOGIN_MS ?? 300))
+if (pollSeconds !== undefined && pollSeconds > 0) setInterval(poll, pollSeconds * 1000)
+process.on('SIGTERM', () => process.exit(0))
