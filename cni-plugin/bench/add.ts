@@ -1,14 +1,18 @@
-// pnpm bench:cni (root) — medians over 30+ pods on a real kernel:
-//   * ADD through bridge+ziti-cni vs bridge alone (same run, same machine),
-//   * ziti-cni's own ADD (the SEA executable) vs `node -e 0` start-up, for a pod without
-//     intent and a pod with 50 services,
+// pnpm bench:cni (root) — medians over 30+ pods on a real kernel and a real runtime:
+//   * RunPodSandbox through containerd with bridge+ziti-cni vs bridge alone (a second
+//     containerd, same run, interleaved),
+//   * ziti-cni's own ADD (the SEA executable, exec'd as libcni does) vs `node -e 0` and vs
+//     `ziti-cni VERSION`, for a pod without intent and a pod with 50 services,
 //   * the agent's resident memory with 500 pods in its node-scoped cache vs an empty cache.
 import { spawnSync } from 'node:child_process'
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { assertRoot } from '../../shared/testkit/root.ts'
 import { TestNode, NODE_NAME, sweepLeftovers } from '../../e2e/node/lib/node.ts'
-import { CniRuntime, execProcess } from '../../e2e/node/lib/runtime.ts'
+import { Containerd } from '../../e2e/node/lib/containerd.ts'
+import { sandboxConfig as sandboxConfigFor } from '../../e2e/node/lib/kubelet.ts'
+import { cachedResult, callPlugin, execProcess, loadConfList } from '../../e2e/node/lib/cni-exec.ts'
+import { IMAGES } from '../../e2e/node/lib/test-images.ts'
 import { serializeIntent, type Intent } from '@ziti-cni/shared'
 
 const PODS = Number(process.env.BENCH_PODS ?? 30)
@@ -25,69 +29,92 @@ function intentWithServices(n: number): string {
   return serializeIntent(intent)
 }
 
+async function netnsOf(c: Containerd, id: string): Promise<string> {
+  const info = JSON.parse((await c.cri.podSandboxStatus(id, true)).info.info ?? '{}') as { runtimeSpec?: { linux?: { namespaces?: Array<{ type: string; path?: string }> } } }
+  return info.runtimeSpec?.linux?.namespaces?.find((n) => n.type === 'network')?.path ?? ''
+}
+
 function rssKb(pid: number): number {
   return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1])
 }
 
 async function main() {
-  assertRoot(['nft', 'ip', 'nsenter'])
+  assertRoot(['nft', 'ip', 'nsenter', 'containerd', 'runc'])
   sweepLeftovers()
   const node = new TestNode({ id: 7 })
+  // The baseline: a second containerd whose conf dir holds the same bridge list without ziti-cni.
+  const bareDir = join(node.dir, 'bare')
+  const bareConf = join(bareDir, 'net.d')
+  mkdirSync(bareConf, { recursive: true })
+  const bare = new Containerd({ dir: join(bareDir, 'containerd'), cniBinDir: node.binDir, cniConfDir: bareConf, sandboxImage: IMAGES.pause })
   try {
     await node.start()
-    // Same bridge config without ziti-cni: the baseline chain, in a separate conf dir.
-    const bareDir = join(node.dir, 'net.d-bare')
-    mkdirSync(bareDir)
-    writeFileSync(join(bareDir, '10-bridge.conflist'), node.primaryConflist())
-    const bare = new CniRuntime(bareDir, ['/usr/lib/cni'])
+    writeFileSync(join(bareConf, '10-bridge.conflist'), node.primaryConflist().replace(/"bridge": "[^"]+"/, `"bridge": "${node.prefix}bb"`).replace(/10\.(\d+)\.(\d+)\.0\/24/, '10.$1.$2.128/25').replace(/"gateway": "[^"]+"/, '"gateway": "' + node.gateway.replace(/1$/, '129') + '"').replace(/"dataDir": "[^"]+"/, `"dataDir": "${join(bareDir, 'ipam')}"`))
+    await bare.start()
+    bare.importImages(node.containerd.importedArchive!)
 
-    // `node -e 0` started exactly the way the runtime harness starts a plugin.
+    // `node -e 0` and `ziti-cni VERSION`, started the way libcni starts a plugin.
     const nodeStart: number[] = []
-    for (let i = 0; i < PODS; i++) nodeStart.push((await execProcess(process.execPath, ['-e', '0'])).ms)
+    const version: number[] = []
+    const versionConf = JSON.stringify({ cniVersion: '1.0.0' })
+    for (let i = 0; i < PODS; i++) {
+      nodeStart.push((await execProcess(process.execPath, ['-e', '0'])).ms)
+      version.push((await execProcess(join(node.binDir, 'ziti-cni'), [], { CNI_COMMAND: 'VERSION' }, versionConf)).ms)
+    }
 
     const cases = [
       { label: 'no intent', annotations: {} as Record<string, string> },
       { label: '50 services', annotations: { 'cni.openziti.io/interception': intentWithServices(50) } },
     ]
-    const chain: Record<string, number[]> = {}
+    const sandbox: Record<string, number[]> = {}
     const zitiOnly: Record<string, number[]> = {}
     const zitiAgain: Record<string, number[]> = {}
-    const bridgeAlone: number[] = []
+    const bareSandbox: number[] = []
+    const sandboxConfig = (name: string, uid: string) => sandboxConfigFor({ metadata: { name, namespace: 'default', uid }, spec: {} } as never, { servers: [], domain: 'cluster.local' }, join(node.dir, 'logs'))
+    const timed = async <T>(f: () => Promise<T>): Promise<[T, number]> => { const t0 = process.hrtime.bigint(); const r = await f(); return [r, Number(process.hrtime.bigint() - t0) / 1e6] }
     for (let i = 0; i < PODS; i++) {
-      // Interleave baseline and measured runs so machine noise hits both alike.
-      const netns = `${node.prefix}-b${i}`
-      spawnSync('ip', ['netns', 'add', netns])
-      const t0 = process.hrtime.bigint()
-      await bare.add({ containerId: `bare${i}`, netnsPath: `/var/run/netns/${netns}`, ifName: 'eth0', pod: { namespace: 'default', name: `bare-${i}`, uid: `u${i}` } })
-      bridgeAlone.push(Number(process.hrtime.bigint() - t0) / 1e6)
-      await bare.del({ containerId: `bare${i}`, netnsPath: `/var/run/netns/${netns}`, ifName: 'eth0', pod: { namespace: 'default', name: `bare-${i}`, uid: `u${i}` } })
-      spawnSync('ip', ['netns', 'del', netns])
+      // Interleaved: baseline and measured sandboxes alternate so machine noise hits both alike.
+      const [bareId, bareMs] = await timed(() => bare.cri.runPodSandbox(sandboxConfig(`bare-${i}`, `ub${i}`)))
+      bareSandbox.push(bareMs)
       for (const c of cases) {
-        const pod = node.api.put('pods', { metadata: { name: `bench-${c.label.replace(/ /g, '-')}-${i}`, namespace: 'default', annotations: c.annotations }, spec: { nodeName: NODE_NAME, containers: [] } })
+        const name = `bench-${c.label.replace(/ /g, '-')}-${i}`
+        const pod = node.api.put('pods', { metadata: { name, namespace: 'default', annotations: c.annotations }, spec: { nodeName: NODE_NAME, containers: [] } })
         // In a cluster the kubelet starts the sandbox well after the scheduler bound the pod,
         // so the agent's watch has it; give the watch that moment here too.
         await new Promise((r) => setTimeout(r, 100))
-        const t1 = process.hrtime.bigint()
-        const s = await node.runSandbox(pod)
-        ;(chain[c.label] ??= []).push(Number(process.hrtime.bigint() - t1) / 1e6)
-        // ziti-cni's own step of that ADD: process start, agent round trip, programming.
-        ;(zitiOnly[c.label] ??= []).push(s.timings['ziti-cni']!)
+        const [id, ms] = await timed(() => node.containerd.cri.runPodSandbox(sandboxConfig(name, pod.metadata.uid!)))
+        ;(sandbox[c.label] ??= []).push(ms)
+        // ziti-cni's own step, as libcni execs it, on a fresh netns the bare chain set up.
+        const netns = await netnsOf(bare, bareId)
+        const list = loadConfList(node.confDir)
+        const a = { containerId: `${bareId.slice(0, 32)}${i}${c.label.length}`, netns, pod: { namespace: 'default', name, uid: pod.metadata.uid! } }
+        const [, own] = await timed(() => callPlugin(node.binDir, list, 'ziti-cni', 'ADD', a, { prevResult: cachedResult('e2e-pod-network', bareId) }))
+        ;(zitiOnly[c.label] ??= []).push(own)
         // A repeated ADD of the same attachment (runtime retry) takes the replace path.
-        const t2 = process.hrtime.bigint()
-        await node.runtime.addOne(s, 'ziti-cni')
-        ;(zitiAgain[c.label] ??= []).push(Number(process.hrtime.bigint() - t2) / 1e6)
-        await node.removeSandbox(s)
+        const [, again] = await timed(() => callPlugin(node.binDir, list, 'ziti-cni', 'ADD', a, { prevResult: cachedResult('e2e-pod-network', bareId) }))
+        ;(zitiAgain[c.label] ??= []).push(again)
+        await callPlugin(node.binDir, list, 'ziti-cni', 'DEL', a)
+        await node.containerd.cri.stopPodSandbox(id)
+        await node.containerd.cri.removePodSandbox(id)
       }
+      await bare.cri.stopPodSandbox(bareId)
+      await bare.cri.removePodSandbox(bareId)
     }
 
     const base = median(nodeStart)
-    say(`CNI ADD, medians over ${PODS} pods (loopback + chain, as a runtime runs it)`)
-    say(`  bridge alone (baseline)            ${ms(median(bridgeAlone))}`)
-    for (const c of cases) say(`  bridge + ziti-cni, ${c.label.padEnd(12)}     ${ms(median(chain[c.label]!))}  (${(median(chain[c.label]!) / median(bridgeAlone)).toFixed(2)}x bridge alone)`)
-    say(`  node -e 0 start-up (baseline)      ${ms(base)}`)
+    const b = median(bareSandbox)
+    say(`RunPodSandbox through containerd ${(await node.containerd.cri.version()).runtime_version} (pause + loopback + chain), medians over ${PODS} interleaved sandboxes`)
+    say(`  bridge alone (baseline)                 ${ms(b)}`)
+    for (const c of cases) {
+      const m = median(sandbox[c.label]!)
+      say(`  bridge + ziti-cni, ${c.label.padEnd(12)}          ${ms(m)}  (${(m / b).toFixed(2)}x; +${ms(m - b)})`)
+    }
+    say(`ziti-cni executable, as libcni execs it`)
+    say(`  node -e 0 start-up (baseline)           ${ms(base)}`)
+    say(`  ziti-cni VERSION (SEA start-up only)    ${ms(median(version))}  (${(median(version) / base).toFixed(2)}x node -e 0)`)
     for (const c of cases) {
       const m = median(zitiOnly[c.label]!)
-      say(`  ziti-cni's step of the ADD, ${c.label.padEnd(12)} ${ms(m)}  (${(m / base).toFixed(2)}x node -e 0; target <= 1.5x)`)
+      say(`  ziti-cni ADD, ${c.label.padEnd(12)}              ${ms(m)}  (${(m / base).toFixed(2)}x node -e 0; target <= 1.5x)`)
     }
     for (const c of cases) say(`  ziti-cni ADD repeated (replace path), ${c.label.padEnd(12)} ${ms(median(zitiAgain[c.label]!))}`)
 
@@ -115,6 +142,8 @@ async function main() {
     const after = rssKb(pid)
     say(`agent resident memory: ${(before / 1024).toFixed(1)} MiB with an empty cache, ${(after / 1024).toFixed(1)} MiB with ${cached} cached pods (${(after / before).toFixed(2)}x; +${((after - before) / 1024).toFixed(1)} MiB)`)
   } finally {
+    await bare.stop()
+    spawnSync('ip', ['link', 'del', `${node.prefix}bb`])
     await node.teardown()
   }
 }

@@ -7,7 +7,10 @@ set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 readonly PNPM_VERSION=10.34.9
-readonly APT_PACKAGES=(nftables iproute2 containernetworking-plugins util-linux python3 ca-certificates shellcheck clang libbpf-dev)
+# containerd + runc run the node suite's pods; busybox-static and gcc (static libc) build its
+# images; clang + libbpf-dev the eBPF object; nodejs + npm only start pnpm when the machine has
+# no Node at all (pnpm then installs Node 22 from the lockfile).
+readonly APT_PACKAGES=(nftables iproute2 containernetworking-plugins util-linux ca-certificates shellcheck clang libbpf-dev containerd runc busybox-static gcc libc6-dev)
 
 what=${1:-}
 case "$what" in
@@ -24,6 +27,7 @@ missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
+command -v npx >/dev/null 2>&1 || missing+=(nodejs npm)
 if ((${#missing[@]})); then
   echo "==> installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

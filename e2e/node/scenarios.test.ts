@@ -13,9 +13,9 @@ import { PodStartError, type RunningPod } from './lib/kubelet.ts'
 import { CniCallError, cachedResult, callPlugin, loadConfList } from './lib/cni-exec.ts'
 import { APP_UID, app, appPod, inBatches, infraPod, injected } from './lib/pods.ts'
 import { IMAGES } from './lib/test-images.ts'
+import { spawnSync } from 'node:child_process'
 import { startWebhook } from './lib/webhook.ts'
 import { restrictedViolations } from '../../webhook/test/pss-restricted.ts'
-import { spawnSync } from 'node:child_process'
 
 /** An identity Secret for a pod; `dialable` is what the stand-in's "controller" grants. */
 function identityJson(dialable?: string[]): string {
@@ -47,7 +47,7 @@ t.test('node-level end-to-end on containerd + runc', rootOnly(['nft', 'ip', 'nse
   const billing = await node.runPod(billingPod)
 
   await t.test('1. proxy profile: the app reaches each service by its natural name and port, TCP and UDP, and gets the reply', async (t) => {
-    t.equal(parseIntent(billingPod.metadata.annotations['cni.openziti.io/interception']).mode, 'proxy', 'the webhook wrote the intent')
+    t.equal(parseIntent(billingPod.metadata.annotations['cni.openziti.io/interception']!).mode, 'proxy', 'the webhook wrote the intent')
     t.match(billing.netns, /^\/var\/run\/netns\/cni-[0-9a-f-]+$/, 'containerd made the pod netns')
     const pg = await app(node, billing, ['tcp', 'pg.ziti', '5432'])
     t.equal(pg.resolved, '100.64.0.2', 'pg.ziti resolves through the kubelet-written hostAliases')
@@ -56,6 +56,218 @@ t.test('node-level end-to-end on containerd + runc', rootOnly(['nft', 'ip', 'nse
     t.equal(api.resolved, '100.64.0.3')
     t.match(api.reply, /^ziti-service=billing-api listener=15101 /, 'landed on the billing-api listener')
     const logs = await app(node, billing, ['udp', 'logs.ziti', '514'])
+    if (!logs.ok || !pg.ok) t.comment(`sidecar log:\n${node.kubelet.logs(billing, 'ziti-tunnel')}`)
     t.match(logs.reply, /^ziti-service=logs listener=15102 via=udp got=ping/, `a connected UDP client gets the reply (${logs.error ?? 'ok'})`)
+  })
+
+  await t.test('2. traffic that is not a Ziti service is untouched', async (t) => {
+    const r = await app(node, billing, ['tcp', infra.ip, '8080'])
+    t.equal(r.reply, `direct server=${infra.ip}:8080 peer=${billing.ip}`)
+    const unmapped = await app(node, billing, ['tcp', 'pg.ziti', '5433'])
+    t.notOk(unmapped.ok, `a port that is not a service is not redirected (${unmapped.error})`)
+  })
+
+  await t.test('3. the fence: other pods cannot use this pod\'s proxy listeners (TCP and UDP)', async (t) => {
+    const fromOther = await app(node, infra, ['tcp', billing.ip, '15100'], 'echo')
+    t.notOk(fromOther.ok, `another pod connecting to ${billing.ip}:15100 fails (${fromOther.error})`)
+    const udpOther = await app(node, infra, ['udp', billing.ip, '15102'], 'echo')
+    t.notOk(udpOther.ok, `another pod's datagram to ${billing.ip}:15102 gets no answer (${udpOther.error})`)
+    const fromSelf = await app(node, billing, ['tcp', '127.0.0.1', '15100'])
+    t.match(fromSelf.reply, /ziti-service=postgres/, 'the pod itself still reaches it over lo')
+  })
+
+  await t.test('4. neither the app nor the sidecar can change the rules; both run with no capability at all', async (t) => {
+    for (const who of ['app', 'ziti-tunnel']) {
+      const status = await node.exec(billing, who, ['grep', '-E', '^(Cap(Eff|Prm|Amb)|NoNewPrivs):', '/proc/self/status'])
+      t.match(status.stdout, /CapPrm:\s+0{16}\nCapEff:\s+0{16}\n[\s\S]*CapAmb:\s+0{16}\nNoNewPrivs:\s+1/, `${who}: no capability in any set, no_new_privs`)
+      const flush = await node.exec(billing, who, ['nft', 'flush', 'ruleset'])
+      t.not(flush.code, 0, `${who}: nft flush ruleset fails`)
+      t.match(flush.stderr, /Operation not permitted/, `${who}: EPERM`)
+      const route = await node.exec(billing, who, ['ip', 'route', 'del', 'default'])
+      t.match(route.stderr, /Operation not permitted/, `${who}: ip route del is EPERM`)
+    }
+    t.ok(node.hasTable(billing), 'table still there')
+    t.match((await app(node, billing, ['tcp', 'pg.ziti', '5432'])).reply, /ziti-service=postgres/, 'still intercepted')
+  })
+
+  await t.test('5. tproxy on the ebpf datapath: TCP and UDP reach a plain catch-all with their original destination, no capability in the pod', async (t) => {
+    await secret('scanner-identity')
+    const pod = await node.createPod(appPod('scanner-ebpf', 'apps', {
+      'cni.openziti.io/identity-secret': 'scanner-identity', 'cni.openziti.io/mode': 'tproxy', 'cni.openziti.io/datapath': 'ebpf',
+    }))
+    const sidecar = injected(pod, 'ziti-tunnel')
+    t.same(sidecar.securityContext!.capabilities, { drop: ['ALL'] }, 'the sidecar gets no capability')
+    t.same(restrictedViolations(pod), [], 'the whole pod passes Pod Security "restricted"')
+    const s = await node.runPod(pod)
+    t.match(node.inNetns(s, ['tc', 'filter', 'show', 'dev', 'lo', 'ingress']).stdout, /name ziti_tproxy/, 'tc program attached to lo')
+    t.equal(s.statuses.get('ziti-cni-validator')?.exit_code, 0, 'the validator init container passed')
+    const tcp = await app(node, s, ['tcp', '100.64.3.7', '443'])
+    t.match(tcp.reply, /^tproxy proto=tcp orig_dst=100\.64\.3\.7:443 /, `TCP reaches the plain listener with its original destination (${tcp.error ?? 'ok'})`)
+    const udp = await app(node, s, ['udp', '100.127.0.9', '5353'])
+    t.match(udp.reply, /^tproxy proto=udp orig_dst=100\.127\.0\.9:5353/, `a connected UDP client gets the reply from the original destination (${udp.error ?? 'ok'})`)
+    const flush = await node.exec(s, 'ziti-tunnel', ['nft', 'flush', 'ruleset'])
+    t.match(flush.stderr, /Operation not permitted/, 'the sidecar still cannot touch the rules')
+    t.match((await app(node, s, ['tcp', infra.ip, '8080'])).reply, /^direct /, 'other traffic untouched')
+    // containerd 1.6 never sends CHECK: the executable is called the way libcni would.
+    const list = loadConfList(node.confDir)
+    const attachment = { containerId: s.sandboxId, netns: s.netns, pod: { namespace: 'apps', name: 'scanner-ebpf', uid: pod.metadata.uid } }
+    const prevResult = cachedResult(list.name, s.sandboxId)
+    await callPlugin(node.binDir, list, 'ziti-cni', 'CHECK', attachment, { prevResult })
+    t.pass('CHECK passes on the live pod')
+    node.inNetns(s, ['tc', 'filter', 'del', 'dev', 'lo', 'ingress'])
+    const drift = await callPlugin(node.binDir, list, 'ziti-cni', 'CHECK', attachment, { prevResult }).then(() => undefined, (e: unknown) => e as CniCallError)
+    t.match(drift?.error.msg, /eBPF program is not attached/, 'CHECK notices a detached program')
+    await node.removePod(s)
+  })
+
+  await t.test('5b. nftables TPROXY cannot deliver under a real runtime: a non-root container never holds NET_RAW effectively', async (t) => {
+    // Any pod spec can ask for NET_RAW; the kubelet passes it, runc puts it in the bounding set only.
+    const asked = await node.createPod({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'net-raw', namespace: 'plain' }, spec: {
+      securityContext: { runAsNonRoot: true, runAsUser: 2171, runAsGroup: 2171, seccompProfile: { type: 'RuntimeDefault' } },
+      containers: [{ name: 'c', image: IMAGES.tools, securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'], add: ['NET_RAW'] } } }],
+    } })
+    const s = await node.runPod(asked)
+    const caps = await node.exec(s, 'c', ['grep', '-E', '^Cap(Eff|Bnd|Amb):', '/proc/self/status'])
+    t.match(caps.stdout, /CapEff:\s+0{16}\nCapBnd:\s+0{12}2000\nCapAmb:\s+0{16}/, 'NET_RAW only in the bounding set')
+    const probe = await node.exec(s, 'c', ['/opt/zcni/standins/tproxy-standin', 'probe-transparent'])
+    t.equal(probe.code, 1)
+    t.match(probe.stdout, /IP_TRANSPARENT: Operation not permitted/, 'so a TPROXY listener cannot be made')
+    await node.removePod(s)
+    const refused = await node.createPod(appPod('scanner-nft', 'apps', { 'cni.openziti.io/identity-secret': 'scanner-identity', 'cni.openziti.io/mode': 'tproxy', 'cni.openziti.io/datapath': 'nftables' })).then(() => undefined, (e: Error) => e)
+    t.match(refused?.message, /cni\.openziti\.io\/datapath: nftables/, 'the webhook refuses the nftables datapath, naming the key')
+  })
+
+  await t.test('6. a pod without injection gets no table and a working network', async (t) => {
+    const pod = await node.createPod(appPod('plain-app', 'plain', { 'cni.openziti.io/services': 'pg.ziti:5432=postgres' }))
+    t.notOk(pod.metadata.annotations['cni.openziti.io/interception'], 'namespace not opted in: no intent')
+    const s = await node.runPod(pod)
+    t.notOk(node.hasTable(s))
+    t.match((await app(node, s, ['tcp', infra.ip, '8080'])).reply, /^direct /)
+    await node.removePod(s)
+  })
+
+  await t.test('7. a crafted intent that bypassed the webhook: the sandbox fails with the CNI message, nothing is programmed', async (t) => {
+    const stored = node.api.put('pods', { metadata: { name: 'crafted', namespace: 'apps', annotations: { 'cni.openziti.io/interception': '{"v":1,"mode":"proxy","uid":2171,"dnat":[{"dst":"100.64.0.2\\"; flush ruleset","proto":"tcp","port":5432,"to":15100}],"fence":[15100]}' } }, spec: { nodeName: 'e2e-node', containers: [{ name: 'app', image: IMAGES.tools }] } }) as V1Pod
+    const before = readdirSync(node.stateDir).length
+    const err = await node.runPod(stored).then(() => undefined, (e: Error) => e)
+    t.match(err?.message, /plugin type="ziti-cni" failed \(add\): .*field dnat\[0\]\.dst: ".*" is not an IPv4 address/, 'containerd reports the CNI msg, as a kubelet event would')
+    t.equal(readdirSync(node.stateDir).length, before, 'the agent kept no state for it')
+    t.match(node.agentLog.join('\n'), /field dnat\[0\]\.dst/, 'the agent logged the refusal')
+  })
+
+  await t.test('8. agent stopped or hung: plain pods start, intercepted pods fail closed, then recover', async (t) => {
+    await node.stopAgent()
+    const plain = await node.runPod(await node.createPod(appPod('plain-while-down', 'plain')))
+    t.ok(plain.ip, 'pod without intent starts')
+    await secret('billing-2-identity')
+    const pod = await node.createPod(appPod('billing-2', 'apps', { 'cni.openziti.io/identity-secret': 'billing-2-identity', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' }))
+    const down = await node.runPod(pod).then(() => undefined, (e: Error) => e)
+    t.match(down?.message, /plugin type="ziti-cni" failed \(add\): ziti-cni agent is down .* fails closed/, 'fails closed while the agent is down')
+    await node.startAgent()
+    node.agent!.kill('SIGSTOP')
+    const hung = await node.runPod(pod).then(() => undefined, (e: Error) => e)
+    node.agent!.kill('SIGCONT')
+    t.match(hung?.message, /no answer from the agent .* fails closed/, 'fails closed while the agent hangs')
+    const s = await node.runPod(pod)
+    t.ok(node.hasTable(s), 'once the agent answers, the same pod succeeds')
+    t.match((await app(node, s, ['tcp', 'pg.ziti', '5432'])).reply, /ziti-service=postgres/)
+    await node.removePod(s)
+    await node.removePod(plain)
+  })
+
+  await t.test('9. CHECK reports drift on a live pod; StopPodSandbox (DEL) cleans the state', async (t) => {
+    const list = loadConfList(node.confDir)
+    const attachment = { containerId: billing.sandboxId, netns: billing.netns, pod: { namespace: 'apps', name: 'billing', uid: billingPod.metadata.uid } }
+    const prevResult = cachedResult(list.name, billing.sandboxId)
+    await callPlugin(node.binDir, list, 'ziti-cni', 'CHECK', attachment, { prevResult })
+    node.inNetns(billing, ['nft', 'delete', 'chain', 'inet', 'ziti_cni', 'fence_input'])
+    const err = await callPlugin(node.binDir, list, 'ziti-cni', 'CHECK', attachment, { prevResult }).then(() => undefined, (e: unknown) => e as CniCallError)
+    t.equal(err?.error.code, 104, 'drift reported')
+    t.ok(readdirSync(node.stateDir).some((f) => f.startsWith(billing.sandboxId)), 'state recorded by ADD')
+    await node.removePod(billing)
+    t.notOk(readdirSync(node.stateDir).some((f) => f.startsWith(billing.sandboxId)), 'DEL from StopPodSandbox removed it')
+  })
+
+  await t.test('10. 50 pods at once, mixed profiles: each one correct, no cross-talk', async (t) => {
+    const N = 50
+    await Promise.all(Array.from({ length: N }, (_, i) => secret(`id-${i}`)))
+    const specs = Array.from({ length: N }, (_, i) => i % 2 === 0
+      ? appPod(`proxy-${i}`, 'apps', { 'cni.openziti.io/identity-secret': `id-${i}`, 'cni.openziti.io/services': `svc.ziti:80=svc-${i}, db-${i}.ziti:5432=db-${i}` })
+      : appPod(`tproxy-${i}`, 'apps', { 'cni.openziti.io/identity-secret': `id-${i}`, 'cni.openziti.io/mode': 'tproxy', 'cni.openziti.io/datapath': 'ebpf', 'cni.openziti.io/intercept-cidrs': `100.64.${i}.0/24` }))
+    const pods = await Promise.all(specs.map((m) => node.createPod(m)))
+    const started = Date.now()
+    // Two cores: a kubelet starts pods concurrently; ten at a time keeps probes honest.
+    const running = await inBatches(pods.map((p) => () => node.runPod(p, { startupCapMs: 60_000 })), 10)
+    t.comment(`50 pods (sandbox, validator, sidecar, app) running after ${Date.now() - started} ms`)
+    const results = await inBatches(running.map((s, i) => () => i % 2 === 0
+      ? Promise.all([app(node, s, ['tcp', 'svc.ziti', '80']), app(node, s, ['tcp', `db-${i}.ziti`, '5432'])])
+      : Promise.all([app(node, s, ['tcp', `100.64.${i}.9`, '443']), app(node, s, ['tcp', `100.64.${(i + 1) % N}.9`, '443'])])), 10)
+    let good = 0
+    results.forEach(([a, b], i) => {
+      const ok = i % 2 === 0
+        ? a.reply?.startsWith(`ziti-service=svc-${i} `) && b.reply?.startsWith(`ziti-service=db-${i} `)
+        : a.reply?.startsWith(`tproxy proto=tcp orig_dst=100.64.${i}.9:443 `) && !b.ok
+      if (ok) good++
+      else t.fail(`pod ${i}: ${JSON.stringify([a, b])}`)
+    })
+    t.equal(good, N, 'every pod reached only its own services (and a neighbour\'s CIDR was not captured)')
+    await inBatches(running.map((s) => () => node.removePod(s)), 10)
+  })
+
+  await t.test('11. the primary CNI rewrites its conflist: ziti-cni is back within seconds', async (t) => {
+    const file = join(node.confDir, '10-bridge.conflist')
+    writeFileSync(file, node.primaryConflist({ mtu: 1400 }))
+    const started = Date.now()
+    while (!readFileSync(file, 'utf8').includes('ziti-cni') && Date.now() - started < 10_000) await new Promise((r) => setTimeout(r, 50))
+    const ms = Date.now() - started
+    t.ok(readFileSync(file, 'utf8').includes('ziti-cni'), `re-inserted after ${ms} ms`)
+    t.match(readFileSync(file, 'utf8'), /"mtu": 1400/, 'the primary CNI\'s change is kept')
+    // The agent logs asynchronously; give its line a moment to arrive.
+    for (let i = 0; i < 50 && !/likely by the bridge CNI/.test(node.agentLog.join('\n')); i++) await new Promise((r) => setTimeout(r, 50))
+    t.match(node.agentLog.join('\n'), /likely by the bridge CNI/, 'the warning names the likely culprit')
+    await secret('after-rewrite-identity')
+    const s = await node.runPod(await node.createPod(appPod('after-rewrite', 'apps', { 'cni.openziti.io/identity-secret': 'after-rewrite-identity', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' })))
+    t.match((await app(node, s, ['tcp', 'pg.ziti', '5432'])).reply, /ziti-service=postgres/, 'the next pod is intercepted')
+    await node.removePod(s)
+  })
+
+  await t.test('12. a pod that started before the plugin was installed: its validator exits 126, the agent recreates it', async (t) => {
+    // Node boot race: no agent yet and no ziti-cni entry in the CNI config.
+    await node.stopAgent()
+    const un = spawnSync(process.execPath, [AGENT_BUNDLE, 'uninstall', '--cni-bin-dir', node.binDir, '--cni-conf-dir', node.confDir, '--plugin-kubeconfig', node.pluginKubeconfig], { encoding: 'utf8' })
+    t.equal(un.status, 0, un.stderr)
+    await secret('early-identity')
+    const annotations = { 'cni.openziti.io/identity-secret': 'early-identity', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' }
+    const early = await node.createPod(appPod('early', 'apps', annotations))
+    const failed = await node.runPod(early).then(() => undefined, (e: unknown) => e as PodStartError)
+    t.type(failed, PodStartError)
+    t.equal(failed?.pod.statuses.get('ziti-cni-validator')?.exit_code, 126, 'the validator init container exits with EXIT_NOT_INTERCEPTED')
+    t.match(failed?.message, /traffic is NOT intercepted: 100\.64\.0\.2:5432 did not reach 127\.0\.0\.1:15100/)
+    t.notOk(failed!.pod.containers.has('ziti-tunnel'), 'nothing after it started')
+    // The kubelet reported the exit code; the agent comes up and repairs.
+    await node.startAgent()
+    const end = Date.now() + 15_000
+    while (node.api.get('pods', 'apps', 'early') && Date.now() < end) await new Promise((r) => setTimeout(r, 100))
+    t.notOk(node.api.get('pods', 'apps', 'early'), 'the agent deleted the unintercepted pod')
+    t.match(await node.metrics(), /ziti_cni_repairs_total\{action="deleted"\} 1/)
+    await node.removePod(failed!.pod)
+    // Its controller recreates it; this time the chain includes ziti-cni and the validator agrees.
+    const again = await node.runPod(await node.createPod(appPod('early', 'apps', annotations)))
+    t.ok(node.hasTable(again))
+    t.equal(again.statuses.get('ziti-cni-validator')?.exit_code, 0)
+    t.match(node.kubelet.logs(again, 'ziti-cni-validator'), /ok, 100\.64\.0\.2:5432\/tcp is redirected to 127\.0\.0\.1:15100/)
+    await node.removePod(again)
+  })
+
+  await t.test('13. uninstall: the DaemonSet is gone, the agent removes the plugin, and every pod still starts', async (t) => {
+    node.api.delete('daemonsets', 'ziti-cni-system', 'ziti-cni-agent')
+    await node.stopAgent()
+    t.notMatch(readFileSync(join(node.confDir, '10-bridge.conflist'), 'utf8'), /ziti-cni/, 'removed from the conflist')
+    t.notOk(readdirSync(node.binDir).includes('ziti-cni'), 'executable removed')
+    await secret('after-uninstall-identity')
+    const s = await node.runPod(await node.createPod(appPod('after-uninstall', 'apps', { 'cni.openziti.io/identity-secret': 'after-uninstall-identity', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' })), { initTimeoutMs: 20_000 }).then(() => undefined, (e: PodStartError) => e)
+    t.equal(s?.pod.statuses.get('ziti-cni-validator')?.exit_code, 126, 'the sandbox starts (nothing blocks it); the validator says it is not intercepted')
+    const plain = await node.runPod(await node.createPod(appPod('plain-after-uninstall', 'plain')))
+    t.match((await app(node, plain, ['tcp', infra.ip, '8080'])).reply, /^direct /, 'plain pods are unaffected')
   })
 })

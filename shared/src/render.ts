@@ -111,6 +111,19 @@ function renderProxy(intent: ProxyIntent): Plan {
   if (v4.length) rules.push('meta nfproto ipv4 meta l4proto { tcp, udp } dnat ip to 127.0.0.1 : ip daddr . meta l4proto . th dport map @dnat4')
   if (v6.length) rules.push('meta nfproto ipv6 meta l4proto { tcp, udp } dnat ip6 to [::1] : ip6 daddr . meta l4proto . th dport map @dnat6')
   w.block('chain proxy_output', rules)
+  // `ziti tunnel proxy` answers UDP with WriteTo on its unconnected 0.0.0.0 listener
+  // (openziti/ziti tunnel/udp_vconn/conn.go:150): the reply's source would be the pod IP, which
+  // conntrack cannot map back to the DNATed flow, and a connected client drops it. With the
+  // flow's source rewritten to loopback, the listener replies to 127.0.0.1 from 127.0.0.1, the
+  // reply matches the conntrack entry, and the app sees it come from the address it dialled.
+  const udpListeners = [...new Set(intent.dnat.filter((d) => d.proto === 'udp').map((d) => d.to))].sort((a, b) => a - b)
+  if (udpListeners.length) {
+    w.set('udp_listeners', 'inet_service', udpListeners.map(String))
+    const snat = ['type nat hook postrouting priority srcnat; policy accept;']
+    if (v4.length) snat.push('ct status dnat meta nfproto ipv4 ip daddr 127.0.0.1 udp dport @udp_listeners snat ip to 127.0.0.1')
+    if (v6.length) snat.push('ct status dnat meta nfproto ipv6 ip6 daddr ::1 udp dport @udp_listeners snat ip6 to ::1')
+    w.block('chain proxy_postrouting', snat)
+  }
   fenceBlock(w, intent.fence)
   return { mode: 'proxy', nft: w.done(), routes: [], rules: [], bpf: undefined }
 }

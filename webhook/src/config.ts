@@ -19,19 +19,21 @@ export interface WebhookConfig {
   enrollmentSecretKey: string
   identityDir: string
   resources: Resources
-  proxy: { image: string; portBase: number; aliasRange: Cidr }
+  proxy: { image: string; portBase: number; aliasRange: Cidr; servicePollSeconds: number }
   tproxy: {
+    /**
+     * A tunneler implementing the tproxy contract (README). Empty: no upstream image does, so
+     * tproxy pods are refused at admission until one is configured.
+     */
     image: string
     args: string[]
     port: number
     dnsPort: number
-    /** nft TPROXY hands packets only to IP_TRANSPARENT sockets, which need CAP_NET_RAW. */
-    addCapabilities: string[]
     defaultCidrs: Cidr[]
     dnsCapture: boolean
     protocols: Array<'tcp' | 'udp'>
-    /** Default for cni.openziti.io/datapath. */
-    datapath: 'nftables' | 'ebpf'
+    /** Default for cni.openziti.io/datapath; ebpf is the only one a real pod can use. */
+    datapath: 'ebpf'
   }
   /** First init container: proves the redirect before anything else runs (see cni-plugin/src/validator). */
   validator: { enabled: boolean; image: string; uid: number }
@@ -61,17 +63,17 @@ export const DEFAULT_CONFIG: WebhookConfig = {
   enrollmentSecretKey: 'token.jwt',
   identityDir: '/netfoundry',
   resources: { requests: { cpu: '20m', memory: '48Mi' }, limits: { memory: '256Mi' } },
-  proxy: { image: 'docker.io/openziti/ziti-tunnel:1.6.8', portBase: 15100, aliasRange: parseCidr(ZITI_DNS_RANGE) as Cidr },
+  // 2.x: a UDP listener survives its flows' expiry (fixed in v2.0.0, openziti/ziti fcf04d902).
+  proxy: { image: 'docker.io/openziti/ziti-tunnel:2.0.3', portBase: 15100, aliasRange: parseCidr(ZITI_DNS_RANGE) as Cidr, servicePollSeconds: 60 },
   tproxy: {
-    image: 'docker.io/openziti/ziti-tunnel:1.6.8',
-    args: ['tproxy-contract'],
+    image: '',
+    args: [],
     port: 15001,
     dnsPort: 15053,
-    addCapabilities: ['NET_RAW'],
     defaultCidrs: [parseCidr(ZITI_DNS_RANGE) as Cidr],
     dnsCapture: true,
     protocols: ['tcp', 'udp'],
-    datapath: 'nftables',
+    datapath: 'ebpf',
   },
   validator: { enabled: true, image: 'ghcr.io/ziti-cni/agent:0.1.0', uid: 2172 },
   excludedNamespaces: ['kube-system', 'kube-node-lease'],
@@ -100,6 +102,9 @@ export class ConfigError extends Error {
   }
 }
 
+/** Why the nftables TPROXY datapath is not offered (measured on containerd + runc). */
+export const NFTABLES_REFUSED = 'nftables TPROXY only delivers to IP_TRANSPARENT sockets, which need CAP_NET_RAW in the effective set; Kubernetes gives a non-root container added capabilities only in its bounding set (no ambient set), so no injected sidecar can hold it. Use ebpf'
+
 const PINNED_IMAGE = /^[a-z0-9.-]+(:[0-9]+)?(\/[a-z0-9._-]+)+(:[A-Za-z0-9._-]{1,128}|@sha256:[a-f0-9]{64})$/
 
 type Raw = Record<string, unknown>
@@ -111,8 +116,8 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   if (typeof root !== 'object' || Array.isArray(root)) throw new ConfigError(['the configuration must be a mapping'])
   const known: Record<string, string[]> = {
     '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'validator', 'excludedNamespaces', 'listen', 'bodyLimitBytes', 'tls', 'logLevel'],
-    proxy: ['image', 'portBase', 'aliasRange'],
-    tproxy: ['image', 'args', 'port', 'dnsPort', 'addCapabilities', 'defaultCidrs', 'dnsCapture', 'protocols', 'datapath'],
+    proxy: ['image', 'portBase', 'aliasRange', 'servicePollSeconds'],
+    tproxy: ['image', 'args', 'port', 'dnsPort', 'defaultCidrs', 'dnsCapture', 'protocols', 'datapath'],
     listen: ['host', 'port'],
     tls: ['mode', 'certFile', 'keyFile', 'secretName', 'namespace', 'serviceName', 'webhookConfigName', 'validityDays', 'renewBeforeDays'],
     resources: ['requests', 'limits'],
@@ -176,20 +181,20 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       image: pick('proxy.image', proxy.image, d.proxy.image, image),
       portBase: pick('proxy.portBase', proxy.portBase, d.proxy.portBase, int(1024, 65000)),
       aliasRange: cidr('proxy.aliasRange', proxy.aliasRange, d.proxy.aliasRange),
+      servicePollSeconds: pick('proxy.servicePollSeconds', proxy.servicePollSeconds, d.proxy.servicePollSeconds, int(5, 86400)),
     },
     tproxy: {
-      image: pick('tproxy.image', tproxy.image, d.tproxy.image, image),
+      image: pick('tproxy.image', tproxy.image, d.tproxy.image, (v) => (v === '' ? undefined : image(v))),
       args: list('tproxy.args', tproxy.args, d.tproxy.args, str),
       port: pick('tproxy.port', tproxy.port, d.tproxy.port, port),
       dnsPort: pick('tproxy.dnsPort', tproxy.dnsPort, d.tproxy.dnsPort, port),
-      addCapabilities: list('tproxy.addCapabilities', tproxy.addCapabilities, d.tproxy.addCapabilities, (v) => (v === 'NET_RAW' ? undefined : 'only NET_RAW may be added (IP_TRANSPARENT); NET_ADMIN is never needed')),
       defaultCidrs: list<unknown>('tproxy.defaultCidrs', tproxy.defaultCidrs, d.tproxy.defaultCidrs.map(formatCidr), (v) => {
         const c = typeof v === 'string' ? parseCidr(v, false) : 'must be a CIDR string'
         return typeof c === 'string' ? c : undefined
       }).map((v) => (typeof v === 'string' ? parseCidr(v, false) : v) as Cidr),
       dnsCapture: pick('tproxy.dnsCapture', tproxy.dnsCapture, d.tproxy.dnsCapture, bool),
       protocols: list('tproxy.protocols', tproxy.protocols, d.tproxy.protocols, (v) => (v === 'tcp' || v === 'udp' ? undefined : 'must be tcp or udp')),
-      datapath: pick('tproxy.datapath', tproxy.datapath, d.tproxy.datapath, (v) => (v === 'nftables' || v === 'ebpf' ? undefined : 'must be nftables or ebpf')),
+      datapath: pick('tproxy.datapath', tproxy.datapath, d.tproxy.datapath, (v) => (v === 'ebpf' ? undefined : v === 'nftables' ? NFTABLES_REFUSED : 'must be ebpf')),
     },
     validator: {
       enabled: pick('validator.enabled', validator.enabled, d.validator.enabled, bool),

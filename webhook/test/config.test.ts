@@ -1,5 +1,5 @@
 import t from 'tap'
-import { ConfigError, DEFAULT_CONFIG, validateConfig } from '../src/config.ts'
+import { ConfigError, DEFAULT_CONFIG, NFTABLES_REFUSED, validateConfig } from '../src/config.ts'
 import { formatCidr } from '@ziti-cni/shared'
 
 const problems = (raw: unknown, env: NodeJS.ProcessEnv = {}) => {
@@ -19,14 +19,15 @@ t.test('defaults are valid and exclude the webhook namespace', async (t) => {
 t.test('every bad key is reported at once, by name', async (t) => {
   t.same(problems({
     defaultMode: 'tun', sidecarUid: 0, frob: 1, proxy: { image: 'openziti/ziti-tunnel:latest', aliasRange: '100.64.0.1/10' },
-    tproxy: { addCapabilities: ['NET_ADMIN'], port: 15053, dnsPort: 15053 }, tls: { mode: 'magic', renewBeforeDays: 400 },
+    tproxy: { addCapabilities: ['NET_RAW'], datapath: 'nftables', port: 15053, dnsPort: 15053 }, tls: { mode: 'magic', renewBeforeDays: 400 },
   }), [
     'frob: unknown key',
+    'tproxy.addCapabilities: unknown key',
     'defaultMode: must be proxy or tproxy',
     'sidecarUid: must be an integer in 1-2147483647',
     'proxy.image: must be a fully qualified image with a pinned tag or digest (not :latest)',
     'proxy.aliasRange: host bits are set (did you mean 100.64.0.0/10?)',
-    'tproxy.addCapabilities[0]: only NET_RAW may be added (IP_TRANSPARENT); NET_ADMIN is never needed',
+    `tproxy.datapath: ${NFTABLES_REFUSED}`,
     'tls.mode: must be self-managed or files',
     'tproxy.dnsPort: must differ from tproxy.port (15053)',
     'tls.renewBeforeDays: must be less than tls.validityDays',
@@ -37,5 +38,13 @@ t.test('every bad key is reported at once, by name', async (t) => {
   t.same(problems({ validator: { uid: 2171 } }), ['validator.uid: must differ from sidecarUid (the sidecar\'s traffic is never captured)'])
   t.same(problems({}, { WEBHOOK_PORT: 'abc' }), ['WEBHOOK_PORT: must be a port 1-65535'])
   t.match(new ConfigError(['a: b']).message, /invalid webhook configuration:\n  - a: b/)
-  t.equal(DEFAULT_CONFIG.tproxy.addCapabilities[0], 'NET_RAW')
+  t.equal(DEFAULT_CONFIG.tproxy.image, '', 'no tproxy tunneler by default: none upstream implements the contract')
+  t.equal(DEFAULT_CONFIG.tproxy.datapath, 'ebpf')
+})
+
+t.test('with no tproxy tunneler configured, a tproxy pod is refused naming the mode key', async (t) => {
+  const { mutatePod } = await import('../src/inject/mutate.ts')
+  const pod = { metadata: { name: 'tp', namespace: 'apps', annotations: { 'cni.openziti.io/identity-secret': 'id', 'cni.openziti.io/mode': 'tproxy' } }, spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1' }] } }
+  t.throws(() => mutatePod(pod, validateConfig({}, {})), { message: /^cni\.openziti\.io\/mode: tproxy needs a tunneler that implements the ziti-cni tproxy contract \(README\), and none is configured \(webhook config tproxy\.image\)/ })
+  t.doesNotThrow(() => mutatePod(pod, validateConfig({ tproxy: { image: 'registry.example.com/t:1' } }, {})))
 })

@@ -15,7 +15,10 @@ export function testCerts(): { ca: KeyPair; serving: KeyPair } {
   return cached
 }
 
-export async function startWebhook(config: WebhookConfig = validateConfig({}, {})) {
+/** The tests' config: the defaults plus a tproxy tunneler (none is configured by default). */
+export const TEST_CONFIG = { tproxy: { image: 'registry.example.com/ziti-cni/tproxy-tunneler:1.0' } }
+
+export async function startWebhook(config: WebhookConfig = validateConfig(TEST_CONFIG, {})) {
   const { ca, serving } = testCerts()
   const metrics = createWebhookMetrics()
   const app = buildServer({ config, metrics, log: pino({ level: 'silent' }), tls: { cert: serving.certPem, key: serving.keyPem }, ready: () => true })

@@ -47,5 +47,5 @@ t.test('--config changes the injection', async (t) => {
   writeFileSync(cfg, 'nativeSidecar: false\nproxy:\n  portBase: 20000\n')
   const pod = parse(run(['-f', example, '--config', cfg]).stdout)
   t.equal(pod.spec.containers[0].name, 'ziti-tunnel', 'regular container on older clusters')
-  t.same(pod.spec.containers[0].args, ['proxy', 'postgres:20000', 'billing-api:20001'])
+  t.same(pod.spec.containers[0].args, ['proxy', '--svcPollRate=60', '--cli-agent=false', 'postgres:20000', 'billing-api:20001'])
 })

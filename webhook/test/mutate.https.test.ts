@@ -60,8 +60,7 @@ t.test('admission over HTTPS', async (t) => {
       t.equal(mutated.spec!.initContainers![0]!.env![0]!.value, mutated.metadata!.annotations!['cni.openziti.io/interception'], 'the validator checks the same intent')
       t.equal(mutated.spec!.initContainers![0]!.securityContext!.runAsUser, 2172, 'not the sidecar uid')
       const violations = restrictedViolations(mutated)
-      if (intent.mode === 'proxy' || intent.datapath === 'ebpf') t.same(violations, [], 'injected pod passes Pod Security "restricted"')
-      else t.same(violations, ['initContainer ziti-tunnel: adds capabilities NET_RAW'], 'tproxy over nftables adds only NET_RAW, and says so')
+      t.same(violations, [], 'injected pod passes Pod Security "restricted"')
       if (intent.mode === 'proxy') {
         const hosts = new Map(mutated.spec!.hostAliases!.flatMap((a) => (a.hostnames ?? []).map((h) => [h, a.ip] as const)))
         for (const d of intent.dnat) t.ok([...hosts.values()].includes(d.dst), `${d.dst} is reachable by name`)

@@ -66,6 +66,8 @@ export class Containerd {
   readonly socket: string
   readonly logFile: string
   cri!: CriClient
+  /** The last archive imported (another instance may import the same one). */
+  importedArchive: string | undefined
   private proc: ChildProcess | undefined
 
   constructor(dirs: ContainerdDirs) {
@@ -104,6 +106,7 @@ export class Containerd {
   importImages(archive: string): void {
     const r = spawnSync('ctr', ['--address', this.socket, '-n', 'k8s.io', 'images', 'import', '--snapshotter', 'overlayfs', archive], { encoding: 'utf8' })
     if (r.status !== 0) throw new Error(`ctr images import ${archive}: ${r.stderr || r.stdout}`)
+    this.importedArchive = archive
   }
 
   /** Removes every sandbox (StopPodSandbox tears the network down through the CNI chain), then stops. */

@@ -1,6 +1,6 @@
 // Pod manifests and in-pod actions for the node suites. Every process runs in a container of
 // the pod (runc, the pod's own security context), reached with CRI ExecSync like `kubectl exec`.
-import type { V1Pod } from '@kubernetes/client-node'
+import type { V1OwnerReference, V1Pod } from '@kubernetes/client-node'
 import { IMAGES } from './test-images.ts'
 import type { TestNode } from './node.ts'
 import type { RunningPod } from './kubelet.ts'
@@ -9,7 +9,7 @@ export const APP_UID = 1000
 export const STANDINS = '/opt/zcni/standins'
 
 /** An app pod that passes Pod Security "restricted" on its own. */
-export function appPod(name: string, namespace: string, annotations: Record<string, string> = {}, extra: { ownerReferences?: object[] } = {}): V1Pod & { metadata: { name: string; namespace: string } } {
+export function appPod(name: string, namespace: string, annotations: Record<string, string> = {}, extra: { ownerReferences?: V1OwnerReference[] } = {}): V1Pod & { metadata: { name: string; namespace: string } } {
   return {
     apiVersion: 'v1', kind: 'Pod',
     metadata: { name, namespace, annotations, ...extra },

@@ -14,6 +14,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#ifndef IP_TRANSPARENT
+#define IP_TRANSPARENT 19
+#endif
 #ifndef IP_RECVORIGDSTADDR
 #define IP_RECVORIGDSTADDR 20
 #endif
@@ -112,7 +115,17 @@ static void *dns_loop(void *arg) {
   return NULL;
 }
 
-int main(void) {
+/* `tproxy-standin probe-transparent`: can this process set IP_TRANSPARENT (what an nftables
+ * TPROXY listener needs)? Prints the answer and the capability sets; exit 0 only if it can. */
+static int probe_transparent(void) {
+  int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+  int ok = setsockopt(s, SOL_IP, IP_TRANSPARENT, &one, sizeof one) == 0;
+  printf("IP_TRANSPARENT: %s\n", ok ? "ok" : strerror(errno));
+  return ok ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "probe-transparent") == 0) return probe_transparent();
   const char *p = getenv("ZITI_CNI_TPROXY_PORT"), *d = getenv("ZITI_CNI_DNS_PORT");
   if (!p) { fprintf(stderr, "tproxy-standin: ZITI_CNI_TPROXY_PORT is not set\n"); return 2; }
   port = atoi(p);

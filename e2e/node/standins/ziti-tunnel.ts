@@ -1,11 +1,13 @@
 // Stand-in for the openziti/ziti-tunnel image (entrypoint + `ziti tunnel proxy`), reproducing
-// its observable behaviour as read in openziti/ziti at tag v1.6.8. Each behaviour cites its
-// source line; flaws are reproduced, not fixed. There is no Ziti network here: "dialing" a
-// service answers with a line naming the service, so a test sees where traffic landed.
+// its observable behaviour as read in openziti/ziti at tag v2.0.3 (the version the webhook
+// pins). Each behaviour cites its source line; flaws are reproduced, not fixed. There is no
+// Ziti network here: "dialing" a service answers with a line naming the service, so a test
+// sees where traffic landed.
 //
 // Identity: the real tunneler logs in with the identity file and lists the services it may
-// dial. The stand-in reads that list from the identity JSON's `standinDialable` array (a
-// test-only field; absent = every service named on the command line is dialable).
+// dial, with their configs. The stand-in reads that answer from the identity JSON (test-only
+// fields): `standinDialable` (service names; absent = every service named on the command
+// line) and `standinProxyV1` ({service: {port, protocols}}, a service's proxy.v1 config).
 import { createServer as createTcpServer } from 'node:net'
 import { createSocket, type Socket } from 'node:dgram'
 import { createServer as createUnixServer } from 'node:net'
@@ -90,88 +92,78 @@ for (let i = 0; i < argv.length; i++) {
 // ziti/tunnel/proxy.go:34 cobra.MinimumNArgs(1)
 if (positionals.length === 0) fail('requires at least 1 arg(s), only received 0')
 
-// ---- tunnel/intercept/proxy/proxy.go New(): parse svc:port[:tcp|udp] ----
+// ---- tunnel/intercept/proxy/proxy.go New() (:98-133): parse svc:port[:tcp|udp] ----
 interface Service { name: string; port: number; udp: boolean }
 const services = new Map<string, Service>()
 for (const arg of positionals) {
-  const parts = arg.split(':') // :69
-  if (parts.length < 2 || parts.length > 3) fail(`failed to initialize proxy interceptor: invalid argument '${arg}'`) // :70-72
+  const parts = arg.split(':') // :102
+  if (parts.length < 2 || parts.length > 3) fail(`failed to initialize proxy interceptor: invalid argument '${arg}'`) // :103-105
   const port = Number.parseInt(parts[1]!, 10)
-  if (!/^[+-]?\d+$/.test(parts[1]!)) fail(`failed to initialize proxy interceptor: invalid port specified in '${arg}'`) // :74-77
+  if (!/^[+-]?\d+$/.test(parts[1]!)) fail(`failed to initialize proxy interceptor: invalid port specified in '${arg}'`) // :107-110
   let udp = false
   if (parts.length === 3) {
     if (parts[2] === 'udp') udp = true
-    else if (parts[2] !== 'tcp') fail(`failed to initialize proxy interceptor: invalid protocol specified in '${arg}', must be tcp or udp`) // :85-91
+    else if (parts[2] !== 'tcp') fail(`failed to initialize proxy interceptor: invalid protocol specified in '${arg}', must be tcp or udp`) // :118-127
   }
-  // :93 keyed by service name: a second entry for the same service replaces the first.
+  // :132 keyed by service name: a second entry for the same service replaces the first.
   services.set(parts[0]!, { name: parts[0]!, port, udp })
 }
 
-// root.go:121-133 the CLI agent listens on a unix socket in os.TempDir() unless --cli-agent=false;
-// failing to (read-only root) is logged, not fatal.
+// ziti/tunnel/root.go:134-151 the CLI agent listens on a unix socket in os.TempDir() unless
+// --cli-agent=false; failing to (read-only root) is logged, not fatal.
 if (flags['cli-agent'] !== 'false') {
   const sock = join(env.TMPDIR || tmpdir(), `gops-agent.${process.pid}.sock`)
-  createUnixServer().on('error', (e) => log('ERROR', `unable to start CLI agent: listen unix ${sock}: bind: ${(e as NodeJS.ErrnoException).code === 'EROFS' ? 'read-only file system' : e.message}`)).listen(sock)
+  createUnixServer().on('error', (e) => log('ERROR', `failed to start CLI agent: listen unix ${sock}: bind: ${(e as NodeJS.ErrnoException).code === 'EROFS' ? 'read-only file system' : e.message}`)).listen(sock)
 }
 
-// The identity's dialable services (the controller's answer to the service poll).
+// The controller's answer for this identity: dialable services and their proxy.v1 configs.
 let dialable: Set<string> | undefined
+let proxyV1: Record<string, { port: number; protocols: string[] }> = {}
 try {
   const file = flags.identity!
-  const id = JSON.parse(readFileSync(existsSync(file) && statSync(file).isFile() ? file : join(file, 'ziti_id.json'), 'utf8')) as { standinDialable?: string[] }
+  const id = JSON.parse(readFileSync(existsSync(file) && statSync(file).isFile() ? file : join(file, 'ziti_id.json'), 'utf8')) as { standinDialable?: string[]; standinProxyV1?: typeof proxyV1 }
   if (id.standinDialable) dialable = new Set(id.standinDialable)
+  proxyV1 = id.standinProxyV1 ?? {}
 } catch (e) { fail(`cannot load identity: ${(e as Error).message}`) }
 
 // proxy.go:41-44 without --svcPollRate proxy mode polls once (rate MaxUint32): services granted
 // later get no listener until restart.
 const pollSeconds = flags.svcPollRate ? Number(flags.svcPollRate) : undefined
-// udp_vconn/policy.go:53-65 a UDP flow expires after 5 minutes idle, checked every 30 s.
-const UDP_IDLE_MS = Number(env.ZITI_STANDIN_UDP_IDLE_MS ?? 5 * 60_000)
-const UDP_CHECK_MS = Number(env.ZITI_STANDIN_UDP_CHECK_MS ?? 30_000)
 
 const listening = new Set<string>()
 function intercept(s: Service): void {
-  if (listening.has(s.name)) return
-  listening.add(s.name)
+  const key = `${s.name}/${s.udp ? 'udp' : 'tcp'}`
+  if (listening.has(key)) return
+  listening.add(key)
   if (!s.udp) {
-    // proxy.go:130-131 net.Listen("tcp4", 0.0.0.0:port)
-    createTcpServer((c) => c.end(`ziti-service=${s.name} listener=${s.port} peer=${c.remoteAddress}\n`))
+    // proxy.go:246-247 net.Listen("tcp4", 0.0.0.0:port)
+    // Per-connection errors (a probe's reset) end that connection only, as in Go.
+    createTcpServer((c) => { c.on('error', () => c.destroy()); c.end(`ziti-service=${s.name} listener=${s.port} peer=${c.remoteAddress}\n`) })
       .on('error', (e) => log('ERROR', `failed to intercept service: ${e.message}`))
       .listen(s.port, '0.0.0.0', () => log('INFO', `service ${s.name} is listening addr=0.0.0.0:${s.port}`))
     return
   }
-  // proxy.go:162-163 net.ListenUDP("udp", 0.0.0.0:port): Go turns a wildcard "udp" listen into a
-  // dual-stack [::] socket (net/ipsock_posix.go favoriteAddrFamily).
-  const sock: Socket = createSocket({ type: 'udp6', ipv6Only: false })
-  const flows = new Map<string, number>()
+  // proxy.go:299-300 net.ListenUDP("udp4", 0.0.0.0:port)
+  const sock: Socket = createSocket('udp4')
   sock.on('message', (msg, rinfo) => {
-    flows.set(`${rinfo.address}:${rinfo.port}`, Date.now())
-    // udp_vconn/conn.go:150 replies go out with WriteTo on the unconnected listener.
+    // udp_vconn/conn.go Write(): replies go out with WriteTo on the unconnected listener. (Since
+    // v2.0.0, fcf04d902, an expiring flow no longer closes the listener; 1.6.x closed it.)
     sock.send(`ziti-service=${s.name} listener=${s.port} via=udp got=${msg.toString().trim()}\n`, rinfo.port, rinfo.address)
   })
   sock.on('error', (e) => log('ERROR', `failed to intercept service: ${e.message}`))
-  sock.bind(s.port, '::', () => log('INFO', `service ${s.name} is listening addr=[::]:${s.port}`))
-  // manager.go:125-140 + conn.go:155-158 (fixed only in v2.0.0): closing an expired flow closes
-  // its writeConn, which is the service's listener; the service stops answering until restart.
-  const timer = setInterval(() => {
-    for (const [k, last] of flows) {
-      if (Date.now() - last > UDP_IDLE_MS) {
-        flows.delete(k)
-        log('INFO', `udp flow ${k} expired; closing listener of ${s.name}`)
-        sock.close()
-        clearInterval(timer)
-        return
-      }
-    }
-  }, UDP_CHECK_MS)
+  sock.bind(s.port, '0.0.0.0', () => log('INFO', `service ${s.name} is listening addr=0.0.0.0:${s.port}`))
 }
 
-// svcpoll.go:187-229 a listener only for services the identity may Dial, after login and the
-// first service list (here a short delay stands for the controller round trips).
+// intercept/svcpoll.go addService: a listener only for services the identity may Dial, after
+// login and the first service list (a short delay here stands for the controller round trips).
+// proxy.go:149-184 a service's proxy.v1 config replaces the command line's port and protocols.
 function poll(): void {
-  for (const s of services.values()) {
-    if (dialable && !dialable.has(s.name)) continue
-    intercept(s)
+  const names = new Set([...services.keys(), ...Object.keys(proxyV1)])
+  for (const name of names) {
+    if (dialable && !dialable.has(name)) continue
+    const v1 = proxyV1[name]
+    if (v1) for (const p of v1.protocols) intercept({ name, port: v1.port, udp: p === 'udp' })
+    else intercept(services.get(name)!)
   }
 }
 setTimeout(poll, Number(env.ZITI_STANDIN_LOGIN_MS ?? 300))

@@ -6,7 +6,7 @@ import {
   parseInterceptCidrs, parseMode, parseServices, type Intent, type Mode, type Proto,
 } from '@ziti-cni/shared'
 import type { V1HostAlias } from '@kubernetes/client-node'
-import type { WebhookConfig } from '../config.ts'
+import { NFTABLES_REFUSED, type WebhookConfig } from '../config.ts'
 
 export interface ProxyListener { service: string; proto: Proto; port: number }
 
@@ -63,6 +63,16 @@ function planProxy(annotations: Record<string, string>, existingAliases: V1HostA
     ipOf.set(s.host, ip)
     aliases.push({ ip, hostname: s.host })
   }
+  // `ziti tunnel proxy` keys its listeners by service name (tunnel/intercept/proxy/proxy.go:132
+  // at v2.0.3): one service named for TCP and UDP would get only the last one.
+  const protoOf = new Map<string, Proto>()
+  services.forEach((s, i) => {
+    const other = protoOf.get(s.service)
+    if (other && other !== s.proto) {
+      throw new ValidationError(ANNOTATION_SERVICES, `Ziti service "${s.service}" is listed for both tcp and udp; ziti tunnel proxy keeps one listener per service name, so one protocol would be refused. Use a separate Ziti service per protocol`, { index: i + 1, text: `${s.host}:${s.port}${s.proto === 'udp' ? '/udp' : ''}=${s.service}` })
+    }
+    protoOf.set(s.service, s.proto)
+  })
   const listeners: ProxyListener[] = []
   const portOf = new Map<string, number>()
   for (const s of services) {
@@ -86,17 +96,21 @@ function planTproxy(annotations: Record<string, string>, cfg: WebhookConfig): In
   const cidrs = mergeCidrs(get(ANNOTATION_INTERCEPT_CIDRS) !== undefined ? parseInterceptCidrs(get(ANNOTATION_INTERCEPT_CIDRS)!) : cfg.tproxy.defaultCidrs)
   const exclude = get(ANNOTATION_EXCLUDE_CIDRS) !== undefined ? parseExcludeCidrs(get(ANNOTATION_EXCLUDE_CIDRS)!) : []
   const ports = get(ANNOTATION_EXCLUDE_PORTS) !== undefined ? parseExcludePorts(get(ANNOTATION_EXCLUDE_PORTS)!) : []
+  if (!cfg.tproxy.image) {
+    throw new ValidationError(ANNOTATION_MODE, 'tproxy needs a tunneler that implements the ziti-cni tproxy contract (README), and none is configured (webhook config tproxy.image); no upstream OpenZiti image does today. Use mode proxy with the stock ziti-tunnel')
+  }
   const datapath = get(ANNOTATION_DATAPATH) !== undefined ? parseDatapath(get(ANNOTATION_DATAPATH)!) : cfg.tproxy.datapath
+  if (datapath === 'nftables') throw new ValidationError(ANNOTATION_DATAPATH, NFTABLES_REFUSED.replace(/^nftables /, 'nftables: '))
   if (datapath === 'ebpf' && (exclude.length || ports.length)) {
-    throw new ValidationError(ANNOTATION_DATAPATH, 'ebpf makes the intercept CIDRs local addresses of the pod, so excluded traffic could not leave; drop the exclusions or use nftables')
+    throw new ValidationError(ANNOTATION_DATAPATH, 'ebpf makes the intercept CIDRs local addresses of the pod, so excluded traffic could not leave; drop the exclusions')
   }
   // DNS capture is a DNAT, and a nat chain in the netns stops bpf_sk_assign delivery: on the
   // ebpf datapath it is off unless asked for, and asking is an error.
   const dnsAsked = get(ANNOTATION_DNS_CAPTURE) !== undefined ? parseDnsCapture(get(ANNOTATION_DNS_CAPTURE)!) : undefined
   if (datapath === 'ebpf' && dnsAsked === true) {
-    throw new ValidationError(ANNOTATION_DNS_CAPTURE, 'cannot be true with datapath ebpf (its DNAT stops bpf_sk_assign delivery); use datapath nftables for DNS capture')
+    throw new ValidationError(ANNOTATION_DNS_CAPTURE, 'cannot be true with datapath ebpf (its DNAT stops bpf_sk_assign delivery)')
   }
-  const dns = dnsAsked ?? (datapath === 'ebpf' ? false : cfg.tproxy.dnsCapture)
+  const dns = dnsAsked ?? false
   // Overlapping exclude ranges are merged; the schema wants them disjoint.
   const sortedPorts = [...ports].sort((a, b) => a.from - b.from)
   const mergedPorts: typeof ports = []

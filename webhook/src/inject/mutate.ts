@@ -31,6 +31,19 @@ function identitySource(annotations: Record<string, string>): IdentitySource {
   throw new ValidationError(ANNOTATION_IDENTITY_SECRET, `is required: name the Secret holding the pod's Ziti identity as <secret>[/<key>] (or use ${ANNOTATION_ENROLLMENT_SECRET} for an enrollment JWT)`)
 }
 
+/**
+ * An enrollment JWT is single-use: the image's entrypoint enrolls it on every start and exits 1
+ * when that fails (entrypoint.sh:128-133), and the enrolled identity lives in a memory emptyDir.
+ * A pod that a controller recreates or replicates would crash-loop from its second copy on.
+ */
+function checkSingleUseToken(pod: V1Pod, identity: IdentitySource): void {
+  if (identity.kind !== 'enrollment') return
+  const owner = pod.metadata?.ownerReferences?.find((o) => o.controller)
+  if (owner) {
+    throw new ValidationError(ANNOTATION_ENROLLMENT_SECRET, `an enrollment token is single-use, but this pod is managed by ${owner.kind} ${owner.name}, which will create more pods from the same template (replicas, rollouts, evictions); every pod after the first would fail to enroll and crash-loop. Enroll once (ziti edge enroll) and use ${ANNOTATION_IDENTITY_SECRET} with the identity JSON instead`)
+  }
+}
+
 /** A container running as the sidecar uid would bypass capture (its traffic is never steered). */
 function checkUids(pod: V1Pod, uid: number): void {
   if (pod.spec?.securityContext?.runAsUser === uid) {
@@ -140,6 +153,7 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: Injection
   const hostAliases = spec.hostAliases ?? []
   // Identity first: a pod without one is refused before anything else is looked at.
   const identity = identitySource(annotations)
+  checkSingleUseToken(original, identity)
   checkUids(original, cfg.sidecarUid)
   const { plan, sidecar, validator, aliases, owned, encoded } = cache ? cache.get(annotations, identity, hostAliases, cfg) : prepare(annotations, identity, hostAliases, cfg)
   checkPorts(original, plan)
@@ -164,9 +178,6 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: Injection
   if (!original.metadata) ops.unshift({ op: 'add', path: '/metadata', value: {} })
 
   const warnings: string[] = []
-  if (plan.intent.mode === 'tproxy' && plan.intent.datapath === 'nftables' && cfg.tproxy.addCapabilities.length) {
-    warnings.push(`ziti-cni: the tproxy sidecar gets ${cfg.tproxy.addCapabilities.join(', ')} (nftables TPROXY only delivers to IP_TRANSPARENT sockets); this pod will not pass Pod Security "restricted"`)
-  }
   const supplied = annotations[ANNOTATION_INTERCEPTION]
   if (supplied !== undefined && supplied !== owned[ANNOTATION_INTERCEPTION]) {
     warnings.push(`ziti-cni: replaced the user-supplied ${ANNOTATION_INTERCEPTION} annotation (it is owned by the webhook)`)

@@ -36,6 +36,28 @@ export function buildValidator(intentJson: string, cfg: WebhookConfig): V1Contai
   }
 }
 
+/**
+ * The startup probe: every `proto:port` argument must be bound in the pod's netns (TCP in
+ * LISTEN state, UDP bound), read from /proc/net with bash builtins only (the tunneler image
+ * ships bash, not ss or netstat). Prints the missing listeners: a listener appears only once
+ * the tunneler has logged in and may Dial the service, so this names the service to look at.
+ */
+export const LISTENER_PROBE = [
+  'missing=',
+  'for want in "$@"; do',
+  '  proto=${want%%:*}; port=${want#*:}; printf -v hex %04X "$port"; found=',
+  '  for f in /proc/net/$proto /proc/net/${proto}6; do',
+  '    [[ -r $f ]] || continue',
+  '    while read -r _ local _ st _; do',
+  '      [[ $local == *:$hex && ( $proto == udp || $st == 0A ) ]] && { found=1; break; }',
+  '    done < "$f"',
+  '    [[ -n $found ]] && break',
+  '  done',
+  '  [[ -n $found ]] || missing+=" $proto/$port"',
+  'done',
+  '[[ -z $missing ]] || { echo "ziti-tunnel is not listening on:$missing"; exit 1; }',
+].join('\n')
+
 export function sidecarVolume(): V1Volume {
   return { name: SIDECAR_VOLUME, emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } }
 }
@@ -46,17 +68,22 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
     // root that (and HOME) must be the emptyDir.
     { name: 'ZITI_IDENTITY_DIR', value: cfg.identityDir },
     { name: 'HOME', value: cfg.identityDir },
-    { name: 'NF_REG_NAME', value: 'ziti-cni' },
+    // The entrypoint's current name for it (NF_REG_NAME is deprecated, entrypoint.sh:42-50).
+    { name: 'ZITI_IDENTITY_BASENAME', value: 'ziti-cni' },
     identity.kind === 'identity'
       ? { name: 'ZITI_IDENTITY_JSON', valueFrom: { secretKeyRef: { name: identity.ref.name, key: identity.ref.key ?? cfg.identitySecretKey } } }
       : { name: 'ZITI_ENROLL_TOKEN', valueFrom: { secretKeyRef: { name: identity.ref.name, key: identity.ref.key ?? cfg.enrollmentSecretKey } } },
   ]
   let image: string
   let args: string[]
-  const capabilities: { drop: string[]; add?: string[] } = { drop: ['ALL'] }
+  // No capability in any profile: the eBPF datapath hands connections to plain listeners.
+  const capabilities = { drop: ['ALL'] }
   if (plan.mode === 'proxy') {
     image = cfg.proxy.image
-    args = ['proxy', ...plan.listeners.map((l) => `${l.service}:${l.port}${l.proto === 'udp' ? ':udp' : ''}`)]
+    // --svcPollRate: without it proxy mode never re-polls (ziti/tunnel/proxy.go:41-43), so a
+    // service granted later would need a restart. --cli-agent=false: its unix socket goes to
+    // os.TempDir(), which the read-only root refuses (ziti/tunnel/root.go:134-151).
+    args = ['proxy', `--svcPollRate=${cfg.proxy.servicePollSeconds}`, '--cli-agent=false', ...plan.listeners.map((l) => `${l.service}:${l.port}${l.proto === 'udp' ? ':udp' : ''}`)]
   } else {
     image = cfg.tproxy.image
     args = [...cfg.tproxy.args]
@@ -67,10 +94,10 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
       { name: 'ZITI_CNI_INTERCEPT_CIDRS', value: intent.cidrs.join(',') },
       ...(intent.dns !== undefined ? [{ name: 'ZITI_CNI_DNS_PORT', value: String(intent.dns) }] : []),
     )
-    // The eBPF datapath hands connections to a plain listener: no capability at all.
-    if (intent.datapath === 'nftables' && cfg.tproxy.addCapabilities.length) capabilities.add = [...cfg.tproxy.addCapabilities]
   }
-  const probePort = plan.ports[0]!
+  const probeTargets = plan.mode === 'proxy'
+    ? plan.listeners.map((l) => `${l.proto}:${l.port}`)
+    : (plan.intent as Extract<InterceptionPlan['intent'], { mode: 'tproxy' }>).proto.map((p) => `${p}:${plan.ports[0]}`)
   const container: V1Container = {
     name: SIDECAR_NAME,
     image,
@@ -89,10 +116,10 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
       capabilities,
       seccompProfile: { type: 'RuntimeDefault' },
     },
-    // The app starts only once the tunneler listens (native sidecars gate later containers
-    // on their startup probe). The image ships bash; /dev/tcp needs no extra tool.
+    // The app starts only once every listener is up (native sidecars gate later containers on
+    // their startup probe); kubelet probes come from the node and the fence drops them.
     startupProbe: {
-      exec: { command: ['bash', '-c', `exec 3<>/dev/tcp/127.0.0.1/${probePort}`] },
+      exec: { command: ['bash', '-c', LISTENER_PROBE, 'ziti-cni-probe', ...probeTargets] },
       periodSeconds: 1,
       timeoutSeconds: 2,
       failureThreshold: 120,
