@@ -179,6 +179,35 @@ t.test('agent + executable on a real kernel', rootOnly(['nft', 'ip', 'nsenter', 
     t.notOk(existsSync(node.pluginKubeconfig))
   })
 
+  await t.test('uninstall in rendered order (RBAC first): 403 or 401 on the DaemonSet GET also uninstalls, and no pod is blocked', async (t) => {
+    const token = readFileSync(node.tokenFile, 'utf8').trim()
+    for (const [what, revoke, restore] of [
+      ['403 (ClusterRole binding gone)', () => node.api.denied.set(token, new Set(['daemonsets', 'pods'])), () => node.api.denied.delete(token)],
+      ['401 (ServiceAccount gone)', () => node.api.tokens.delete(token), () => node.api.tokens.add(token)],
+    ] as const) {
+      await node.api.create('daemonsets', { metadata: { name: 'ziti-cni-agent', namespace: 'ziti-cni-system' }, spec: {} }).catch(() => {})
+      await node.startAgent()
+      t.match(readFileSync(join(node.confDir, '10-bridge.conflist'), 'utf8'), /ziti-cni/, `${what}: installed`)
+      revoke()
+      await node.stopAgent()
+      t.same(JSON.parse(readFileSync(join(node.confDir, '10-bridge.conflist'), 'utf8')), JSON.parse(original), `${what}: the agent uninstalled on SIGTERM`)
+      t.match(node.agentLog.join('\n'), /credentials are revoked: uninstalling/)
+      restore()
+    }
+    // The executable left behind on a node whose agent died without uninstalling: with the
+    // agent gone and the credential refused it passes pods through instead of blocking them.
+    await node.startAgent()
+    await node.stopAgent('SIGKILL')
+    node.api.denied.set(token, new Set(['pods']))
+    const p = await node.api.put('pods', pod('during-uninstall', PROXY_INTENT))
+    const s = await node.runPod(p as never)
+    t.ok(s.ip, 'the pod still gets its network (its validator, if injected, would refuse to run unintercepted)')
+    t.not(table(s).status, 0, 'and nothing was programmed')
+    await node.removePod(s)
+    node.api.denied.delete(token)
+    node.api.delete('daemonsets', 'ziti-cni-system', 'ziti-cni-agent')
+  })
+
   await t.test('the explicit uninstall command restores the primary conflist and removes our files', async (t) => {
     await node.startAgent()
     t.match(readFileSync(join(node.confDir, '10-bridge.conflist'), 'utf8'), /ziti-cni/, 'installed again')

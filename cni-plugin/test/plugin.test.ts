@@ -2,6 +2,7 @@
 import t from 'tap'
 import { runPlugin, type PluginDeps } from '../src/plugin/run.ts'
 import { AgentUnreachable } from '../src/plugin/agent-client.ts'
+import { CredentialRefused } from '../src/plugin/pod-fallback.ts'
 import { convertResult, parseCniArgs, CniError } from '../src/cni/spec.ts'
 import type { AgentRequest, AgentResponse } from '../src/cni/agent-protocol.ts'
 
@@ -95,6 +96,8 @@ t.test('agent down: fallback reads the pod directly', async (t) => {
   t.match((stale.stdout as { msg: string }).msg, /has uid uid-0, not uid-1/, 'another incarnation of the pod is never trusted')
   const apiDown = await runPlugin(env('ADD'), conf(), deps({ callAgent: down, readPod: async () => { throw new Error('ECONNREFUSED') } }))
   t.equal((apiDown.stdout as { code: number }).code, 11, 'API unreachable too: retry later')
+  const refused = await runPlugin(env('ADD'), conf(), deps({ callAgent: down, readPod: async () => { throw new CredentialRefused('API server answered 401 for pod apps/web-1') } }))
+  t.same(refused, { stdout: prevResult, exitCode: 0 }, 'agent gone and credential refused (out-of-order uninstall): pass through, never block the node')
   const del = await runPlugin(env('DEL'), conf(), deps({ callAgent: down }))
   t.same(del, { stdout: undefined, exitCode: 0 }, 'DEL succeeds with the agent down')
   const gc = await runPlugin(env('GC'), conf({ cniVersion: '1.1.0', 'cni.dev/valid-attachments': [] }), deps({ callAgent: down }))

@@ -99,7 +99,14 @@ async function shouldUninstall(f: AgentFlags, kc: KubeConfig, log: Logger): Prom
     const ds = await kc.makeApiClient(AppsV1Api).readNamespacedDaemonSet({ name: f.daemonSet.name, namespace: f.daemonSet.namespace })
     return ds.metadata?.deletionTimestamp !== undefined
   } catch (e) {
-    if ((e as { code?: number }).code === 404) return true
+    // 404: the DaemonSet is gone. 401/403: our ServiceAccount or RBAC is gone, which is how a
+    // `kubectl delete -k`, `skaffold delete` or a prune (rendered order) looks from here.
+    // Leaving the plugin installed then would make every ADD on the node fail.
+    const code = (e as { code?: number }).code
+    if (code === 404 || code === 401 || code === 403) {
+      log.info({ status: code }, 'the DaemonSet is gone or our credentials are revoked: uninstalling')
+      return true
+    }
     log.warn({ err: String(e) }, 'cannot tell uninstall from upgrade; leaving the plugin installed')
     return false
   }

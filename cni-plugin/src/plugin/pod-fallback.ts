@@ -31,6 +31,14 @@ export function loadKubeconfig(path: string): { server: string; ca: Buffer | und
   return { server: cluster.server, ca, token }
 }
 
+/**
+ * The API server refused the plugin's own credential (401/403): its ServiceAccount or RBAC is
+ * gone, which is what an uninstall that deletes in rendered order looks like.
+ */
+export class CredentialRefused extends Error {
+  override readonly name = 'CredentialRefused'
+}
+
 /** GET the pod; undefined when the API says 404. */
 export function readPod(kubeconfigPath: string, pod: PodRef, timeoutMs: number): Promise<PodAnnotations | undefined> {
   const kc = loadKubeconfig(kubeconfigPath)
@@ -42,6 +50,7 @@ export function readPod(kubeconfigPath: string, pod: PodRef, timeoutMs: number):
       res.on('end', () => {
         const text = Buffer.concat(chunks).toString('utf8')
         if (res.statusCode === 404) return resolve(undefined)
+        if (res.statusCode === 401 || res.statusCode === 403) return reject(new CredentialRefused(`API server answered ${res.statusCode} for pod ${pod.namespace}/${pod.name}`))
         if (res.statusCode !== 200) return reject(new Error(`API server answered ${res.statusCode} for pod ${pod.namespace}/${pod.name}: ${text.slice(0, 200)}`))
         try {
           const obj = JSON.parse(text) as { metadata?: { uid?: string; annotations?: Record<string, string> } }

@@ -114,6 +114,14 @@ async function fallback(req: CniRequest, deps: PluginDeps, timeoutMs: number, ca
   try {
     found = await deps.readPod(kubeconfig, pod, timeoutMs)
   } catch (e) {
+    // Agent gone and our credential refused: ziti-cni is being (or was) uninstalled out of order
+    // (namespace, ServiceAccount and RBAC deleted before the DaemonSet). Failing here would stop
+    // every pod on the node, kube-system included; pass through instead. An injected pod is
+    // still safe: its validator init container exits 126 when it is not intercepted.
+    if ((e as Error).name === 'CredentialRefused') {
+      deps.logger(req).log('warn', 'agent unreachable and the API refuses our credential (ziti-cni being uninstalled?); passing through', { error: (e as Error).message })
+      return
+    }
     throw new CniError(ErrorCode.TryAgainLater, `ziti-cni agent is down (${cause.message}) and pod ${pod.namespace}/${pod.name} could not be read directly: ${(e as Error).message}`)
   }
   if (found && pod.uid && found.uid && found.uid !== pod.uid) {

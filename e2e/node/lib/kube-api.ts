@@ -53,6 +53,8 @@ export class KubeApiStandIn {
   private watchers = new Set<{ resource: string; filter: (o: Obj) => boolean; res: ServerResponse }>()
   private rv = 100
   tokens: Set<string>
+  /** RBAC stand-in: token -> resources it may no longer touch (403 Forbidden, as the real API). */
+  readonly denied = new Map<string, Set<string>>()
   admission: AdmissionTarget | undefined
   readonly requests: RequestRecord[] = []
 
@@ -166,6 +168,11 @@ export class KubeApiStandIn {
     if (!route) return this.status(res, 404, 'NotFound', 'the server could not find the requested resource')
     const { r, ns, name } = route
     const method = req.method ?? 'GET'
+    if (this.denied.get(auth.slice(7))?.has(r.plural)) {
+      const group = r.apiVersion.includes('/') ? r.apiVersion.split('/')[0]! : ''
+      const verb = method === 'GET' ? (name ? 'get' : 'list') : method === 'POST' ? 'create' : method === 'DELETE' ? 'delete' : method === 'PUT' ? 'update' : 'patch'
+      return this.status(res, 403, 'Forbidden', `${r.plural}${group ? `.${group}` : ''}${name ? ` "${name}"` : ''} is forbidden: User "system:serviceaccount:ziti-cni-system:ziti-cni-agent" cannot ${verb} resource "${r.plural}" in API group "${group}"${ns ? ` in the namespace "${ns}"` : ''}`)
+    }
 
     if (method === 'GET' && !name) {
       const filter = selectorFilter(url.searchParams)
