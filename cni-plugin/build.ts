@@ -20,9 +20,13 @@ await build({ entryPoints: [`${root}src/agent/main.ts`], outfile: `${dist}/agent
 await build({ entryPoints: [`${root}src/validator/main.ts`], outfile: `${dist}/validator.mjs`, bundle: true, platform: 'node', format: 'esm', target: 'node22', banner: { js: esmBanner } })
 await build({ entryPoints: [`${root}src/cli/main.ts`], outfile: `${dist}/cli.mjs`, bundle: true, platform: 'node', format: 'esm', target: 'node22', banner: { js: esmBanner } })
 
-// The eBPF datapath's tc program (clang from Debian: clang, libbpf-dev).
+// The eBPF datapath's tc program (clang from Debian: clang, libbpf-dev). `-target bpf` drops the
+// host's multiarch include dir (asm/types.h lives there); ask the toolchain for it rather than
+// naming one architecture, so the agent image builds on amd64 and arm64 alike.
 try {
-  execFileSync('clang', ['-O2', '-g', '-target', 'bpf', '-I/usr/include/x86_64-linux-gnu', '-c', `${root}bpf/tproxy.bpf.c`, '-o', `${dist}/tproxy.bpf.o`], { stdio: 'inherit' })
+  const multiarch = execFileSync('clang', ['-print-multiarch'], { encoding: 'utf8' }).trim()
+  if (!multiarch) throw new Error('clang -print-multiarch printed nothing')
+  execFileSync('clang', ['-O2', '-g', '-target', 'bpf', `-I/usr/include/${multiarch}`, '-c', `${root}bpf/tproxy.bpf.c`, '-o', `${dist}/tproxy.bpf.o`], { stdio: 'inherit' })
 } catch (e) {
   throw new Error(`cannot compile bpf/tproxy.bpf.c (needs clang and libbpf-dev): ${(e as Error).message}`)
 }
