@@ -49,3 +49,10 @@ t.test('--config changes the injection', async (t) => {
   t.equal(pod.spec.containers[0].name, 'ziti-tunnel', 'regular container on older clusters')
   t.same(pod.spec.containers[0].args, ['proxy', '--svcPollRate=60', '--cli-agent=false', 'postgres:20000', 'billing-api:20001'])
 })
+
+t.test('relative paths are the caller\'s (pnpm runs us in the package dir and sets INIT_CWD)', async (t) => {
+  const repo = new URL('../../', import.meta.url).pathname
+  const r = spawnSync(process.execPath, [cli, '-f', 'webhook/examples/pod-proxy.yaml', '-o', 'json'], { encoding: 'utf8', cwd: new URL('../', import.meta.url).pathname, env: { ...process.env, INIT_CWD: repo } })
+  t.equal(r.status, 0, r.stderr)
+  t.equal(JSON.parse(r.stdout).kind, 'Pod', 'stdout is only the pod')
+})

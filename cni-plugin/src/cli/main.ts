@@ -2,6 +2,7 @@
 // shows a live netns table and whether it matches the pod's intent. Same code as the agent.
 import { ANNOTATION_INTERCEPTION, NFT_FAMILY, NFT_TABLE, ValidationError, ipCommands, parseIntent, renderPlan } from '@ziti-cni/shared'
 import { readFileSync } from 'node:fs'
+import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { parse as parseYaml } from 'yaml'
 import { lineDiff, normaliseListing } from '@ziti-cni/shared'
@@ -18,7 +19,7 @@ const USAGE = `usage:
 class UsageError extends Error {}
 
 function readPodIntent(file: string): string {
-  const text = file === '-' ? readFileSync(0, 'utf8') : readFileSync(file, 'utf8')
+  const text = file === '-' ? readFileSync(0, 'utf8') : readFileSync(resolve(process.env.INIT_CWD ?? process.cwd(), file), 'utf8')
   let doc: unknown
   try {
     doc = parseYaml(text)
@@ -27,7 +28,7 @@ function readPodIntent(file: string): string {
   }
   const annotations = (doc as { metadata?: { annotations?: Record<string, unknown> } })?.metadata?.annotations ?? {}
   const intent = annotations[ANNOTATION_INTERCEPTION]
-  if (intent === undefined) throw new UsageError(`${file}: the pod has no ${ANNOTATION_INTERCEPTION} annotation (run it through the webhook first: pnpm run inject -f ${file})`)
+  if (intent === undefined) throw new UsageError(`${file}: the pod has no ${ANNOTATION_INTERCEPTION} annotation (run it through the webhook first: pnpm -s run inject -f ${file})`)
   if (typeof intent !== 'string') throw new UsageError(`${file}: ${ANNOTATION_INTERCEPTION} must be a string`)
   return intent
 }

@@ -2,6 +2,7 @@
 // like `istioctl kube-inject`, through the same review() as POST /mutate.
 import type { V1Pod } from '@kubernetes/client-node'
 import { readFileSync } from 'node:fs'
+import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { parse as parseYaml, stringify as toYaml } from 'yaml'
 import { review } from '../admission.ts'
@@ -11,6 +12,9 @@ import { loadConfig } from '../load-config.ts'
 
 class UsageError extends Error {}
 
+/** Paths are the caller's: `pnpm run` starts us in the package dir but sets INIT_CWD. */
+const callerPath = (p: string) => resolve(process.env.INIT_CWD ?? process.cwd(), p)
+
 function run(argv: string[]): number {
   const { values } = parseArgs({
     args: argv, strict: true,
@@ -19,8 +23,8 @@ function run(argv: string[]): number {
   if (!values.file) throw new UsageError('usage: inject -f POD.yaml [-o yaml|json] [--config FILE] [-n NAMESPACE]')
   if (values.output !== 'yaml' && values.output !== 'json') throw new UsageError(`-o must be yaml or json, not ${JSON.stringify(values.output)}`)
   // Offline, the default config is the built-in one unless --config names a file.
-  const config = values.config ? loadConfig(values.config, {}) : validateConfig({}, {})
-  const text = values.file === '-' ? readFileSync(0, 'utf8') : readFileSync(values.file, 'utf8')
+  const config = values.config ? loadConfig(callerPath(values.config), {}) : validateConfig({}, {})
+  const text = values.file === '-' ? readFileSync(0, 'utf8') : readFileSync(callerPath(values.file), 'utf8')
   let pod: V1Pod
   try {
     pod = parseYaml(text) as V1Pod
