@@ -21,3 +21,8 @@ t.test('bad flags are specific errors', async (t) => {
   t.throws(() => parseFlags(['--daemonset', 'x'], { NODE_NAME: 'n' }), /--daemonset: "x" is not NAMESPACE\/NAME/)
   t.throws(() => parseFlags(['--help'], {}), HelpRequested)
 })
+
+t.test('the plugin kubeconfig follows the CNI conf dir (k3s, MicroK8s and OpenShift keep it elsewhere)', async (t) => {
+  t.equal(parseFlags([], { NODE_NAME: 'n1' }).pluginKubeconfig, '/etc/cni/net.d/ziti-cni.d/ziti-cni.kubeconfig')
+  t.equal(parseFlags(['--cni-conf-dir=/var/lib/rancher/k3s/agent/etc/cni/net.d'], { NODE_NAME: 'n1' }).pluginKubeconfig, '/var/lib/rancher/k3s/agent/etc/cni/net.d/ziti-cni.d/ziti-cni.kubeconfig')
+})

@@ -3,8 +3,11 @@
 // Pod Security labels, and the webhook configuration's safety settings.
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { parse as parseYaml, parseAllDocuments } from 'yaml'
 import { validateConfig } from '../../webhook/src/config.ts'
+import { MUTATE_PATH } from '../../webhook/src/http/mutate.ts'
+type Tap = Parameters<Parameters<typeof t.test>[0]>[0]
 
 const ROOT = new URL('../', import.meta.url).pathname
 type Doc = Record<string, any>
@@ -117,9 +120,62 @@ for (const overlay of ['kind', 'production']) {
       t.equal(c.volumeMounts.find((m: Doc) => m.name === 'netns').mountPropagation, 'HostToContainer')
       t.notOk(c.securityContext.privileged, 'not privileged')
       t.same(c.securityContext.capabilities, { drop: ['ALL'], add: ['NET_ADMIN', 'SYS_ADMIN'] })
-      t.equal(c.readinessProbe.httpGet.host, '127.0.0.1', 'health port stays on the node loopback')
+      t.same(pod.nodeSelector, { 'kubernetes.io/os': 'linux' })
+      t.ok(c.args.includes('--repair=off'), 'repair by deletion is off by default (as istio\'s deletePods)')
     })
+
+    await t.test('objects agree with each other', async (t) => agreement(t, docs))
   })
+}
+
+/**
+ * Everything one object names in another must exist and match: each of these was a silent
+ * mismatch once (the manifests rendered and validated, and the install broke).
+ */
+function agreement(t: Tap, docs: Doc[]): void {
+  const dep = find(docs, 'Deployment', 'ziti-cni-webhook')!
+  const ds = find(docs, 'DaemonSet', 'ziti-cni-agent')!
+  const svc = find(docs, 'Service', 'ziti-cni-webhook')!
+  const mwc = find(docs, 'MutatingWebhookConfiguration', 'ziti-cni-webhook')!
+  const cm = docs.find((d) => d.kind === 'ConfigMap')!
+  const cfg = validateConfig(parseYaml(cm.data['config.yaml']), { POD_NAMESPACE: dep.metadata.namespace })
+  const wc = dep.spec.template.spec.containers[0]
+  const agent = ds.spec.template.spec.containers[0]
+  const httpsPort = wc.ports.find((p: Doc) => p.name === svc.spec.ports[0].targetPort)
+  t.ok(httpsPort, 'the Service targets a named port of the webhook container')
+  t.equal(httpsPort?.containerPort, cfg.listen.port, 'that port is the one the webhook listens on (config listen.port)')
+  for (const w of mwc.webhooks) t.equal(w.clientConfig.service.path, MUTATE_PATH, `${w.name}: path is the server's route`)
+  t.equal(mwc.metadata.name, cfg.tls.webhookConfigName, 'config tls.webhookConfigName names this MutatingWebhookConfiguration')
+  t.equal(svc.metadata.name, cfg.tls.serviceName, 'config tls.serviceName names the Service (certificate SANs)')
+  t.ok(find(docs, 'Secret', cfg.tls.secretName), `the TLS Secret ${cfg.tls.secretName} exists`)
+  t.same(find(docs, 'Role', 'ziti-cni-webhook-tls')!.rules[0].resourceNames, [cfg.tls.secretName], 'the Role grants exactly that Secret')
+  t.same(find(docs, 'ClusterRole', 'ziti-cni-webhook')!.rules[0].resourceNames, [mwc.metadata.name], 'the ClusterRole grants exactly that configuration')
+  const np = find(docs, 'NetworkPolicy', 'ziti-cni-webhook')
+  if (np) {
+    t.same(np.spec.ingress.flatMap((i: Doc) => i.ports.map((p: Doc) => p.port)), [httpsPort?.containerPort], 'the NetworkPolicy admits the webhook\'s port')
+    t.ok(matches(np.spec.podSelector.matchLabels, dep.spec.template.metadata.labels), 'the NetworkPolicy selects the webhook pods')
+  }
+  // The agent: its identity, its dirs, its metrics.
+  const envOf = (c: Doc, n: string) => c.env.find((e: Doc) => e.name === n)?.value
+  t.equal(envOf(agent, 'DAEMONSET_NAME'), ds.metadata.name, 'DAEMONSET_NAME is the DaemonSet (uninstall vs upgrade)')
+  t.same(find(docs, 'Role', 'ziti-cni-agent-lifecycle')!.rules[0].resourceNames, [ds.metadata.name], 'the lifecycle Role grants exactly that DaemonSet')
+  t.equal(ds.spec.template.spec.serviceAccountName, find(docs, 'ClusterRoleBinding', 'ziti-cni-agent')!.subjects[0].name, 'the agent runs as the bound ServiceAccount')
+  const flag = (name: string) => agent.args.find((a: string) => a.startsWith(`--${name}=`))?.split('=')[1]
+  for (const [volume, name] of [['cni-bin', 'cni-bin-dir'], ['cni-conf', 'cni-conf-dir']] as const) {
+    const mount = agent.volumeMounts.find((m: Doc) => m.name === volume).mountPath
+    const host = ds.spec.template.spec.volumes.find((v: Doc) => v.name === volume).hostPath.path
+    t.equal(flag(name), mount, `--${name} is where ${volume} is mounted`)
+    t.equal(mount, host, `${volume} is mounted at its host path (paths written into the CNI config are host paths)`)
+  }
+  const metricsPort = agent.ports.find((p: Doc) => p.name === 'metrics')
+  t.equal(String(metricsPort?.containerPort), flag('health-addr')?.split(':').at(-1), 'the metrics port is the one --health-addr binds')
+  t.equal(ds.spec.template.metadata.annotations['prometheus.io/port'], String(metricsPort?.containerPort), 'scrape annotation names it')
+  const msvc = find(docs, 'Service', 'ziti-cni-agent-metrics')!
+  t.ok(matches(msvc.spec.selector, ds.spec.template.metadata.labels), 'the metrics Service selects the agents')
+  t.equal(msvc.spec.ports[0].targetPort, 'metrics', 'and targets the metrics port')
+  // The validator init container runs the agent image's validator.mjs: one tag moves both.
+  const norm = (i: string) => i.replace(/^docker\.io\/(library\/)?/, '')
+  t.equal(norm(cfg.validator.image), norm(agent.image), 'validator.image is the agent image')
 }
 
 t.test('every shipped webhook config passes the webhook\'s own validation', opts, async (t) => {
@@ -145,4 +201,35 @@ t.test('the kind suite and helper scripts pass shellcheck', { skip: spawnSync('s
   t.ok(scripts.length >= 2)
   const r = spawnSync('shellcheck', ['-x', ...scripts], { encoding: 'utf8' })
   t.equal(r.status, 0, r.stdout + r.stderr)
+})
+
+// Where each platform keeps its CNI dirs (sources in each component's comment).
+const PLATFORMS: Record<string, [bin: string, conf: string]> = {
+  eks: ['/opt/cni/bin', '/etc/cni/net.d'],
+  gke: ['/home/kubernetes/bin', '/etc/cni/net.d'],
+  k3s: ['/var/lib/rancher/k3s/data/current/bin', '/var/lib/rancher/k3s/agent/etc/cni/net.d'],
+  k3d: ['/bin', '/var/lib/rancher/k3s/agent/etc/cni/net.d'],
+  microk8s: ['/var/snap/microk8s/current/opt/cni/bin', '/var/snap/microk8s/current/args/cni-network'],
+  openshift: ['/var/lib/cni/bin', '/etc/cni/multus/net.d'],
+}
+
+t.test('platform components: the right dirs, mounted where the flags say, and GKE\'s quota', opts, async (t) => {
+  t.same(readdirSync(`${ROOT}components`).filter((d) => d.startsWith('platform-')).map((d) => d.slice(9)).sort(), Object.keys(PLATFORMS).sort(), 'a component per platform')
+  for (const [name, [bin, conf]] of Object.entries(PLATFORMS)) {
+    await t.test(name, async (t) => {
+      const dir = mkdtempSync(`${ROOT}test/.render-`)
+      t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+      writeFileSync(`${dir}/kustomization.yaml`, `apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../../overlays/production]\ncomponents: [../../components/platform-${name}]\n`)
+      const r = spawnSync('kubectl', ['kustomize', dir], { encoding: 'utf8' })
+      t.equal(r.status, 0, r.stderr)
+      const docs = parseAllDocuments(r.stdout).map((d) => d.toJS() as Doc)
+      const pod = find(docs, 'DaemonSet', 'ziti-cni-agent')!.spec.template.spec
+      const host = (v: string) => pod.volumes.find((x: Doc) => x.name === v).hostPath.path
+      t.same([host('cni-bin'), host('cni-conf')], [bin, conf])
+      agreement(t, docs)
+      const quota = docs.find((d) => d.kind === 'ResourceQuota')
+      if (name === 'gke') t.match(quota?.spec.scopeSelector.matchExpressions[0].values, ['system-node-critical'], 'GKE: a quota admitting system-node-critical in our namespace')
+      else t.notOk(quota)
+    })
+  }
 })

@@ -40,6 +40,8 @@ export interface WebhookConfig {
   excludedNamespaces: string[]
   listen: { host: string; port: number }
   bodyLimitBytes: number
+  /** After SIGTERM, keep serving this long while the endpoint is removed (rollouts). */
+  drainSeconds: number
   tls: {
     mode: 'self-managed' | 'files'
     certFile: string
@@ -79,6 +81,7 @@ export const DEFAULT_CONFIG: WebhookConfig = {
   excludedNamespaces: ['kube-system', 'kube-node-lease'],
   listen: { host: '0.0.0.0', port: 9443 },
   bodyLimitBytes: 6 * 1024 * 1024,
+  drainSeconds: 10,
   tls: {
     mode: 'self-managed',
     certFile: '/etc/ziti-cni/tls/tls.crt',
@@ -115,7 +118,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const root = (raw ?? {}) as Raw
   if (typeof root !== 'object' || Array.isArray(root)) throw new ConfigError(['the configuration must be a mapping'])
   const known: Record<string, string[]> = {
-    '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'validator', 'excludedNamespaces', 'listen', 'bodyLimitBytes', 'tls', 'logLevel'],
+    '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'validator', 'excludedNamespaces', 'listen', 'bodyLimitBytes', 'drainSeconds', 'tls', 'logLevel'],
     proxy: ['image', 'portBase', 'aliasRange', 'servicePollSeconds'],
     tproxy: ['image', 'args', 'port', 'dnsPort', 'defaultCidrs', 'dnsCapture', 'protocols', 'datapath'],
     listen: ['host', 'port'],
@@ -164,6 +167,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const validator = section('validator')
   const envPort = env.WEBHOOK_PORT !== undefined ? Number(env.WEBHOOK_PORT) : undefined
   if (env.WEBHOOK_PORT !== undefined && port(envPort)) problems.push(`WEBHOOK_PORT: must be a port 1-65535`)
+  if (env.DRAIN_SECONDS !== undefined && int(0, 120)(Number(env.DRAIN_SECONDS))) problems.push('DRAIN_SECONDS: must be an integer in 0-120')
 
   const cfg: WebhookConfig = {
     defaultMode: pick('defaultMode', top.defaultMode, d.defaultMode, (v) => (v === 'proxy' || v === 'tproxy' ? undefined : 'must be proxy or tproxy')),
@@ -207,6 +211,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       port: envPort ?? pick('listen.port', listen.port, d.listen.port, port),
     },
     bodyLimitBytes: pick('bodyLimitBytes', top.bodyLimitBytes, d.bodyLimitBytes, int(64 * 1024, 64 * 1024 * 1024)),
+    drainSeconds: env.DRAIN_SECONDS !== undefined ? Number(env.DRAIN_SECONDS) : pick('drainSeconds', top.drainSeconds, d.drainSeconds, int(0, 120)),
     tls: {
       mode: pick('tls.mode', tls.mode, d.tls.mode, (v) => (v === 'self-managed' || v === 'files' ? undefined : 'must be self-managed or files')),
       certFile: pick('tls.certFile', tls.certFile, d.tls.certFile, str),

@@ -62,8 +62,11 @@ async function main(): Promise<void> {
   log.info({ port: config.listen.port, tls: config.tls.mode }, 'webhook listening')
 
   const shutdown = async (signal: string) => {
-    log.info({ signal }, 'draining')
+    // Readiness goes false at once, but the API server keeps sending admissions to this pod
+    // until its endpoint removal has propagated: keep serving for drainSeconds, then close.
+    log.info({ signal, drainSeconds: config.drainSeconds }, 'draining')
     draining = true
+    await new Promise((r) => setTimeout(r, config.drainSeconds * 1000))
     for (const s of stops) s()
     await app.close()
     process.exit(0)

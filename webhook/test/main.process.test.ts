@@ -27,7 +27,7 @@ t.test('webhook process with self-managed TLS', async (t) => {
   writeFileSync(join(dir, 'config.yaml'), 'logLevel: info\ntls:\n  mode: self-managed\n')
   const port = await freePort()
   const proc = spawn(process.execPath, [new URL('../src/main.ts', import.meta.url).pathname, '--config', join(dir, 'config.yaml'), '--kubeconfig', join(dir, 'kubeconfig')], {
-    env: cleanEnv({ WEBHOOK_PORT: String(port), POD_NAMESPACE: 'ziti-cni-system', TLS_CHECK_INTERVAL_SECONDS: '1' }), stdio: ['ignore', 'pipe', 'pipe'],
+    env: cleanEnv({ WEBHOOK_PORT: String(port), POD_NAMESPACE: 'ziti-cni-system', TLS_CHECK_INTERVAL_SECONDS: '1', DRAIN_SECONDS: '2' }), stdio: ['ignore', 'pipe', 'pipe'],
   })
   let logs = ''
   proc.stdout.on('data', (d) => { logs += d })
@@ -66,8 +66,15 @@ t.test('webhook process with self-managed TLS', async (t) => {
   t.match(logs, /serving certificate reloaded without restart/)
 
   const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)))
+  const sent = Date.now()
   proc.kill('SIGTERM')
+  // During the drain: not ready (the endpoint goes), yet still admitting what is in flight.
+  await until(async () => (await https(`https://127.0.0.1:${port}/readyz`, material.caBundle, 'GET', undefined, {}, 'ziti-cni-webhook.ziti-cni-system.svc')).status === 503, 'readiness false')
+  const review = JSON.stringify({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { uid: 'drain-1', kind: { group: '', version: 'v1', kind: 'Pod' }, operation: 'CREATE', namespace: 'default', object: { metadata: { name: 'p' }, spec: { containers: [] } } } })
+  const during = await https(`https://127.0.0.1:${port}/mutate`, material.caBundle, 'POST', review, {}, 'ziti-cni-webhook.ziti-cni-system.svc')
+  t.equal(during.status, 200, 'admissions are still answered while draining')
   t.equal(await exited, 0, 'SIGTERM drains and exits 0')
+  t.ok(Date.now() - sent >= 1900, 'it kept serving for drainSeconds')
 })
 
 t.test('a bad config file stops start-up with every problem named', async (t) => {

@@ -27,6 +27,8 @@ export interface AgentFlags {
   install: boolean
   hostNetns: string
   repair: 'off' | 'delete'
+  /** --repair=delete: at most this many deletions a minute. */
+  repairPerMinute: number
   bpfObject: string
 }
 
@@ -39,7 +41,7 @@ export const USAGE = `usage: ziti-cni-agent [run|uninstall] [flags]
   --cni-bin-dir PATH          where the executable is installed (default /opt/cni/bin)
   --cni-conf-dir PATH         where the primary conflist lives (default /etc/cni/net.d)
   --plugin-binary PATH        the ziti-cni executable to install (default /opt/ziti-cni/ziti-cni)
-  --plugin-kubeconfig PATH    kubeconfig written for the executable (default /etc/cni/net.d/ziti-cni.d/ziti-cni.kubeconfig)
+  --plugin-kubeconfig PATH    kubeconfig written for the executable (default <cni-conf-dir>/ziti-cni.d/ziti-cni.kubeconfig)
   --plugin-log-file PATH      log file for the executable (default: its stderr)
   --plugin-timeout SECONDS    the executable's bound on each call (default 10)
   --token-file PATH           service-account token (default /var/run/secrets/kubernetes.io/serviceaccount/token)
@@ -56,7 +58,9 @@ export const USAGE = `usage: ziti-cni-agent [run|uninstall] [flags]
   --no-install                serve only; do not run the installer
   --host-netns PATH           the namespace never to program (default /proc/self/ns/net)
   --bpf-object PATH           tc program of the eBPF datapath (default /opt/ziti-cni/tproxy.bpf.o)
-  --repair off|delete         pods whose validator found no interception: report only, or delete
+  --repair off|delete         pods whose validator found no interception: report only (default), or
+                              delete them so their controller recreates them (needs RBAC delete on pods)
+  --repair-per-minute N       with --repair=delete, at most N deletions a minute (default 5)
                               them so their controller recreates them (needs RBAC delete on pods)
 `
 
@@ -87,7 +91,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
         'plugin-timeout': { type: 'string' }, 'token-file': { type: 'string' }, 'ca-file': { type: 'string' },
         'api-server': { type: 'string' }, 'health-addr': { type: 'string' }, 'log-level': { type: 'string' },
         'check-interval': { type: 'string' }, 'lookup-deadline': { type: 'string' },
-        'uninstall-on-exit': { type: 'boolean' }, 'no-install': { type: 'boolean' }, 'host-netns': { type: 'string' }, daemonset: { type: 'string' }, repair: { type: 'string' }, 'bpf-object': { type: 'string' },
+        'uninstall-on-exit': { type: 'boolean' }, 'no-install': { type: 'boolean' }, 'host-netns': { type: 'string' }, daemonset: { type: 'string' }, repair: { type: 'string' }, 'repair-per-minute': { type: 'string' }, 'bpf-object': { type: 'string' },
         help: { type: 'boolean' },
       },
     })
@@ -110,6 +114,8 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
   if (ds && (ds.length !== 2 || !ds[0] || !ds[1])) throw new FlagError(`--daemonset: ${JSON.stringify(dsText)} is not NAMESPACE/NAME`)
   const repair = v.repair ?? 'off'
   if (repair !== 'off' && repair !== 'delete') throw new FlagError(`--repair: ${JSON.stringify(repair)} is not off or delete`)
+  const repairPerMinute = v['repair-per-minute'] === undefined ? 5 : Number(v['repair-per-minute'])
+  if (!Number.isInteger(repairPerMinute) || repairPerMinute < 1 || repairPerMinute > 600) throw new FlagError('--repair-per-minute must be an integer in 1-600')
   const sa = '/var/run/secrets/kubernetes.io/serviceaccount'
   const lookupDeadline = seconds('lookup-deadline', v['lookup-deadline'] ?? '8')
   const pluginTimeout = seconds('plugin-timeout', v['plugin-timeout'] ?? '10')
@@ -123,7 +129,8 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
     cniBinDir: v['cni-bin-dir'] ?? '/opt/cni/bin',
     cniConfDir: v['cni-conf-dir'] ?? '/etc/cni/net.d',
     pluginBinary: v['plugin-binary'] ?? '/opt/ziti-cni/ziti-cni',
-    pluginKubeconfig: v['plugin-kubeconfig'] ?? '/etc/cni/net.d/ziti-cni.d/ziti-cni.kubeconfig',
+    // Next to the CNI config it serves, wherever the platform keeps that (k3s, MicroK8s, ...).
+    pluginKubeconfig: v['plugin-kubeconfig'] ?? `${v['cni-conf-dir'] ?? '/etc/cni/net.d'}/ziti-cni.d/ziti-cni.kubeconfig`,
     pluginLogFile: v['plugin-log-file'],
     pluginTimeoutSeconds: pluginTimeout,
     tokenFile: v['token-file'] ?? `${sa}/token`,
@@ -138,6 +145,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
     install: !(v['no-install'] ?? false),
     hostNetns: v['host-netns'] ?? '/proc/self/ns/net',
     repair,
+    repairPerMinute,
     bpfObject: v['bpf-object'] ?? '/opt/ziti-cni/tproxy.bpf.o',
   }
 }

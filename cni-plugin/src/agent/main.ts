@@ -1,6 +1,6 @@
 // ziti-cni-agent: the node agent (DaemonSet). Serves the CNI executable, keeps the pod cache,
 // programs pod netns, and installs/guards the plugin on the node.
-import { AppsV1Api, KubeConfig } from '@kubernetes/client-node'
+import { AppsV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node'
 import { chmodSync, mkdirSync, rmSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { pino, type Logger } from 'pino'
@@ -35,8 +35,17 @@ async function run(f: AgentFlags): Promise<void> {
   else kc.loadFromCluster()
   const pods = createPodSource(kc, f.nodeName, log, { onLookup: (source, outcome) => metrics.lookups.inc({ source, outcome }) })
   cachedCount = () => pods.cachedCount()
-  const repairer = new Repairer(kc, f.repair, log, (action) => metrics.repairs.inc({ action }))
+  let installer: Installer | undefined
+  const core = kc.makeApiClient(CoreV1Api)
+  const repairer = new Repairer({
+    mode: f.repair, nodeName: f.nodeName, maxPerMinute: f.repairPerMinute, log,
+    installed: () => !f.install || (installer?.ready ?? false),
+    deletePod: async (namespace, name, uid) => { await core.deleteNamespacedPod({ name, namespace, body: { preconditions: { uid } } }) },
+    count: (action) => metrics.repairs.inc({ action }),
+  })
   pods.onPod((pod) => void repairer.consider(pod))
+  const repairTimer = setInterval(() => void repairer.tick(), 5_000)
+  repairTimer.unref()
   const state = new StateStore(f.stateDir)
   const netns = createNetns({ hostNetns: f.hostNetns, nsenter: 'nsenter', timeoutMs: 5000 })
   const programmer = new Programmer({ netns, pods, state, log, lookupDeadlineMs: f.lookupDeadlineMs, bpfObject: f.bpfObject })
@@ -52,7 +61,6 @@ async function run(f: AgentFlags): Promise<void> {
   await new Promise<void>((resolve, reject) => { cni.once('error', reject); cni.listen(f.socket, () => resolve()) })
   chmodSync(f.socket, 0o600)
 
-  let installer: Installer | undefined
   if (f.install) {
     const apiServer = f.apiServer ?? inClusterServer(process.env)
     if (!apiServer) throw new FlagError('--api-server is required outside a cluster (no KUBERNETES_SERVICE_HOST)')

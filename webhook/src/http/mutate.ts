@@ -6,6 +6,9 @@ import { BadReview, parseReview, review, type AdmissionReview } from '../admissi
 import { InjectionCache } from '../inject/mutate.ts'
 import type { WebhookMetrics } from '../metrics.ts'
 
+/** The route the MutatingWebhookConfiguration's clientConfig.service.path must name. */
+export const MUTATE_PATH = '/mutate'
+
 export interface MutateOptions {
   config: WebhookConfig
   metrics: WebhookMetrics
@@ -13,7 +16,7 @@ export interface MutateOptions {
 
 export const mutateRoutes: FastifyPluginAsync<MutateOptions> = async (app, { config, metrics }) => {
   const cache = new InjectionCache()
-  app.post('/mutate', async (request, reply) => {
+  app.post(MUTATE_PATH, async (request, reply) => {
     const started = process.hrtime.bigint()
     let req
     try {
