@@ -3,7 +3,7 @@
 // Pod Security labels, and the webhook configuration's safety settings.
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { parse as parseYaml, parseAllDocuments } from 'yaml'
 import { validateConfig } from '../../webhook/src/config.ts'
 import { MUTATE_PATH } from '../../webhook/src/http/mutate.ts'
@@ -31,7 +31,7 @@ for (const overlay of ['kind', 'production']) {
     await t.test('RBAC is exactly what the components need', async (t) => {
       const rules = (kind: string, name: string) => find(docs, kind, name)?.rules
       t.same(rules('ClusterRole', 'ziti-cni-webhook'), [{ apiGroups: ['admissionregistration.k8s.io'], resources: ['mutatingwebhookconfigurations'], resourceNames: ['ziti-cni-webhook'], verbs: ['get', 'patch'] }])
-      t.same(rules('Role', 'ziti-cni-webhook-tls'), [{ apiGroups: [''], resources: ['secrets'], resourceNames: ['ziti-cni-webhook-tls'], verbs: ['get', 'update'] }])
+      t.same(rules('Role', 'ziti-cni-webhook-tls'), [{ apiGroups: [''], resources: ['secrets'], resourceNames: ['ziti-cni-webhook-tls'], verbs: ['get', 'update'] }, { apiGroups: ['apps'], resources: ['daemonsets'], resourceNames: ['ziti-cni-agent'], verbs: ['get'] }])
       const repairByDeletion = find(docs, 'DaemonSet', 'ziti-cni-agent')!.spec.template.spec.containers[0].args.includes('--repair=delete')
       t.same(rules('ClusterRole', 'ziti-cni-agent'), [{ apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch', ...(repairByDeletion ? ['delete'] : [])] }], 'pods: read, and delete only with repair-by-deletion')
       t.same(rules('Role', 'ziti-cni-agent-lifecycle'), [{ apiGroups: ['apps'], resources: ['daemonsets'], resourceNames: ['ziti-cni-agent'], verbs: ['get'] }])
@@ -149,6 +149,7 @@ function agreement(t: Tap, docs: Doc[]): void {
   t.equal(svc.metadata.name, cfg.tls.serviceName, 'config tls.serviceName names the Service (certificate SANs)')
   t.ok(find(docs, 'Secret', cfg.tls.secretName), `the TLS Secret ${cfg.tls.secretName} exists`)
   t.same(find(docs, 'Role', 'ziti-cni-webhook-tls')!.rules[0].resourceNames, [cfg.tls.secretName], 'the Role grants exactly that Secret')
+  t.same(find(docs, 'Role', 'ziti-cni-webhook-tls')!.rules[1].resourceNames, [ds.metadata.name], 'and reading exactly the agent DaemonSet')
   t.same(find(docs, 'ClusterRole', 'ziti-cni-webhook')!.rules[0].resourceNames, [mwc.metadata.name], 'the ClusterRole grants exactly that configuration')
   const np = find(docs, 'NetworkPolicy', 'ziti-cni-webhook')
   if (np) {
@@ -173,9 +174,11 @@ function agreement(t: Tap, docs: Doc[]): void {
   const msvc = find(docs, 'Service', 'ziti-cni-agent-metrics')!
   t.ok(matches(msvc.spec.selector, ds.spec.template.metadata.labels), 'the metrics Service selects the agents')
   t.equal(msvc.spec.ports[0].targetPort, 'metrics', 'and targets the metrics port')
-  // The validator init container runs the agent image's validator.mjs: one tag moves both.
-  const norm = (i: string) => i.replace(/^docker\.io\/(library\/)?/, '')
-  t.equal(norm(cfg.validator.image), norm(agent.image), 'validator.image is the agent image')
+  // The validator init container runs the agent image, read from this DaemonSet at run time:
+  // one image tag moves both, and no ConfigMap string can drift from it.
+  t.equal(cfg.validator.image, '', 'validator.image is not pinned separately')
+  t.equal(cfg.validator.daemonSet, ds.metadata.name, 'validator.daemonSet names the agent DaemonSet')
+  t.equal(ds.metadata.namespace, dep.metadata.namespace, 'in the webhook\'s namespace')
 }
 
 t.test('every shipped webhook config passes the webhook\'s own validation', opts, async (t) => {
@@ -232,4 +235,15 @@ t.test('platform components: the right dirs, mounted where the flags say, and GK
       else t.notOk(quota)
     })
   }
+})
+
+t.test('skaffold builds every image the manifests deploy, without hooks, and a multi-arch release', async (t) => {
+  const sk = parseYaml(readFileSync(`${ROOT}../skaffold.yaml`, 'utf8')) as Doc
+  const base = parseYaml(readFileSync(`${ROOT}base/kustomization.yaml`, 'utf8')) as Doc
+  const artifacts = sk.build.artifacts.map((a: Doc) => a.image).sort()
+  t.same(artifacts, base.images.map((i: Doc) => i.name).sort(), 'one artifact per image kustomize deploys')
+  t.notOk(sk.build.artifacts.some((a: Doc) => a.hooks), 'no build hooks (a cache hit skips them)')
+  for (const a of sk.build.artifacts) t.ok(existsSync(`${ROOT}../${a.docker.dockerfile}`), `${a.image}: its Dockerfile exists`)
+  t.same(sk.profiles.find((p: Doc) => p.name === 'release').build.platforms, ['linux/amd64', 'linux/arm64'])
+  t.match(readFileSync(`${ROOT}../.dockerignore`, 'utf8'), /\*\*\/node_modules[\s\S]*\*\*\/dist/, 'host node_modules and dist stay out of build contexts')
 })

@@ -36,7 +36,18 @@ export interface WebhookConfig {
     datapath: 'ebpf'
   }
   /** First init container: proves the redirect before anything else runs (see cni-plugin/src/validator). */
-  validator: { enabled: boolean; image: string; uid: number }
+  validator: {
+    enabled: boolean
+    /**
+     * Empty (the default): the image of the agent DaemonSet named by `daemonSet` in the
+     * webhook's namespace, read at start-up and followed. The agent image is on every node
+     * already (the DaemonSet runs it), so the validator costs no pull, and one
+     * `kustomize edit set image` (or skaffold's tag) moves both: they cannot drift.
+     */
+    image: string
+    daemonSet: string
+    uid: number
+  }
   excludedNamespaces: string[]
   listen: { host: string; port: number }
   bodyLimitBytes: number
@@ -77,7 +88,7 @@ export const DEFAULT_CONFIG: WebhookConfig = {
     protocols: ['tcp', 'udp'],
     datapath: 'ebpf',
   },
-  validator: { enabled: true, image: 'ghcr.io/ziti-cni/agent:0.1.0', uid: 2172 },
+  validator: { enabled: true, image: '', daemonSet: 'ziti-cni-agent', uid: 2172 },
   excludedNamespaces: ['kube-system', 'kube-node-lease'],
   listen: { host: '0.0.0.0', port: 9443 },
   bodyLimitBytes: 6 * 1024 * 1024,
@@ -105,6 +116,9 @@ export class ConfigError extends Error {
   }
 }
 
+/** This release's agent image (the offline inject command's validator image). */
+export const RELEASE_AGENT_IMAGE = 'ghcr.io/ziti-cni/agent:0.1.0'
+
 /** Why the nftables TPROXY datapath is not offered (measured on containerd + runc). */
 export const NFTABLES_REFUSED = 'nftables TPROXY only delivers to IP_TRANSPARENT sockets, which need CAP_NET_RAW in the effective set; Kubernetes gives a non-root container added capabilities only in its bounding set (no ambient set), so no injected sidecar can hold it. Use ebpf'
 
@@ -124,7 +138,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
     listen: ['host', 'port'],
     tls: ['mode', 'certFile', 'keyFile', 'secretName', 'namespace', 'serviceName', 'webhookConfigName', 'validityDays', 'renewBeforeDays'],
     resources: ['requests', 'limits'],
-    validator: ['enabled', 'image', 'uid'],
+    validator: ['enabled', 'image', 'daemonSet', 'uid'],
   }
   const section = (name: string): Raw => {
     const v = name === '' ? root : root[name]
@@ -202,7 +216,8 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
     },
     validator: {
       enabled: pick('validator.enabled', validator.enabled, d.validator.enabled, bool),
-      image: pick('validator.image', validator.image, d.validator.image, image),
+      image: pick('validator.image', validator.image, d.validator.image, (v) => (v === '' ? undefined : image(v))),
+      daemonSet: pick('validator.daemonSet', validator.daemonSet, d.validator.daemonSet, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a DaemonSet name')),
       uid: pick('validator.uid', validator.uid, d.validator.uid, int(1, 2147483647)),
     },
     excludedNamespaces: list('excludedNamespaces', top.excludedNamespaces, d.excludedNamespaces, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a namespace name')),

@@ -10,6 +10,7 @@ import { createWebhookMetrics } from './metrics.ts'
 import { buildServer } from './server.ts'
 import { readPair, watchPair } from './tls/files.ts'
 import { SelfManagedTls } from './tls/self-managed.ts'
+import { ValidatorImage } from './validator-image.ts'
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { config: { type: 'string' }, kubeconfig: { type: 'string' } }, strict: true })
@@ -27,10 +28,22 @@ async function main(): Promise<void> {
 
   let pair: { cert: string; key: string }
   let selfManaged: SelfManagedTls | undefined
+  let kc: KubeConfig | undefined
+  const kube = () => {
+    if (!kc) {
+      kc = new KubeConfig()
+      if (values.kubeconfig) kc.loadFromFile(values.kubeconfig)
+      else kc.loadFromCluster()
+    }
+    return kc
+  }
+  if (config.validator.enabled && !config.validator.image) {
+    const follower = new ValidatorImage(kube(), config.tls.namespace, config.validator.daemonSet, log)
+    config.validator.image = await follower.resolve()
+    stops.push(follower.follow((image) => { config.validator.image = image }))
+  }
   if (config.tls.mode === 'self-managed') {
-    const kc = new KubeConfig()
-    if (values.kubeconfig) kc.loadFromFile(values.kubeconfig)
-    else kc.loadFromCluster()
+    const kc = kube()
     selfManaged = new SelfManagedTls(kc, config.tls, log)
     const m = await selfManaged.ensure()
     pair = { cert: m.serving.certPem, key: m.serving.keyPem }

@@ -16,6 +16,8 @@ t.test('webhook process with self-managed TLS', async (t) => {
   const { api, url, ca: apiCa } = await startApiStandIn(t, 'wh-token')
   await api.create('mutatingwebhookconfigurations', { metadata: { name: 'ziti-cni-webhook' }, webhooks: [{ name: 'a.cni.openziti.io', clientConfig: { service: { name: 'ziti-cni-webhook', namespace: 'ziti-cni-system' } } }] } as never)
   await api.create('secrets', { metadata: { name: 'ziti-cni-webhook-tls', namespace: 'ziti-cni-system' }, type: 'Opaque' } as never)
+  const agentDs = (image: string) => ({ metadata: { name: 'ziti-cni-agent', namespace: 'ziti-cni-system' }, spec: { template: { spec: { containers: [{ name: 'agent', image }] } } } })
+  api.put('daemonsets', agentDs('registry.example.com/ziti-cni/agent:9.9.9') as never)
 
   const dir = mkdtempSync(join(tmpdir(), 'zcni-wh-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
@@ -27,7 +29,7 @@ t.test('webhook process with self-managed TLS', async (t) => {
   writeFileSync(join(dir, 'config.yaml'), 'logLevel: info\ntls:\n  mode: self-managed\n')
   const port = await freePort()
   const proc = spawn(process.execPath, [new URL('../src/main.ts', import.meta.url).pathname, '--config', join(dir, 'config.yaml'), '--kubeconfig', join(dir, 'kubeconfig')], {
-    env: cleanEnv({ WEBHOOK_PORT: String(port), POD_NAMESPACE: 'ziti-cni-system', TLS_CHECK_INTERVAL_SECONDS: '1', DRAIN_SECONDS: '2' }), stdio: ['ignore', 'pipe', 'pipe'],
+    env: cleanEnv({ WEBHOOK_PORT: String(port), POD_NAMESPACE: 'ziti-cni-system', TLS_CHECK_INTERVAL_SECONDS: '1', DRAIN_SECONDS: '2', VALIDATOR_IMAGE_CHECK_SECONDS: '1' }), stdio: ['ignore', 'pipe', 'pipe'],
   })
   let logs = ''
   proc.stdout.on('data', (d) => { logs += d })
@@ -63,7 +65,21 @@ t.test('webhook process with self-managed TLS', async (t) => {
   api.put('secrets', { ...secret, data: toSecretData({ ...material, serving: renewed }) } as never)
   await until(async () => (await serial()) !== before, 'certificate swap')
   t.pass('new connections get the renewed certificate, same process')
+  // The log line may trail the swap by a moment (pino writes asynchronously).
+  await until(async () => /serving certificate reloaded without restart/.test(logs), 'the reload log line')
   t.match(logs, /serving certificate reloaded without restart/)
+
+  // The validator image is the agent DaemonSet's, followed when the DaemonSet is upgraded.
+  const injectedValidator = async () => {
+    const review = JSON.stringify({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { uid: 'v-1', kind: { group: '', version: 'v1', kind: 'Pod' }, operation: 'CREATE', namespace: 'apps', object: { metadata: { name: 'p', annotations: { 'cni.openziti.io/identity-secret': 'id', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' } }, spec: { containers: [{ name: 'app', image: 'x/app:1' }] } } } })
+    const r = await https(`https://127.0.0.1:${port}/mutate`, material.caBundle, 'POST', review, {}, 'ziti-cni-webhook.ziti-cni-system.svc')
+    const ops = JSON.parse(Buffer.from(JSON.parse(r.text).response.patch, 'base64').toString()) as Array<{ path: string; value: Array<{ name: string; image: string }> }>
+    return ops.find((o) => o.path === '/spec/initContainers')!.value.find((c) => c.name === 'ziti-cni-validator')!.image
+  }
+  t.equal(await injectedValidator(), 'registry.example.com/ziti-cni/agent:9.9.9', 'validator image read from the agent DaemonSet')
+  api.put('daemonsets', agentDs('registry.example.com/ziti-cni/agent:9.9.10') as never)
+  await until(async () => (await injectedValidator()) === 'registry.example.com/ziti-cni/agent:9.9.10', 'the new agent image')
+  t.pass('an agent upgrade moves the validator image, no restart')
 
   const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)))
   const sent = Date.now()

@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util'
 import { parse as parseYaml, stringify as toYaml } from 'yaml'
 import { review } from '../admission.ts'
 import { applyMutation } from '../inject/mutate.ts'
-import { ConfigError, validateConfig } from '../config.ts'
+import { ConfigError, RELEASE_AGENT_IMAGE, validateConfig } from '../config.ts'
 import { loadConfig } from '../load-config.ts'
 
 class UsageError extends Error {}
@@ -24,6 +24,9 @@ function run(argv: string[]): number {
   if (values.output !== 'yaml' && values.output !== 'json') throw new UsageError(`-o must be yaml or json, not ${JSON.stringify(values.output)}`)
   // Offline, the default config is the built-in one unless --config names a file.
   const config = values.config ? loadConfig(callerPath(values.config), {}) : validateConfig({}, {})
+  // In a cluster the validator image is read from the agent DaemonSet; offline, name this
+  // release's agent image.
+  if (!config.validator.image) config.validator.image = RELEASE_AGENT_IMAGE
   const text = values.file === '-' ? readFileSync(0, 'utf8') : readFileSync(callerPath(values.file), 'utf8')
   let pod: V1Pod
   try {

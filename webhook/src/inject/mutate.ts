@@ -127,7 +127,8 @@ export class InjectionCache {
     this.max = max
   }
   get(annotations: Record<string, string>, identity: IdentitySource, hostAliases: V1HostAlias[], cfg: WebhookConfig): Prepared {
-    const key = JSON.stringify([USER_ANNOTATIONS.map((k) => annotations[k] ?? null), hostAliases])
+    // The validator image follows the agent DaemonSet at run time: part of the key.
+    const key = JSON.stringify([USER_ANNOTATIONS.map((k) => annotations[k] ?? null), hostAliases, cfg.validator.image])
     const hit = this.entries.get(key)
     if (hit) {
       this.hits++
