@@ -77,10 +77,11 @@ t.test('upgrade replaces the executable; uninstall removes everything', async (t
   upgraded.reconcile('periodic')
   t.equal(readFileSync(join(dir, 'bin/ziti-cni'), 'utf8'), '#!/bin/sh\necho v2\n', 'a changed file on the node is noticed without re-hashing every pass')
   const done = uninstall(opts)
-  t.equal(done.length, 3)
+  t.equal(done.length, 4)
   t.same(JSON.parse(readFileSync(join(dir, 'net.d/10-kindnet.conflist'), 'utf8')), JSON.parse(primary))
   t.notOk(existsSync(join(dir, 'bin/ziti-cni')))
   t.notOk(existsSync(opts.pluginKubeconfig))
+  t.same(readdirSync(join(dir, 'net.d')), ['10-kindnet.conflist'], 'nothing of ours left in the conf dir, ziti-cni.d included')
 })
 
 t.test('no primary config yet', async (t) => {

@@ -27,12 +27,14 @@ cleanup() {
     k -n ziti-cni-system logs ds/ziti-cni-agent --tail=50 >&2 || true
     k -n ziti-cni-system logs deploy/ziti-cni-webhook --tail=50 >&2 || true
   fi
-  if [[ ${KEEP_CLUSTER:-0} != 1 ]]; then "$ROOT/e2e/kind/cluster.sh" down || true; fi
+  # Only a cluster this run created is deleted; an existing one (the dev loop's) is kept.
+  if [[ ${CREATED_CLUSTER:-0} == 1 && ${KEEP_CLUSTER:-0} != 1 ]]; then "$ROOT/e2e/kind/cluster.sh" down || true; fi
   exit "$rc"
 }
 trap cleanup EXIT
 
 step "cluster ($CNI)"
+if ! kind get clusters | grep -qx "$KIND_CLUSTER"; then CREATED_CLUSTER=1; fi
 "$ROOT/e2e/kind/cluster.sh" up "$CNI"
 mapfile -t NODES < <(kind get nodes --name "$KIND_CLUSTER")
 
@@ -47,7 +49,7 @@ done
 step "record each node's CNI config before the install"
 declare -A BEFORE
 for node in "${NODES[@]}"; do
-  BEFORE[$node]=$(docker exec "$node" sh -c 'cd /etc/cni/net.d && for f in *; do echo "## $f"; cat "$f"; done')
+  BEFORE[$node]=$(docker exec "$node" sh -c 'cd /etc/cni/net.d && for f in *; do [ -f "$f" ] || continue; echo "## $f"; cat "$f"; done')
 done
 
 step "install"
@@ -95,13 +97,14 @@ k delete -f "$ROOT/e2e/kind/manifests/app.yaml" --wait=true
 k delete -k "$ROOT/e2e/kind/overlay" --wait=true
 k -n ziti-cni-system wait --for=delete pod -l app.kubernetes.io/name=ziti-cni-agent --timeout=120s || true
 for node in "${NODES[@]}"; do
-  after=$(docker exec "$node" sh -c 'cd /etc/cni/net.d && for f in *; do echo "## $f"; cat "$f"; done')
+  after=$(docker exec "$node" sh -c 'cd /etc/cni/net.d && for f in *; do [ -f "$f" ] || continue; echo "## $f"; cat "$f"; done')
   # JSON formatting may differ; compare the parsed plugin lists.
   if [[ $(echo "${BEFORE[$node]}" | grep -c '"type"') != $(echo "$after" | grep -c '"type"') ]] || echo "$after" | grep -q '"ziti-cni"'; then
     echo "before:"; echo "${BEFORE[$node]}"; echo "after:"; echo "$after"
     fail "$node: CNI config not restored"
   fi
   docker exec "$node" test ! -e /opt/cni/bin/ziti-cni || fail "$node: executable left behind"
+  docker exec "$node" test ! -e /etc/cni/net.d/ziti-cni.d || fail "$node: ziti-cni.d left behind"
 done
 
 printf '\nkind suite (%s): all checks passed\n' "$CNI"

@@ -75,7 +75,7 @@ async function run(f: AgentFlags): Promise<void> {
   const health = createHealthServer({
     live: () => true,
     ready: () => {
-      if (installer && !installer.ready) return { ready: false, reason: 'no primary CNI config yet' }
+      if (installer && !installer.ready) return { ready: false, reason: `no CNI config in ${f.cniConfDir} yet` }
       if (!pods.synced()) return { ready: false, reason: 'pod cache not synced' }
       return { ready: true, reason: '' }
     },

@@ -119,6 +119,9 @@ export function uninstall(opts: Pick<InstallerOptions, 'cniConfDir' | 'cniBinDir
   for (const p of [opts.pluginKubeconfig, join(opts.cniBinDir, PLUGIN_TYPE)]) {
     if (existsSync(p)) { rmSync(p, { force: true }); done.push(`deleted ${p}`) }
   }
+  // The kubeconfig's own dir (ziti-cni.d) is ours too; leave it only if something else is in it.
+  const own = dirname(opts.pluginKubeconfig)
+  if (own !== opts.cniConfDir && existsSync(own) && readdirSync(own).length === 0) { rmSync(own, { recursive: true, force: true }); done.push(`deleted ${own}`) }
   return done
 }
 
@@ -153,7 +156,7 @@ export class Installer {
         this.opts.onReinsert?.(state.primaryType)
       } else this.log.info({ file: state.primary }, 'inserted ziti-cni as the last plugin of the primary CNI config')
     } else if (state.status === 'no-primary') {
-      this.log.warn({ dir: this.opts.cniConfDir }, 'no primary CNI config yet; waiting for the cluster CNI to write one')
+      this.log.warn({ dir: this.opts.cniConfDir }, `no CNI config in ${this.opts.cniConfDir} yet; waiting for the cluster CNI to write one (if it never comes, this is not the platform's conf dir: see deploy/components/platform-*)`)
     }
     this.ready = state.status !== 'no-primary'
     return state
