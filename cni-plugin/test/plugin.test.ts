@@ -43,7 +43,7 @@ t.test('ADD forwards the pod to the agent and passes prevResult through', async 
   const out = await runPlugin(env('ADD'), conf(), d)
   t.equal(out.exitCode, 0)
   t.same(out.stdout, { ...prevResult, cniVersion: '1.0.0' })
-  t.same(d.calls[0], { command: 'ADD', containerId: 'abc123', netns: '/var/run/netns/x', ifName: 'eth0', pod: { namespace: 'apps', name: 'web-1', uid: 'uid-1' }, validAttachments: [] })
+  t.same(d.calls[0], { command: 'ADD', containerId: 'abc123', netns: '/var/run/netns/x', ifName: 'eth0', pod: { namespace: 'apps', name: 'web-1', uid: 'uid-1' }, validAttachments: [], podIps: ['10.1.2.3', 'fd00::3'] }, 'with the pod\'s addresses from prevResult')
 })
 
 t.test('prevResult is converted to the config version', async (t) => {

@@ -16,6 +16,12 @@ export interface RouteSpec {
    */
   dst: string
   table: number | 'local'
+  /**
+   * ebpf datapath: the pod's own address of that family as the route's preferred source. A
+   * local route otherwise makes the kernel pick the destination itself as the source, and the
+   * tunneler could not tell the client from the service address (peer == original dst).
+   */
+  src?: string
 }
 
 export interface RuleSpec {
@@ -54,14 +60,20 @@ export function renderDeleteTable(): string {
   return `table ${TABLE_REF}\ndelete table ${TABLE_REF}\n`
 }
 
-export function renderPlan(intent: Intent): Plan {
-  return intent.mode === 'proxy' ? renderProxy(intent) : renderTproxy(intent)
+/** What the renderer needs to know about the attachment (from the primary plugin's result). */
+export interface AttachmentFacts {
+  /** The pod's addresses on this interface (no prefix length). */
+  podIps?: string[]
+}
+
+export function renderPlan(intent: Intent, facts: AttachmentFacts = {}): Plan {
+  return intent.mode === 'proxy' ? renderProxy(intent) : renderTproxy(intent, facts)
 }
 
 /** Route/rule state as `ip` argv (no shell), for the agent and for humans. */
 export function ipCommands(plan: Pick<Plan, 'routes' | 'rules'>): string[][] {
   return [
-    ...plan.routes.map((r) => [`-${r.family}`, 'route', 'replace', 'local', r.dst, 'dev', 'lo', 'table', String(r.table)]),
+    ...plan.routes.map((r) => [`-${r.family}`, 'route', 'replace', 'local', r.dst, 'dev', 'lo', 'table', String(r.table), ...(r.src ? ['src', r.src] : [])]),
     ...plan.rules.map((r) => [`-${r.family}`, 'rule', 'add', 'fwmark', `0x${r.fwmark.toString(16)}`, 'lookup', String(r.table), 'priority', String(r.priority)]),
   ]
 }
@@ -134,7 +146,7 @@ function splitFamilies(cidrs: string[]): Record<4 | 6, string[]> {
   return out
 }
 
-function renderTproxy(intent: TproxyIntent): Plan {
+function renderTproxy(intent: TproxyIntent, facts: AttachmentFacts): Plan {
   const w = new Writer()
   const intercept = splitFamilies(intent.cidrs)
   const exclude = splitFamilies(intent.excludeCidrs)
@@ -185,7 +197,10 @@ function renderTproxy(intent: TproxyIntent): Plan {
     return {
       mode: 'tproxy',
       nft: w.done(),
-      routes: families.flatMap((family) => intercept[family].map((dst) => ({ family, dst, table: 'local' as const }))),
+      routes: families.flatMap((family) => {
+        const src = (facts.podIps ?? []).find((ip) => (parseAddress(ip) as { family?: number }).family === family)
+        return intercept[family].map((dst) => ({ family, dst, table: 'local' as const, ...(src ? { src } : {}) }))
+      }),
       rules: [],
       bpf: { dev: 'lo', section: 'tc' },
     }

@@ -22,3 +22,13 @@ for (const [name, intent] of Object.entries(FIXTURES)) {
     t.equal(renderPlan(parseIntent(wire)).nft, plan.nft, 'deterministic: same intent, same bytes')
   })
 }
+
+t.test('ebpf routes take the pod\'s address of each family as their source', async (t) => {
+  const intent = FIXTURES['tproxy-ebpf-dualstack']!
+  const plan = renderPlan(intent, { podIps: ['10.1.2.3', 'fd00::3'] })
+  t.same(plan.routes.map((r) => [r.dst, r.src]), [['100.64.0.0/10', '10.1.2.3'], ['fd00:ffff::/64', 'fd00::3']])
+  t.same(ipCommands(plan)[0], ['-4', 'route', 'replace', 'local', '100.64.0.0/10', 'dev', 'lo', 'table', 'local', 'src', '10.1.2.3'])
+  t.equal(plan.nft, renderPlan(intent).nft, 'the nft transaction does not depend on the addresses')
+  t.same(renderPlan(intent, { podIps: ['10.1.2.3'] }).routes.map((r) => r.src), ['10.1.2.3', undefined], 'no v6 address: no v6 source')
+  t.same(renderPlan(FIXTURES['tproxy-default']!, { podIps: ['10.1.2.3'] }).routes, renderPlan(FIXTURES['tproxy-default']!).routes, 'the nftables datapath\'s routes do not use it')
+})

@@ -49,10 +49,10 @@ export class Programmer {
     return found.pod?.metadata?.annotations?.[ANNOTATION_INTERCEPTION]
   }
 
-  private plan(pod: PodRef, text: string): { plan: Plan; canonical: string } {
+  private plan(pod: PodRef, text: string, podIps: string[] | undefined): { plan: Plan; canonical: string } {
     try {
       const intent = parseIntent(text)
-      return { plan: renderPlan(intent), canonical: serializeIntent(intent) }
+      return { plan: renderPlan(intent, { podIps }), canonical: serializeIntent(intent) }
     } catch (e) {
       if (e instanceof ValidationError) {
         throw new CniError(ErrorCode.InvalidIntent, `pod ${pod.namespace}/${pod.name}: ${e.message}`, 'nothing was programmed')
@@ -106,7 +106,7 @@ export class Programmer {
     const pod = req.pod!
     const text = await this.intentOf(pod)
     if (text === undefined) return { ok: true, intercepted: false, detail: 'no interception intent' }
-    const { plan, canonical } = this.plan(pod, text)
+    const { plan, canonical } = this.plan(pod, text, req.podIps)
     this.assertPodNetns(req.netns)
     // Routing first (idempotent), then the table in one transaction; undo routing if nft fails.
     await this.removeRouting(req.netns, plan)
@@ -133,7 +133,7 @@ export class Programmer {
     }
     this.d.state.put({
       containerId: req.containerId, ifName: req.ifName, netns: req.netns, pod,
-      mode: plan.mode, intent: canonical, listing, createdAt: new Date().toISOString(),
+      mode: plan.mode, intent: canonical, ...(req.podIps ? { podIps: req.podIps } : {}), listing, createdAt: new Date().toISOString(),
     })
     return { ok: true, intercepted: true, mode: plan.mode }
   }
@@ -145,7 +145,7 @@ export class Programmer {
       this.assertPodNetns(netns)
       await this.nft(netns, ['-f', '-'], renderDeleteTable())
       if (saved) {
-        const plan = renderPlan(parseIntent(saved.intent))
+        const plan = renderPlan(parseIntent(saved.intent), { podIps: saved.podIps })
         await this.removeRouting(netns, plan)
         if (plan.bpf) await this.d.netns.tc(netns, ['qdisc', 'del', 'dev', 'lo', 'clsact'])
       }
@@ -164,7 +164,7 @@ export class Programmer {
       if (live.code === 0) throw new CniError(ErrorCode.Drift, `pod ${pod.namespace}/${pod.name} has no intent but its netns has table ${NFT_TABLE}`)
       return { ok: true, intercepted: false }
     }
-    const { plan, canonical } = this.plan(pod, text)
+    const { plan, canonical } = this.plan(pod, text, req.podIps ?? saved?.podIps)
     if (!saved) throw new CniError(ErrorCode.Drift, `no record of ADD for ${req.containerId}/${req.ifName}`)
     if (saved.intent !== canonical) throw new CniError(ErrorCode.Drift, `pod ${pod.namespace}/${pod.name}: the interception intent changed since ADD`)
     if (live.code !== 0) throw new CniError(ErrorCode.Drift, `table ${NFT_TABLE} is missing from ${req.netns}`, live.stderr.trim())
@@ -178,15 +178,18 @@ export class Programmer {
         throw new CniError(ErrorCode.Drift, `IPv${rule.family} policy rule for fwmark 0x${rule.fwmark.toString(16)} is missing`)
       }
     }
-    const routeTables = new Map<string, Set<string>>()
+    // `ip route show ... type local` lines: "local <dst> dev lo ... [src <ip>]", keyed by dst.
+    const routeTables = new Map<string, Map<string, string>>()
     for (const route of plan.routes) {
       const key = `-${route.family} ${route.table}`
       if (!routeTables.has(key)) {
         const r = await this.d.netns.ip(req.netns, [`-${route.family}`, 'route', 'show', 'table', String(route.table), 'type', 'local'])
-        routeTables.set(key, new Set(r.stdout.split('\n').map((l) => l.split(' ')[1] ?? '')))
+        routeTables.set(key, new Map(r.stdout.split('\n').map((l) => [l.split(' ')[1] ?? '', l] as const)))
       }
       const dst = route.dst === '0.0.0.0/0' || route.dst === '::/0' ? 'default' : route.dst.replace(/\/(32|128)$/, '')
-      if (!routeTables.get(key)!.has(dst)) throw new CniError(ErrorCode.Drift, `IPv${route.family} local route ${route.dst} in table ${route.table} is missing`)
+      const line = routeTables.get(key)!.get(dst)
+      if (line === undefined) throw new CniError(ErrorCode.Drift, `IPv${route.family} local route ${route.dst} in table ${route.table} is missing`)
+      if (route.src && !line.includes(` src ${route.src}`)) throw new CniError(ErrorCode.Drift, `IPv${route.family} local route ${route.dst} lost its source ${route.src}`, line)
     }
     if (plan.bpf) {
       const r = await this.d.netns.tc(req.netns, ['filter', 'show', 'dev', 'lo', 'ingress'])

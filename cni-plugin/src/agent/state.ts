@@ -11,6 +11,8 @@ export interface AttachmentState {
   mode: 'proxy' | 'tproxy'
   /** The serialized intent ADD programmed. */
   intent: string
+  /** The pod's addresses ADD was given (they shape the eBPF datapath's routes). */
+  podIps?: string[]
   /** `nft list table` right after ADD: the kernel's own spelling, compared by CHECK. */
   listing: string
   createdAt: string

@@ -12,6 +12,8 @@ export interface AgentRequest {
   ifName: string
   pod: PodRef | undefined
   validAttachments: Array<{ containerID: string; ifname: string }>
+  /** ADD/CHECK: the pod's addresses from prevResult (the eBPF datapath's route source). */
+  podIps?: string[]
 }
 
 export type AgentResponse =
@@ -22,7 +24,7 @@ export type AgentResponse =
 export function requestProblem(v: unknown): string | undefined {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return 'request must be a JSON object'
   const r = v as Record<string, unknown>
-  const allowed = ['command', 'containerId', 'netns', 'ifName', 'pod', 'validAttachments']
+  const allowed = ['command', 'containerId', 'netns', 'ifName', 'pod', 'validAttachments', 'podIps']
   for (const k of Object.keys(r)) if (!allowed.includes(k)) return `unknown field ${JSON.stringify(k)}`
   if (!['ADD', 'DEL', 'CHECK', 'GC', 'PING'].includes(r.command as string)) return 'command must be ADD, DEL, CHECK, GC or PING'
   const str = (k: string, max: number) => (typeof r[k] === 'string' && (r[k] as string).length <= max ? undefined : `${k} must be a string of at most ${max} characters`)
@@ -35,5 +37,6 @@ export function requestProblem(v: unknown): string | undefined {
   }
   if (r.validAttachments !== undefined && (!Array.isArray(r.validAttachments) ||
     !r.validAttachments.every((a) => typeof a?.containerID === 'string' && typeof a?.ifname === 'string'))) return 'validAttachments must be [{containerID, ifname}]'
+  if (r.podIps !== undefined && (!Array.isArray(r.podIps) || r.podIps.length > 16 || !r.podIps.every((ip) => typeof ip === 'string' && ip.length <= 64))) return 'podIps must be at most 16 address strings'
   return undefined
 }

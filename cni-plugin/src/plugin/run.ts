@@ -138,6 +138,12 @@ async function expectOk(res: AgentResponse): Promise<void> {
   if (!res.ok) throw new CniError(res.code, res.msg, res.details ?? '')
 }
 
+/** The pod's addresses as the primary plugin reported them (`ips[].address`, CIDR form). */
+function podIps(prev: unknown): string[] {
+  const ips = (prev as { ips?: Array<{ address?: unknown }> } | undefined)?.ips
+  return Array.isArray(ips) ? ips.flatMap((i) => (typeof i?.address === 'string' ? [i.address.split('/')[0]!] : [])).slice(0, 16) : []
+}
+
 function agentRequest(req: CniRequest): AgentRequest {
   return {
     command: req.command as AgentRequest['command'],
@@ -146,5 +152,6 @@ function agentRequest(req: CniRequest): AgentRequest {
     ifName: req.ifName,
     pod: req.pod,
     validAttachments: req.validAttachments,
+    ...(podIps(req.conf.prevResult).length ? { podIps: podIps(req.conf.prevResult) } : {}),
   }
 }
