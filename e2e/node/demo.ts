@@ -19,14 +19,14 @@ const identity = JSON.stringify({ ztAPI: 'https://controller.ziti.invalid:1280',
 async function main(): Promise<void> {
   assertRoot(['nft', 'ip', 'nsenter', 'containerd', 'runc', 'ctr'])
   sweepLeftovers()
-  const webhook = await startWebhook({ validator: { image: IMAGES.validator }, tproxy: { image: IMAGES.tproxy } })
-  const node = new TestNode({ id: 9, admission: webhook.admission })
+  const node = new TestNode({ id: 9 })
+  let webhook: Awaited<ReturnType<typeof startWebhook>> | undefined
   let cleaned = false
   const cleanup = async () => {
     if (cleaned) return
     cleaned = true
     await node.teardown()
-    await webhook.close()
+    await webhook?.close()
   }
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => { say(`\n${sig}: cleaning up`); void cleanup().then(() => process.exit(130)) })
@@ -41,6 +41,9 @@ async function main(): Promise<void> {
     say(`   ${list.name}: ${list.plugins.map((p) => p.type).join(' -> ')}`)
     const infra = await node.runPod(await node.createPod(infraPod()))
     node.clusterDns.push(infra.ip)
+    webhook = await startWebhook({ validator: { image: IMAGES.validator }, tproxy: { image: IMAGES.tproxy, clusterDns: [infra.ip] } })
+    node.api.admission = webhook.admission
+    say(`   a plain pod ${infra.ip} serves the "cluster DNS" and an echo server (not Ziti)`)
 
     step(2, 'A pod asks for Ziti services by name, in a namespace labelled cni.openziti.io/inject=enabled')
     await node.createSecret('apps', 'billing-identity', { 'identity.json': identity })
@@ -93,6 +96,10 @@ async function main(): Promise<void> {
     check(!!tcp.reply?.includes('orig_dst=100.64.3.7:443'), `TCP 100.64.3.7:443 -> ${tcp.reply ?? tcp.error}`)
     const udp = await app(node, scanner, ['udp', '100.100.0.9', '5353'])
     check(!!udp.reply?.includes('orig_dst=100.100.0.9:5353'), `UDP 100.100.0.9:5353 -> ${udp.reply ?? udp.error}`)
+    const dns = await app(node, scanner, ['resolve', 'billing.ziti'])
+    check(dns.answers?.[0] === '100.64.0.7', `DNS billing.ziti -> ${dns.answers ?? dns.error} (the tunneler's resolver at 100.64.0.2, reached through the same datapath)`)
+    const other = await app(node, scanner, ['resolve', 'controller.example'])
+    check(other.answers?.[0] === '192.0.2.53', `DNS controller.example -> ${other.answers ?? other.error} (REFUSED by the tunneler, answered by the cluster DNS)`)
 
     step(8, 'Cleaning up: pods (CNI DEL through containerd), containerd, the agent, bridges, netns')
   } finally {

@@ -24,19 +24,22 @@ function identityJson(dialable?: string[]): string {
 
 t.test('node-level end-to-end on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 'containerd', 'runc', 'ctr']), async (t) => {
   sweepLeftovers()
-  const webhook = await startWebhook({ validator: { image: IMAGES.validator }, tproxy: { image: IMAGES.tproxy, args: [], datapath: 'ebpf' } })
-  const node = new TestNode({ id: 2, admission: webhook.admission })
+  const node = new TestNode({ id: 2 })
+  let webhook: Awaited<ReturnType<typeof startWebhook>> | undefined
   t.teardown(async () => {
     await node.teardown()
-    await webhook.close()
+    await webhook?.close()
   })
   await node.start()
   const runtime = await node.containerd.cri.version()
   t.comment(`runtime: ${runtime.runtime_name} ${runtime.runtime_version} (CRI ${runtime.runtime_api_version})`)
 
-  // Another pod on the same bridge: a plain server and the cluster DNS (not Ziti).
+  // Another pod on the same bridge: a plain server and the cluster DNS (not Ziti). It runs
+  // first: the webhook's config names the cluster DNS address, as an operator's would.
   const infra = await node.runPod(await node.createPod(infraPod()))
   node.clusterDns.push(infra.ip)
+  webhook = await startWebhook({ validator: { image: IMAGES.validator }, tproxy: { image: IMAGES.tproxy, args: [], datapath: 'ebpf', clusterDns: [infra.ip] } })
+  node.api.admission = webhook.admission
 
   const secret = (name: string, dialable?: string[]) => node.createSecret('apps', name, { 'identity.json': identityJson(dialable) })
   await secret('billing-identity')
@@ -105,6 +108,12 @@ t.test('node-level end-to-end on containerd + runc', rootOnly(['nft', 'ip', 'nse
     t.equal(tcp.reply, `tproxy proto=tcp orig_dst=100.64.3.7:443 peer=${s.ip}`, `TCP reaches the plain listener with its original destination, from the pod's own address (${tcp.error ?? 'ok'})`)
     const udp = await app(node, s, ['udp', '100.127.0.9', '5353'])
     t.equal(udp.reply, `tproxy proto=udp orig_dst=100.127.0.9:5353 peer=${s.ip}`, `a connected UDP client gets the reply from the original destination (${udp.error ?? 'ok'})`)
+    const resolv = await node.exec(s, 'app', ['cat', '/etc/resolv.conf'])
+    t.match(resolv.stdout, new RegExp(`nameserver 100\\.64\\.0\\.2\nnameserver ${infra.ip.replace(/\./g, '\\.')}`), 'resolv.conf: the tunneler\'s DNS address first, then the cluster DNS')
+    const dns = await app(node, s, ['resolve', 'billing.ziti'])
+    t.same(dns.answers, ['100.64.0.7'], `a Ziti name is answered by the tunneler through the datapath (${dns.error ?? 'ok'})`)
+    const other = await app(node, s, ['resolve', 'controller.example'])
+    t.same(other.answers, ['192.0.2.53'], `other names: the tunneler answers REFUSED and the resolver asks the cluster DNS (${other.error ?? 'ok'})`)
     const flush = await node.exec(s, 'ziti-tunnel', ['nft', 'flush', 'ruleset'])
     t.match(flush.stderr, /Operation not permitted/, 'the sidecar still cannot touch the rules')
     t.match((await app(node, s, ['tcp', infra.ip, '8080'])).reply, /^direct /, 'other traffic untouched')
@@ -193,7 +202,7 @@ t.test('node-level end-to-end on containerd + runc', rootOnly(['nft', 'ip', 'nse
     await Promise.all(Array.from({ length: N }, (_, i) => secret(`id-${i}`)))
     const specs = Array.from({ length: N }, (_, i) => i % 2 === 0
       ? appPod(`proxy-${i}`, 'apps', { 'cni.openziti.io/identity-secret': `id-${i}`, 'cni.openziti.io/services': `svc.ziti:80=svc-${i}, db-${i}.ziti:5432=db-${i}` })
-      : appPod(`tproxy-${i}`, 'apps', { 'cni.openziti.io/identity-secret': `id-${i}`, 'cni.openziti.io/mode': 'tproxy', 'cni.openziti.io/datapath': 'ebpf', 'cni.openziti.io/intercept-cidrs': `100.64.${i}.0/24` }))
+      : appPod(`tproxy-${i}`, 'apps', { 'cni.openziti.io/identity-secret': `id-${i}`, 'cni.openziti.io/mode': 'tproxy', 'cni.openziti.io/datapath': 'ebpf', 'cni.openziti.io/intercept-cidrs': `100.64.${i}.0/24`, 'cni.openziti.io/dns-capture': 'false' }))
     const pods = await Promise.all(specs.map((m) => node.createPod(m)))
     const started = Date.now()
     // Two cores: a kubelet starts pods concurrently; ten at a time keeps probes honest.

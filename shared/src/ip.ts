@@ -131,6 +131,12 @@ export function cidrRange(c: Cidr): [bigint, bigint] {
   return [c.value, c.value + span]
 }
 
+export function cidrContains(c: Cidr, a: Address): boolean {
+  if (c.family !== a.family) return false
+  const [lo, hi] = cidrRange(c)
+  return lo <= a.value && a.value <= hi
+}
+
 export function cidrsOverlap(a: Cidr, b: Cidr): boolean {
   if (a.family !== b.family) return false
   const [al, ah] = cidrRange(a)

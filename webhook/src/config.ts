@@ -1,7 +1,7 @@
 // The webhook's configuration: a file (the mounted ConfigMap, YAML or JSON) plus env
 // overrides, validated at start-up with one clear message per bad key. Pure: the caller
 // reads the file; `validateConfig` only looks at values.
-import { ZITI_DNS_RANGE, isDnsName, parseCidr, parsePort, formatCidr, type Cidr, type Mode } from '@ziti-cni/shared'
+import { ZITI_DNS_RANGE, isDnsName, parseAddress, parseCidr, parsePort, formatCidr, type Cidr, type Mode } from '@ziti-cni/shared'
 
 export interface Resources {
   requests?: Record<string, string>
@@ -30,7 +30,14 @@ export interface WebhookConfig {
     port: number
     dnsPort: number
     defaultCidrs: Cidr[]
+    /**
+     * DNS for tproxy pods: the pod's resolver is the tunneler's DNS address inside the intercept
+     * range (as ziti-edge-tunnel's 100.64.0.2), then the cluster DNS; no capture rule needed.
+     */
     dnsCapture: boolean
+    dnsServer: string
+    clusterDns: string[]
+    clusterDomain: string
     protocols: Array<'tcp' | 'udp'>
     /** Default for cni.openziti.io/datapath; ebpf is the only one a real pod can use. */
     datapath: 'ebpf'
@@ -85,6 +92,10 @@ export const DEFAULT_CONFIG: WebhookConfig = {
     dnsPort: 15053,
     defaultCidrs: [parseCidr(ZITI_DNS_RANGE) as Cidr],
     dnsCapture: true,
+    dnsServer: '100.64.0.2',
+    // kubeadm's and kind's default Service for kube-dns; EKS and GKE use others: set yours.
+    clusterDns: ['10.96.0.10'],
+    clusterDomain: 'cluster.local',
     protocols: ['tcp', 'udp'],
     datapath: 'ebpf',
   },
@@ -134,7 +145,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const known: Record<string, string[]> = {
     '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'validator', 'excludedNamespaces', 'listen', 'bodyLimitBytes', 'drainSeconds', 'tls', 'logLevel'],
     proxy: ['image', 'portBase', 'aliasRange', 'servicePollSeconds'],
-    tproxy: ['image', 'args', 'port', 'dnsPort', 'defaultCidrs', 'dnsCapture', 'protocols', 'datapath'],
+    tproxy: ['image', 'args', 'port', 'dnsPort', 'defaultCidrs', 'dnsCapture', 'dnsServer', 'clusterDns', 'clusterDomain', 'protocols', 'datapath'],
     listen: ['host', 'port'],
     tls: ['mode', 'certFile', 'keyFile', 'secretName', 'namespace', 'serviceName', 'webhookConfigName', 'validityDays', 'renewBeforeDays'],
     resources: ['requests', 'limits'],
@@ -211,6 +222,9 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
         return typeof c === 'string' ? c : undefined
       }).map((v) => (typeof v === 'string' ? parseCidr(v, false) : v) as Cidr),
       dnsCapture: pick('tproxy.dnsCapture', tproxy.dnsCapture, d.tproxy.dnsCapture, bool),
+      dnsServer: pick('tproxy.dnsServer', tproxy.dnsServer, d.tproxy.dnsServer, (v) => (typeof v === 'string' && typeof parseAddress(v) !== 'string' ? undefined : 'must be an IP address')),
+      clusterDns: list('tproxy.clusterDns', tproxy.clusterDns, d.tproxy.clusterDns, (v) => (typeof v === 'string' && typeof parseAddress(v) !== 'string' ? undefined : 'must be an IP address')),
+      clusterDomain: pick('tproxy.clusterDomain', tproxy.clusterDomain, d.tproxy.clusterDomain, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a DNS domain')),
       protocols: list('tproxy.protocols', tproxy.protocols, d.tproxy.protocols, (v) => (v === 'tcp' || v === 'udp' ? undefined : 'must be tcp or udp')),
       datapath: pick('tproxy.datapath', tproxy.datapath, d.tproxy.datapath, (v) => (v === 'ebpf' ? undefined : v === 'nftables' ? NFTABLES_REFUSED : 'must be ebpf')),
     },

@@ -2,11 +2,13 @@
 //   tcp HOST PORT      resolve through /etc/hosts (the pod's hostAliases), connect, print the reply
 //   udp HOST PORT      same over UDP, from a *connected* socket: like every resolver and most UDP
 //                      apps, it only accepts a reply from the address it sent to
-//   resolve NAME       ask the resolver from /etc/resolv.conf for an A record
+//   resolve NAME       resolve an A record the way most apps do: getaddrinfo() of the C library
+//                      (glibc here), which reads /etc/resolv.conf, walks the search path and
+//                      moves to the next nameserver on REFUSED
 // Prints one JSON line: {ok, resolved, reply | error}.
 import { connect } from 'node:net'
 import { createSocket } from 'node:dgram'
-import { lookup, Resolver } from 'node:dns/promises'
+import { lookup } from 'node:dns/promises'
 
 const [cmd, host, port] = process.argv.slice(2) as [string, string, string | undefined]
 const out = (o: object) => process.stdout.write(JSON.stringify(o) + '\n')
@@ -14,8 +16,8 @@ const timeout = <T>(p: Promise<T>, ms: number) => Promise.race([p, new Promise<T
 
 async function main() {
   if (cmd === 'resolve') {
-    const r = new Resolver({ timeout: 1500, tries: 1 })
-    out({ ok: true, answers: await r.resolve4(host) })
+    const found = await timeout(lookup(host, { family: 4, all: true }), 8000)
+    out({ ok: true, answers: found.map((a) => a.address) })
     return
   }
   const { address } = await lookup(host, { family: 4 })

@@ -28,3 +28,15 @@ export function answerA(query: Buffer, ip: string): Buffer {
   ip.split('.').forEach((o, k) => answer.writeUInt8(Number(o), 12 + k))
   return Buffer.concat([header, query.subarray(12, end), answer])
 }
+
+/** The query back as a response with rcode NXDOMAIN and no answer. */
+export function nxdomain(query: Buffer): Buffer {
+  const { end } = questionName(query)
+  const header = Buffer.from(query.subarray(0, 12))
+  header.writeUInt16BE(0x8183, 2) // response, RD+RA, NXDOMAIN
+  header.writeUInt16BE(1, 4)
+  header.writeUInt16BE(0, 6)
+  header.writeUInt16BE(0, 8)
+  header.writeUInt16BE(0, 10)
+  return Buffer.concat([header, query.subarray(12, end)])
+}

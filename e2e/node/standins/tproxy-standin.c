@@ -1,7 +1,7 @@
 /* Stand-in for a tunneler honouring ziti-cni's tproxy contract (README, "tproxy contract"):
  * one catch-all on 127.0.0.1:$ZITI_CNI_TPROXY_PORT for TCP and UDP, the original destination
  * from getsockname() (TCP) or IP_RECVORIGDSTADDR (UDP), UDP replies sent from that original
- * address, and (if $ZITI_CNI_DNS_PORT is set) a DNS answer for names under .ziti.
+ * address, and DNS answers for queries to $ZITI_CNI_DNS_SERVER:53 (names under .ziti).
  * Plain sockets, no capability: it needs nothing the pod does not hold.
  * Each exchange is answered with a line naming what it saw, so tests check replies. */
 #include <arpa/inet.h>
@@ -21,7 +21,10 @@
 #define IP_RECVORIGDSTADDR 20
 #endif
 
-static int port, dns_port;
+static int port;
+static const char *dns_server;
+
+static size_t dns_answer(const unsigned char *q, size_t n, unsigned char *out);
 
 static void die(const char *what) { fprintf(stderr, "tproxy-standin: %s: %s\n", what, strerror(errno)); exit(1); }
 
@@ -61,13 +64,17 @@ static void *udp_loop(void *arg) {
     struct sockaddr_in peer, dst = { 0 };
     struct iovec iov = { buf, sizeof buf };
     struct msghdr m = { .msg_name = &peer, .msg_namelen = sizeof peer, .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof ctl };
-    if (recvmsg(s, &m, 0) < 0) continue;
+    ssize_t got = recvmsg(s, &m, 0);
+    if (got < 0) continue;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
       if (c->cmsg_level == SOL_IP && c->cmsg_type == IP_RECVORIGDSTADDR) memcpy(&dst, CMSG_DATA(c), sizeof dst);
-    char d[INET_ADDRSTRLEN], p[INET_ADDRSTRLEN], line[160];
+    char d[INET_ADDRSTRLEN], p[INET_ADDRSTRLEN], line[600];
     inet_ntop(AF_INET, &dst.sin_addr, d, sizeof d);
     inet_ntop(AF_INET, &peer.sin_addr, p, sizeof p);
-    int n = snprintf(line, sizeof line, "tproxy proto=udp orig_dst=%s:%d peer=%s\n", d, ntohs(dst.sin_port), p);
+    int n;
+    if (dns_server && strcmp(d, dns_server) == 0 && ntohs(dst.sin_port) == 53) n = (int)dns_answer((unsigned char *)buf, (size_t)got, (unsigned char *)line);
+    else n = snprintf(line, sizeof line, "tproxy proto=udp orig_dst=%s:%d peer=%s\n", d, ntohs(dst.sin_port), p);
+    if (n <= 0) continue;
     /* Reply from the original destination, as a transparent proxy must: a connected client
      * accepts nothing else. */
     int r = socket(AF_INET, SOCK_DGRAM, 0), one = 1;
@@ -79,40 +86,35 @@ static void *udp_loop(void *arg) {
   return NULL;
 }
 
-/* Answers A queries for *.ziti with 100.64.0.7, REFUSED otherwise (no upstream here). */
-static void *dns_loop(void *arg) {
-  int s = *(int *)arg;
-  for (;;) {
-    unsigned char q[512], out[600];
-    struct sockaddr_in peer;
-    socklen_t pl = sizeof peer;
-    ssize_t n = recvfrom(s, q, sizeof q, 0, (struct sockaddr *)&peer, &pl);
-    if (n < 17) continue;
-    size_t i = 12;
-    char name[256] = "";
-    while (i < (size_t)n && q[i] && q[i] < 64) {
-      size_t len = q[i];
-      if (i + 1 + len > (size_t)n || strlen(name) + len + 2 > sizeof name) break;
-      if (*name) strcat(name, ".");
-      strncat(name, (char *)q + i + 1, len);
-      i += len + 1;
-    }
-    size_t qend = i + 5;
-    if (qend > (size_t)n) continue;
-    size_t nl = strlen(name);
-    int ziti = nl > 5 && strcmp(name + nl - 5, ".ziti") == 0;
-    memcpy(out, q, qend);
-    out[2] = 0x81; out[3] = ziti ? 0x80 : 0x85; /* response, RD, RA; NOERROR or REFUSED */
-    out[6] = 0; out[7] = ziti ? 1 : 0; out[8] = out[9] = out[10] = out[11] = 0;
-    size_t len = qend;
-    if (ziti) {
-      unsigned char ans[16] = { 0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4, 100, 64, 0, 7 };
-      memcpy(out + len, ans, sizeof ans);
-      len += sizeof ans;
-    }
-    sendto(s, out, len, 0, (struct sockaddr *)&peer, pl);
+/* DNS (contract item 5): a query to $ZITI_CNI_DNS_SERVER:53 arrives at the catch-all like any
+ * intercepted flow. A queries for *.ziti get 100.64.0.7; anything else gets REFUSED, which
+ * sends glibc to the next nameserver and which musl ignores while it waits for the others.
+ * Returns the answer's length, 0 if the query is unusable. */
+static size_t dns_answer(const unsigned char *q, size_t n, unsigned char *out) {
+  if (n < 17 || n > 512) return 0;
+  size_t i = 12;
+  char name[256] = "";
+  while (i < n && q[i] && q[i] < 64) {
+    size_t len = q[i];
+    if (i + 1 + len > n || strlen(name) + len + 2 > sizeof name) return 0;
+    if (*name) strcat(name, ".");
+    strncat(name, (const char *)q + i + 1, len);
+    i += len + 1;
   }
-  return NULL;
+  size_t qend = i + 5;
+  if (qend > n) return 0;
+  size_t nl = strlen(name);
+  int ziti = nl > 5 && strcmp(name + nl - 5, ".ziti") == 0;
+  memcpy(out, q, qend);
+  out[2] = 0x81; out[3] = ziti ? 0x80 : 0x85; /* response, RD, RA; NOERROR or REFUSED */
+  out[6] = 0; out[7] = ziti ? 1 : 0; out[8] = out[9] = out[10] = out[11] = 0;
+  size_t len = qend;
+  if (ziti) {
+    unsigned char ans[16] = { 0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4, 100, 64, 0, 7 };
+    memcpy(out + len, ans, sizeof ans);
+    len += sizeof ans;
+  }
+  return len;
 }
 
 /* `tproxy-standin probe-transparent`: can this process set IP_TRANSPARENT (what an nftables
@@ -126,18 +128,17 @@ static int probe_transparent(void) {
 
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "probe-transparent") == 0) return probe_transparent();
-  const char *p = getenv("ZITI_CNI_TPROXY_PORT"), *d = getenv("ZITI_CNI_DNS_PORT");
+  const char *p = getenv("ZITI_CNI_TPROXY_PORT");
   if (!p) { fprintf(stderr, "tproxy-standin: ZITI_CNI_TPROXY_PORT is not set\n"); return 2; }
   port = atoi(p);
-  dns_port = d ? atoi(d) : 0;
-  static int t, u, q;
+  dns_server = getenv("ZITI_CNI_DNS_SERVER");
+  static int t, u;
   t = listener(SOCK_STREAM, port);
   u = listener(SOCK_DGRAM, port);
   pthread_t th;
   pthread_create(&th, NULL, tcp_loop, &t);
   pthread_create(&th, NULL, udp_loop, &u);
-  if (dns_port) { q = listener(SOCK_DGRAM, dns_port); pthread_create(&th, NULL, dns_loop, &q); }
-  printf("READY listening on 127.0.0.1:%d tcp+udp%s\n", port, dns_port ? ", dns" : "");
+  printf("READY listening on 127.0.0.1:%d tcp+udp%s%s\n", port, dns_server ? ", DNS at " : "", dns_server ? dns_server : "");
   fflush(stdout);
   for (;;) pause();
 }

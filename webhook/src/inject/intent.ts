@@ -2,7 +2,7 @@
 // plus what the sidecar needs to match it: hostAliases, proxy listeners, env.
 import {
   ANNOTATION_DATAPATH, ANNOTATION_DNS_CAPTURE, ANNOTATION_EXCLUDE_CIDRS, ANNOTATION_EXCLUDE_PORTS, ANNOTATION_INTERCEPT_CIDRS, ANNOTATION_MODE, ANNOTATION_SERVICES,
-  ValidationError, formatAddress, formatCidr, formatPortRange, mergeCidrs, nthAddress, parseDatapath, parseDnsCapture, parseExcludeCidrs, parseExcludePorts,
+  ValidationError, cidrContains, formatAddress, formatCidr, formatPortRange, mergeCidrs, nthAddress, parseAddress, parseDatapath, parseDnsCapture, parseExcludeCidrs, parseExcludePorts,
   parseInterceptCidrs, parseMode, parseServices, type Intent, type Mode, type Proto,
 } from '@ziti-cni/shared'
 import type { V1HostAlias } from '@kubernetes/client-node'
@@ -19,6 +19,10 @@ export interface InterceptionPlan {
   listeners: ProxyListener[]
   /** Ports the sidecar listens on (checked against the app's containerPorts). */
   ports: number[]
+  /** tproxy: the tunneler's DNS address inside the intercept range, when the pod uses it. */
+  dnsServer?: string
+  /** Whether DNS was asked for explicitly (an error if the pod has its own DNS settings). */
+  dnsExplicit?: boolean
 }
 
 const PROXY_ONLY = [ANNOTATION_SERVICES]
@@ -104,13 +108,16 @@ function planTproxy(annotations: Record<string, string>, cfg: WebhookConfig): In
   if (datapath === 'ebpf' && (exclude.length || ports.length)) {
     throw new ValidationError(ANNOTATION_DATAPATH, 'ebpf makes the intercept CIDRs local addresses of the pod, so excluded traffic could not leave; drop the exclusions')
   }
-  // DNS capture is a DNAT, and a nat chain in the netns stops bpf_sk_assign delivery: on the
-  // ebpf datapath it is off unless asked for, and asking is an error.
+  // DNS without a capture rule (a DNAT would stop bpf_sk_assign delivery): the pod's resolver
+  // becomes the tunneler's DNS address inside the intercept range, which the datapath already
+  // delivers to the catch-all like any other intercepted flow; the cluster DNS follows it.
   const dnsAsked = get(ANNOTATION_DNS_CAPTURE) !== undefined ? parseDnsCapture(get(ANNOTATION_DNS_CAPTURE)!) : undefined
-  if (datapath === 'ebpf' && dnsAsked === true) {
-    throw new ValidationError(ANNOTATION_DNS_CAPTURE, 'cannot be true with datapath ebpf (its DNAT stops bpf_sk_assign delivery)')
+  const useDns = dnsAsked ?? cfg.tproxy.dnsCapture
+  const dnsAddr = parseAddress(cfg.tproxy.dnsServer)
+  if (useDns && typeof dnsAddr !== 'string' && !cidrs.some((c) => c.family === dnsAddr.family && cidrContains(c, dnsAddr))) {
+    throw new ValidationError(ANNOTATION_INTERCEPT_CIDRS, `does not contain the tunneler's DNS address ${cfg.tproxy.dnsServer}; add it, or set ${ANNOTATION_DNS_CAPTURE}: "false"`)
   }
-  const dns = dnsAsked ?? false
+  const dns = false
   // Overlapping exclude ranges are merged; the schema wants them disjoint.
   const sortedPorts = [...ports].sort((a, b) => a.from - b.from)
   const mergedPorts: typeof ports = []
@@ -125,5 +132,5 @@ function planTproxy(annotations: Record<string, string>, cfg: WebhookConfig): In
     datapath, cidrs: cidrs.map(formatCidr), proto: [...cfg.tproxy.protocols], to: cfg.tproxy.port, dns: dns ? cfg.tproxy.dnsPort : undefined,
     excludeCidrs: mergeCidrs(exclude).map(formatCidr), excludePorts: mergedPorts.map(formatPortRange), fence,
   }
-  return { mode: 'tproxy', intent, aliases: [], listeners: [], ports: fence }
+  return { mode: 'tproxy', intent, aliases: [], listeners: [], ports: fence, ...(useDns ? { dnsServer: cfg.tproxy.dnsServer, dnsExplicit: dnsAsked === true } : {}) }
 }

@@ -1,7 +1,7 @@
 // The pure core of injection: pod in, mutated pod (or a ValidationError naming the key and
 // the problem) out. Both /mutate and the offline `inject` command run exactly this.
 import {
-  ANNOTATION_ENROLLMENT_SECRET, ANNOTATION_IDENTITY_SECRET, ANNOTATION_INTERCEPTION, ANNOTATION_STATUS, SIDECAR_NAME, SIDECAR_VOLUME,
+  ANNOTATION_DNS_CAPTURE, ANNOTATION_ENROLLMENT_SECRET, ANNOTATION_IDENTITY_SECRET, ANNOTATION_INTERCEPTION, ANNOTATION_STATUS, SIDECAR_NAME, SIDECAR_VOLUME,
   USER_ANNOTATIONS, VALIDATOR_NAME, ValidationError, parseSecretRef, serializeIntent,
 } from '@ziti-cni/shared'
 import type { V1Container, V1HostAlias, V1Pod } from '@kubernetes/client-node'
@@ -71,6 +71,49 @@ function checkPorts(pod: V1Pod, plan: InterceptionPlan): void {
     }
   }
   if (pod.spec?.volumes?.some((v) => v.name === SIDECAR_VOLUME)) throw new ValidationError('spec.volumes', `volume name "${SIDECAR_VOLUME}" is reserved for the Ziti sidecar`)
+}
+
+/**
+ * tproxy DNS: the tunneler's address first, the cluster DNS after it, the usual search path.
+ * glibc moves to the next server on REFUSED or SERVFAIL, and musl ignores those answers while
+ * it waits for another server's: a tunneler answering REFUSED for names it does not own never
+ * breaks the pod's other lookups. Returns a warning when the pod's own DNS settings win.
+ */
+function dnsOps(pod: V1Pod, plan: InterceptionPlan, cfg: WebhookConfig, ops: Operation[]): string | undefined {
+  if (!plan.dnsServer) return undefined
+  const spec = pod.spec ?? { containers: [] }
+  if (spec.dnsPolicy === 'None' || spec.dnsConfig) {
+    if (plan.dnsExplicit) throw new ValidationError(ANNOTATION_DNS_CAPTURE, 'the pod sets its own dnsPolicy/dnsConfig; drop them, or set it to "false"')
+    return `ziti-cni: the pod sets its own DNS (dnsPolicy/dnsConfig), so Ziti service names do not resolve through the tunneler; set ${ANNOTATION_DNS_CAPTURE}: "false" to silence this`
+  }
+  const ns = pod.metadata?.namespace ?? 'default'
+  const domain = cfg.tproxy.clusterDomain
+  ops.push({ op: 'add', path: '/spec/dnsPolicy', value: 'None' })
+  ops.push({ op: 'add', path: '/spec/dnsConfig', value: {
+    nameservers: [plan.dnsServer, ...cfg.tproxy.clusterDns].slice(0, 3),
+    searches: [`${ns}.svc.${domain}`, `svc.${domain}`, domain],
+    options: [{ name: 'ndots', value: '5' }],
+  } })
+  return undefined
+}
+
+/**
+ * A tproxy tunneler answers UDP from the original destination, which may be a low port (DNS
+ * on 100.64.0.2:53, syslog on 514): binding one as a non-root uid needs the pod's
+ * net.ipv4.ip_unprivileged_port_start lowered, a "safe" sysctl that Pod Security "restricted"
+ * admits. Nothing else in the pod changes.
+ */
+export const UNPRIVILEGED_PORT_SYSCTL = { name: 'net.ipv4.ip_unprivileged_port_start', value: '0' }
+function lowPortOps(pod: V1Pod, ops: Operation[]): void {
+  const sc = pod.spec?.securityContext
+  const existing = sc?.sysctls?.find((x) => x.name === UNPRIVILEGED_PORT_SYSCTL.name)
+  if (existing) {
+    if (existing.value !== UNPRIVILEGED_PORT_SYSCTL.value) throw new ValidationError('spec.securityContext.sysctls', `${UNPRIVILEGED_PORT_SYSCTL.name} is ${existing.value}; tproxy mode needs 0 (the tunneler answers UDP from the original, possibly low, port)`)
+    return
+  }
+  if (!sc) ops.push({ op: 'add', path: '/spec/securityContext', value: { sysctls: [UNPRIVILEGED_PORT_SYSCTL] } })
+  else if (!sc.sysctls) ops.push({ op: 'add', path: '/spec/securityContext/sysctls', value: [UNPRIVILEGED_PORT_SYSCTL] })
+  else ops.push({ op: 'add', path: '/spec/securityContext/sysctls/-', value: UNPRIVILEGED_PORT_SYSCTL })
 }
 
 /** RFC 6901: "~" and "/" in a key become "~0" and "~1". */
@@ -173,17 +216,22 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: Injection
   if (!cfg.nativeSidecar) prepend('/spec/containers', spec.containers, sidecar)
   append('/spec/volumes', spec.volumes, [sidecarVolume()])
   if (aliases.length) append('/spec/hostAliases', spec.hostAliases, aliases)
+  const dnsWarning = dnsOps(original, plan, cfg, ops)
+  if (plan.mode === 'tproxy') lowPortOps(original, ops)
   // Owned by the webhook: whatever the user put there is replaced (`add` replaces a member).
   if (!original.metadata?.annotations) ops.push({ op: 'add', path: '/metadata/annotations', value: owned })
   else for (const [k, v] of Object.entries(owned)) ops.push({ op: 'add', path: `/metadata/annotations/${pointerEscape(k)}`, value: v })
   if (!original.metadata) ops.unshift({ op: 'add', path: '/metadata', value: {} })
 
-  const warnings: string[] = []
+  const warnings: string[] = dnsWarning ? [dnsWarning] : []
   const supplied = annotations[ANNOTATION_INTERCEPTION]
   if (supplied !== undefined && supplied !== owned[ANNOTATION_INTERCEPTION]) {
     warnings.push(`ziti-cni: replaced the user-supplied ${ANNOTATION_INTERCEPTION} annotation (it is owned by the webhook)`)
   }
-  const shape = [spec.initContainers, spec.containers, spec.volumes, spec.hostAliases, original.metadata?.annotations, original.metadata].map((x) => (x ? 1 : 0)).join('')
+  // DNS ops depend on the namespace (search path) and the pod's own DNS settings.
+  const shape = [spec.initContainers, spec.containers, spec.volumes, spec.hostAliases, original.metadata?.annotations, original.metadata].map((x) => (x ? 1 : 0)).join('') +
+    (plan.dnsServer ? `/${original.metadata?.namespace ?? ''}/${spec.dnsPolicy ?? ''}/${spec.dnsConfig ? 1 : 0}` : '') +
+    (plan.mode === 'tproxy' ? `/${spec.securityContext ? 1 : 0}${spec.securityContext?.sysctls ? 1 : 0}${spec.securityContext?.sysctls?.some((x) => x.name === UNPRIVILEGED_PORT_SYSCTL.name) ? 1 : 0}` : '')
   let patch = encoded.get(shape)
   if (patch === undefined) {
     patch = Buffer.from(JSON.stringify(ops)).toString('base64')

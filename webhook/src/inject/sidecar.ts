@@ -93,6 +93,7 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
       { name: 'ZITI_CNI_TPROXY_PORT', value: String(intent.to) },
       { name: 'ZITI_CNI_INTERCEPT_CIDRS', value: intent.cidrs.join(',') },
       ...(intent.dns !== undefined ? [{ name: 'ZITI_CNI_DNS_PORT', value: String(intent.dns) }] : []),
+      ...(plan.dnsServer ? [{ name: 'ZITI_CNI_DNS_SERVER', value: plan.dnsServer }] : []),
     )
   }
   const probeTargets = plan.mode === 'proxy'
