@@ -28,7 +28,6 @@ export interface WebhookConfig {
     image: string
     args: string[]
     port: number
-    dnsPort: number
     defaultCidrs: Cidr[]
     /**
      * DNS for tproxy pods: the pod's resolver is the tunneler's DNS address inside the intercept
@@ -89,7 +88,6 @@ export const DEFAULT_CONFIG: WebhookConfig = {
     image: '',
     args: [],
     port: 15001,
-    dnsPort: 15053,
     defaultCidrs: [parseCidr(ZITI_DNS_RANGE) as Cidr],
     dnsCapture: true,
     dnsServer: '100.64.0.2',
@@ -145,7 +143,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const known: Record<string, string[]> = {
     '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'validator', 'excludedNamespaces', 'listen', 'bodyLimitBytes', 'drainSeconds', 'tls', 'logLevel'],
     proxy: ['image', 'portBase', 'aliasRange', 'servicePollSeconds'],
-    tproxy: ['image', 'args', 'port', 'dnsPort', 'defaultCidrs', 'dnsCapture', 'dnsServer', 'clusterDns', 'clusterDomain', 'protocols', 'datapath'],
+    tproxy: ['image', 'args', 'port', 'defaultCidrs', 'dnsCapture', 'dnsServer', 'clusterDns', 'clusterDomain', 'protocols', 'datapath'],
     listen: ['host', 'port'],
     tls: ['mode', 'certFile', 'keyFile', 'secretName', 'namespace', 'serviceName', 'webhookConfigName', 'validityDays', 'renewBeforeDays'],
     resources: ['requests', 'limits'],
@@ -216,7 +214,6 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       image: pick('tproxy.image', tproxy.image, d.tproxy.image, (v) => (v === '' ? undefined : image(v))),
       args: list('tproxy.args', tproxy.args, d.tproxy.args, str),
       port: pick('tproxy.port', tproxy.port, d.tproxy.port, port),
-      dnsPort: pick('tproxy.dnsPort', tproxy.dnsPort, d.tproxy.dnsPort, port),
       defaultCidrs: list<unknown>('tproxy.defaultCidrs', tproxy.defaultCidrs, d.tproxy.defaultCidrs.map(formatCidr), (v) => {
         const c = typeof v === 'string' ? parseCidr(v, false) : 'must be a CIDR string'
         return typeof c === 'string' ? c : undefined
@@ -254,7 +251,6 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
     },
     logLevel: env.LOG_LEVEL ?? pick('logLevel', top.logLevel, d.logLevel, (v) => (['trace', 'debug', 'info', 'warn', 'error'].includes(v as string) ? undefined : 'must be trace, debug, info, warn or error')),
   }
-  if (cfg.tproxy.port === cfg.tproxy.dnsPort) problems.push(`tproxy.dnsPort: must differ from tproxy.port (${cfg.tproxy.port})`)
   if (cfg.tls.renewBeforeDays >= cfg.tls.validityDays) problems.push('tls.renewBeforeDays: must be less than tls.validityDays')
   if (cfg.tproxy.protocols.length === 0) problems.push('tproxy.protocols: must list tcp, udp or both')
   // `ziti tunnel proxy` listens on 0.0.0.0 only: a v6 alias would be DNATed to [::1] where

@@ -23,13 +23,13 @@ t.test('every bad key is reported at once, by name', async (t) => {
   }), [
     'frob: unknown key',
     'tproxy.addCapabilities: unknown key',
+    'tproxy.dnsPort: unknown key',
     'defaultMode: must be proxy or tproxy',
     'sidecarUid: must be an integer in 1-2147483647',
     'proxy.image: must be a fully qualified image with a pinned tag or digest (not :latest)',
     'proxy.aliasRange: host bits are set (did you mean 100.64.0.0/10?)',
     `tproxy.datapath: ${NFTABLES_REFUSED}`,
     'tls.mode: must be self-managed or files',
-    'tproxy.dnsPort: must differ from tproxy.port (15053)',
     'tls.renewBeforeDays: must be less than tls.validityDays',
   ])
   t.same(problems({ proxy: { image: 'ziti-tunnel' } }), ['proxy.image: must be a fully qualified image with a pinned tag or digest (not :latest)'])

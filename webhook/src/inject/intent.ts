@@ -117,7 +117,6 @@ function planTproxy(annotations: Record<string, string>, cfg: WebhookConfig): In
   if (useDns && typeof dnsAddr !== 'string' && !cidrs.some((c) => c.family === dnsAddr.family && cidrContains(c, dnsAddr))) {
     throw new ValidationError(ANNOTATION_INTERCEPT_CIDRS, `does not contain the tunneler's DNS address ${cfg.tproxy.dnsServer}; add it, or set ${ANNOTATION_DNS_CAPTURE}: "false"`)
   }
-  const dns = false
   // Overlapping exclude ranges are merged; the schema wants them disjoint.
   const sortedPorts = [...ports].sort((a, b) => a.from - b.from)
   const mergedPorts: typeof ports = []
@@ -126,10 +125,10 @@ function planTproxy(annotations: Record<string, string>, cfg: WebhookConfig): In
     if (last && r.from <= last.to + 1) last.to = Math.max(last.to, r.to)
     else mergedPorts.push({ ...r })
   }
-  const fence = dns ? [cfg.tproxy.port, cfg.tproxy.dnsPort] : [cfg.tproxy.port]
+  const fence = [cfg.tproxy.port]
   const intent: Intent = {
     v: 1, mode: 'tproxy', uid: cfg.sidecarUid,
-    datapath, cidrs: cidrs.map(formatCidr), proto: [...cfg.tproxy.protocols], to: cfg.tproxy.port, dns: dns ? cfg.tproxy.dnsPort : undefined,
+    datapath, cidrs: cidrs.map(formatCidr), proto: [...cfg.tproxy.protocols], to: cfg.tproxy.port, dns: undefined,
     excludeCidrs: mergeCidrs(exclude).map(formatCidr), excludePorts: mergedPorts.map(formatPortRange), fence,
   }
   return { mode: 'tproxy', intent, aliases: [], listeners: [], ports: fence, ...(useDns ? { dnsServer: cfg.tproxy.dnsServer, dnsExplicit: dnsAsked === true } : {}) }
