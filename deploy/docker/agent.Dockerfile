@@ -2,7 +2,7 @@
 # The node agent: Node 22 LTS, the agent bundle, the self-contained `ziti-cni` executable
 # (Node SEA, built here on glibc with the same Node as the runtime) that the installer
 # copies to the node, the eBPF datapath's tc program, and the tools the agent runs inside pod
-# netns: nft, ip, tc, nsenter.
+# netns: nft, ip, tc, nsenter, sysctl.
 ARG NODE_IMAGE=docker.io/library/node:22.23.3-bookworm-slim
 
 FROM ${NODE_IMAGE} AS build
@@ -26,7 +26,7 @@ RUN pnpm --filter @ziti-cni/cni-plugin run build
 FROM ${NODE_IMAGE}
 LABEL org.opencontainers.image.description="ziti-cni node agent and CNI plugin installer"
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables iproute2 util-linux \
+ && apt-get install -y --no-install-recommends nftables iproute2 util-linux procps \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/cni-plugin/dist/agent.mjs /opt/ziti-cni/agent.mjs
 COPY --from=build /src/cni-plugin/dist/cli.mjs /opt/ziti-cni/cli.mjs

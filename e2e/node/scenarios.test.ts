@@ -129,6 +129,23 @@ t.test('node-level end-to-end on containerd + runc', rootOnly(['nft', 'ip', 'nse
     await node.removePod(s)
   })
 
+  await t.test('5a. ebpf datapath exclusions: excluded ports and CIDRs leave for real, and so does the sidecar\'s own traffic', async (t) => {
+    const base = { 'cni.openziti.io/identity-secret': 'scanner-identity', 'cni.openziti.io/mode': 'tproxy', 'cni.openziti.io/intercept-cidrs': `100.64.0.0/10, ${infra.ip}`, 'cni.openziti.io/dns-capture': 'false' }
+    const direct = `direct server=${infra.ip}:8080 peer=`
+    const plain = await node.runPod(await node.createPod(appPod('excl-none', 'apps', base)))
+    t.equal((await app(node, plain, ['tcp', infra.ip, '8080'])).reply, `tproxy proto=tcp orig_dst=${infra.ip}:8080 peer=${plain.ip}`, 'an address in the CIDRs is intercepted, even another pod\'s')
+    t.equal((await app(node, plain, ['tcp', infra.ip, '8080'], 'ziti-tunnel')).reply, `${direct}${plain.ip}`, 'the sidecar\'s own connection to it leaves for real (bypass mark, main table)')
+    const ports = await node.runPod(await node.createPod(appPod('excl-ports', 'apps', { ...base, 'cni.openziti.io/exclude-ports': '8080' })))
+    t.equal((await app(node, ports, ['tcp', infra.ip, '8080'])).reply, `${direct}${ports.ip}`, 'an excluded port leaves for real')
+    t.equal((await app(node, ports, ['tcp', infra.ip, '9999'])).reply, `tproxy proto=tcp orig_dst=${infra.ip}:9999 peer=${ports.ip}`, 'other ports to the same address are intercepted')
+    const cidrs = await node.runPod(await node.createPod(appPod('excl-cidrs', 'apps', { ...base, 'cni.openziti.io/exclude-cidrs': infra.ip })))
+    t.equal((await app(node, cidrs, ['tcp', infra.ip, '8080'])).reply, `${direct}${cidrs.ip}`, 'an excluded CIDR leaves for real')
+    t.equal((await app(node, cidrs, ['tcp', '100.64.3.7', '443'])).reply, `tproxy proto=tcp orig_dst=100.64.3.7:443 peer=${cidrs.ip}`, 'the rest of the CIDRs is intercepted')
+    t.equal(node.inNetns(cidrs, ['sysctl', '-n', 'net.ipv4.conf.all.arp_ignore']).stdout.trim(), '1', 'the pod does not answer ARP for the intercept range on the pod network')
+    t.match(node.inNetns(cidrs, ['ip', 'rule', 'show']).stdout, /^10:\s+from all fwmark 0x2a2 lookup main\s*\n100:\s+from all lookup local/m, 'bypass rule, then the local table')
+    for (const s of [plain, ports, cidrs]) await node.removePod(s)
+  })
+
   await t.test('5b. nftables TPROXY cannot deliver under a real runtime: a non-root container never holds NET_RAW effectively', async (t) => {
     // Any pod spec can ask for NET_RAW; the kubelet passes it, runc puts it in the bounding set only.
     const asked = await node.createPod({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'net-raw', namespace: 'plain' }, spec: {

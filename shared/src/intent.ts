@@ -210,9 +210,6 @@ export function validateIntent(value: unknown): Intent {
   }
   if (o.datapath !== undefined && o.datapath !== 'nftables' && o.datapath !== 'ebpf') c.fail('datapath', 'must be "nftables" or "ebpf"')
   const datapath = (o.datapath ?? 'nftables') as Datapath
-  if (datapath === 'ebpf' && ((o.excludeCidrs as unknown[] | undefined)?.length || (o.excludePorts as unknown[] | undefined)?.length)) {
-    c.fail('datapath', 'ebpf makes the intercept CIDRs local addresses, so excluded traffic could not leave; use datapath nftables for exclusions')
-  }
   if (datapath === 'ebpf' && o.dns !== undefined) {
     // Measured: with any nat chain in the netns (DNS capture is a DNAT), packets that
     // bpf_sk_assign handed to the catch-all are refused instead.

@@ -57,6 +57,14 @@ export const TPROXY_RULE_PRIORITY = 32000
  * program needs no map. Must match cni-plugin/bpf/tproxy.bpf.c.
  */
 export const EBPF_MARK_TAG = 0x02a10000
+/**
+ * eBPF datapath: the intercept CIDRs are local routes, so traffic that must still leave (the
+ * sidecar's own, excluded CIDRs and ports) gets this mark, and a rule that runs before the
+ * `local` table (moved from priority 0 to LOCAL_RULE_PRIORITY) sends it through `main`.
+ */
+export const EBPF_BYPASS_MARK = 0x2a2
+export const EBPF_BYPASS_RULE_PRIORITY = 10
+export const LOCAL_RULE_PRIORITY = 100
 
 /** Default Ziti DNS range; the tunnelers allocate service IPs from it (first one 100.64.0.2). */
 export const ZITI_DNS_RANGE = '100.64.0.0/10'

@@ -4,7 +4,7 @@
 // `destroy`).
 import { parseCidr, type Cidr } from './ip.ts'
 import type { Intent, ProxyIntent, TproxyIntent } from './intent.ts'
-import { EBPF_MARK_TAG, NFT_FAMILY, NFT_TABLE, TPROXY_FWMARK, TPROXY_ROUTE_TABLE, TPROXY_RULE_PRIORITY } from './keys.ts'
+import { EBPF_BYPASS_MARK, EBPF_BYPASS_RULE_PRIORITY, EBPF_MARK_TAG, LOCAL_RULE_PRIORITY, NFT_FAMILY, NFT_TABLE, TPROXY_FWMARK, TPROXY_ROUTE_TABLE, TPROXY_RULE_PRIORITY } from './keys.ts'
 import { parseAddress } from './ip.ts'
 
 export interface RouteSpec {
@@ -27,7 +27,7 @@ export interface RouteSpec {
 export interface RuleSpec {
   family: 4 | 6
   fwmark: number
-  table: number
+  table: number | 'main'
   priority: number
 }
 
@@ -39,6 +39,13 @@ export interface Plan {
   nft: string
   routes: RouteSpec[]
   rules: RuleSpec[]
+  /**
+   * ebpf datapath: move the `lookup local` rule from priority 0 to this one, per family, so the
+   * bypass rules come first (undone by DEL).
+   */
+  localRulePriority?: number
+  /** Per-netns sysctls ADD sets (and DEL resets to `reset`). */
+  sysctls: Array<{ name: string; value: string; reset: string }>
 }
 
 const MARK = `0x${TPROXY_FWMARK.toString(16).padStart(8, '0')}`
@@ -137,7 +144,7 @@ function renderProxy(intent: ProxyIntent): Plan {
     w.block('chain proxy_postrouting', snat)
   }
   fenceBlock(w, intent.fence)
-  return { mode: 'proxy', nft: w.done(), routes: [], rules: [], bpf: undefined }
+  return { mode: 'proxy', nft: w.done(), routes: [], rules: [], bpf: undefined, sysctls: [] }
 }
 
 function splitFamilies(cidrs: string[]): Record<4 | 6, string[]> {
@@ -157,20 +164,30 @@ function renderTproxy(intent: TproxyIntent, facts: AttachmentFacts): Plan {
   if (intent.excludePorts.length) w.set('exclude_ports', 'inet_service', intent.excludePorts, true)
   const protos = `{ ${intent.proto.join(', ')} }`
 
-  // Mark what the app sends to an intercepted address; the route chain re-routes marked
-  // packets through the policy table (local default dev lo) so they re-enter on lo.
-  const steer = [
-    'type route hook output priority mangle; policy accept;',
-    `meta skuid ${intent.uid} return`,
-    `meta l4proto != ${protos} return`,
-  ]
-  if (intent.dns !== undefined) steer.push('th dport 53 return')
-  if (intent.excludePorts.length) steer.push('th dport @exclude_ports return')
-  for (const f of families) if (exclude[f].length) steer.push(`${ipOf(f)} daddr @exclude${f} return`)
   const ebpf = intent.datapath === 'ebpf'
-  // ebpf: the mark carries the catch-all port for the tc program.
-  const mark = ebpf ? `0x${(EBPF_MARK_TAG | intent.to).toString(16).padStart(8, '0')}` : MARK
-  for (const f of families) steer.push(`${ipOf(f)} daddr @intercept${f} meta mark set ${mark}`)
+  const steer = ['type route hook output priority mangle; policy accept;']
+  if (!ebpf) {
+    // Mark what the app sends to an intercepted address; the route chain re-routes marked
+    // packets through the policy table (local default dev lo) so they re-enter on lo.
+    steer.push(`meta skuid ${intent.uid} return`, `meta l4proto != ${protos} return`)
+    if (intent.dns !== undefined) steer.push('th dport 53 return')
+    if (intent.excludePorts.length) steer.push('th dport @exclude_ports return')
+    for (const f of families) if (exclude[f].length) steer.push(`${ipOf(f)} daddr @exclude${f} return`)
+    for (const f of families) steer.push(`${ipOf(f)} daddr @intercept${f} meta mark set ${MARK}`)
+  } else {
+    // The CIDRs are local addresses here: what must still leave (the sidecar's own traffic,
+    // excluded CIDRs and ports) is marked for the bypass rule, which looks it up in `main`;
+    // what is intercepted is marked with the catch-all port for the tc program.
+    const bypass = `0x${EBPF_BYPASS_MARK.toString(16).padStart(8, '0')}`
+    const port = `0x${(EBPF_MARK_TAG | intent.to).toString(16).padStart(8, '0')}`
+    for (const f of families) steer.push(`meta skuid ${intent.uid} ${ipOf(f)} daddr @intercept${f} meta mark set ${bypass} return`)
+    steer.push(`meta l4proto != ${protos} return`)
+    for (const f of families) {
+      if (intent.excludePorts.length) steer.push(`${ipOf(f)} daddr @intercept${f} th dport @exclude_ports meta mark set ${bypass} return`)
+      if (exclude[f].length) steer.push(`${ipOf(f)} daddr @exclude${f} meta mark set ${bypass} return`)
+    }
+    for (const f of families) steer.push(`${ipOf(f)} daddr @intercept${f} meta mark set ${port}`)
+  }
   w.block('chain steer_output', steer)
 
   if (!ebpf) {
@@ -201,8 +218,19 @@ function renderTproxy(intent: TproxyIntent, facts: AttachmentFacts): Plan {
         const src = (facts.podIps ?? []).find((ip) => (parseAddress(ip) as { family?: number }).family === family)
         return intercept[family].map((dst) => ({ family, dst, table: 'local' as const, ...(src ? { src } : {}) }))
       }),
-      rules: [],
       bpf: { dev: 'lo', section: 'tc' },
+      rules: families.map((family) => ({ family, fwmark: EBPF_BYPASS_MARK, table: 'main' as const, priority: EBPF_BYPASS_RULE_PRIORITY })),
+      localRulePriority: LOCAL_RULE_PRIORITY,
+      // The CIDRs are local addresses of the pod, so (measured in the node suite):
+      // - by default the pod answers ARP for all of them on eth0, claiming 100.64.0.0/10 on the
+      //   pod network; with a hairpin bridge it even answers its own request and sends bypassed
+      //   traffic to itself. arp_ignore=1: answer only for addresses configured on eth0.
+      // - replies to bypassed traffic come from addresses inside the CIDRs, which IPv4 drops as
+      //   martians unless accept_local.
+      sysctls: families.includes(4) ? [
+        { name: 'net.ipv4.conf.all.arp_ignore', value: '1', reset: '0' },
+        { name: 'net.ipv4.conf.all.accept_local', value: '1', reset: '0' },
+      ] : [],
     }
   }
   return {
@@ -211,5 +239,6 @@ function renderTproxy(intent: TproxyIntent, facts: AttachmentFacts): Plan {
     routes: families.map((family) => ({ family, dst: family === 4 ? '0.0.0.0/0' : '::/0', table: TPROXY_ROUTE_TABLE })),
     rules: families.map((family) => ({ family, fwmark: TPROXY_FWMARK, table: TPROXY_ROUTE_TABLE, priority: TPROXY_RULE_PRIORITY })),
     bpf: undefined,
+    sysctls: [],
   }
 }

@@ -54,6 +54,10 @@ export const FIXTURES: Record<string, Intent> = {
     ...base, mode: 'tproxy', datapath: 'ebpf', cidrs: ['100.64.0.0/10', 'fd00:ffff::/64'], proto: ['tcp', 'udp'], to: 15001,
     dns: undefined, excludeCidrs: [], excludePorts: [], fence: [15001],
   },
+  'tproxy-ebpf-exclusions': {
+    ...base, mode: 'tproxy', datapath: 'ebpf', cidrs: ['100.64.0.0/10', 'fd00:ffff::/64'], proto: ['tcp', 'udp'], to: 15001,
+    dns: undefined, excludeCidrs: ['100.64.0.1/32', 'fd00:ffff::1/128'], excludePorts: ['22', '8000-8100'], fence: [15001],
+  },
   'tproxy-10000-cidrs': {
     ...base, mode: 'tproxy', datapath: 'nftables', cidrs: tenThousandCidrs(), proto: ['tcp', 'udp'], to: 15001, dns: 15053,
     excludeCidrs: [], excludePorts: [], fence: [15001, 15053],

@@ -101,7 +101,7 @@ t.test('admission over HTTPS', async (t) => {
     const m = (await https(`${wh.url}/metrics`, wh.ca, 'GET')).text
     t.match(m, /ziti_cni_admission_requests_total\{outcome="injected"\} \d+/)
     t.match(m, /ziti_cni_admission_requests_total\{outcome="rejected"\} \d+/)
-    t.match(m, /ziti_cni_injections_total\{mode="tproxy"\} 3/)
+    t.match(m, /ziti_cni_injections_total\{mode="tproxy"\} 4/)
     t.match(m, /ziti_cni_rejections_total \d+/)
     t.match(m, /ziti_cni_admission_duration_seconds_bucket\{le="0.005",outcome="injected"\} \d+/)
   })

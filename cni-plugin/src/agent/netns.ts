@@ -22,6 +22,8 @@ export interface Netns {
   nft(path: string, args: string[], input?: string): Promise<ExecResult>
   ip(path: string, args: string[]): Promise<ExecResult>
   tc(path: string, args: string[]): Promise<ExecResult>
+  /** `sysctl` in the netns (net.* keys are per network namespace); only renderer keys. */
+  sysctl(path: string, args: string[]): Promise<ExecResult>
   /** `ip -4|-6 -batch -`: one process for many commands; `force` carries on past failures. */
   ipBatch(path: string, family: '-4' | '-6', commands: string[][], force: boolean): Promise<ExecResult>
 }
@@ -77,6 +79,10 @@ export function createNetns(opts: NetnsOptions): Netns {
     },
     tc(path, args) {
       return run(opts.nsenter, [`--net=${path}`, '--', 'tc', ...args], undefined, opts.timeoutMs)
+    },
+    sysctl(path, args) {
+      for (const a of args) if (!/^(-[nqw]{1,2}|net\.[a-z0-9_.]+(=[0-9]+)?)$/.test(a)) throw new NetnsError(`refusing sysctl argument ${JSON.stringify(a)}`)
+      return run(opts.nsenter, [`--net=${path}`, '--', 'sysctl', ...args], undefined, opts.timeoutMs)
     },
     ipBatch(path, family, commands, force) {
       // Batch lines are split on whitespace by ip: only renderer output (numbers, keywords) goes here.

@@ -97,9 +97,38 @@ export class Programmer {
   }
 
   /** Removes our routes and rules; "not found" is success, repeats catch duplicates. */
-  private async removeRouting(netns: string, plan: Pick<Plan, 'routes' | 'rules'>): Promise<void> {
+  private async removeRouting(netns: string, plan: Pick<Plan, 'routes' | 'rules' | 'localRulePriority'>): Promise<void> {
     const dels = ipCommands(plan).map((argv) => argv.map((a, i) => (i === 2 ? 'del' : a)))
     await this.ipBatches(netns, [...dels, ...dels, ...dels], true)
+    if (plan.localRulePriority !== undefined) await this.placeLocalRule(netns, plan, 0)
+  }
+
+  /**
+   * ebpf: exactly one `lookup local` rule, at `priority` (ours, after the bypass rules; or 0,
+   * the kernel's default, to undo). Added before the old one is deleted, so there is never a
+   * moment without it; `ip rule add` happily duplicates, so the current rules are read first.
+   */
+  private async placeLocalRule(netns: string, plan: Pick<Plan, 'rules' | 'localRulePriority'>, priority: number): Promise<void> {
+    const other = priority === 0 ? plan.localRulePriority! : 0
+    for (const family of new Set(plan.rules.map((r) => r.family))) {
+      const before = (await this.d.netns.ip(netns, [`-${family}`, 'rule', 'show'])).stdout
+      const cmds: string[][] = []
+      const at = localRulesAt(before, priority)
+      if (at === 0) cmds.push([`-${family}`, 'rule', 'add', 'priority', String(priority), 'lookup', 'local'])
+      for (let i = 1; i < at; i++) cmds.push([`-${family}`, 'rule', 'del', 'priority', String(priority), 'lookup', 'local'])
+      for (let i = 0; i < localRulesAt(before, other); i++) cmds.push([`-${family}`, 'rule', 'del', 'priority', String(other), 'lookup', 'local'])
+      if (cmds.length) await this.ipBatches(netns, cmds, false)
+    }
+  }
+
+  /** ebpf: the local rule after our bypass rule, verified. */
+  private async moveLocalRule(netns: string, plan: Plan): Promise<void> {
+    if (plan.localRulePriority === undefined) return
+    await this.placeLocalRule(netns, plan, plan.localRulePriority)
+    for (const family of new Set(plan.rules.map((r) => r.family))) {
+      const r = await this.d.netns.ip(netns, [`-${family}`, 'rule', 'show'])
+      if (localRulesAt(r.stdout, plan.localRulePriority) !== 1 || localRulesAt(r.stdout, 0) !== 0) throw new CniError(ErrorCode.ProgrammingFailed, `IPv${family}: could not move the local rule to priority ${plan.localRulePriority}`, r.stdout)
+    }
   }
 
   async add(req: AgentRequest): Promise<AgentResponse> {
@@ -112,6 +141,11 @@ export class Programmer {
     await this.removeRouting(req.netns, plan)
     try {
       await this.ipBatches(req.netns, ipCommands(plan), false)
+      await this.moveLocalRule(req.netns, plan)
+      for (const x of plan.sysctls) {
+        const r = await this.d.netns.sysctl(req.netns, ['-qw', `${x.name}=${x.value}`])
+        if (r.code !== 0) throw new CniError(ErrorCode.ProgrammingFailed, `sysctl ${x.name} in ${req.netns} failed`, r.stderr.trim())
+      }
       const created = await this.d.netns.nft(req.netns, ['-f', '-'], createOnly(plan.nft))
       if (created.code !== 0) {
         if (!created.stderr.includes('File exists')) throw new CniError(ErrorCode.ProgrammingFailed, `nft -f in ${req.netns} failed`, created.stderr.trim())
@@ -119,9 +153,10 @@ export class Programmer {
       }
       if (plan.bpf) await this.attachBpf(req.netns)
     } catch (e) {
-      // Nothing half-done: the table, the routing and the program go together.
+      // Nothing half-done: the table, the routing, the sysctls and the program go together.
       await this.d.netns.nft(req.netns, ['-f', '-'], renderDeleteTable())
       await this.removeRouting(req.netns, plan)
+      for (const x of plan.sysctls) await this.d.netns.sysctl(req.netns, ['-qw', `${x.name}=${x.reset}`])
       throw e
     }
     // The kernel's own spelling of what was committed, once per distinct intent.
@@ -148,6 +183,7 @@ export class Programmer {
         const plan = renderPlan(parseIntent(saved.intent), { podIps: saved.podIps })
         await this.removeRouting(netns, plan)
         if (plan.bpf) await this.d.netns.tc(netns, ['qdisc', 'del', 'dev', 'lo', 'clsact'])
+        for (const x of plan.sysctls) await this.d.netns.sysctl(netns, ['-qw', `${x.name}=${x.reset}`])
       }
     }
     this.d.state.delete(req.containerId, req.ifName)
@@ -177,6 +213,9 @@ export class Programmer {
       if (!r.stdout.includes(`fwmark 0x${rule.fwmark.toString(16)} lookup ${rule.table}`)) {
         throw new CniError(ErrorCode.Drift, `IPv${rule.family} policy rule for fwmark 0x${rule.fwmark.toString(16)} is missing`)
       }
+      if (plan.localRulePriority !== undefined && (localRulesAt(r.stdout, plan.localRulePriority) !== 1 || localRulesAt(r.stdout, 0) !== 0)) {
+        throw new CniError(ErrorCode.Drift, `IPv${rule.family} local rule is not at priority ${plan.localRulePriority}`, r.stdout)
+      }
     }
     // `ip route show ... type local` lines: "local <dst> dev lo ... [src <ip>]", keyed by dst.
     const routeTables = new Map<string, Map<string, string>>()
@@ -190,6 +229,10 @@ export class Programmer {
       const line = routeTables.get(key)!.get(dst)
       if (line === undefined) throw new CniError(ErrorCode.Drift, `IPv${route.family} local route ${route.dst} in table ${route.table} is missing`)
       if (route.src && !line.includes(` src ${route.src}`)) throw new CniError(ErrorCode.Drift, `IPv${route.family} local route ${route.dst} lost its source ${route.src}`, line)
+    }
+    for (const x of plan.sysctls) {
+      const r = await this.d.netns.sysctl(req.netns, ['-n', x.name])
+      if (r.stdout.trim() !== x.value) throw new CniError(ErrorCode.Drift, `${x.name} is ${r.stdout.trim() || '(unreadable)'}, not ${x.value}`)
     }
     if (plan.bpf) {
       const r = await this.d.netns.tc(req.netns, ['filter', 'show', 'dev', 'lo', 'ingress'])
@@ -212,4 +255,9 @@ export class Programmer {
     }
     return { ok: true, intercepted: false, detail: `removed ${removed} stale attachment(s)` }
   }
+}
+
+/** How many `lookup local` rules `ip rule show` lists at this priority. */
+function localRulesAt(ruleShow: string, priority: number): number {
+  return ruleShow.match(new RegExp(`^${priority}:\\s+from all lookup local\\s*$`, 'gm'))?.length ?? 0
 }

@@ -105,9 +105,6 @@ function planTproxy(annotations: Record<string, string>, cfg: WebhookConfig): In
   }
   const datapath = get(ANNOTATION_DATAPATH) !== undefined ? parseDatapath(get(ANNOTATION_DATAPATH)!) : cfg.tproxy.datapath
   if (datapath === 'nftables') throw new ValidationError(ANNOTATION_DATAPATH, NFTABLES_REFUSED.replace(/^nftables /, 'nftables: '))
-  if (datapath === 'ebpf' && (exclude.length || ports.length)) {
-    throw new ValidationError(ANNOTATION_DATAPATH, 'ebpf makes the intercept CIDRs local addresses of the pod, so excluded traffic could not leave; drop the exclusions')
-  }
   // DNS without a capture rule (a DNAT would stop bpf_sk_assign delivery): the pod's resolver
   // becomes the tunneler's DNS address inside the intercept range, which the datapath already
   // delivers to the catch-all like any other intercepted flow; the cluster DNS follows it.
