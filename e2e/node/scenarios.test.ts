@@ -129,6 +129,18 @@ t.test('node-level end-to-end on containerd + runc', rootOnly(['nft', 'ip', 'nse
     await node.removePod(s)
   })
 
+  await t.test('5c. ebpf datapath, IPv6: TCP and UDP to an intercepted v6 range, original destination and the pod\'s v6 address as peer', async (t) => {
+    const pod = await node.createPod(appPod('scanner-v6', 'apps', { 'cni.openziti.io/identity-secret': 'scanner-identity', 'cni.openziti.io/mode': 'tproxy', 'cni.openziti.io/intercept-cidrs': '100.64.0.0/10, fd00:ffff::/64' }))
+    const s = await node.runPod(pod)
+    const v6 = s.ips.find((ip) => ip.includes(':'))
+    t.ok(v6, `the pod is dual-stack (${s.ips.join(', ')})`)
+    const tcp = await app(node, s, ['tcp', 'fd00:ffff::7', '443'])
+    t.equal(tcp.reply, `tproxy proto=tcp orig_dst=[fd00:ffff::7]:443 peer=${v6}`, `TCP over IPv6 (${tcp.error ?? 'ok'})`)
+    const udp = await app(node, s, ['udp', 'fd00:ffff::9', '5353'])
+    t.equal(udp.reply, `tproxy proto=udp orig_dst=[fd00:ffff::9]:5353 peer=${v6}`, `UDP over IPv6, reply to a connected client (${udp.error ?? 'ok'})`)
+    await node.removePod(s)
+  })
+
   await t.test('5a. ebpf datapath exclusions: excluded ports and CIDRs leave for real, and so does the sidecar\'s own traffic', async (t) => {
     const base = { 'cni.openziti.io/identity-secret': 'scanner-identity', 'cni.openziti.io/mode': 'tproxy', 'cni.openziti.io/intercept-cidrs': `100.64.0.0/10, ${infra.ip}`, 'cni.openziti.io/dns-capture': 'false' }
     const direct = `direct server=${infra.ip}:8080 peer=`

@@ -153,6 +153,8 @@ export interface RunningPod {
   /** The pod netns path containerd made (/var/run/netns/cni-<uuid>). */
   netns: string
   ip: string
+  /** Every pod IP the runtime reported (the IPv4 first, then IPv6 on this node). */
+  ips: string[]
   dir: string
   containers: Map<string, string>
   statuses: Map<string, ContainerStatus>
@@ -301,7 +303,7 @@ export class Kubelet {
     const netns = info.runtimeSpec?.linux?.namespaces?.find((n) => n.type === 'network')?.path ?? ''
     if (this.opts.netnsList && netns) appendFileSync(this.opts.netnsList, `${netns}\n`)
     const ips = [status.status.network?.ip ?? '', ...(status.status.network?.additional_ips ?? []).map((i) => i.ip)].filter(Boolean)
-    const rp: RunningPod = { pod, sandboxId, sandboxConfig: config, netns, ip: ips[0] ?? '', dir, containers: new Map(), statuses: new Map() }
+    const rp: RunningPod = { pod, sandboxId, sandboxConfig: config, netns, ip: ips[0] ?? '', ips, dir, containers: new Map(), statuses: new Map() }
     this.pods.add(rp)
     writeFileSync(join(dir, 'etc-hosts'), hostsFile(pod, ips))
     chmodSync(join(dir, 'etc-hosts'), 0o644)

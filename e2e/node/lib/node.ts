@@ -73,6 +73,8 @@ export class TestNode {
   readonly bridge: string
   readonly subnet: string
   readonly gateway: string
+  /** The pod network's IPv6 range (dual-stack pods, as clusters increasingly run). */
+  readonly subnet6: string
   readonly confDir: string
   readonly binDir: string
   readonly stateDir: string
@@ -102,6 +104,7 @@ export class TestNode {
     this.bridge = `${this.prefix}br`
     this.subnet = `10.${200 + (opts.id % 50)}.${Math.floor(Math.random() * 250)}.0/24`
     this.gateway = this.subnet.replace(/0\/24$/, '1')
+    this.subnet6 = `fd7a:${opts.id}:${randomBytes(2).toString('hex')}::/64`
     this.confDir = join(this.dir, 'net.d')
     this.binDir = join(this.dir, 'bin')
     this.stateDir = join(this.dir, 'state')
@@ -123,7 +126,7 @@ export class TestNode {
       cniVersion: '1.0.0', name: 'e2e-pod-network',
       plugins: [{
         type: 'bridge', bridge: this.bridge, isGateway: true, isDefaultGateway: true, ipMasq: false, hairpinMode: true,
-        ipam: { type: 'host-local', ranges: [[{ subnet: this.subnet, gateway: this.gateway }]], dataDir: join(this.dir, 'ipam') },
+        ipam: { type: 'host-local', ranges: [[{ subnet: this.subnet, gateway: this.gateway }], [{ subnet: this.subnet6 }]], dataDir: join(this.dir, 'ipam') },
         ...extra,
       }],
     }, null, 2)

@@ -6,7 +6,7 @@
 //                      (glibc here), which reads /etc/resolv.conf, walks the search path and
 //                      moves to the next nameserver on REFUSED
 // Prints one JSON line: {ok, resolved, reply | error}.
-import { connect } from 'node:net'
+import { connect, isIP } from 'node:net'
 import { createSocket } from 'node:dgram'
 import { lookup } from 'node:dns/promises'
 
@@ -20,7 +20,8 @@ async function main() {
     out({ ok: true, answers: found.map((a) => a.address) })
     return
   }
-  const { address } = await lookup(host, { family: 4 })
+  // An IP literal is used as is (either family); a name resolves to IPv4 (the hostAliases).
+  const { address, family } = isIP(host) ? { address: host, family: isIP(host) } : await lookup(host, { family: 4 })
   if (cmd === 'tcp') {
     const reply = await timeout(new Promise<string>((resolve, reject) => {
       const c = connect(Number(port), address)
@@ -31,7 +32,7 @@ async function main() {
     }), 3000)
     out({ ok: true, resolved: address, reply })
   } else if (cmd === 'udp') {
-    const s = createSocket('udp4')
+    const s = createSocket(family === 6 ? 'udp6' : 'udp4')
     const reply = await timeout(new Promise<string>((resolve, reject) => {
       s.on('message', (m) => resolve(m.toString().trim()))
       s.on('error', reject)

@@ -14,6 +14,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#ifndef IPV6_RECVORIGDSTADDR
+#define IPV6_RECVORIGDSTADDR 74
+#endif
 #ifndef IP_TRANSPARENT
 #define IP_TRANSPARENT 19
 #endif
@@ -28,29 +31,57 @@ static size_t dns_answer(const unsigned char *q, size_t n, unsigned char *out);
 
 static void die(const char *what) { fprintf(stderr, "tproxy-standin: %s: %s\n", what, strerror(errno)); exit(1); }
 
-static int listener(int type, int p) {
-  int s = socket(AF_INET, type, 0), one = 1;
+static int listener(int family, int type, int p) {
+  int s = socket(family, type, 0), one = 1;
   if (s < 0) die("socket");
   setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (type == SOCK_DGRAM && setsockopt(s, SOL_IP, IP_RECVORIGDSTADDR, &one, sizeof one) < 0) die("IP_RECVORIGDSTADDR");
-  struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(p), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-  if (bind(s, (struct sockaddr *)&a, sizeof a) < 0) die("bind");
+  if (family == AF_INET6) setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  if (type == SOCK_DGRAM && family == AF_INET && setsockopt(s, SOL_IP, IP_RECVORIGDSTADDR, &one, sizeof one) < 0) die("IP_RECVORIGDSTADDR");
+  if (type == SOCK_DGRAM && family == AF_INET6 && setsockopt(s, SOL_IPV6, IPV6_RECVORIGDSTADDR, &one, sizeof one) < 0) die("IPV6_RECVORIGDSTADDR");
+  struct sockaddr_storage ss = { 0 };
+  socklen_t len;
+  if (family == AF_INET) {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    *a = (struct sockaddr_in){ .sin_family = AF_INET, .sin_port = htons(p), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    len = sizeof *a;
+  } else {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    *a = (struct sockaddr_in6){ .sin6_family = AF_INET6, .sin6_port = htons(p), .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+    len = sizeof *a;
+  }
+  if (bind(s, (struct sockaddr *)&ss, len) < 0) {
+    if (family == AF_INET6) { fprintf(stderr, "tproxy-standin: no IPv6 listener: %s\n", strerror(errno)); close(s); return -1; }
+    die("bind");
+  }
   if (type == SOCK_STREAM && listen(s, 128) < 0) die("listen");
   return s;
+}
+
+/* "a.b.c.d:p" or "[v6]:p" and the bare address, for either family. */
+static void format(const struct sockaddr_storage *ss, char *addr, size_t alen, char *full, size_t flen) {
+  if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+    inet_ntop(AF_INET6, &a->sin6_addr, addr, alen);
+    snprintf(full, flen, "[%s]:%d", addr, ntohs(a->sin6_port));
+  } else {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    inet_ntop(AF_INET, &a->sin_addr, addr, alen);
+    snprintf(full, flen, "%s:%d", addr, ntohs(a->sin_port));
+  }
 }
 
 static void *tcp_loop(void *arg) {
   int s = *(int *)arg;
   for (;;) {
-    struct sockaddr_in peer, dst;
+    struct sockaddr_storage peer, dst;
     socklen_t pl = sizeof peer, dl = sizeof dst;
     int c = accept(s, (struct sockaddr *)&peer, &pl);
     if (c < 0) continue;
     getsockname(c, (struct sockaddr *)&dst, &dl);
-    char d[INET_ADDRSTRLEN], p[INET_ADDRSTRLEN], line[160];
-    inet_ntop(AF_INET, &dst.sin_addr, d, sizeof d);
-    inet_ntop(AF_INET, &peer.sin_addr, p, sizeof p);
-    int n = snprintf(line, sizeof line, "tproxy proto=tcp orig_dst=%s:%d peer=%s\n", d, ntohs(dst.sin_port), p);
+    char d[INET6_ADDRSTRLEN], df[INET6_ADDRSTRLEN + 10], p[INET6_ADDRSTRLEN], pf[INET6_ADDRSTRLEN + 10], line[200];
+    format(&dst, d, sizeof d, df, sizeof df);
+    format(&peer, p, sizeof p, pf, sizeof pf);
+    int n = snprintf(line, sizeof line, "tproxy proto=tcp orig_dst=%s peer=%s\n", df, p);
     if (write(c, line, n) < 0) { /* the client went away */ }
     close(c);
   }
@@ -61,26 +92,33 @@ static void *udp_loop(void *arg) {
   int s = *(int *)arg;
   for (;;) {
     char buf[2048], ctl[256];
-    struct sockaddr_in peer, dst = { 0 };
+    struct sockaddr_storage peer, dst = { 0 };
     struct iovec iov = { buf, sizeof buf };
     struct msghdr m = { .msg_name = &peer, .msg_namelen = sizeof peer, .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof ctl };
     ssize_t got = recvmsg(s, &m, 0);
     if (got < 0) continue;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
-      if (c->cmsg_level == SOL_IP && c->cmsg_type == IP_RECVORIGDSTADDR) memcpy(&dst, CMSG_DATA(c), sizeof dst);
-    char d[INET_ADDRSTRLEN], p[INET_ADDRSTRLEN], line[600];
-    inet_ntop(AF_INET, &dst.sin_addr, d, sizeof d);
-    inet_ntop(AF_INET, &peer.sin_addr, p, sizeof p);
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+      if (c->cmsg_level == SOL_IP && c->cmsg_type == IP_RECVORIGDSTADDR) memcpy(&dst, CMSG_DATA(c), sizeof(struct sockaddr_in));
+      if (c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_RECVORIGDSTADDR) memcpy(&dst, CMSG_DATA(c), sizeof(struct sockaddr_in6));
+    }
+    char d[INET6_ADDRSTRLEN], df[INET6_ADDRSTRLEN + 10], p[INET6_ADDRSTRLEN], pf[INET6_ADDRSTRLEN + 10], line[600];
+    format(&dst, d, sizeof d, df, sizeof df);
+    format(&peer, p, sizeof p, pf, sizeof pf);
+    int port = ntohs(dst.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&dst)->sin6_port : ((struct sockaddr_in *)&dst)->sin_port);
     int n;
-    if (dns_server && strcmp(d, dns_server) == 0 && ntohs(dst.sin_port) == 53) n = (int)dns_answer((unsigned char *)buf, (size_t)got, (unsigned char *)line);
-    else n = snprintf(line, sizeof line, "tproxy proto=udp orig_dst=%s:%d peer=%s\n", d, ntohs(dst.sin_port), p);
+    if (dns_server && strcmp(d, dns_server) == 0 && port == 53) n = (int)dns_answer((unsigned char *)buf, (size_t)got, (unsigned char *)line);
+    else n = snprintf(line, sizeof line, "tproxy proto=udp orig_dst=%s peer=%s\n", df, p);
     if (n <= 0) continue;
     /* Reply from the original destination, as a transparent proxy must: a connected client
      * accepts nothing else. */
-    int r = socket(AF_INET, SOCK_DGRAM, 0), one = 1;
+    int r = socket(dst.ss_family, SOCK_DGRAM, 0), one = 1;
     setsockopt(r, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(r, (struct sockaddr *)&dst, sizeof dst) < 0) fprintf(stderr, "tproxy-standin: bind %s:%d: %s\n", d, ntohs(dst.sin_port), strerror(errno));
-    else if (sendto(r, line, n, 0, (struct sockaddr *)&peer, sizeof peer) < 0) fprintf(stderr, "tproxy-standin: sendto: %s\n", strerror(errno));
+    /* IPv6 binds only addresses configured on an interface, and the CIDRs are local routes:
+     * IP_FREEBIND (no capability needed) lets the socket take the original destination. */
+    setsockopt(r, SOL_IP, IP_FREEBIND, &one, sizeof one);
+    socklen_t dlen = dst.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (bind(r, (struct sockaddr *)&dst, dlen) < 0) fprintf(stderr, "tproxy-standin: bind %s: %s\n", df, strerror(errno));
+    else if (sendto(r, line, n, 0, (struct sockaddr *)&peer, m.msg_namelen) < 0) fprintf(stderr, "tproxy-standin: sendto: %s\n", strerror(errno));
     close(r);
   }
   return NULL;
@@ -132,13 +170,18 @@ int main(int argc, char **argv) {
   if (!p) { fprintf(stderr, "tproxy-standin: ZITI_CNI_TPROXY_PORT is not set\n"); return 2; }
   port = atoi(p);
   dns_server = getenv("ZITI_CNI_DNS_SERVER");
-  static int t, u;
-  t = listener(SOCK_STREAM, port);
-  u = listener(SOCK_DGRAM, port);
+  /* 127.0.0.1 and [::1]: the tc program assigns each family to its own loopback listener. */
+  static int t4, u4, t6, u6;
+  t4 = listener(AF_INET, SOCK_STREAM, port);
+  u4 = listener(AF_INET, SOCK_DGRAM, port);
+  t6 = listener(AF_INET6, SOCK_STREAM, port);
+  u6 = listener(AF_INET6, SOCK_DGRAM, port);
   pthread_t th;
-  pthread_create(&th, NULL, tcp_loop, &t);
-  pthread_create(&th, NULL, udp_loop, &u);
-  printf("READY listening on 127.0.0.1:%d tcp+udp%s%s\n", port, dns_server ? ", DNS at " : "", dns_server ? dns_server : "");
+  pthread_create(&th, NULL, tcp_loop, &t4);
+  pthread_create(&th, NULL, udp_loop, &u4);
+  if (t6 >= 0) pthread_create(&th, NULL, tcp_loop, &t6);
+  if (u6 >= 0) pthread_create(&th, NULL, udp_loop, &u6);
+  printf("READY listening on 127.0.0.1:%d and [::1] tcp+udp%s%s\n", port, dns_server ? ", DNS at " : "", dns_server ? dns_server : "");
   fflush(stdout);
   for (;;) pause();
 }
