@@ -61,7 +61,6 @@ export const USAGE = `usage: ziti-cni-agent [run|uninstall] [flags]
   --repair off|delete         pods whose validator found no interception: report only (default), or
                               delete them so their controller recreates them (needs RBAC delete on pods)
   --repair-per-minute N       with --repair=delete, at most N deletions a minute (default 5)
-                              them so their controller recreates them (needs RBAC delete on pods)
 `
 
 export class FlagError extends Error {

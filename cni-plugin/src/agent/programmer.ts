@@ -103,6 +103,11 @@ export class Programmer {
     if (plan.localRulePriority !== undefined) await this.placeLocalRule(netns, plan, 0)
   }
 
+  /** Puts our sysctls back to their defaults (ADD's rollback and DEL). */
+  private async resetSysctls(netns: string, plan: Pick<Plan, 'sysctls'>): Promise<void> {
+    for (const x of plan.sysctls) await this.d.netns.sysctl(netns, ['-qw', `${x.name}=${x.reset}`])
+  }
+
   /**
    * ebpf: exactly one `lookup local` rule, at `priority` (ours, after the bypass rules; or 0,
    * the kernel's default, to undo). Added before the old one is deleted, so there is never a
@@ -156,7 +161,7 @@ export class Programmer {
       // Nothing half-done: the table, the routing, the sysctls and the program go together.
       await this.d.netns.nft(req.netns, ['-f', '-'], renderDeleteTable())
       await this.removeRouting(req.netns, plan)
-      for (const x of plan.sysctls) await this.d.netns.sysctl(req.netns, ['-qw', `${x.name}=${x.reset}`])
+      await this.resetSysctls(req.netns, plan)
       throw e
     }
     // The kernel's own spelling of what was committed, once per distinct intent.
@@ -182,8 +187,8 @@ export class Programmer {
       if (saved) {
         const plan = renderPlan(parseIntent(saved.intent), { podIps: saved.podIps })
         await this.removeRouting(netns, plan)
+        await this.resetSysctls(netns, plan)
         if (plan.bpf) await this.d.netns.tc(netns, ['qdisc', 'del', 'dev', 'lo', 'clsact'])
-        for (const x of plan.sysctls) await this.d.netns.sysctl(netns, ['-qw', `${x.name}=${x.reset}`])
       }
     }
     this.d.state.delete(req.containerId, req.ifName)

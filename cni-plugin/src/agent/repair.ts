@@ -84,9 +84,4 @@ export class Repairer {
   async tick(): Promise<void> {
     for (const pod of [...this.pending.values()]) await this.consider(pod)
   }
-
-  /** A pod that is gone needs nothing any more. */
-  forget(uid: string): void {
-    this.pending.delete(uid)
-  }
 }

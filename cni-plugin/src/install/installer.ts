@@ -87,7 +87,8 @@ export function writePluginKubeconfig(opts: Pick<InstallerOptions, 'pluginKubeco
   return writeAtomic(opts.pluginKubeconfig, renderKubeconfig({ server: opts.apiServer, caData, token }), 0o600)
 }
 
-function readConfDir(dir: string): ConfFile[] {
+/** The conf dir's candidate files, as the kubelet's runtime reads them (for selectPrimary). */
+export function readConfDir(dir: string): ConfFile[] {
   if (!existsSync(dir)) return []
   return candidateFiles(readdirSync(dir))
     .filter((n) => statSync(join(dir, n)).isFile())

@@ -118,6 +118,7 @@ async function fallback(req: CniRequest, deps: PluginDeps, timeoutMs: number, ca
     // (namespace, ServiceAccount and RBAC deleted before the DaemonSet). Failing here would stop
     // every pod on the node, kube-system included; pass through instead. An injected pod is
     // still safe: its validator init container exits 126 when it is not intercepted.
+    // By name: the class lives in the lazily loaded fallback module (node:https is costly).
     if ((e as Error).name === 'CredentialRefused') {
       deps.logger(req).log('warn', 'agent unreachable and the API refuses our credential (ziti-cni being uninstalled?); passing through', { error: (e as Error).message })
       return
@@ -145,6 +146,7 @@ function podIps(prev: unknown): string[] {
 }
 
 function agentRequest(req: CniRequest): AgentRequest {
+  const ips = podIps(req.conf.prevResult)
   return {
     command: req.command as AgentRequest['command'],
     containerId: req.containerId,
@@ -152,6 +154,6 @@ function agentRequest(req: CniRequest): AgentRequest {
     ifName: req.ifName,
     pod: req.pod,
     validAttachments: req.validAttachments,
-    ...(podIps(req.conf.prevResult).length ? { podIps: podIps(req.conf.prevResult) } : {}),
+    ...(ips.length ? { podIps: ips } : {}),
   }
 }

@@ -2,9 +2,10 @@
 // containerd 1.6 never sends (CHECK, GC, STATUS) and for a runtime's retries. Every pod
 // lifecycle path (ADD on RunPodSandbox, DEL on StopPodSandbox) goes through containerd.
 import { spawn } from 'node:child_process'
-import { readFileSync, readdirSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { selectPrimary } from '../../../cni-plugin/src/install/conflist.ts'
+import { readConfDir } from '../../../cni-plugin/src/install/installer.ts'
 
 export class CniCallError extends Error {
   override readonly name = 'CniCallError'
@@ -43,10 +44,7 @@ export interface ConfList { cniVersion: string; name: string; plugins: Array<Rec
 
 /** The list libcni would load from a conf dir now (first file in the kubelet's order). */
 export function loadConfList(confDir: string): ConfList {
-  const files = readdirSync(confDir).filter((n) => !n.startsWith('.')).flatMap((name) => {
-    try { return [{ name, content: readFileSync(join(confDir, name), 'utf8') }] } catch { return [] }
-  })
-  const primary = selectPrimary(files)
+  const primary = selectPrimary(readConfDir(confDir))
   if (!primary) throw new Error(`no CNI config in ${confDir}`)
   const parsed = JSON.parse(primary.content) as Record<string, unknown>
   return primary.name.endsWith('.conflist') ? parsed as never : { cniVersion: parsed.cniVersion as string, name: parsed.name as string, plugins: [parsed as never] }

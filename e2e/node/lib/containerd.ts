@@ -6,6 +6,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { CriClient } from '../cri/client.ts'
+import { removeDirWithMounts } from './mounts.ts'
 
 /** File in the instance dir listing the netns paths of its sandboxes (for a hard cleanup). */
 export const NETNS_LIST = 'netns.list'
@@ -113,8 +114,9 @@ export class Containerd {
   async stop(): Promise<void> {
     if (this.proc && this.proc.exitCode === null) {
       try {
-        const sandboxes = await this.cri.listContainers().then(() => this.sandboxIds())
-        for (const id of sandboxes) {
+        // A 2 s probe first: a hung containerd must not cost each sandbox a full CRI deadline.
+        await this.cri.version()
+        for (const id of this.sandboxIds()) {
           await this.cri.stopPodSandbox(id).catch(() => {})
           await this.cri.removePodSandbox(id).catch(() => {})
         }
@@ -162,8 +164,5 @@ export function cleanupInstance(dir: string): void {
       rmSync(path, { force: true })
     }
   }
-  // Deepest first, so a rootfs is unmounted before the dir it sits in.
-  const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(dir + '/'))
-  for (const m of mounts.sort((a, b) => b.length - a.length)) spawnSync('umount', ['-l', m])
-  rmSync(dir, { recursive: true, force: true })
+  removeDirWithMounts(dir)
 }

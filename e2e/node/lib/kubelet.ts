@@ -8,10 +8,11 @@
 // on its startup probe), then the app containers. No capability, uid or mount beyond that.
 import { spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { appendFileSync, chmodSync, mkdirSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs'
+import { appendFileSync, chmodSync, mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs'
 import { join } from 'node:path'
 import type { V1Container, V1Pod } from '@kubernetes/client-node'
 import type { ContainerConfig, ContainerStatus, CriClient, PodSandboxConfig, SecurityProfile } from '../cri/client.ts'
+import { removeDirWithMounts } from './mounts.ts'
 
 // k8s.io/kubernetes pkg/securitycontext/util.go (ProcMount Default).
 export const DEFAULT_MASKED_PATHS = ['/proc/asound', '/proc/acpi', '/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list', '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys/firmware', '/sys/devices/virtual/powercap']
@@ -359,9 +360,7 @@ export class Kubelet {
   }
 
   private cleanDir(dir: string): void {
-    const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(dir + '/'))
-    for (const m of mounts) spawnSync('umount', ['-l', m])
-    rmSync(dir, { recursive: true, force: true })
+    removeDirWithMounts(dir)
   }
 
   async removeAll(): Promise<void> {

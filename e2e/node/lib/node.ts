@@ -17,6 +17,7 @@ import { KubeApiStandIn } from './kube-api.ts'
 import { Containerd, NETNS_LIST, cleanupInstance } from './containerd.ts'
 import { Kubelet, type RunningPod } from './kubelet.ts'
 import { buildTestImages, IMAGES } from './test-images.ts'
+import { removeDirWithMounts } from './mounts.ts'
 
 export const REPO = fileURLToPath(new URL('../../../', import.meta.url))
 export const PLUGIN_SEA = join(REPO, 'cni-plugin/dist/ziti-cni')
@@ -276,9 +277,7 @@ export function sweepLeftovers(): void {
   for (const d of readdirSync(tmpdir()).filter((n) => n.startsWith(TEMP_PREFIX))) {
     const dir = join(tmpdir(), d)
     if (existsSync(join(dir, 'containerd'))) cleanupInstance(join(dir, 'containerd'))
-    const mounts = spawnSync('grep', ['-F', dir, '/proc/self/mountinfo'], { encoding: 'utf8' }).stdout ?? ''
-    for (const m of mounts.split('\n').map((l) => l.split(' ')[4]).filter(Boolean)) spawnSync('umount', ['-l', m!])
-    rmSync(dir, { recursive: true, force: true })
+    removeDirWithMounts(dir)
   }
   const links = spawnSync('ip', ['-o', 'link', 'show', 'type', 'bridge'], { encoding: 'utf8' }).stdout ?? ''
   for (const m of links.matchAll(/^\d+: (zc\d+[0-9a-f]{4}br)[:@]/gm)) spawnSync('ip', ['link', 'del', m[1]!])

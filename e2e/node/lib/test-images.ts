@@ -6,7 +6,7 @@
 //   validator    the validator init container's image: node + cni-plugin/dist/validator.mjs
 //   tproxy       a tunneler honouring the tproxy contract (standins/tproxy-standin.c)
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'

@@ -111,7 +111,7 @@ function planTproxy(annotations: Record<string, string>, cfg: WebhookConfig): In
   const dnsAsked = get(ANNOTATION_DNS_CAPTURE) !== undefined ? parseDnsCapture(get(ANNOTATION_DNS_CAPTURE)!) : undefined
   const useDns = dnsAsked ?? cfg.tproxy.dnsCapture
   const dnsAddr = parseAddress(cfg.tproxy.dnsServer)
-  if (useDns && typeof dnsAddr !== 'string' && !cidrs.some((c) => c.family === dnsAddr.family && cidrContains(c, dnsAddr))) {
+  if (useDns && typeof dnsAddr !== 'string' && !cidrs.some((c) => cidrContains(c, dnsAddr))) {
     throw new ValidationError(ANNOTATION_INTERCEPT_CIDRS, `does not contain the tunneler's DNS address ${cfg.tproxy.dnsServer}; add it, or set ${ANNOTATION_DNS_CAPTURE}: "false"`)
   }
   // Overlapping exclude ranges are merged; the schema wants them disjoint.
