@@ -16,10 +16,21 @@ export const ANNOTATION_EXCLUDE_CIDRS = `${DOMAIN}/exclude-cidrs`
 export const ANNOTATION_EXCLUDE_PORTS = `${DOMAIN}/exclude-ports`
 export const ANNOTATION_DNS_CAPTURE = `${DOMAIN}/dns-capture`
 export const ANNOTATION_DATAPATH = `${DOMAIN}/datapath`
+/** `auto`: the webhook creates a Ziti identity for the pod through the controller. */
+export const ANNOTATION_IDENTITY = `${DOMAIN}/identity`
+/** Role attributes of the pod's auto identity: "billing, eu". */
+export const ANNOTATION_ROLE_ATTRIBUTES = `${DOMAIN}/role-attributes`
+/** The value of `identity` and `services` that hands them to the controller. */
+export const AUTO = 'auto'
 
 /** Webhook-owned pod annotations (a user-supplied value is replaced). */
 export const ANNOTATION_INTERCEPTION = `${DOMAIN}/interception`
 export const ANNOTATION_STATUS = `${DOMAIN}/status`
+/** The auto identity's controller id and name: what links the pod to it. */
+export const ANNOTATION_IDENTITY_ID = `${DOMAIN}/identity-id`
+export const ANNOTATION_IDENTITY_NAME = `${DOMAIN}/identity-name`
+/** Pod label on pods with an auto identity, so the reconciler lists only those. */
+export const LABEL_AUTO_IDENTITY = `${DOMAIN}/auto-identity`
 
 export const USER_ANNOTATIONS = [
   ANNOTATION_IDENTITY_SECRET,
@@ -31,6 +42,8 @@ export const USER_ANNOTATIONS = [
   ANNOTATION_EXCLUDE_PORTS,
   ANNOTATION_DNS_CAPTURE,
   ANNOTATION_DATAPATH,
+  ANNOTATION_IDENTITY,
+  ANNOTATION_ROLE_ATTRIBUTES,
 ] as const
 
 /** Name of the injected sidecar container and its volume. */

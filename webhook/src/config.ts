@@ -54,6 +54,8 @@ export interface WebhookConfig {
     daemonSet: string
     uid: number
   }
+  /** The OpenZiti controller, for `identity: auto` pods (disabled while url is empty). */
+  controller: ControllerConfig
   excludedNamespaces: string[]
   listen: { host: string; port: number }
   bodyLimitBytes: number
@@ -71,6 +73,28 @@ export interface WebhookConfig {
     renewBeforeDays: number
   }
   logLevel: string
+}
+
+export interface ControllerConfig {
+  /** Base URL of the Edge APIs, e.g. https://ziti-controller.ziti.svc:1280. Empty: no controller. */
+  url: string
+  /** PEM bundle for the controller's serving certificate; empty: the credential's id.ca. */
+  caFile: string
+  /** Mounted Secret key: an identity JSON (preferred) or {"username","password"}. */
+  credentialFile: string
+  /** Tag on every identity, so two clusters sharing a controller never reconcile each other's. */
+  cluster: string
+  identityPrefix: string
+  /** Time the controller may take inside one admission; below the webhook's timeoutSeconds. */
+  admissionBudgetMs: number
+  maxPortsPerService: number
+  /** How often the leader looks for identities whose pods are gone. */
+  reconcileSeconds: number
+  /** An identity younger than this may belong to an admission still in flight: never deleted. */
+  graceSeconds: number
+  /** The Lease that elects the one replica that reconciles. */
+  leaseName: string
+  leaseSeconds: number
 }
 
 export const DEFAULT_CONFIG: WebhookConfig = {
@@ -98,6 +122,20 @@ export const DEFAULT_CONFIG: WebhookConfig = {
     datapath: 'ebpf',
   },
   validator: { enabled: true, image: '', daemonSet: 'ziti-cni-agent', uid: 2172 },
+  controller: {
+    url: '',
+    caFile: '',
+    credentialFile: '/etc/ziti-cni/controller/credential.json',
+    cluster: 'kubernetes',
+    identityPrefix: 'k8s',
+    // The MutatingWebhookConfiguration's timeoutSeconds is 10: leaves time for the rest.
+    admissionBudgetMs: 6000,
+    maxPortsPerService: 16,
+    reconcileSeconds: 60,
+    graceSeconds: 120,
+    leaseName: 'ziti-cni-identity-reconciler',
+    leaseSeconds: 15,
+  },
   excludedNamespaces: ['kube-system', 'kube-node-lease'],
   listen: { host: '0.0.0.0', port: 9443 },
   bodyLimitBytes: 6 * 1024 * 1024,
@@ -141,13 +179,14 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const root = (raw ?? {}) as Raw
   if (typeof root !== 'object' || Array.isArray(root)) throw new ConfigError(['the configuration must be a mapping'])
   const known: Record<string, string[]> = {
-    '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'validator', 'excludedNamespaces', 'listen', 'bodyLimitBytes', 'drainSeconds', 'tls', 'logLevel'],
+    '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'validator', 'controller', 'excludedNamespaces', 'listen', 'bodyLimitBytes', 'drainSeconds', 'tls', 'logLevel'],
     proxy: ['image', 'portBase', 'aliasRange', 'servicePollSeconds'],
     tproxy: ['image', 'args', 'port', 'defaultCidrs', 'dnsCapture', 'dnsServer', 'clusterDns', 'clusterDomain', 'protocols', 'datapath'],
     listen: ['host', 'port'],
     tls: ['mode', 'certFile', 'keyFile', 'secretName', 'namespace', 'serviceName', 'webhookConfigName', 'validityDays', 'renewBeforeDays'],
     resources: ['requests', 'limits'],
     validator: ['enabled', 'image', 'daemonSet', 'uid'],
+    controller: ['url', 'caFile', 'credentialFile', 'cluster', 'identityPrefix', 'admissionBudgetMs', 'maxPortsPerService', 'reconcileSeconds', 'graceSeconds', 'leaseName', 'leaseSeconds'],
   }
   const section = (name: string): Raw => {
     const v = name === '' ? root : root[name]
@@ -188,6 +227,8 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const tls = section('tls')
   const resources = section('resources')
   const validator = section('validator')
+  const controller = section('controller')
+  const path = (v: unknown) => (typeof v === 'string' && (v === '' || v.startsWith('/')) ? undefined : 'must be an absolute path (or empty)')
   const envPort = env.WEBHOOK_PORT !== undefined ? Number(env.WEBHOOK_PORT) : undefined
   if (env.WEBHOOK_PORT !== undefined && port(envPort)) problems.push(`WEBHOOK_PORT: must be a port 1-65535`)
   if (env.DRAIN_SECONDS !== undefined && int(0, 120)(Number(env.DRAIN_SECONDS))) problems.push('DRAIN_SECONDS: must be an integer in 0-120')
@@ -231,6 +272,19 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       daemonSet: pick('validator.daemonSet', validator.daemonSet, d.validator.daemonSet, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a DaemonSet name')),
       uid: pick('validator.uid', validator.uid, d.validator.uid, int(1, 2147483647)),
     },
+    controller: {
+      url: pick('controller.url', controller.url, d.controller.url, (v) => (v === '' || (typeof v === 'string' && /^https:\/\/[^/\s]+\/?$/.test(v)) ? undefined : 'must be an https:// URL with no path (the Edge API base), or empty')),
+      caFile: pick('controller.caFile', controller.caFile, d.controller.caFile, path),
+      credentialFile: pick('controller.credentialFile', controller.credentialFile, d.controller.credentialFile, path),
+      cluster: pick('controller.cluster', controller.cluster, d.controller.cluster, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a DNS label-like name')),
+      identityPrefix: pick('controller.identityPrefix', controller.identityPrefix, d.controller.identityPrefix, (v) => (typeof v === 'string' && /^[a-z0-9][a-z0-9-]{0,15}$/.test(v) ? undefined : 'must be 1-16 of a-z, 0-9, -')),
+      admissionBudgetMs: pick('controller.admissionBudgetMs', controller.admissionBudgetMs, d.controller.admissionBudgetMs, int(500, 25000)),
+      maxPortsPerService: pick('controller.maxPortsPerService', controller.maxPortsPerService, d.controller.maxPortsPerService, int(1, 256)),
+      reconcileSeconds: pick('controller.reconcileSeconds', controller.reconcileSeconds, d.controller.reconcileSeconds, int(1, 86400)),
+      graceSeconds: pick('controller.graceSeconds', controller.graceSeconds, d.controller.graceSeconds, int(0, 86400)),
+      leaseName: pick('controller.leaseName', controller.leaseName, d.controller.leaseName, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a Lease name')),
+      leaseSeconds: pick('controller.leaseSeconds', controller.leaseSeconds, d.controller.leaseSeconds, int(2, 300)),
+    },
     excludedNamespaces: list('excludedNamespaces', top.excludedNamespaces, d.excludedNamespaces, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a namespace name')),
     listen: {
       host: pick('listen.host', listen.host, d.listen.host, str),
@@ -257,6 +311,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   // nothing listens.
   if (cfg.proxy.aliasRange.family !== 4) problems.push('proxy.aliasRange: must be an IPv4 range (the proxy tunneler listens on 0.0.0.0 only)')
   if (cfg.validator.uid === cfg.sidecarUid) problems.push('validator.uid: must differ from sidecarUid (the sidecar\'s traffic is never captured)')
+  if (cfg.controller.url && cfg.controller.graceSeconds * 1000 < cfg.controller.admissionBudgetMs) problems.push('controller.graceSeconds: must cover controller.admissionBudgetMs (an identity of an admission in flight must not be reconciled away)')
   if (problems.length) throw new ConfigError(problems)
   // The webhook's own namespace is never injected.
   if (!cfg.excludedNamespaces.includes(cfg.tls.namespace)) cfg.excludedNamespaces = [...cfg.excludedNamespaces, cfg.tls.namespace]

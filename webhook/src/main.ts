@@ -11,6 +11,7 @@ import { buildServer } from './server.ts'
 import { readPair, watchPair } from './tls/files.ts'
 import { SelfManagedTls } from './tls/self-managed.ts'
 import { ValidatorImage } from './validator-image.ts'
+import { startController } from './ziti/setup.ts'
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { config: { type: 'string' }, kubeconfig: { type: 'string' } }, strict: true })
@@ -52,7 +53,14 @@ async function main(): Promise<void> {
   }
   metrics.certRenewals.inc()
 
-  const app = buildServer({ config, metrics, log, tls: pair, ready: () => !draining })
+  let provisioner
+  if (config.controller.url) {
+    const controller = startController(config.controller, kube(), metrics.registry, log, { namespace: config.tls.namespace })
+    provisioner = controller.provisioner
+    stops.push(controller.stop)
+    log.info({ controller: config.controller.url, cluster: config.controller.cluster }, 'identity: auto enabled')
+  }
+  const app = buildServer({ config, metrics, log, tls: pair, ready: () => !draining, provisioner })
   const swap = (next: { cert: string; key: string }) => {
     if (next.cert === pair.cert) return
     pair = next

@@ -5,6 +5,7 @@ import type { WebhookConfig } from './config.ts'
 import { healthRoutes } from './http/health.ts'
 import { mutateRoutes } from './http/mutate.ts'
 import type { WebhookMetrics } from './metrics.ts'
+import type { IdentityProvisioner } from './ziti/provision.ts'
 
 export interface ServerOptions {
   config: WebhookConfig
@@ -12,6 +13,7 @@ export interface ServerOptions {
   log: Logger
   tls: { cert: string; key: string }
   ready: () => boolean
+  provisioner?: IdentityProvisioner
 }
 
 export function buildServer(opts: ServerOptions): FastifyInstance {
@@ -24,7 +26,7 @@ export function buildServer(opts: ServerOptions): FastifyInstance {
     connectionTimeout: 30_000,
     keepAliveTimeout: 65_000,
   }) as unknown as FastifyInstance
-  app.register(mutateRoutes, { config: opts.config, metrics: opts.metrics })
+  app.register(mutateRoutes, { config: opts.config, metrics: opts.metrics, ...(opts.provisioner ? { provisioner: opts.provisioner } : {}) })
   app.register(healthRoutes, { ready: opts.ready, metrics: opts.metrics })
   return app
 }

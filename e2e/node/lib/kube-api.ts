@@ -26,6 +26,7 @@ const RESOURCES: Resource[] = [
   { plural: 'namespaces', kind: 'Namespace', apiVersion: 'v1', namespaced: false, base: '/api/v1' },
   { plural: 'secrets', kind: 'Secret', apiVersion: 'v1', namespaced: true, base: '/api/v1' },
   { plural: 'daemonsets', kind: 'DaemonSet', apiVersion: 'apps/v1', namespaced: true, base: '/apis/apps/v1' },
+  { plural: 'leases', kind: 'Lease', apiVersion: 'coordination.k8s.io/v1', namespaced: true, base: '/apis/coordination.k8s.io/v1' },
   { plural: 'mutatingwebhookconfigurations', kind: 'MutatingWebhookConfiguration', apiVersion: 'admissionregistration.k8s.io/v1', namespaced: false, base: '/apis/admissionregistration.k8s.io/v1' },
 ]
 
@@ -56,6 +57,8 @@ export class KubeApiStandIn {
   /** RBAC stand-in: token -> resources it may no longer touch (403 Forbidden, as the real API). */
   readonly denied = new Map<string, Set<string>>()
   admission: AdmissionTarget | undefined
+  /** Another admission step after ours that may refuse the object (returns the message). */
+  afterAdmission: ((obj: Obj) => string | undefined) | undefined
   readonly requests: RequestRecord[] = []
 
   constructor(opts: KubeApiOptions) {
@@ -256,17 +259,20 @@ export class KubeApiStandIn {
     const namespace = r.namespaced ? (ns ?? obj.metadata?.namespace ?? 'default') : undefined
     let candidate: Obj = structuredClone(obj)
     candidate.metadata = { ...candidate.metadata, ...(namespace ? { namespace } : {}) }
-    if (!candidate.metadata.name && candidate.metadata.generateName) {
-      candidate.metadata.name = `${candidate.metadata.generateName}${randomUUID().slice(0, 5)}`
-    }
-    if (!candidate.metadata.name) return { error: { code: 422, reason: 'Invalid', message: 'metadata.name: Required value' } }
-    const k = this.key(r, namespace, candidate.metadata.name)
-    if (this.store.has(k)) return { error: { code: 409, reason: 'AlreadyExists', message: `${r.plural} "${candidate.metadata.name}" already exists` } }
+    if (!candidate.metadata.name && !candidate.metadata.generateName) return { error: { code: 422, reason: 'Invalid', message: 'metadata.name: Required value' } }
+    // Mutating admission runs before the name is generated (the apiserver's BeforeCreate
+    // fills generateName, and the uid, after admission): a webhook sees name "" for them.
     if (r.plural === 'pods' && this.admission) {
       const verdict = await admit(this.admission, candidate, this.get('namespaces', undefined, namespace!), dryRun)
       if ('denied' in verdict) return { error: { code: 400, reason: 'BadRequest', message: `admission webhook "ziti-cni.openziti.io" denied the request: ${verdict.denied}` } }
       candidate = verdict.obj
     }
+    // Rejected after our webhook (another webhook, validation, quota): the test's hook.
+    const veto = this.afterAdmission?.(candidate)
+    if (veto) return { error: { code: 403, reason: 'Forbidden', message: veto } }
+    if (!candidate.metadata.name) candidate.metadata.name = `${candidate.metadata.generateName}${randomUUID().slice(0, 5)}`
+    const k = this.key(r, namespace, candidate.metadata.name)
+    if (this.store.has(k)) return { error: { code: 409, reason: 'AlreadyExists', message: `${r.plural} "${candidate.metadata.name}" already exists` } }
     if (dryRun) return { obj: candidate }
     const stored = this.stamp(r, candidate, undefined)
     this.store.set(k, stored)
@@ -327,7 +333,7 @@ async function admit(target: AdmissionTarget, pod: Obj, namespace: Obj | undefin
     request: {
       uid, kind: { group: '', version: 'v1', kind: 'Pod' }, resource: { group: '', version: 'v1', resource: 'pods' },
       requestKind: { group: '', version: 'v1', kind: 'Pod' }, requestResource: { group: '', version: 'v1', resource: 'pods' },
-      name: pod.metadata.name, namespace: pod.metadata.namespace, operation: 'CREATE',
+      name: pod.metadata.name ?? '', namespace: pod.metadata.namespace, operation: 'CREATE',
       userInfo: { username: 'system:serviceaccount:kube-system:replicaset-controller' },
       object: pod, oldObject: null, dryRun, options: { kind: 'CreateOptions', apiVersion: 'meta.k8s.io/v1' },
     },

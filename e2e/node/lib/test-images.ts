@@ -6,6 +6,7 @@
 //   validator    the validator init container's image: node + cni-plugin/dist/validator.mjs
 //   tproxy       a tunneler honouring the tproxy contract (standins/tproxy-standin.c)
 import { spawnSync } from 'node:child_process'
+import { createRequire } from 'node:module'
 import { mkdtempSync, readdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -59,6 +60,8 @@ export function buildTestImages(): { archive: string; work: string } {
     if (f.endsWith('.c')) tools.file(join(bin, f.slice(0, -2)), `/opt/zcni/standins/${f.slice(0, -2)}`)
     else tools.file(join(STANDINS, f), `/opt/zcni/standins/${f}`, 0o644)
   }
+  // The stand-in tunneler's CSR for enrollment (node has no CSR API of its own).
+  tools.file(createRequire(import.meta.url).resolve('node-forge/dist/forge.min.js'), '/opt/zcni/standins/forge.min.js', 0o644)
   tools.content('/entrypoint.sh', '#!/bin/bash\n# Stand-in image entrypoint: see /opt/zcni/standins/ziti-tunnel.ts\nexec node /opt/zcni/standins/ziti-tunnel.ts "$@"\n', 0o755)
   const toolsLayer = tools.layer(join(work, 'tools.tar'))
 

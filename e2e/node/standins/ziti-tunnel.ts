@@ -5,9 +5,16 @@
 // sees where traffic landed.
 //
 // Identity: the real tunneler logs in with the identity file and lists the services it may
-// dial, with their configs. The stand-in reads that answer from the identity JSON (test-only
-// fields): `standinDialable` (service names; absent = every service named on the command
-// line) and `standinProxyV1` ({service: {port, protocols}}, a service's proxy.v1 config).
+// dial, with their configs. With an identity enrolled from a JWT (the fake controller of
+// standins/ziti-controller.ts), the stand-in does exactly that over HTTPS: enrollment with a
+// CSR, cert login, the client API's service list. With an identity JSON handed in by a test
+// (no controller), it reads that answer from test-only fields: `standinDialable` (service
+// names; absent = every service named on the command line) and `standinProxyV1` ({service:
+// {port, protocols}}, a service's proxy.v1 config).
+import { createPrivateKey, createPublicKey, generateKeyPairSync, verify, X509Certificate } from 'node:crypto'
+import { request as httpsRequest } from 'node:https'
+import { createRequire } from 'node:module'
+import { connect as tlsConnect } from 'node:tls'
 import { createServer as createTcpServer } from 'node:net'
 import { createSocket, type Socket } from 'node:dgram'
 import { createServer as createUnixServer } from 'node:net'
@@ -18,6 +25,59 @@ import { join } from 'node:path'
 const env = process.env
 const log = (level: string, msg: string) => process.stdout.write(`${level}: ${msg}\n`)
 const fail = (msg: string, code = 1): never => { process.stderr.write(`ERROR: ${msg}\n`); process.exit(code) }
+
+// ---- `ziti edge enroll` (sdk-golang ziti/enroll/enroll.go), against the controller in `iss` ----
+
+interface HttpReply { status: number; body: string }
+function https(url: string, opts: { method?: string; body?: string; headers?: Record<string, string>; ca?: string; cert?: string; key?: string; pin?: string }): Promise<HttpReply> {
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(url, {
+      method: opts.method ?? 'GET', headers: opts.headers, timeout: 10_000,
+      ...(opts.pin ? { rejectUnauthorized: false } : { ca: opts.ca }), ...(opts.cert ? { cert: opts.cert, key: opts.key } : {}),
+    }, (res) => {
+      if (opts.pin) {
+        // Trust on first use of the server whose key signed the JWT, as the SDK does.
+        const raw = (res.socket as import('node:tls').TLSSocket).getPeerCertificate().raw
+        if (!raw || new X509Certificate(raw).fingerprint256 !== opts.pin) { reject(new Error('the controller presented another certificate')); return }
+      }
+      const chunks: Buffer[] = []
+      res.on('data', (c: Buffer) => chunks.push(c))
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }))
+    })
+    req.on('timeout', () => req.destroy(new Error('timeout')))
+    req.on('error', reject)
+    req.end(opts.body)
+  })
+}
+
+async function enroll(token: string): Promise<object> {
+  const [h, c, sig] = token.split('.')
+  if (!h || !c || !sig) throw new Error('the token is not a JWT')
+  const claims = JSON.parse(Buffer.from(c, 'base64url').toString('utf8')) as { iss: string; sub: string; jti: string; em: string; exp: number }
+  if (claims.em !== 'ott') throw new Error(`enrollment method ${claims.em} is not supported`)
+  if (claims.exp * 1000 < Date.now()) throw new Error('the token has expired')
+  // The JWT is verified with the key of the certificate the server at `iss` presents.
+  const { host, port } = new URL(claims.iss)
+  const serverCert = await new Promise<X509Certificate>((resolve, reject) => {
+    const s = tlsConnect({ host, port: Number(port), rejectUnauthorized: false }, () => { resolve(new X509Certificate(s.getPeerCertificate().raw)); s.end() })
+    s.on('error', reject)
+  })
+  if (!verify('sha256', Buffer.from(`${h}.${c}`), serverCert.publicKey, Buffer.from(sig, 'base64url'))) throw new Error('the token signature does not match the controller\'s certificate')
+  const forge = createRequire(import.meta.url)('./forge.min.js') as typeof import('node-forge')
+  const cas = await https(`${claims.iss}/.well-known/est/cacerts`, { pin: serverCert.fingerprint256 })
+  const p7 = forge.pkcs7.messageFromAsn1(forge.asn1.fromDer(forge.util.decode64(cas.body.replace(/\s+/g, '')))) as unknown as { certificates: import('node-forge').pki.Certificate[] }
+  const ca = p7.certificates.map((x) => forge.pki.certificateToPem(x)).join('')
+  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 })
+  const keyPem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string
+  const csr = forge.pki.createCertificationRequest()
+  csr.publicKey = forge.pki.publicKeyFromPem(createPublicKey(publicKey).export({ type: 'spki', format: 'pem' }) as string)
+  csr.setSubject([{ name: 'commonName', value: claims.sub }])
+  csr.sign(forge.pki.privateKeyFromPem(createPrivateKey(keyPem).export({ type: 'pkcs1', format: 'pem' }) as string), forge.md.sha256.create())
+  const r = await https(`${claims.iss}/edge/client/v1/enroll?method=ott&token=${encodeURIComponent(claims.jti)}`, { method: 'POST', ca, body: forge.pki.certificationRequestToPem(csr), headers: { 'content-type': 'application/x-pem-file' } })
+  if (r.status !== 200) throw new Error(`the controller answered ${r.status}: ${r.body}`)
+  const body = r.body.trim().startsWith('{') ? (JSON.parse(r.body) as { data: { cert: string } }).data.cert : r.body
+  return { ztAPI: `${claims.iss}/edge/client/v1`, ztAPIs: [`${claims.iss}/edge/client/v1`], configTypes: null, id: { cert: `pem:${body}`, key: `pem:${keyPem}`, ca: `pem:${ca}` } }
+}
 
 // ---- dist/docker-images/ziti-tunnel/entrypoint.sh ----
 
@@ -52,7 +112,8 @@ if (basename) {
     const jwt = ['/var/run/secrets/netfoundry.io/enrollment-token', '/enrollment-token', dir].map((d) => join(d, `${basename}.jwt`)).find((f) => existsSync(f) && statSync(f).size > 0)
     if (!jwt) fail(`identity file ${identityFile} does not exist and no token was found`)
     log('INFO', `enrolling ${jwt}`)
-    write(identityFile, JSON.stringify({ ztAPI: 'https://controller.invalid:1280', id: { cert: 'pem:enrolled', key: 'pem:enrolled', ca: 'pem:enrolled' }, enrolledFrom: readFileSync(jwt!, 'utf8').trim().slice(0, 16) }))
+    // :128-133 `ziti edge enroll`; a failure ends the container with 1.
+    write(identityFile, JSON.stringify(await enroll(readFileSync(jwt!, 'utf8').trim()).catch((e: Error) => fail(`enrollment failed: ${e.message}`))))
   }
 } else {
   identityFile = dir // :142-150 every *.json in the dir (--identity-dir)
@@ -119,12 +180,43 @@ if (flags['cli-agent'] !== 'false') {
 // The controller's answer for this identity: dialable services and their proxy.v1 configs.
 let dialable: Set<string> | undefined
 let proxyV1: Record<string, { port: number; protocols: string[] }> = {}
+interface IdentityFile { ztAPI?: string; id?: { cert?: string; key?: string; ca?: string }; standinDialable?: string[]; standinProxyV1?: typeof proxyV1 }
+let identity: IdentityFile = {}
 try {
   const file = flags.identity!
-  const id = JSON.parse(readFileSync(existsSync(file) && statSync(file).isFile() ? file : join(file, 'ziti_id.json'), 'utf8')) as { standinDialable?: string[]; standinProxyV1?: typeof proxyV1 }
-  if (id.standinDialable) dialable = new Set(id.standinDialable)
-  proxyV1 = id.standinProxyV1 ?? {}
+  identity = JSON.parse(readFileSync(existsSync(file) && statSync(file).isFile() ? file : join(file, 'ziti_id.json'), 'utf8')) as IdentityFile
+  if (identity.standinDialable) dialable = new Set(identity.standinDialable)
+  proxyV1 = identity.standinProxyV1 ?? {}
 } catch (e) { fail(`cannot load identity: ${(e as Error).message}`) }
+const viaController = typeof identity.ztAPI === 'string' && identity.ztAPI.startsWith('https://') && !!identity.id?.cert?.includes('BEGIN CERTIFICATE')
+
+/**
+ * root.go:220-227 the session asks for these config types; the SDK logs in with the
+ * identity's certificate and lists the services it may use (client API, paged).
+ */
+async function fetchServices(): Promise<void> {
+  const pem = (v: string | undefined) => (v ?? '').replace(/^pem:/, '')
+  const tls = { ca: pem(identity.id!.ca), cert: pem(identity.id!.cert), key: pem(identity.id!.key) }
+  const api = identity.ztAPI!.replace(/\/$/, '')
+  const auth = await https(`${api}/authenticate?method=cert`, { ...tls, method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ configTypes: ['ziti-tunneler-client.v1', 'ziti-tunneler-server.v1', 'intercept.v1', 'host.v1', 'host.v2', 'proxy.v1'] }) })
+  if (auth.status !== 200) throw new Error(`login failed: ${auth.status} ${auth.body}`)
+  const token = (JSON.parse(auth.body) as { data: { token: string } }).data.token
+  const names = new Set<string>()
+  const configs: typeof proxyV1 = {}
+  for (let offset = 0; ; offset += 500) {
+    const r = await https(`${api}/services?limit=500&offset=${offset}`, { ...tls, headers: { 'zt-session': token } })
+    if (r.status !== 200) throw new Error(`service list failed: ${r.status} ${r.body}`)
+    const page = JSON.parse(r.body) as { data: Array<{ name: string; permissions: string[]; config: Record<string, { port: number; protocols: string[] }> }>; meta: { pagination: { totalCount: number } } }
+    for (const svc of page.data) {
+      if (!svc.permissions.includes('Dial')) continue // intercept/svcpoll.go: only dialable services are intercepted
+      names.add(svc.name)
+      if (svc.config['proxy.v1']) configs[svc.name] = svc.config['proxy.v1']
+    }
+    if (offset + 500 >= page.meta.pagination.totalCount) break
+  }
+  dialable = names
+  proxyV1 = configs
+}
 
 // proxy.go:41-44 without --svcPollRate proxy mode polls once (rate MaxUint32): services granted
 // later get no listener until restart.
@@ -166,6 +258,9 @@ function poll(): void {
     else intercept(services.get(name)!)
   }
 }
-setTimeout(poll, Number(env.ZITI_STANDIN_LOGIN_MS ?? 300))
-if (pollSeconds !== undefined && pollSeconds > 0) setInterval(poll, pollSeconds * 1000)
+const refresh = viaController
+  ? () => { fetchServices().then(poll, (e: Error) => log('ERROR', `failed to refresh services: ${e.message}`)) }
+  : poll
+setTimeout(refresh, viaController ? 0 : Number(env.ZITI_STANDIN_LOGIN_MS ?? 300))
+if (pollSeconds !== undefined && pollSeconds > 0) setInterval(refresh, pollSeconds * 1000)
 process.on('SIGTERM', () => process.exit(0))

@@ -1,12 +1,13 @@
 // From the user's annotations and the webhook config to the interception intent (schema v1)
 // plus what the sidecar needs to match it: hostAliases, proxy listeners, env.
 import {
-  ANNOTATION_DATAPATH, ANNOTATION_DNS_CAPTURE, ANNOTATION_EXCLUDE_CIDRS, ANNOTATION_EXCLUDE_PORTS, ANNOTATION_INTERCEPT_CIDRS, ANNOTATION_MODE, ANNOTATION_SERVICES,
+  ANNOTATION_DATAPATH, ANNOTATION_DNS_CAPTURE, ANNOTATION_IDENTITY, AUTO, ANNOTATION_EXCLUDE_CIDRS, ANNOTATION_EXCLUDE_PORTS, ANNOTATION_INTERCEPT_CIDRS, ANNOTATION_MODE, ANNOTATION_SERVICES,
   ValidationError, cidrContains, formatAddress, formatCidr, formatPortRange, mergeCidrs, nthAddress, parseAddress, parseDatapath, parseDnsCapture, parseExcludeCidrs, parseExcludePorts,
   parseInterceptCidrs, parseMode, parseServices, type Intent, type Mode, type Proto,
 } from '@ziti-cni/shared'
 import type { V1HostAlias } from '@kubernetes/client-node'
 import { NFTABLES_REFUSED, type WebhookConfig } from '../config.ts'
+import type { AutoEntry, AutoServices } from '../ziti/services.ts'
 
 export interface ProxyListener { service: string; proto: Proto; port: number }
 
@@ -23,33 +24,59 @@ export interface InterceptionPlan {
   dnsServer?: string
   /** Whether DNS was asked for explicitly (an error if the pod has its own DNS settings). */
   dnsExplicit?: boolean
+  /** What the plan could not include, for the admission response. */
+  warnings?: string[]
 }
 
 const PROXY_ONLY = [ANNOTATION_SERVICES]
 const TPROXY_ONLY = [ANNOTATION_INTERCEPT_CIDRS, ANNOTATION_EXCLUDE_CIDRS, ANNOTATION_EXCLUDE_PORTS, ANNOTATION_DNS_CAPTURE, ANNOTATION_DATAPATH]
 
-export function planInterception(annotations: Record<string, string>, existingAliases: V1HostAlias[], cfg: WebhookConfig): InterceptionPlan {
+export function planInterception(annotations: Record<string, string>, existingAliases: V1HostAlias[], cfg: WebhookConfig, auto?: AutoServices): InterceptionPlan {
   const mode = annotations[ANNOTATION_MODE] !== undefined ? parseMode(annotations[ANNOTATION_MODE]) : cfg.defaultMode
   for (const key of mode === 'proxy' ? TPROXY_ONLY : PROXY_ONLY) {
     if (annotations[key] !== undefined) throw new ValidationError(key, `only applies to ${mode === 'proxy' ? 'tproxy' : 'proxy'} mode, but the pod's mode is ${mode}`)
   }
-  return mode === 'proxy' ? planProxy(annotations, existingAliases, cfg) : planTproxy(annotations, cfg)
+  return mode === 'proxy' ? planProxy(annotations, existingAliases, cfg, auto) : planTproxy(annotations, cfg)
 }
 
-function planProxy(annotations: Record<string, string>, existingAliases: V1HostAlias[], cfg: WebhookConfig): InterceptionPlan {
-  const value = annotations[ANNOTATION_SERVICES]
-  if (value === undefined) throw new ValidationError(ANNOTATION_SERVICES, 'is required in proxy mode (e.g. "pg.ziti:5432=postgres")')
-  const services = parseServices(value)
+/** Entries for proxy mode: from the services annotation, or from the controller (auto). */
+export interface ProxySource {
+  entries: AutoEntry[]
+  /** Listener ports a service's proxy.v1 fixes. */
+  fixedPorts: Map<string, number>
+  /** Auto: conflicts become warnings (the controller, not the pod author, chose them). */
+  auto: boolean
+}
 
+function planProxy(annotations: Record<string, string>, existingAliases: V1HostAlias[], cfg: WebhookConfig, auto: AutoServices | undefined): InterceptionPlan {
+  const value = annotations[ANNOTATION_SERVICES]
+  let source: ProxySource
+  if (value !== undefined && value !== AUTO) {
+    source = { entries: parseServices(value).map((s) => ({ ...s, isIp: false })), fixedPorts: new Map(), auto: false }
+  } else if (auto) {
+    source = { entries: auto.entries, fixedPorts: auto.fixedPorts, auto: true }
+  } else if (value === AUTO) {
+    throw new ValidationError(ANNOTATION_SERVICES, `"auto" takes the services from the controller for the pod's own identity; it needs ${ANNOTATION_IDENTITY}: auto`)
+  } else {
+    throw new ValidationError(ANNOTATION_SERVICES, `is required in proxy mode (e.g. "pg.ziti:5432=postgres"), unless ${ANNOTATION_IDENTITY} is "auto"`)
+  }
+  return buildProxyPlan(source, existingAliases, cfg)
+}
+
+export function buildProxyPlan(source: ProxySource, existingAliases: V1HostAlias[], cfg: WebhookConfig): InterceptionPlan {
+  const warnings: string[] = []
+  const entryText = (s: AutoEntry) => `${s.host}:${s.port}${s.proto === 'udp' ? '/udp' : ''}=${s.service}`
   // Names the pod already defines must not be redefined; their IPs are not handed out again.
   const taken = new Map<string, string>()
   for (const a of existingAliases) for (const h of a.hostnames ?? []) taken.set(h, a.ip ?? '')
   const usedIps = new Set(existingAliases.map((a) => a.ip))
-  services.forEach((s, i) => {
-    if (taken.has(s.host)) {
-      throw new ValidationError(ANNOTATION_SERVICES, `hostname ${s.host} is already in spec.hostAliases (as ${taken.get(s.host)})`, { index: i + 1, text: `${s.host}:${s.port}${s.proto === 'udp' ? '/udp' : ''}=${s.service}` })
-    }
+  const services = source.entries.filter((s, i) => {
+    if (s.isIp || !taken.has(s.host)) return true
+    if (!source.auto) throw new ValidationError(ANNOTATION_SERVICES, `hostname ${s.host} is already in spec.hostAliases (as ${taken.get(s.host)})`, { index: i + 1, text: entryText(s) })
+    warnings.push(`ziti-cni: Ziti service "${s.service}": ${s.host} is not intercepted: the pod's own spec.hostAliases defines it (as ${taken.get(s.host)})`)
+    return false
   })
+  if (services.length === 0) throw new ValidationError(ANNOTATION_IDENTITY, 'the identity may dial no service that proxy mode can intercept (see the warnings)')
 
   // Deterministic: hostnames get addresses in order of first appearance, starting at the
   // range's .2 (the Ziti tunnelers' own first service IP); listeners likewise from portBase.
@@ -57,6 +84,7 @@ function planProxy(annotations: Record<string, string>, existingAliases: V1HostA
   const ipOf = new Map<string, string>()
   let offset = 2
   for (const s of services) {
+    if (s.isIp) { ipOf.set(s.host, s.host); continue }
     if (ipOf.has(s.host)) continue
     let ip: string | undefined
     while (!ip || usedIps.has(ip)) {
@@ -68,22 +96,29 @@ function planProxy(annotations: Record<string, string>, existingAliases: V1HostA
     aliases.push({ ip, hostname: s.host })
   }
   // `ziti tunnel proxy` keys its listeners by service name (tunnel/intercept/proxy/proxy.go:132
-  // at v2.0.3): one service named for TCP and UDP would get only the last one.
+  // at v2.0.3): one service named for TCP and UDP would get only the last one, unless its
+  // proxy.v1 lists both (one Service with both protocols on the proxy.v1 port, :164-183).
   const protoOf = new Map<string, Proto>()
   services.forEach((s, i) => {
     const other = protoOf.get(s.service)
-    if (other && other !== s.proto) {
-      throw new ValidationError(ANNOTATION_SERVICES, `Ziti service "${s.service}" is listed for both tcp and udp; ziti tunnel proxy keeps one listener per service name, so one protocol would be refused. Use a separate Ziti service per protocol`, { index: i + 1, text: `${s.host}:${s.port}${s.proto === 'udp' ? '/udp' : ''}=${s.service}` })
+    if (other && other !== s.proto && !source.fixedPorts.has(s.service)) {
+      throw new ValidationError(ANNOTATION_SERVICES, `Ziti service "${s.service}" is listed for both tcp and udp; ziti tunnel proxy keeps one listener per service name, so one protocol would be refused. Use a separate Ziti service per protocol`, { index: i + 1, text: entryText(s) })
     }
     protoOf.set(s.service, s.proto)
   })
+  const fixed = new Set(source.fixedPorts.values())
   const listeners: ProxyListener[] = []
   const portOf = new Map<string, number>()
+  let next = cfg.proxy.portBase
   for (const s of services) {
     const key = `${s.service}/${s.proto}`
     if (portOf.has(key)) continue
-    const port = cfg.proxy.portBase + listeners.length
-    if (port > 65535) throw new ValidationError(ANNOTATION_SERVICES, 'too many services for the configured proxy.portBase')
+    let port = source.fixedPorts.get(s.service)
+    if (port === undefined) {
+      while (fixed.has(next)) next++
+      port = next++
+      if (port > 65535) throw new ValidationError(ANNOTATION_SERVICES, 'too many services for the configured proxy.portBase')
+    }
     portOf.set(key, port)
     listeners.push({ service: s.service, proto: s.proto, port })
   }
@@ -92,7 +127,7 @@ function planProxy(annotations: Record<string, string>, existingAliases: V1HostA
     dnat: services.map((s) => ({ dst: ipOf.get(s.host)!, proto: s.proto, port: s.port, to: portOf.get(`${s.service}/${s.proto}`)! })),
     fence: [...new Set(listeners.map((l) => l.port))],
   }
-  return { mode: 'proxy', intent, aliases, listeners, ports: intent.fence }
+  return { mode: 'proxy', intent, aliases, listeners, ports: intent.fence, warnings }
 }
 
 function planTproxy(annotations: Record<string, string>, cfg: WebhookConfig): InterceptionPlan {

@@ -1,7 +1,8 @@
 // The pure core of injection: pod in, mutated pod (or a ValidationError naming the key and
 // the problem) out. Both /mutate and the offline `inject` command run exactly this.
 import {
-  ANNOTATION_DNS_CAPTURE, ANNOTATION_ENROLLMENT_SECRET, ANNOTATION_IDENTITY_SECRET, ANNOTATION_INTERCEPTION, ANNOTATION_STATUS, SIDECAR_NAME, SIDECAR_VOLUME,
+  ANNOTATION_DNS_CAPTURE, ANNOTATION_ENROLLMENT_SECRET, ANNOTATION_IDENTITY, ANNOTATION_IDENTITY_ID, ANNOTATION_IDENTITY_NAME, ANNOTATION_IDENTITY_SECRET, ANNOTATION_INTERCEPTION,
+  ANNOTATION_MODE, ANNOTATION_ROLE_ATTRIBUTES, ANNOTATION_SERVICES, ANNOTATION_STATUS, AUTO, LABEL_AUTO_IDENTITY, SIDECAR_NAME, SIDECAR_VOLUME,
   USER_ANNOTATIONS, VALIDATOR_NAME, ValidationError, parseSecretRef, serializeIntent,
 } from '@ziti-cni/shared'
 import type { V1Container, V1HostAlias, V1Pod } from '@kubernetes/client-node'
@@ -9,6 +10,21 @@ import jsonpatch, { type Operation } from 'fast-json-patch'
 import type { WebhookConfig } from '../config.ts'
 import { planInterception, type InterceptionPlan } from './intent.ts'
 import { buildSidecar, buildValidator, sidecarVolume, type IdentitySource } from './sidecar.ts'
+import { parseRoleAttributes } from '../ziti/identity.ts'
+import type { AutoServices } from '../ziti/services.ts'
+
+/** What the controller gave a pod with `identity: auto`, for the pure mutation. */
+export interface ControllerGrant {
+  identityId: string
+  identityName: string
+  /** The per-pod Secret holding the enrollment JWT (key ENROLLMENT_TOKEN_KEY). */
+  secretName: string
+  /** The dialable services as proxy entries (undefined: the pod lists its own, or tproxy). */
+  services: AutoServices | undefined
+}
+
+/** The key of the per-pod enrollment Secret. */
+export const ENROLLMENT_TOKEN_KEY = 'token.jwt'
 
 export const INJECTOR_VERSION = '0.1.0'
 
@@ -20,15 +36,36 @@ export interface MutationResult {
   warnings: string[]
 }
 
-function identitySource(annotations: Record<string, string>): IdentitySource {
+/** True when the pod asks the controller for its identity (and so, maybe, its services). */
+export function wantsAutoIdentity(annotations: Record<string, string>): boolean {
+  return annotations[ANNOTATION_IDENTITY] !== undefined
+}
+
+/** True when an auto pod's services come from the controller (proxy mode, no list of its own). */
+export function wantsAutoServices(annotations: Record<string, string>, cfg: WebhookConfig): boolean {
+  const mode = annotations[ANNOTATION_MODE] ?? cfg.defaultMode
+  const services = annotations[ANNOTATION_SERVICES]
+  return mode === 'proxy' && (services === undefined || services === AUTO)
+}
+
+function identitySource(annotations: Record<string, string>, grant: ControllerGrant | undefined): IdentitySource {
   const id = annotations[ANNOTATION_IDENTITY_SECRET]
   const enroll = annotations[ANNOTATION_ENROLLMENT_SECRET]
+  const auto = annotations[ANNOTATION_IDENTITY]
+  if (auto !== undefined) {
+    if (auto !== AUTO) throw new ValidationError(ANNOTATION_IDENTITY, `must be "auto" (the webhook creates the pod's identity through the OpenZiti controller); for an identity you enrolled yourself, use ${ANNOTATION_IDENTITY_SECRET}`)
+    if (id !== undefined || enroll !== undefined) throw new ValidationError(ANNOTATION_IDENTITY, `set either ${ANNOTATION_IDENTITY}: auto or a Secret (${id !== undefined ? ANNOTATION_IDENTITY_SECRET : ANNOTATION_ENROLLMENT_SECRET}), not both`)
+    parseRoleAttributes(annotations[ANNOTATION_ROLE_ATTRIBUTES])
+    if (!grant) throw new ValidationError(ANNOTATION_IDENTITY, 'needs the OpenZiti controller, and this webhook has none configured (webhook config controller.url)')
+    return { kind: 'auto', ref: { name: grant.secretName, key: ENROLLMENT_TOKEN_KEY } }
+  }
+  if (annotations[ANNOTATION_ROLE_ATTRIBUTES] !== undefined) throw new ValidationError(ANNOTATION_ROLE_ATTRIBUTES, `only applies to ${ANNOTATION_IDENTITY}: auto (a Secret's identity has its role attributes already)`)
   if (id !== undefined && enroll !== undefined) {
     throw new ValidationError(ANNOTATION_IDENTITY_SECRET, `set either ${ANNOTATION_IDENTITY_SECRET} (enrolled identity JSON) or ${ANNOTATION_ENROLLMENT_SECRET} (enrollment JWT), not both`)
   }
   if (id !== undefined) return { kind: 'identity', ref: parseSecretRef(ANNOTATION_IDENTITY_SECRET, id) }
   if (enroll !== undefined) return { kind: 'enrollment', ref: parseSecretRef(ANNOTATION_ENROLLMENT_SECRET, enroll) }
-  throw new ValidationError(ANNOTATION_IDENTITY_SECRET, `is required: name the Secret holding the pod's Ziti identity as <secret>[/<key>] (or use ${ANNOTATION_ENROLLMENT_SECRET} for an enrollment JWT)`)
+  throw new ValidationError(ANNOTATION_IDENTITY_SECRET, `is required: name the Secret holding the pod's Ziti identity as <secret>[/<key>] (or use ${ANNOTATION_ENROLLMENT_SECRET} for an enrollment JWT, or ${ANNOTATION_IDENTITY}: auto)`)
 }
 
 /**
@@ -132,8 +169,8 @@ interface Prepared {
   owned: Record<string, string>
 }
 
-function prepare(annotations: Record<string, string>, identity: IdentitySource, hostAliases: V1HostAlias[], cfg: WebhookConfig): Prepared {
-  const plan = planInterception(annotations, hostAliases, cfg)
+function prepare(annotations: Record<string, string>, identity: IdentitySource, hostAliases: V1HostAlias[], cfg: WebhookConfig, grant?: ControllerGrant): Prepared {
+  const plan = planInterception(annotations, hostAliases, cfg, grant?.services)
   const byIp = new Map<string, string[]>()
   for (const a of plan.aliases) byIp.set(a.ip, [...(byIp.get(a.ip) ?? []), a.hostname])
   const intentJson = serializeIntent(plan.intent)
@@ -146,6 +183,7 @@ function prepare(annotations: Record<string, string>, identity: IdentitySource, 
     owned: {
       [ANNOTATION_INTERCEPTION]: intentJson,
       [ANNOTATION_STATUS]: JSON.stringify({ version: INJECTOR_VERSION, mode: plan.mode, sidecar: SIDECAR_NAME }),
+      ...(grant ? { [ANNOTATION_IDENTITY_ID]: grant.identityId, [ANNOTATION_IDENTITY_NAME]: grant.identityName } : {}),
     },
   }
 }
@@ -191,15 +229,16 @@ export class InjectionCache {
  * Builds the JSON Patch by hand rather than diffing: an `add` at index 0 inserts the
  * sidecar in front of existing containers instead of rewriting every one of them.
  */
-export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: InjectionCache): MutationResult {
+export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: InjectionCache, grant?: ControllerGrant): MutationResult {
   const spec = original.spec ?? { containers: [] }
   const annotations = original.metadata?.annotations ?? {}
   const hostAliases = spec.hostAliases ?? []
   // Identity first: a pod without one is refused before anything else is looked at.
-  const identity = identitySource(annotations)
+  const identity = identitySource(annotations, grant)
   checkSingleUseToken(original, identity)
   checkUids(original, cfg.sidecarUid)
-  const { plan, sidecar, validator, aliases, owned, encoded } = cache ? cache.get(annotations, identity, hostAliases, cfg) : prepare(annotations, identity, hostAliases, cfg)
+  // A grant is one pod's own: nothing to share with other pods, so no cache.
+  const { plan, sidecar, validator, aliases, owned, encoded } = cache && !grant ? cache.get(annotations, identity, hostAliases, cfg) : prepare(annotations, identity, hostAliases, cfg, grant)
   checkPorts(original, plan)
 
   const ops: Operation[] = []
@@ -221,9 +260,14 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: Injection
   // Owned by the webhook: whatever the user put there is replaced (`add` replaces a member).
   if (!original.metadata?.annotations) ops.push({ op: 'add', path: '/metadata/annotations', value: owned })
   else for (const [k, v] of Object.entries(owned)) ops.push({ op: 'add', path: `/metadata/annotations/${pointerEscape(k)}`, value: v })
+  // The reconciler lists pods with auto identities by this label (pods cannot be listed by annotation).
+  if (grant) {
+    if (!original.metadata?.labels) ops.push({ op: 'add', path: '/metadata/labels', value: { [LABEL_AUTO_IDENTITY]: 'true' } })
+    else ops.push({ op: 'add', path: `/metadata/labels/${pointerEscape(LABEL_AUTO_IDENTITY)}`, value: 'true' })
+  }
   if (!original.metadata) ops.unshift({ op: 'add', path: '/metadata', value: {} })
 
-  const warnings: string[] = dnsWarning ? [dnsWarning] : []
+  const warnings: string[] = [...(plan.warnings ?? []), ...(dnsWarning ? [dnsWarning] : [])]
   const supplied = annotations[ANNOTATION_INTERCEPTION]
   if (supplied !== undefined && supplied !== owned[ANNOTATION_INTERCEPTION]) {
     warnings.push(`ziti-cni: replaced the user-supplied ${ANNOTATION_INTERCEPTION} annotation (it is owned by the webhook)`)
@@ -232,10 +276,10 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: Injection
   const shape = [spec.initContainers, spec.containers, spec.volumes, spec.hostAliases, original.metadata?.annotations, original.metadata].map((x) => (x ? 1 : 0)).join('') +
     (plan.dnsServer ? `/${original.metadata?.namespace ?? ''}/${spec.dnsPolicy ?? ''}/${spec.dnsConfig ? 1 : 0}` : '') +
     (plan.mode === 'tproxy' ? `/${spec.securityContext ? 1 : 0}${spec.securityContext?.sysctls ? 1 : 0}${spec.securityContext?.sysctls?.some((x) => x.name === UNPRIVILEGED_PORT_SYSCTL.name) ? 1 : 0}` : '')
-  let patch = encoded.get(shape)
+  let patch = grant ? undefined : encoded.get(shape)
   if (patch === undefined) {
     patch = Buffer.from(JSON.stringify(ops)).toString('base64')
-    encoded.set(shape, patch)
+    if (!grant) encoded.set(shape, patch)
   }
   return { ops, patch, plan, warnings }
 }

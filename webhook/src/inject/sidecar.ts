@@ -7,7 +7,8 @@ import type { WebhookConfig } from '../config.ts'
 import type { InterceptionPlan } from './intent.ts'
 
 export interface IdentitySource {
-  kind: 'identity' | 'enrollment'
+  /** auto: the per-pod Secret the webhook created with the identity's enrollment JWT. */
+  kind: 'identity' | 'enrollment' | 'auto'
   ref: SecretRef
 }
 
@@ -72,7 +73,9 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
     { name: 'ZITI_IDENTITY_BASENAME', value: 'ziti-cni' },
     identity.kind === 'identity'
       ? { name: 'ZITI_IDENTITY_JSON', valueFrom: { secretKeyRef: { name: identity.ref.name, key: identity.ref.key ?? cfg.identitySecretKey } } }
-      : { name: 'ZITI_ENROLL_TOKEN', valueFrom: { secretKeyRef: { name: identity.ref.name, key: identity.ref.key ?? cfg.enrollmentSecretKey } } },
+      // auto: optional, because the reconciler deletes the Secret once the token is spent; a
+      // restarted sidecar then finds the enrolled identity in its emptyDir (entrypoint.sh:110-114).
+      : { name: 'ZITI_ENROLL_TOKEN', valueFrom: { secretKeyRef: { name: identity.ref.name, key: identity.ref.key ?? cfg.enrollmentSecretKey, ...(identity.kind === 'auto' ? { optional: true } : {}) } } },
   ]
   let image: string
   let args: string[]
@@ -83,7 +86,11 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
     // --svcPollRate: without it proxy mode never re-polls (ziti/tunnel/proxy.go:41-43), so a
     // service granted later would need a restart. --cli-agent=false: its unix socket goes to
     // os.TempDir(), which the read-only root refuses (ziti/tunnel/root.go:134-151).
-    args = ['proxy', `--svcPollRate=${cfg.proxy.servicePollSeconds}`, '--cli-agent=false', ...plan.listeners.map((l) => `${l.service}:${l.port}${l.proto === 'udp' ? ':udp' : ''}`)]
+    // One argument per service: the tunneler keys them by name (proxy.go:132); a service
+    // whose proxy.v1 lists both protocols gets both from that config, not from here.
+    const named = new Set<string>()
+    const first = plan.listeners.filter((l) => !named.has(l.service) && named.add(l.service))
+    args = ['proxy', `--svcPollRate=${cfg.proxy.servicePollSeconds}`, '--cli-agent=false', ...first.map((l) => `${l.service}:${l.port}${l.proto === 'udp' ? ':udp' : ''}`)]
   } else {
     image = cfg.tproxy.image
     args = [...cfg.tproxy.args]
