@@ -66,10 +66,10 @@ export const FIXTURES: Fixture[] = [
   { name: 'kube-system', pod: pod('dns', SERVICES), namespace: 'kube-system', expect: 'skip' },
   { name: 'own-namespace', pod: pod('self', SERVICES), namespace: 'ziti-cni-system', expect: 'skip' },
   // Rejections
-  { name: 'no-identity', pod: pod('noid', { 'cni.openziti.io/services': 'pg.ziti:5432=postgres' }), expect: { reject: 'ziti-cni: cni.openziti.io/identity-secret: is required: name the Secret holding the pod\'s Ziti identity as <secret>[/<key>] (or use cni.openziti.io/enrollment-secret for an enrollment JWT)' } },
+  { name: 'no-identity', pod: pod('noid', { 'cni.openziti.io/services': 'pg.ziti:5432=postgres' }), expect: { reject: 'ziti-cni: cni.openziti.io/identity-secret: is required: name the Secret holding the pod\'s Ziti identity as <secret>[/<key>] (or use cni.openziti.io/enrollment-secret for an enrollment JWT, or cni.openziti.io/identity: auto)' } },
   { name: 'both-identities', pod: pod('both', { ...SERVICES, 'cni.openziti.io/enrollment-secret': 'x' }), expect: { reject: 'ziti-cni: cni.openziti.io/identity-secret: set either cni.openziti.io/identity-secret (enrolled identity JSON) or cni.openziti.io/enrollment-secret (enrollment JWT), not both' } },
   { name: 'bad-port', pod: pod('badport', { ...ID, 'cni.openziti.io/services': 'pg.ziti:5432=postgres, pg.ziti:99999=pg' }), expect: { reject: 'ziti-cni: cni.openziti.io/services: entry 2 "pg.ziti:99999=pg": port 99999 is out of range 1-65535' } },
-  { name: 'no-services', pod: pod('nosvc', ID), expect: { reject: 'ziti-cni: cni.openziti.io/services: is required in proxy mode (e.g. "pg.ziti:5432=postgres")' } },
+  { name: 'no-services', pod: pod('nosvc', ID), expect: { reject: 'ziti-cni: cni.openziti.io/services: is required in proxy mode (e.g. "pg.ziti:5432=postgres"), unless cni.openziti.io/identity is "auto"' } },
   { name: 'bad-mode', pod: pod('badmode', { ...SERVICES, 'cni.openziti.io/mode': 'tun' }), expect: { reject: 'ziti-cni: cni.openziti.io/mode: unknown mode "tun" (expected proxy or tproxy)' } },
   { name: 'wrong-mode-annotation', pod: pod('wrongmode', { ...SERVICES, 'cni.openziti.io/intercept-cidrs': '10.0.0.0/8' }), expect: { reject: 'ziti-cni: cni.openziti.io/intercept-cidrs: only applies to tproxy mode, but the pod\'s mode is proxy' } },
   { name: 'bad-cidr', pod: pod('badcidr', { ...ID, 'cni.openziti.io/mode': 'tproxy', 'cni.openziti.io/intercept-cidrs': '10.0.0.1/8' }), expect: { reject: 'ziti-cni: cni.openziti.io/intercept-cidrs: entry 1 "10.0.0.1/8": host bits are set (did you mean 10.0.0.0/8?)' } },

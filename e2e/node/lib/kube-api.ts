@@ -268,7 +268,7 @@ export class KubeApiStandIn {
       candidate = verdict.obj
     }
     // Rejected after our webhook (another webhook, validation, quota): the test's hook.
-    const veto = this.afterAdmission?.(candidate)
+    const veto = r.plural === 'pods' ? this.afterAdmission?.(candidate) : undefined
     if (veto) return { error: { code: 403, reason: 'Forbidden', message: veto } }
     if (!candidate.metadata.name) candidate.metadata.name = `${candidate.metadata.generateName}${randomUUID().slice(0, 5)}`
     const k = this.key(r, namespace, candidate.metadata.name)

@@ -26,7 +26,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import forge from 'node-forge'
-import { createCa, createServingCert, type KeyPair } from '../../../webhook/src/tls/certs.ts'
+import { createCa, createServingCert, serial, type KeyPair } from '../../../webhook/src/tls/certs.ts'
 
 const M = '/edge/management/v1'
 const C = '/edge/client/v1'
@@ -450,7 +450,7 @@ export class FakeZitiController {
     const caCert = forge.pki.certificateFromPem(this.ca.certPem)
     const cert = forge.pki.createCertificate()
     cert.publicKey = publicKey
-    cert.serialNumber = '0' + forge.util.bytesToHex(forge.random.getBytesSync(15))
+    cert.serialNumber = serial()
     cert.validity.notBefore = new Date(Date.now() - 60_000)
     cert.validity.notAfter = new Date(Date.now() + 86_400_000)
     cert.setSubject([{ name: 'commonName', value: cn }])

@@ -46,15 +46,17 @@ export interface ProxySource {
   fixedPorts: Map<string, number>
   /** Auto: conflicts become warnings (the controller, not the pod author, chose them). */
   auto: boolean
+  /** What the source could not express already (auto services). */
+  warnings: string[]
 }
 
 function planProxy(annotations: Record<string, string>, existingAliases: V1HostAlias[], cfg: WebhookConfig, auto: AutoServices | undefined): InterceptionPlan {
   const value = annotations[ANNOTATION_SERVICES]
   let source: ProxySource
   if (value !== undefined && value !== AUTO) {
-    source = { entries: parseServices(value).map((s) => ({ ...s, isIp: false })), fixedPorts: new Map(), auto: false }
+    source = { entries: parseServices(value).map((s) => ({ ...s, isIp: false })), fixedPorts: new Map(), auto: false, warnings: [] }
   } else if (auto) {
-    source = { entries: auto.entries, fixedPorts: auto.fixedPorts, auto: true }
+    source = { entries: auto.entries, fixedPorts: auto.fixedPorts, auto: true, warnings: auto.warnings }
   } else if (value === AUTO) {
     throw new ValidationError(ANNOTATION_SERVICES, `"auto" takes the services from the controller for the pod's own identity; it needs ${ANNOTATION_IDENTITY}: auto`)
   } else {
@@ -64,7 +66,7 @@ function planProxy(annotations: Record<string, string>, existingAliases: V1HostA
 }
 
 export function buildProxyPlan(source: ProxySource, existingAliases: V1HostAlias[], cfg: WebhookConfig): InterceptionPlan {
-  const warnings: string[] = []
+  const warnings = [...source.warnings]
   const entryText = (s: AutoEntry) => `${s.host}:${s.port}${s.proto === 'udp' ? '/udp' : ''}=${s.service}`
   // Names the pod already defines must not be redefined; their IPs are not handed out again.
   const taken = new Map<string, string>()
@@ -76,7 +78,7 @@ export function buildProxyPlan(source: ProxySource, existingAliases: V1HostAlias
     warnings.push(`ziti-cni: Ziti service "${s.service}": ${s.host} is not intercepted: the pod's own spec.hostAliases defines it (as ${taken.get(s.host)})`)
     return false
   })
-  if (services.length === 0) throw new ValidationError(ANNOTATION_IDENTITY, 'the identity may dial no service that proxy mode can intercept (see the warnings)')
+  if (services.length === 0) throw new ValidationError(ANNOTATION_IDENTITY, `the identity may dial no service that proxy mode can intercept${warnings.length ? `: ${warnings.map((w) => w.replace(/^ziti-cni: /, '')).join('; ')}` : ''}`)
 
   // Deterministic: hostnames get addresses in order of first appearance, starting at the
   // range's .2 (the Ziti tunnelers' own first service IP); listeners likewise from portBase.

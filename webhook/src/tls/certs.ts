@@ -16,9 +16,12 @@ export interface CertOptions {
   now?: Date
 }
 
-function serial(): string {
-  // Positive 16-byte serial (leading nibble < 8 keeps it positive in DER).
-  return '0' + forge.util.bytesToHex(forge.random.getBytesSync(15))
+export function serial(): string {
+  // A positive, minimally encoded 16-byte DER INTEGER: top bit clear (positive) and the first
+  // byte non-zero (a leading 0x00 before a byte < 0x80 is "illegal padding" to OpenSSL, which
+  // a '0' + hex prefix produced for one serial in 16).
+  const bytes = forge.random.getBytesSync(16)
+  return (((bytes.charCodeAt(0) & 0x7f) | 0x40).toString(16)) + forge.util.bytesToHex(bytes.slice(1))
 }
 
 function newCert(publicKey: forge.pki.PublicKey, opts: CertOptions): forge.pki.Certificate {

@@ -21,7 +21,7 @@ export interface ControllerRuntime {
   stop: () => void
 }
 
-export function startController(cfg: ControllerConfig, kc: KubeConfig, registry: Registry, log: Logger, opts: { namespace: string; identity?: string; credentialText?: string; caText?: string }): ControllerRuntime {
+export function startController(cfg: ControllerConfig, kc: KubeConfig, registry: Registry, log: Logger, opts: { namespace: string; identity?: string; credentialText?: string; caText?: string; autoStart?: boolean }): ControllerRuntime {
   const credential = parseCredential(opts.credentialText ?? readFileSync(cfg.credentialFile, 'utf8'))
   const ca = opts.caText ?? (cfg.caFile ? readFileSync(cfg.caFile, 'utf8') : credential.kind === 'cert' ? credential.ca : undefined)
   if (!ca) throw new Error('controller.caFile is empty and the credential carries no id.ca: the controller\'s certificate cannot be verified')
@@ -33,6 +33,6 @@ export function startController(cfg: ControllerConfig, kc: KubeConfig, registry:
   // POD_NAME comes from the downward API; replicas must differ.
   const leader = new LeaderElector(kc, { namespace: opts.namespace, name: cfg.leaseName, identity: opts.identity ?? process.env.POD_NAME ?? hostname(), leaseSeconds: cfg.leaseSeconds }, log)
   const reconciler = new IdentityReconciler(kc, { client, secrets, cfg, metrics, log: clog.child({ component: 'reconciler' }), isLeader: () => leader.isLeader() })
-  const stops = [leader.start(), reconciler.start()]
+  const stops = opts.autoStart === false ? [] : [leader.start(), reconciler.start()]
   return { provisioner, reconciler, leader, client, stop: () => { for (const s of stops) s(); client.close() } }
 }
