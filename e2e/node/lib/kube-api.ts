@@ -129,6 +129,12 @@ export class KubeApiStandIn {
   }
 
   private stamp(r: Resource, obj: Obj, prev: Obj | undefined): Obj {
+    // A Secret's stringData is write-only: the API server merges it into data (base64) and
+    // never returns it.
+    if (r.plural === 'secrets' && obj.stringData) {
+      const { stringData, ...rest } = obj as Obj & { stringData: Record<string, string>; data?: Record<string, string> }
+      obj = { ...rest, data: { ...(rest.data ?? {}), ...Object.fromEntries(Object.entries(stringData).map(([k, v]) => [k, Buffer.from(v).toString('base64')])) } }
+    }
     return {
       ...obj,
       apiVersion: r.apiVersion,

@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { mkdtempSync, readdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { DEFAULT_CONFIG } from '../../../webhook/src/config.ts'
 import { Rootfs, writeOciArchive, type ImageConfig } from './images.ts'
@@ -60,8 +60,11 @@ export function buildTestImages(): { archive: string; work: string } {
     if (f.endsWith('.c')) tools.file(join(bin, f.slice(0, -2)), `/opt/zcni/standins/${f.slice(0, -2)}`)
     else tools.file(join(STANDINS, f), `/opt/zcni/standins/${f}`, 0o644)
   }
-  // The stand-in tunneler's CSR for enrollment (node has no CSR API of its own).
-  tools.file(createRequire(import.meta.url).resolve('node-forge/dist/forge.min.js'), '/opt/zcni/standins/forge.min.js', 0o644)
+  // The stand-in tunneler's CSR for enrollment (node has no CSR API of its own): node-forge's
+  // CommonJS sources, where `require('node-forge')` finds them from the stand-ins' dir.
+  const forge = dirname(createRequire(import.meta.url).resolve('node-forge/package.json'))
+  tools.file(join(forge, 'package.json'), '/opt/zcni/standins/node_modules/node-forge/package.json', 0o644)
+  for (const f of readdirSync(join(forge, 'lib')).filter((n) => n.endsWith('.js'))) tools.file(join(forge, 'lib', f), `/opt/zcni/standins/node_modules/node-forge/lib/${f}`, 0o644)
   tools.content('/entrypoint.sh', '#!/bin/bash\n# Stand-in image entrypoint: see /opt/zcni/standins/ziti-tunnel.ts\nexec node /opt/zcni/standins/ziti-tunnel.ts "$@"\n', 0o755)
   const toolsLayer = tools.layer(join(work, 'tools.tar'))
 

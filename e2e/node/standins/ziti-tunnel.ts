@@ -11,7 +11,7 @@
 // (no controller), it reads that answer from test-only fields: `standinDialable` (service
 // names; absent = every service named on the command line) and `standinProxyV1` ({service:
 // {port, protocols}}, a service's proxy.v1 config).
-import { createPrivateKey, createPublicKey, generateKeyPairSync, verify, X509Certificate } from 'node:crypto'
+import { createPrivateKey, generateKeyPairSync, verify, X509Certificate } from 'node:crypto'
 import { request as httpsRequest } from 'node:https'
 import { createRequire } from 'node:module'
 import { connect as tlsConnect } from 'node:tls'
@@ -57,20 +57,20 @@ async function enroll(token: string): Promise<object> {
   if (claims.em !== 'ott') throw new Error(`enrollment method ${claims.em} is not supported`)
   if (claims.exp * 1000 < Date.now()) throw new Error('the token has expired')
   // The JWT is verified with the key of the certificate the server at `iss` presents.
-  const { host, port } = new URL(claims.iss)
+  const { hostname: host, port } = new URL(claims.iss)
   const serverCert = await new Promise<X509Certificate>((resolve, reject) => {
     const s = tlsConnect({ host, port: Number(port), rejectUnauthorized: false }, () => { resolve(new X509Certificate(s.getPeerCertificate().raw)); s.end() })
     s.on('error', reject)
   })
   if (!verify('sha256', Buffer.from(`${h}.${c}`), serverCert.publicKey, Buffer.from(sig, 'base64url'))) throw new Error('the token signature does not match the controller\'s certificate')
-  const forge = createRequire(import.meta.url)('./forge.min.js') as typeof import('node-forge')
+  const forge = createRequire(import.meta.url)('node-forge') as typeof import('node-forge')
   const cas = await https(`${claims.iss}/.well-known/est/cacerts`, { pin: serverCert.fingerprint256 })
   const p7 = forge.pkcs7.messageFromAsn1(forge.asn1.fromDer(forge.util.decode64(cas.body.replace(/\s+/g, '')))) as unknown as { certificates: import('node-forge').pki.Certificate[] }
   const ca = p7.certificates.map((x) => forge.pki.certificateToPem(x)).join('')
   const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 })
   const keyPem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string
   const csr = forge.pki.createCertificationRequest()
-  csr.publicKey = forge.pki.publicKeyFromPem(createPublicKey(publicKey).export({ type: 'spki', format: 'pem' }) as string)
+  csr.publicKey = forge.pki.publicKeyFromPem(publicKey.export({ type: 'spki', format: 'pem' }) as string)
   csr.setSubject([{ name: 'commonName', value: claims.sub }])
   csr.sign(forge.pki.privateKeyFromPem(createPrivateKey(keyPem).export({ type: 'pkcs1', format: 'pem' }) as string), forge.md.sha256.create())
   const r = await https(`${claims.iss}/edge/client/v1/enroll?method=ott&token=${encodeURIComponent(claims.jti)}`, { method: 'POST', ca, body: forge.pki.certificationRequestToPem(csr), headers: { 'content-type': 'application/x-pem-file' } })
