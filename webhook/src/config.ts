@@ -273,7 +273,8 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       uid: pick('validator.uid', validator.uid, d.validator.uid, int(1, 2147483647)),
     },
     controller: {
-      url: pick('controller.url', controller.url, d.controller.url, (v) => (v === '' || (typeof v === 'string' && /^https:\/\/[^/\s]+\/?$/.test(v)) ? undefined : 'must be an https:// URL with no path (the Edge API base), or empty')),
+      // The controller-identities component sets the URL from a ConfigMap an overlay can merge into.
+      url: pick(env.ZITI_CONTROLLER_URL !== undefined ? 'ZITI_CONTROLLER_URL' : 'controller.url', env.ZITI_CONTROLLER_URL ?? controller.url, d.controller.url, (v) => (v === '' || (typeof v === 'string' && /^https:\/\/[^/\s]+\/?$/.test(v)) ? undefined : 'must be an https:// URL with no path (the Edge API base), or empty')),
       caFile: pick('controller.caFile', controller.caFile, d.controller.caFile, path),
       credentialFile: pick('controller.credentialFile', controller.credentialFile, d.controller.credentialFile, path),
       cluster: pick('controller.cluster', controller.cluster, d.controller.cluster, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a DNS label-like name')),
