@@ -4,6 +4,10 @@
 import t from 'tap'
 import { KubeConfig, type V1Pod } from '@kubernetes/client-node'
 import type { AddressInfo } from 'node:net'
+import { spawn } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { pino } from 'pino'
 import { parseIntent } from '@ziti-cni/shared'
 import { validateConfig } from '../src/config.ts'
@@ -216,4 +220,36 @@ t.test('two replicas: one reconciles; the other takes over when it stops renewin
   t.equal(await rt.reconciler.runOnce(), undefined, 'and no longer reconciles')
   t.equal(await other.tryAcquireOrRenew(), true, 'webhook-1 takes over the expired lease')
   t.equal(await rt.leader.tryAcquireOrRenew(), false, 'webhook-0 cannot take it back while it is renewed')
+})
+
+t.test('auto-drift: what a running pod intercepts against what its identity may dial now', async (t) => {
+  const { fake, api, apiUrl, apiCa, config } = await world(t)
+  const pod = await api.create('pods', autoPod() as never) as unknown as V1Pod
+  const dir = mkdtempSync(join(tmpdir(), 'zcni-drift-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const admin = fake.addCertIdentity('drift-reader', ['service.read', 'config.read'])
+  writeFileSync(join(dir, 'config.yaml'), `controller:\n  url: ${config.controller.url}\n  credentialFile: ${join(dir, 'credential.json')}\n`)
+  writeFileSync(join(dir, 'credential.json'), JSON.stringify({ ztAPI: fake.url, id: { cert: admin.cert, key: admin.key, ca: fake.ca.certPem } }))
+  writeFileSync(join(dir, 'kubeconfig'), JSON.stringify({ apiVersion: 'v1', kind: 'Config', 'current-context': 'x', clusters: [{ name: 'c', cluster: { server: apiUrl, 'certificate-authority-data': Buffer.from(apiCa).toString('base64') } }], users: [{ name: 'u', user: { token: TOKEN } }], contexts: [{ name: 'x', context: { cluster: 'c', user: 'u' } }] }))
+  // Asynchronously: the API stand-in and the controller answer from this process.
+  const drift = () => new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+    const p = spawn(process.execPath, [new URL('../src/cli/auto-drift.ts', import.meta.url).pathname, '-n', 'apps', pod.metadata!.name!, '--config', join(dir, 'config.yaml'), '--kubeconfig', join(dir, 'kubeconfig')], { env: { ...process.env, NODE_OPTIONS: '' } })
+    let stdout = ''
+    let stderr = ''
+    p.stdout.on('data', (d: Buffer) => { stdout += d })
+    p.stderr.on('data', (d: Buffer) => { stderr += d })
+    p.on('close', (status) => resolve({ status, stdout, stderr }))
+  })
+  const same = await drift()
+  t.equal(same.status, 0, same.stderr)
+  t.match(same.stdout, /intercepted and still granted: \n(  .*\n)*  pg\.ziti:5432\/tcp=postgres\n/)
+  t.match(same.stdout, /granted now, not intercepted \(recreate the pod to pick them up\): none/)
+  // The operator grants a new service and revokes postgres.
+  fake.addService('ledger', ['ledger'], [fake.addConfig('l-i', 'intercept.v1', { protocols: ['tcp'], addresses: ['ledger.ziti'], portRanges: [{ low: 7000, high: 7000 }] })])
+  fake.addPolicy('billing-ledger', 'Dial', ['#billing'], ['#ledger'])
+  for (const p of fake.policies.values()) if (p.name === 'billing-dials') p.serviceRoles = ['#web']
+  const changed = await drift()
+  t.equal(changed.status, 3, 'exit 3: drift')
+  t.match(changed.stdout, /granted now, not intercepted \(recreate the pod to pick them up\): \n  ledger\.ziti:7000\/tcp=ledger\n/)
+  t.match(changed.stdout, /intercepted, no longer granted \(dials fail at the controller\): \n  pg\.ziti:5432\/tcp=postgres\n/)
 })
