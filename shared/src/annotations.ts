@@ -15,9 +15,9 @@ import {
 } from './keys.ts'
 import { LIMITS } from './limits.ts'
 
-export type Mode = 'proxy' | 'tproxy'
+export type Mode = 'proxy' | 'tproxy' | 'tun'
 export type Proto = 'tcp' | 'udp'
-export const MODES: readonly Mode[] = ['proxy', 'tproxy']
+export const MODES: readonly Mode[] = ['proxy', 'tproxy', 'tun']
 
 export interface ServiceEntry {
   host: string
@@ -73,7 +73,7 @@ export function isDnsName(host: string): boolean {
 export function parseMode(value: string): Mode {
   const v = value.trim()
   if ((MODES as readonly string[]).includes(v)) return v as Mode
-  throw new ValidationError(ANNOTATION_MODE, `unknown mode ${JSON.stringify(v)} (expected ${MODES.join(' or ')})`)
+  throw new ValidationError(ANNOTATION_MODE, `unknown mode ${JSON.stringify(v)} (expected ${MODES.slice(0, -1).join(', ')} or ${MODES.at(-1)})`)
 }
 
 /** `host:port[/tcp|/udp]=service, ...` */

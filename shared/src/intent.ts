@@ -52,9 +52,29 @@ export interface TproxyIntent extends IntentBase {
 
 export type Datapath = 'nftables' | 'ebpf'
 
-export type Intent = ProxyIntent | TproxyIntent
+/**
+ * tun: the CNI creates a tun device in the pod netns owned by the sidecar's uid/gid, with the
+ * tunneler's address and routes, and the sidecar (no capability) attaches to it by name; its
+ * userspace stack carries every flow into the device, DNS included.
+ */
+export interface TunIntent {
+  v: 1
+  mode: 'tun'
+  /** Owner of the device: only this uid (or gid) may attach (TUNSETIFF's owner check). */
+  uid: number
+  gid: number
+  /** Device name, e.g. ziti0. */
+  dev: string
+  /** The device's address and prefix: the connected route into the tun, e.g. 100.64.0.1/10. */
+  addr: string
+  /** More CIDRs routed into the device (intercept addresses outside `addr`'s network). */
+  routes: string[]
+}
+
+export type Intent = ProxyIntent | TproxyIntent | TunIntent
 
 const KEYS = {
+  tun: ['v', 'mode', 'uid', 'gid', 'dev', 'addr', 'routes'],
   proxy: ['v', 'mode', 'uid', 'dnat', 'fence'],
   tproxy: ['v', 'mode', 'uid', 'cidrs', 'proto', 'to', 'dns', 'excludeCidrs', 'excludePorts', 'datapath', 'fence'],
 } as const
@@ -163,13 +183,14 @@ class Checker {
 export function validateIntent(value: unknown): Intent {
   const c = new Checker()
   // The version decides everything else, so it is checked before any other field.
-  const top = c.object('$', value, [...KEYS.tproxy, ...KEYS.proxy], ['v'])
+  const top = c.object('$', value, [...new Set([...KEYS.tproxy, ...KEYS.proxy, ...KEYS.tun])], ['v'])
   if (top.v !== INTENT_VERSION) {
     c.fail('v', `unsupported intent version ${JSON.stringify(top.v)} (this build understands ${INTENT_VERSION})`)
   }
-  c.object('$', value, [...KEYS.tproxy, ...KEYS.proxy], ['mode'])
-  if (top.mode !== 'proxy' && top.mode !== 'tproxy') c.fail('mode', 'must be "proxy" or "tproxy"')
-  const mode = top.mode as Intent['mode']
+  c.object('$', value, [...new Set([...KEYS.tproxy, ...KEYS.proxy, ...KEYS.tun])], ['mode'])
+  if (top.mode !== 'proxy' && top.mode !== 'tproxy' && top.mode !== 'tun') c.fail('mode', 'must be "proxy", "tproxy" or "tun"')
+  if (top.mode === 'tun') return validateTun(c, c.object('$', value, KEYS.tun, ['uid', 'gid', 'dev', 'addr']))
+  const mode = top.mode as 'proxy' | 'tproxy'
   const required = mode === 'proxy' ? ['uid', 'dnat', 'fence'] : ['uid', 'cidrs', 'proto', 'to', 'fence']
   const o = c.object('$', value, KEYS[mode], required)
   const uid = c.integer('uid', o.uid, 1, MAX_UID)
@@ -230,6 +251,33 @@ export function validateIntent(value: unknown): Intent {
   }
 }
 
+/** Linux interface names: at most 15 bytes (IFNAMSIZ - 1); ours are plain. */
+const TUN_DEV = /^[a-z][a-z0-9]{0,14}$/
+
+function validateTun(c: Checker, o: Record<string, unknown>): TunIntent {
+  const uid = c.integer('uid', o.uid, 1, MAX_UID)
+  const gid = c.integer('gid', o.gid, 1, MAX_UID)
+  const dev = c.string('dev', o.dev)
+  if (!TUN_DEV.test(dev)) c.fail('dev', `"${dev}" is not a device name (a-z then a-z0-9, at most 15)`)
+  if (dev === 'lo' || dev.startsWith('eth')) c.fail('dev', `"${dev}" is the pod's own interface name`)
+  // The address keeps its host bits (it is the device's own address, with the prefix of its route).
+  const addr = c.string('addr', o.addr)
+  const m = /^(.+)\/(\d{1,2})$/.exec(addr)
+  const ip = m ? parseAddress(m[1]!) : 'missing prefix length'
+  if (typeof ip === 'string' || ip.family !== 4) c.fail('addr', typeof ip === 'string' ? ip : 'must be an IPv4 address (the tunnelers\' DNS range is IPv4)')
+  const prefix = Number(m![2])
+  if (prefix < 8 || prefix > 30) c.fail('addr', `prefix /${prefix} must be 8-30`)
+  if (`${formatAddress(ip)}/${prefix}` !== addr) c.fail('addr', `"${addr}" is not canonical (expected "${formatAddress(ip)}/${prefix}")`)
+  const routes = o.routes === undefined ? [] : c.cidrs('routes', o.routes, 0, LIMITS.cidrs, true)
+  const net = parseCidr(formatCidr({ family: 4, value: ip.value & ~((1n << BigInt(32 - prefix)) - 1n), prefix }), false) as Cidr
+  for (const r of routes) {
+    const rc = parseCidr(r, false) as Cidr
+    if (rc.family !== 4) c.fail('routes', `${r}: IPv6 routes are not supported in tun mode`)
+    if (cidrsOverlap(rc, net)) c.fail('routes', `${r} overlaps the device's own network ${formatCidr(net)}`)
+  }
+  return { v: 1, mode: 'tun', uid, gid, dev, addr, routes }
+}
+
 /** Sort key: family, address, protocol, port (decorate once, then sort). */
 function sortDnat(list: DnatEntry[]): DnatEntry[] {
   const keyed = list.map((d) => {
@@ -259,6 +307,9 @@ export function parseIntent(text: string): Intent {
 /** Canonical compact JSON: validated, sorted, fixed key order, empty optionals omitted. */
 export function serializeIntent(intent: Intent): string {
   const i = validateIntent(intent)
+  if (i.mode === 'tun') {
+    return JSON.stringify({ v: i.v, mode: i.mode, uid: i.uid, gid: i.gid, dev: i.dev, addr: i.addr, ...(i.routes.length ? { routes: i.routes } : {}) })
+  }
   if (i.mode === 'proxy') {
     return JSON.stringify({
       v: i.v, mode: i.mode, uid: i.uid,

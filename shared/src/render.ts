@@ -3,7 +3,7 @@
 // it, so applying it replaces whatever was there in one atomic step (nft 1.0.6 has no
 // `destroy`).
 import { parseCidr, type Cidr } from './ip.ts'
-import type { Intent, ProxyIntent, TproxyIntent } from './intent.ts'
+import type { Intent, ProxyIntent, TproxyIntent, TunIntent } from './intent.ts'
 import { EBPF_BYPASS_MARK, EBPF_BYPASS_RULE_PRIORITY, EBPF_MARK_TAG, LOCAL_RULE_PRIORITY, NFT_FAMILY, NFT_TABLE, TPROXY_FWMARK, TPROXY_ROUTE_TABLE, TPROXY_RULE_PRIORITY } from './keys.ts'
 import { parseAddress } from './ip.ts'
 
@@ -31,8 +31,20 @@ export interface RuleSpec {
   priority: number
 }
 
+/** tun mode: the device the CNI creates in the pod netns, and what is routed into it. */
+export interface TunSpec {
+  dev: string
+  uid: number
+  gid: number
+  /** Address with prefix: its network is the connected route into the device. */
+  addr: string
+  routes: string[]
+}
+
 export interface Plan {
   mode: Intent['mode']
+  /** tun mode: create and configure this device (DEL deletes it). */
+  tun?: TunSpec
   /** ebpf datapath: attach the tc program (section `tc` of the agent's object) to lo ingress. */
   bpf: { dev: 'lo'; section: 'tc' } | undefined
   /** One `nft -f -` transaction that replaces the table. */
@@ -74,7 +86,44 @@ export interface AttachmentFacts {
 }
 
 export function renderPlan(intent: Intent, facts: AttachmentFacts = {}): Plan {
+  if (intent.mode === 'tun') return renderTun(intent)
   return intent.mode === 'proxy' ? renderProxy(intent) : renderTproxy(intent, facts)
+}
+
+/**
+ * `ip` argv that create the tun device: owned by the sidecar (only it may attach without
+ * CAP_NET_ADMIN), addressed (the connected route), up, and the extra routes into it. With no
+ * tunneler attached the device has no carrier and its routes are `linkdown`.
+ */
+export function tunCommands(t: TunSpec): string[][] {
+  return [
+    ['-4', 'tuntap', 'add', 'dev', t.dev, 'mode', 'tun', 'user', String(t.uid), 'group', String(t.gid)],
+    ['-4', 'addr', 'add', t.addr, 'dev', t.dev],
+    ['-4', 'link', 'set', 'dev', t.dev, 'up'],
+    ...t.routes.map((r) => ['-4', 'route', 'replace', r, 'dev', t.dev]),
+  ]
+}
+
+/** Deleting the device takes its address and routes with it. */
+export function tunDeleteCommands(t: Pick<TunSpec, 'dev'>): string[][] {
+  return [['-4', 'tuntap', 'del', 'dev', t.dev, 'mode', 'tun']]
+}
+
+function renderTun(intent: TunIntent): Plan {
+  const w = new Writer()
+  const [ip, prefix] = intent.addr.split('/') as [string, string]
+  const bits = Number(prefix)
+  const a = parseAddress(ip) as { value: bigint }
+  const net = `${[24n, 16n, 8n, 0n].map((sh) => String(((a.value & ~((1n << BigInt(32 - bits)) - 1n)) >> sh) & 0xffn)).join('.')}/${bits}`
+  // Nothing for the tun's ranges may leave by another interface: should the device vanish or
+  // its linkdown routes be ignored (ignore_routes_with_linkdown), the traffic is dropped, not
+  // sent to the pod network.
+  w.set('tun_dst4', 'ipv4_addr', [net, ...intent.routes], true)
+  w.block('chain tun_guard_output', [
+    'type filter hook output priority filter; policy accept;',
+    `ip daddr @tun_dst4 oifname != "${intent.dev}" drop`,
+  ])
+  return { mode: 'tun', tun: { dev: intent.dev, uid: intent.uid, gid: intent.gid, addr: intent.addr, routes: [...intent.routes] }, nft: w.done(), routes: [], rules: [], bpf: undefined, sysctls: [] }
 }
 
 /** Route/rule state as `ip` argv (no shell), for the agent and for humans. */

@@ -62,7 +62,8 @@ t.test('port lists', async (t) => {
 
 t.test('mode, booleans, secret references', async (t) => {
   t.equal(parseMode(' tproxy '), 'tproxy')
-  t.equal(message(() => parseMode('tun')), 'cni.openziti.io/mode: unknown mode "tun" (expected proxy or tproxy)')
+  t.equal(parseMode('tun'), 'tun')
+  t.equal(message(() => parseMode('tap')), 'cni.openziti.io/mode: unknown mode "tap" (expected proxy, tproxy or tun)')
   t.equal(parseBool('k', 'true'), true)
   t.equal(message(() => parseBool('k', 'yes')), 'k: "yes" is not a boolean (expected true or false)')
   t.same(parseSecretRef('cni.openziti.io/identity-secret', 'billing-identity/identity.json'), { name: 'billing-identity', key: 'identity.json' })

@@ -62,4 +62,6 @@ export const FIXTURES: Record<string, Intent> = {
     ...base, mode: 'tproxy', datapath: 'nftables', cidrs: tenThousandCidrs(), proto: ['tcp', 'udp'], to: 15001, dns: 15053,
     excludeCidrs: [], excludePorts: [], fence: [15001, 15053],
   },
+  'tun-default': { v: 1, mode: 'tun', uid: 2171, gid: 2171, dev: 'ziti0', addr: '100.64.0.1/10', routes: [] },
+  'tun-routes': { v: 1, mode: 'tun', uid: 2171, gid: 2172, dev: 'ziti0', addr: '100.64.0.1/10', routes: ['10.99.0.0/16', '192.0.2.0/24'] },
 }

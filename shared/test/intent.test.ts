@@ -29,7 +29,7 @@ t.test('everything else is refused with the field and the problem', async (t) =>
   t.equal(p({ ...proxy, v: 2 }), `${K}: field v: unsupported intent version 2 (this build understands 1)`)
   t.equal(p({ ...proxy, extra: true }), `${K}: field "extra": unknown field`)
   t.equal(p({ ...proxy, cidrs: [] }), `${K}: field "cidrs": unknown field`)
-  t.equal(p({ ...proxy, mode: 'tun' }), `${K}: field mode: must be "proxy" or "tproxy"`)
+  t.equal(p({ ...proxy, mode: 'tap' }), `${K}: field mode: must be "proxy", "tproxy" or "tun"`)
   t.equal(p({ ...proxy, uid: 0 }), `${K}: field uid: 0 is out of range 1-2147483647`)
   t.equal(p({ ...proxy, uid: 1.5 }), `${K}: field uid: must be an integer`)
   t.equal(p({ ...proxy, uid: '2171' }), `${K}: field uid: must be an integer`)
@@ -58,4 +58,26 @@ t.test('everything else is refused with the field and the problem', async (t) =>
   t.equal(serializeIntent(validateIntent({ ...tproxy, datapath: 'nftables' })), serializeIntent(validateIntent(tproxy)), 'nftables is the default and is not written')
   t.equal(message(() => parseIntent('{"v":1,')), `${K}: not valid JSON (Expected double-quoted property name in JSON at position 7 (line 1 column 8))`)
   t.equal(message(() => parseIntent('x'.repeat(LIMITS.annotationBytes + 1))), `${K}: value is ${LIMITS.annotationBytes + 1} bytes, more than the limit of ${LIMITS.annotationBytes}`)
+})
+
+t.test('tun intents: exact shape, canonical, and refused with the field named', async (t) => {
+  const K = 'cni.openziti.io/interception'
+  const p = (v: unknown) => message(() => parseIntent(JSON.stringify(v)))
+  const tun = { v: 1, mode: 'tun', uid: 2171, gid: 2171, dev: 'ziti0', addr: '100.64.0.1/10' }
+  t.equal(serializeIntent(parseIntent(JSON.stringify(tun)) as never), JSON.stringify(tun), 'routes omitted when empty')
+  t.same(parseIntent(JSON.stringify({ ...tun, routes: ['192.0.2.0/24', '10.9.0.0/16'] })), { ...tun, routes: ['10.9.0.0/16', '192.0.2.0/24'] }, 'routes sorted')
+  const bad: Array<[object, string]> = [
+    [{ ...tun, gid: undefined }, 'field gid: is required'],
+    [{ ...tun, dev: 'eth0' }, 'field dev: "eth0" is the pod\'s own interface name'],
+    [{ ...tun, dev: 'Ziti0' }, 'field dev: "Ziti0" is not a device name'],
+    [{ ...tun, dev: 'z'.repeat(16) }, 'field dev: "zzzzzzzzzzzzzzzz" is not a device name'],
+    [{ ...tun, addr: '100.64.0.1' }, 'field addr: missing prefix length'],
+    [{ ...tun, addr: 'fd00::1/64' }, 'field addr: must be an IPv4 address'],
+    [{ ...tun, addr: '100.64.0.1/31' }, 'field addr: prefix /31 must be 8-30'],
+    [{ ...tun, addr: '100.064.0.1/10' }, 'field addr:'],
+    [{ ...tun, routes: ['100.100.0.0/16'] }, 'field routes: 100.100.0.0/16 overlaps the device\'s own network 100.64.0.0/10'],
+    [{ ...tun, routes: ['fd00::/64'] }, 'field routes: fd00::/64: IPv6 routes are not supported in tun mode'],
+    [{ ...tun, fence: [1] }, 'field "fence": unknown field'],
+  ]
+  for (const [v, m] of bad) t.match(p(v), `${K}: ${m}`, m)
 })

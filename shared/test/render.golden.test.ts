@@ -1,6 +1,6 @@
 import t from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
-import { ipCommands, parseIntent, renderPlan, serializeIntent } from '../src/index.ts'
+import { ipCommands, tunCommands, parseIntent, renderPlan, serializeIntent } from '../src/index.ts'
 import { FIXTURES } from './fixtures.ts'
 
 const dir = new URL('./golden/', import.meta.url)
@@ -18,7 +18,7 @@ for (const [name, intent] of Object.entries(FIXTURES)) {
     const wire = serializeIntent(intent)
     const plan = renderPlan(parseIntent(wire))
     golden(t, `${name}.nft`, plan.nft)
-    golden(t, `${name}.ip`, ipCommands(plan).map((a) => `ip ${a.join(' ')}\n`).join(''))
+    golden(t, `${name}.ip`, [...(plan.tun ? tunCommands(plan.tun) : []), ...ipCommands(plan)].map((a) => `ip ${a.join(' ')}\n`).join(''))
     t.equal(renderPlan(parseIntent(wire)).nft, plan.nft, 'deterministic: same intent, same bytes')
   })
 }

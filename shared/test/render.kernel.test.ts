@@ -3,7 +3,7 @@
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import { createOnly, ipCommands, renderDeleteTable, renderPlan } from '../src/index.ts'
+import { createOnly, ipCommands, renderDeleteTable, renderPlan, tunCommands, tunDeleteCommands } from '../src/index.ts'
 import { normaliseListing } from '../src/index.ts'
 import { nftIn, rootOnly, scratchNetns } from '../testkit/root.ts'
 import { FIXTURES } from './fixtures.ts'
@@ -31,6 +31,20 @@ t.test('golden rulesets load into a real netns', rootOnly(), async (t) => {
       if (o.set) sets.set(o.set.name!, o.set.elem?.length ?? 0)
       if (o.map) sets.set(o.map.name!, o.map.elem?.length ?? 0)
       if (o.chain) chains.add(o.chain.name!)
+    }
+    if (intent.mode === 'tun') {
+      t.equal(sets.get('tun_dst4'), 1 + intent.routes.length, `${name}: the device's network and each route are guarded`)
+      t.ok(chains.has('tun_guard_output'), `${name}: guard chain is hooked`)
+      const plan = renderPlan(intent)
+      for (const argv of tunCommands(plan.tun!)) execFileSync('ip', ['-n', ns.name, ...argv])
+      const link = execFileSync('ip', ['-n', ns.name, '-d', 'link', 'show', 'dev', intent.dev], { encoding: 'utf8' })
+      t.match(link, new RegExp(`tun type tun pi off .*user ${intent.uid} group ${intent.gid}`), `${name}: a tun owned by the sidecar`)
+      const routes = execFileSync('ip', ['-n', ns.name, '-4', 'route', 'show', 'dev', intent.dev], { encoding: 'utf8' })
+      for (const r of intent.routes) t.match(routes, new RegExp(`^${r.replace(/\./g, '\\.')} .*linkdown`, 'm'), `${name}: ${r} routed into the device, linkdown while nothing is attached`)
+      for (const argv of tunDeleteCommands(plan.tun!)) execFileSync('ip', ['-n', ns.name, ...argv])
+      t.notOk(execFileSync('ip', ['-n', ns.name, 'link'], { encoding: 'utf8' }).includes(intent.dev), `${name}: DEL removes the device`)
+      nftIn(ns.name, ['-f', '-'], renderDeleteTable())
+      continue
     }
     t.equal(sets.get('fence'), intent.fence.length, `${name}: fence holds every listener port`)
     t.ok(chains.has('fence_input'), `${name}: fence chain is hooked`)

@@ -1,6 +1,6 @@
 // ADD/DEL/CHECK/GC on the node: read the pod's intent, render it with the shared renderer,
 // apply it inside the pod's netns as one nft transaction plus policy routes, and record it.
-import { ANNOTATION_INTERCEPTION, NFT_FAMILY, NFT_TABLE, ValidationError, createOnly, ipCommands, parseIntent, renderDeleteTable, renderPlan, serializeIntent, type Plan } from '@ziti-cni/shared'
+import { ANNOTATION_INTERCEPTION, NFT_FAMILY, NFT_TABLE, ValidationError, createOnly, ipCommands, parseIntent, renderDeleteTable, renderPlan, serializeIntent, tunCommands, tunDeleteCommands, type Plan, type TunSpec } from '@ziti-cni/shared'
 import { lineDiff, normaliseListing } from '@ziti-cni/shared'
 import type { Logger } from 'pino'
 import type { AgentRequest, AgentResponse } from '../cni/agent-protocol.ts'
@@ -103,6 +103,27 @@ export class Programmer {
     if (plan.localRulePriority !== undefined) await this.placeLocalRule(netns, plan, 0)
   }
 
+  /** tun: deletes the device (address and routes go with it); absent is success. */
+  private async removeTun(netns: string, tun: TunSpec | undefined): Promise<void> {
+    if (tun) await this.ipBatches(netns, tunDeleteCommands(tun), true)
+  }
+
+  /** tun: the device as ADD made it: a tun, owned by the sidecar, addressed, up, routed. */
+  private async checkTun(netns: string, tun: TunSpec): Promise<void> {
+    const link = await this.d.netns.ip(netns, ['-d', '-j', 'link', 'show', 'dev', tun.dev])
+    if (link.code !== 0) throw new CniError(ErrorCode.Drift, `tun device ${tun.dev} is missing from ${netns}`, link.stderr.trim())
+    const [info] = JSON.parse(link.stdout) as Array<{ flags?: string[]; linkinfo?: { info_kind?: string; info_data?: { type?: string; user?: number; group?: number; pi?: boolean } } }>
+    const data = info?.linkinfo?.info_data
+    if (info?.linkinfo?.info_kind !== 'tun' || data?.type !== 'tun') throw new CniError(ErrorCode.Drift, `${tun.dev} is not a tun device`, link.stdout)
+    if (data.user !== tun.uid || data.group !== tun.gid) throw new CniError(ErrorCode.Drift, `${tun.dev} is owned by ${data.user}:${data.group}, not the sidecar's ${tun.uid}:${tun.gid}`)
+    if (!info.flags?.includes('UP')) throw new CniError(ErrorCode.Drift, `${tun.dev} is down`)
+    const addrs = await this.d.netns.ip(netns, ['-j', '-4', 'addr', 'show', 'dev', tun.dev])
+    const have = (JSON.parse(addrs.stdout || '[]') as Array<{ addr_info?: Array<{ local: string; prefixlen: number }> }>).flatMap((l) => l.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`)
+    if (!have.includes(tun.addr)) throw new CniError(ErrorCode.Drift, `${tun.dev} lost its address ${tun.addr}`, have.join(', '))
+    const routes = (await this.d.netns.ip(netns, ['-4', 'route', 'show', 'dev', tun.dev])).stdout.split('\n').map((l) => l.split(' ')[0])
+    for (const r of tun.routes) if (!routes.includes(r)) throw new CniError(ErrorCode.Drift, `route ${r} dev ${tun.dev} is missing`)
+  }
+
   /** Puts our sysctls back to their defaults (ADD's rollback and DEL). */
   private async resetSysctls(netns: string, plan: Pick<Plan, 'sysctls'>): Promise<void> {
     for (const x of plan.sysctls) await this.d.netns.sysctl(netns, ['-qw', `${x.name}=${x.reset}`])
@@ -144,7 +165,9 @@ export class Programmer {
     this.assertPodNetns(req.netns)
     // Routing first (idempotent), then the table in one transaction; undo routing if nft fails.
     await this.removeRouting(req.netns, plan)
+    await this.removeTun(req.netns, plan.tun)
     try {
+      if (plan.tun) await this.ipBatches(req.netns, tunCommands(plan.tun), false)
       await this.ipBatches(req.netns, ipCommands(plan), false)
       await this.moveLocalRule(req.netns, plan)
       for (const x of plan.sysctls) {
@@ -161,6 +184,7 @@ export class Programmer {
       // Nothing half-done: the table, the routing, the sysctls and the program go together.
       await this.d.netns.nft(req.netns, ['-f', '-'], renderDeleteTable())
       await this.removeRouting(req.netns, plan)
+      await this.removeTun(req.netns, plan.tun)
       await this.resetSysctls(req.netns, plan)
       throw e
     }
@@ -187,6 +211,7 @@ export class Programmer {
       if (saved) {
         const plan = renderPlan(parseIntent(saved.intent), { podIps: saved.podIps })
         await this.removeRouting(netns, plan)
+        await this.removeTun(netns, plan.tun)
         await this.resetSysctls(netns, plan)
         if (plan.bpf) await this.d.netns.tc(netns, ['qdisc', 'del', 'dev', 'lo', 'clsact'])
       }
@@ -213,6 +238,7 @@ export class Programmer {
     if (liveListing !== saved.listing) {
       throw new CniError(ErrorCode.Drift, `table ${NFT_TABLE} in ${req.netns} differs from what ADD programmed`, lineDiff(saved.listing, liveListing))
     }
+    if (plan.tun) await this.checkTun(req.netns, plan.tun)
     for (const rule of plan.rules) {
       const r = await this.d.netns.ip(req.netns, [`-${rule.family}`, 'rule', 'show'])
       if (!r.stdout.includes(`fwmark 0x${rule.fwmark.toString(16)} lookup ${rule.table}`)) {

@@ -8,7 +8,7 @@ export interface AttachmentState {
   ifName: string
   netns: string
   pod: { namespace: string; name: string; uid: string | undefined }
-  mode: 'proxy' | 'tproxy'
+  mode: 'proxy' | 'tproxy' | 'tun'
   /** The serialized intent ADD programmed. */
   intent: string
   /** The pod's addresses ADD was given (they shape the eBPF datapath's routes). */

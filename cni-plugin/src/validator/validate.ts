@@ -6,6 +6,7 @@
 import { createServer, connect } from 'node:net'
 import { createSocket } from 'node:dgram'
 import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { TPROXY_FWMARK, TPROXY_ROUTE_TABLE, type Intent } from '@ziti-cni/shared'
 
 export { EXIT_NOT_INTERCEPTED } from '@ziti-cni/shared'
@@ -47,7 +48,27 @@ function checkRouting(intent: Extract<Intent, { mode: 'tproxy' }>): void {
   if (!rules.includes(`fwmark 0x${TPROXY_FWMARK.toString(16)} lookup ${TPROXY_ROUTE_TABLE}`)) throw new Error('the tproxy policy rule is missing')
 }
 
+/**
+ * tun: the device is there, owned by the sidecar, up, and the tunneler's DNS address routes
+ * into it. Read from sysfs and `ip route get`, which need no privilege. (Attaching is the
+ * sidecar's to do; this container is another uid and could not.)
+ */
+function checkTun(intent: Extract<Intent, { mode: 'tun' }>): string {
+  const sys = (f: string) => readFileSync(`/sys/class/net/${intent.dev}/${f}`, 'utf8').trim()
+  let owner: string
+  try { owner = `${sys('owner')}:${sys('group')}` } catch { throw new Error(`the tun device ${intent.dev} is missing`) }
+  if (owner !== `${intent.uid}:${intent.gid}`) throw new Error(`${intent.dev} is owned by ${owner}, not ${intent.uid}:${intent.gid}`)
+  if ((Number.parseInt(sys('flags'), 16) & 1) === 0) throw new Error(`${intent.dev} is down`)
+  const [ip] = intent.addr.split('/') as [string]
+  const next = ip.split('.').map(Number)
+  next[3] = (next[3]! + 1) % 256
+  const route = execFileSync('ip', ['-4', 'route', 'get', next.join('.')], { encoding: 'utf8' })
+  if (!new RegExp(`\\bdev ${intent.dev}\\b`).test(route)) throw new Error(`${next.join('.')} is not routed into ${intent.dev}: ${route.trim()}`)
+  return `${intent.dev} is a tun owned by ${owner}, up, and ${next.join('.')} is routed into it`
+}
+
 export async function validate(intent: Intent): Promise<string> {
+  if (intent.mode === 'tun') return checkTun(intent)
   if (intent.mode === 'proxy') {
     const d = intent.dnat.find((x) => !x.dst.includes(':')) ?? intent.dnat[0]!
     await (d.proto === 'tcp' ? checkTcp(d.dst, d.port, d.to) : checkUdp(d.dst, d.port, d.to))
