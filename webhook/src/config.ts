@@ -41,6 +41,23 @@ export interface WebhookConfig {
     /** Default for cni.openziti.io/datapath; ebpf is the only one a real pod can use. */
     datapath: 'ebpf'
   }
+  /**
+   * tun mode: a tunneler (ziti-edge-tunnel with the attach shim, README "tun mode") on a device
+   * the CNI creates, owned by sidecarUid/sidecarGid, handed to the sidecar by the agent's device
+   * plugin as the extended resource `resource`.
+   */
+  tun: {
+    /** Empty: tun pods are refused (no stock image attaches to a device it did not create). */
+    image: string
+    args: string[]
+    dev: string
+    /** The device's address and prefix; ziti-edge-tunnel's --dns-ip-range (its DNS is the next address). */
+    addr: string
+    dnsServer: string
+    /** Default intercept CIDRs routed into the device besides its own network. */
+    routes: Cidr[]
+    resource: string
+  }
   /** First init container: proves the redirect before anything else runs (see cni-plugin/src/validator). */
   validator: {
     enabled: boolean
@@ -121,6 +138,15 @@ export const DEFAULT_CONFIG: WebhookConfig = {
     protocols: ['tcp', 'udp'],
     datapath: 'ebpf',
   },
+  tun: {
+    image: '',
+    args: ['run'],
+    dev: 'ziti0',
+    addr: '100.64.0.1/10',
+    dnsServer: '100.64.0.2',
+    routes: [],
+    resource: 'tun.openziti.io/tun',
+  },
   validator: { enabled: true, image: '', daemonSet: 'ziti-cni-agent', uid: 2172 },
   controller: {
     url: '',
@@ -179,13 +205,14 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const root = (raw ?? {}) as Raw
   if (typeof root !== 'object' || Array.isArray(root)) throw new ConfigError(['the configuration must be a mapping'])
   const known: Record<string, string[]> = {
-    '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'validator', 'controller', 'excludedNamespaces', 'listen', 'bodyLimitBytes', 'drainSeconds', 'tls', 'logLevel'],
+    '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'tun', 'validator', 'controller', 'excludedNamespaces', 'listen', 'bodyLimitBytes', 'drainSeconds', 'tls', 'logLevel'],
     proxy: ['image', 'portBase', 'aliasRange', 'servicePollSeconds'],
     tproxy: ['image', 'args', 'port', 'defaultCidrs', 'dnsCapture', 'dnsServer', 'clusterDns', 'clusterDomain', 'protocols', 'datapath'],
     listen: ['host', 'port'],
     tls: ['mode', 'certFile', 'keyFile', 'secretName', 'namespace', 'serviceName', 'webhookConfigName', 'validityDays', 'renewBeforeDays'],
     resources: ['requests', 'limits'],
     validator: ['enabled', 'image', 'daemonSet', 'uid'],
+    tun: ['image', 'args', 'dev', 'addr', 'dnsServer', 'routes', 'resource'],
     controller: ['url', 'caFile', 'credentialFile', 'cluster', 'identityPrefix', 'admissionBudgetMs', 'maxPortsPerService', 'reconcileSeconds', 'graceSeconds', 'leaseName', 'leaseSeconds'],
   }
   const section = (name: string): Raw => {
@@ -227,6 +254,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const tls = section('tls')
   const resources = section('resources')
   const validator = section('validator')
+  const tun = section('tun')
   const controller = section('controller')
   const path = (v: unknown) => (typeof v === 'string' && (v === '' || v.startsWith('/')) ? undefined : 'must be an absolute path (or empty)')
   const envPort = env.WEBHOOK_PORT !== undefined ? Number(env.WEBHOOK_PORT) : undefined
@@ -234,7 +262,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   if (env.DRAIN_SECONDS !== undefined && int(0, 120)(Number(env.DRAIN_SECONDS))) problems.push('DRAIN_SECONDS: must be an integer in 0-120')
 
   const cfg: WebhookConfig = {
-    defaultMode: pick('defaultMode', top.defaultMode, d.defaultMode, (v) => (v === 'proxy' || v === 'tproxy' ? undefined : 'must be proxy or tproxy')),
+    defaultMode: pick('defaultMode', top.defaultMode, d.defaultMode, (v) => (v === 'proxy' || v === 'tproxy' || v === 'tun' ? undefined : 'must be proxy, tproxy or tun')),
     nativeSidecar: pick('nativeSidecar', top.nativeSidecar, d.nativeSidecar, bool),
     sidecarUid: pick('sidecarUid', top.sidecarUid, d.sidecarUid, int(1, 2147483647)),
     sidecarGid: pick('sidecarGid', top.sidecarGid, d.sidecarGid, int(1, 2147483647)),
@@ -265,6 +293,21 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       clusterDomain: pick('tproxy.clusterDomain', tproxy.clusterDomain, d.tproxy.clusterDomain, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a DNS domain')),
       protocols: list('tproxy.protocols', tproxy.protocols, d.tproxy.protocols, (v) => (v === 'tcp' || v === 'udp' ? undefined : 'must be tcp or udp')),
       datapath: pick('tproxy.datapath', tproxy.datapath, d.tproxy.datapath, (v) => (v === 'ebpf' ? undefined : v === 'nftables' ? NFTABLES_REFUSED : 'must be ebpf')),
+    },
+    tun: {
+      image: pick('tun.image', tun.image, d.tun.image, (v) => (v === '' ? undefined : image(v))),
+      args: list('tun.args', tun.args, d.tun.args, str),
+      dev: pick('tun.dev', tun.dev, d.tun.dev, (v) => (typeof v === 'string' && /^[a-z][a-z0-9]{0,14}$/.test(v) && v !== 'lo' && !v.startsWith('eth') ? undefined : 'must be an interface name (a-z then a-z0-9, at most 15), not lo or eth*')),
+      addr: pick('tun.addr', tun.addr, d.tun.addr, (v) => {
+        const m = typeof v === 'string' ? /^(\d+\.\d+\.\d+\.\d+)\/(\d+)$/.exec(v) : null
+        return m && typeof parseAddress(m[1]!) !== 'string' && Number(m[2]) >= 8 && Number(m[2]) <= 30 ? undefined : 'must be an IPv4 address with a prefix of 8-30 (e.g. 100.64.0.1/10)'
+      }),
+      dnsServer: pick('tun.dnsServer', tun.dnsServer, d.tun.dnsServer, (v) => (typeof v === 'string' && typeof parseAddress(v) !== 'string' && v.includes('.') ? undefined : 'must be an IPv4 address')),
+      routes: list<unknown>('tun.routes', tun.routes, d.tun.routes.map(formatCidr), (v) => {
+        const c = typeof v === 'string' ? parseCidr(v, false) : 'must be a CIDR string'
+        return typeof c === 'string' ? c : undefined
+      }).map((v) => (typeof v === 'string' ? parseCidr(v, false) : v) as Cidr),
+      resource: pick('tun.resource', tun.resource, d.tun.resource, (v) => (typeof v === 'string' && /^[a-z0-9.-]+\/[a-z0-9.-]+$/.test(v) ? undefined : 'must be an extended resource name (domain/name)')),
     },
     validator: {
       enabled: pick('validator.enabled', validator.enabled, d.validator.enabled, bool),
@@ -307,6 +350,10 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
     logLevel: env.LOG_LEVEL ?? pick('logLevel', top.logLevel, d.logLevel, (v) => (['trace', 'debug', 'info', 'warn', 'error'].includes(v as string) ? undefined : 'must be trace, debug, info, warn or error')),
   }
   if (cfg.tls.renewBeforeDays >= cfg.tls.validityDays) problems.push('tls.renewBeforeDays: must be less than tls.validityDays')
+  const tunAddr = parseAddress(cfg.tun.addr.split('/')[0]!)
+  const tunDns = parseAddress(cfg.tun.dnsServer)
+  const tunBits = BigInt(32 - Number(cfg.tun.addr.split('/')[1]))
+  if (typeof tunAddr !== 'string' && typeof tunDns !== 'string' && (tunAddr.value >> tunBits) !== (tunDns.value >> tunBits)) problems.push(`tun.dnsServer: ${cfg.tun.dnsServer} is outside ${cfg.tun.addr} (the tunneler answers DNS inside its device)`)
   if (cfg.tproxy.protocols.length === 0) problems.push('tproxy.protocols: must list tcp, udp or both')
   // `ziti tunnel proxy` listens on 0.0.0.0 only: a v6 alias would be DNATed to [::1] where
   // nothing listens.

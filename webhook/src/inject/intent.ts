@@ -2,8 +2,8 @@
 // plus what the sidecar needs to match it: hostAliases, proxy listeners, env.
 import {
   ANNOTATION_DATAPATH, ANNOTATION_DNS_CAPTURE, ANNOTATION_IDENTITY, AUTO, ANNOTATION_EXCLUDE_CIDRS, ANNOTATION_EXCLUDE_PORTS, ANNOTATION_INTERCEPT_CIDRS, ANNOTATION_MODE, ANNOTATION_SERVICES,
-  ValidationError, cidrContains, formatAddress, formatCidr, formatPortRange, mergeCidrs, nthAddress, parseAddress, parseDatapath, parseDnsCapture, parseExcludeCidrs, parseExcludePorts,
-  parseInterceptCidrs, parseMode, parseServices, type Intent, type Mode, type Proto,
+  ValidationError, cidrContains, cidrsOverlap, formatAddress, formatCidr, formatPortRange, mergeCidrs, nthAddress, parseAddress, parseDatapath, parseDnsCapture, parseExcludeCidrs, parseExcludePorts,
+  parseCidr, parseInterceptCidrs, parseMode, parseServices, type Cidr, type Intent, type Mode, type Proto,
 } from '@ziti-cni/shared'
 import type { V1HostAlias } from '@kubernetes/client-node'
 import { NFTABLES_REFUSED, type WebhookConfig } from '../config.ts'
@@ -28,15 +28,48 @@ export interface InterceptionPlan {
   warnings?: string[]
 }
 
-const PROXY_ONLY = [ANNOTATION_SERVICES]
-const TPROXY_ONLY = [ANNOTATION_INTERCEPT_CIDRS, ANNOTATION_EXCLUDE_CIDRS, ANNOTATION_EXCLUDE_PORTS, ANNOTATION_DNS_CAPTURE, ANNOTATION_DATAPATH]
+/** Annotations that belong to one mode only: named in the refusal when another mode gets them. */
+const ONLY_IN: Record<string, Mode[]> = {
+  [ANNOTATION_SERVICES]: ['proxy'],
+  [ANNOTATION_INTERCEPT_CIDRS]: ['tproxy', 'tun'],
+  [ANNOTATION_EXCLUDE_CIDRS]: ['tproxy'],
+  [ANNOTATION_EXCLUDE_PORTS]: ['tproxy'],
+  [ANNOTATION_DNS_CAPTURE]: ['tproxy', 'tun'],
+  [ANNOTATION_DATAPATH]: ['tproxy'],
+}
 
 export function planInterception(annotations: Record<string, string>, existingAliases: V1HostAlias[], cfg: WebhookConfig, auto?: AutoServices): InterceptionPlan {
   const mode = annotations[ANNOTATION_MODE] !== undefined ? parseMode(annotations[ANNOTATION_MODE]) : cfg.defaultMode
-  for (const key of mode === 'proxy' ? TPROXY_ONLY : PROXY_ONLY) {
-    if (annotations[key] !== undefined) throw new ValidationError(key, `only applies to ${mode === 'proxy' ? 'tproxy' : 'proxy'} mode, but the pod's mode is ${mode}`)
+  for (const [key, modes] of Object.entries(ONLY_IN)) {
+    if (annotations[key] !== undefined && !modes.includes(mode)) throw new ValidationError(key, `only applies to ${modes.join(' and ')} mode, but the pod's mode is ${mode}`)
   }
+  if (mode === 'tun') return planTun(annotations, cfg)
   return mode === 'proxy' ? planProxy(annotations, existingAliases, cfg, auto) : planTproxy(annotations, cfg)
+}
+
+/**
+ * tun: the CNI makes the device (owned by the sidecar) and routes the intercept ranges into
+ * it; the tunneler attaches with no capability and answers DNS inside the device.
+ */
+function planTun(annotations: Record<string, string>, cfg: WebhookConfig): InterceptionPlan {
+  if (!cfg.tun.image) {
+    throw new ValidationError(ANNOTATION_MODE, 'tun needs a tunneler image that attaches to a pre-provisioned device (webhook config tun.image; README "tun mode"), and none is configured')
+  }
+  const addr = parseCidr(cfg.tun.addr.replace(/\/\d+$/, '/32')) as Cidr
+  const prefix = Number(cfg.tun.addr.split('/')[1])
+  const net = parseCidr(formatCidr({ family: 4, value: addr.value & ~((1n << BigInt(32 - prefix)) - 1n), prefix })) as Cidr
+  const asked = annotations[ANNOTATION_INTERCEPT_CIDRS] !== undefined ? parseInterceptCidrs(annotations[ANNOTATION_INTERCEPT_CIDRS]!) : cfg.tun.routes
+  const routes: string[] = []
+  for (const c of mergeCidrs(asked)) {
+    if (c.family !== 4) throw new ValidationError(ANNOTATION_INTERCEPT_CIDRS, `${formatCidr(c)}: tun mode routes IPv4 only (the tunnelers' DNS range is IPv4)`)
+    if (cidrContains(net, c)) continue // already the device's own network
+    if (cidrsOverlap(net, c)) throw new ValidationError(ANNOTATION_INTERCEPT_CIDRS, `${formatCidr(c)} partly overlaps the tun's network ${formatCidr(net)}`)
+    routes.push(formatCidr(c))
+  }
+  const dnsAsked = annotations[ANNOTATION_DNS_CAPTURE] !== undefined ? parseDnsCapture(annotations[ANNOTATION_DNS_CAPTURE]!) : undefined
+  const useDns = dnsAsked ?? true
+  const intent: Intent = { v: 1, mode: 'tun', uid: cfg.sidecarUid, gid: cfg.sidecarGid, dev: cfg.tun.dev, addr: cfg.tun.addr, routes }
+  return { mode: 'tun', intent, aliases: [], listeners: [], ports: [], ...(useDns ? { dnsServer: cfg.tun.dnsServer, dnsExplicit: dnsAsked === true } : {}) }
 }
 
 /** Entries for proxy mode: from the services annotation, or from the controller (auto). */

@@ -43,7 +43,7 @@ export function wantsAutoIdentity(annotations: Record<string, string>): boolean 
 
 /** True when an auto pod's services come from the controller (proxy mode, no list of its own). */
 export function wantsAutoServices(annotations: Record<string, string>, cfg: WebhookConfig): boolean {
-  const mode = annotations[ANNOTATION_MODE] ?? cfg.defaultMode
+  const mode = annotations[ANNOTATION_MODE]?.trim() ?? cfg.defaultMode
   const services = annotations[ANNOTATION_SERVICES]
   return mode === 'proxy' && (services === undefined || services === AUTO)
 }

@@ -59,6 +59,12 @@ export const LISTENER_PROBE = [
   '[[ -z $missing ]] || { echo "ziti-tunnel is not listening on:$missing"; exit 1; }',
 ].join('\n')
 
+/** tun: attached means carrier (a tun without a reader has none); read from sysfs, no tools. */
+export const TUN_PROBE = [
+  'read -r carrier < "/sys/class/net/$1/carrier" 2>/dev/null || { echo "no device $1 in this pod"; exit 1; }',
+  '[[ $carrier == 1 ]] || { echo "ziti-edge-tunnel has not attached to $1 yet"; exit 1; }',
+].join('\n')
+
 export function sidecarVolume(): V1Volume {
   return { name: SIDECAR_VOLUME, emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } }
 }
@@ -91,6 +97,11 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
     const named = new Set<string>()
     const first = plan.listeners.filter((l) => !named.has(l.service) && named.add(l.service))
     args = ['proxy', `--svcPollRate=${cfg.proxy.servicePollSeconds}`, '--cli-agent=false', ...first.map((l) => `${l.service}:${l.port}${l.proto === 'udp' ? ':udp' : ''}`)]
+  } else if (plan.mode === 'tun') {
+    image = cfg.tun.image
+    // ziti-edge-tunnel's tun address is the first of --dns-ip-range; the CNI made it so.
+    args = [...cfg.tun.args, '--dns-ip-range', cfg.tun.addr]
+    env.push({ name: 'ZITI_TUN_DEV', value: cfg.tun.dev })
   } else {
     image = cfg.tproxy.image
     args = [...cfg.tproxy.args]
@@ -105,7 +116,11 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
   }
   const probeTargets = plan.mode === 'proxy'
     ? plan.listeners.map((l) => `${l.proto}:${l.port}`)
-    : (plan.intent as Extract<InterceptionPlan['intent'], { mode: 'tproxy' }>).proto.map((p) => `${p}:${plan.ports[0]}`)
+    : plan.mode === 'tproxy' ? (plan.intent as Extract<InterceptionPlan['intent'], { mode: 'tproxy' }>).proto.map((p) => `${p}:${plan.ports[0]}`) : []
+  // tun: the device has carrier once a process holds it open (TUNSETIFF done).
+  const probe = plan.mode === 'tun'
+    ? ['bash', '-c', TUN_PROBE, 'ziti-cni-probe', cfg.tun.dev]
+    : ['bash', '-c', LISTENER_PROBE, 'ziti-cni-probe', ...probeTargets]
   const container: V1Container = {
     name: SIDECAR_NAME,
     image,
@@ -113,7 +128,12 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
     args,
     env,
     volumeMounts: [{ name: SIDECAR_VOLUME, mountPath: cfg.identityDir }],
-    resources: { ...(cfg.resources.requests ? { requests: { ...cfg.resources.requests } } : {}), ...(cfg.resources.limits ? { limits: { ...cfg.resources.limits } } : {}) },
+    // tun: the device comes from the agent's device plugin, as an extended resource (in limits;
+    // requests default to them).
+    resources: {
+      ...(cfg.resources.requests ? { requests: { ...cfg.resources.requests } } : {}),
+      ...(cfg.resources.limits || plan.mode === 'tun' ? { limits: { ...cfg.resources.limits, ...(plan.mode === 'tun' ? { [cfg.tun.resource]: '1' } : {}) } } : {}),
+    },
     securityContext: {
       runAsUser: cfg.sidecarUid,
       runAsGroup: cfg.sidecarGid,
@@ -127,7 +147,7 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
     // The app starts only once every listener is up (native sidecars gate later containers on
     // their startup probe); kubelet probes come from the node and the fence drops them.
     startupProbe: {
-      exec: { command: ['bash', '-c', LISTENER_PROBE, 'ziti-cni-probe', ...probeTargets] },
+      exec: { command: probe },
       periodSeconds: 1,
       timeoutSeconds: 2,
       failureThreshold: 120,
