@@ -5,6 +5,7 @@
 //   dist/cli.mjs       the admin CLI bundle
 //   dist/validator.mjs the init-container validator
 //   dist/tproxy.bpf.o  the eBPF datapath's tc program
+//   dist/v1beta1.proto the kubelet device-plugin API the agent loads at run time
 import { build } from 'esbuild'
 import { execFileSync } from 'node:child_process'
 import { chmodSync, copyFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
@@ -17,6 +18,8 @@ const esmBanner = "import { createRequire as __cr } from 'node:module'; const re
 
 await build({ entryPoints: [`${root}src/plugin/main.ts`], outfile: `${dist}/ziti-cni.cjs`, bundle: true, platform: 'node', format: 'cjs', target: 'node22', minify: true, legalComments: 'none' })
 await build({ entryPoints: [`${root}src/agent/main.ts`], outfile: `${dist}/agent.mjs`, bundle: true, platform: 'node', format: 'esm', target: 'node22', banner: { js: esmBanner } })
+// The agent resolves it next to itself (new URL('./v1beta1.proto', import.meta.url)).
+copyFileSync(`${root}src/deviceplugin/v1beta1.proto`, `${dist}/v1beta1.proto`)
 await build({ entryPoints: [`${root}src/validator/main.ts`], outfile: `${dist}/validator.mjs`, bundle: true, platform: 'node', format: 'esm', target: 'node22', banner: { js: esmBanner } })
 await build({ entryPoints: [`${root}src/cli/main.ts`], outfile: `${dist}/cli.mjs`, bundle: true, platform: 'node', format: 'esm', target: 'node22', banner: { js: esmBanner } })
 

@@ -30,6 +30,8 @@ export interface AgentFlags {
   /** --repair=delete: at most this many deletions a minute. */
   repairPerMinute: number
   bpfObject: string
+  /** tun mode: the kubelet device plugin handing sidecars /dev/net/tun (off unless asked). */
+  tunDevicePlugin: { dir: string; resource: string; node: string; uid: number; gid: number; devices: number } | undefined
 }
 
 export const USAGE = `usage: ziti-cni-agent [run|uninstall] [flags]
@@ -61,6 +63,12 @@ export const USAGE = `usage: ziti-cni-agent [run|uninstall] [flags]
   --repair off|delete         pods whose validator found no interception: report only (default), or
                               delete them so their controller recreates them (needs RBAC delete on pods)
   --repair-per-minute N       with --repair=delete, at most N deletions a minute (default 5)
+  --tun-device-plugin         serve the kubelet device plugin for tun-mode sidecars (resource below)
+  --device-plugin-dir PATH    the kubelet's device-plugin dir (default /var/lib/kubelet/device-plugins)
+  --tun-resource NAME         extended resource (default tun.openziti.io/tun)
+  --tun-device-node PATH      private c 10:200 node handed to sidecars (default /var/run/ziti-cni/dev/net-tun)
+  --tun-owner UID:GID         its owner: the sidecar's uid/gid, the tun devices' owner (default 2171:2171)
+  --tun-devices N             how many tun-mode pods the node may run at once (default 110)
 `
 
 export class FlagError extends Error {
@@ -91,6 +99,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
         'api-server': { type: 'string' }, 'health-addr': { type: 'string' }, 'log-level': { type: 'string' },
         'check-interval': { type: 'string' }, 'lookup-deadline': { type: 'string' },
         'uninstall-on-exit': { type: 'boolean' }, 'no-install': { type: 'boolean' }, 'host-netns': { type: 'string' }, daemonset: { type: 'string' }, repair: { type: 'string' }, 'repair-per-minute': { type: 'string' }, 'bpf-object': { type: 'string' },
+        'tun-device-plugin': { type: 'boolean' }, 'device-plugin-dir': { type: 'string' }, 'tun-resource': { type: 'string' }, 'tun-device-node': { type: 'string' }, 'tun-owner': { type: 'string' }, 'tun-devices': { type: 'string' },
         help: { type: 'boolean' },
       },
     })
@@ -115,6 +124,18 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
   if (repair !== 'off' && repair !== 'delete') throw new FlagError(`--repair: ${JSON.stringify(repair)} is not off or delete`)
   const repairPerMinute = v['repair-per-minute'] === undefined ? 5 : Number(v['repair-per-minute'])
   if (!Number.isInteger(repairPerMinute) || repairPerMinute < 1 || repairPerMinute > 600) throw new FlagError('--repair-per-minute must be an integer in 1-600')
+  let tunDevicePlugin: AgentFlags['tunDevicePlugin']
+  if (v['tun-device-plugin']) {
+    const owner = /^([0-9]{1,10}):([0-9]{1,10})$/.exec(v['tun-owner'] ?? '2171:2171')
+    if (!owner || Number(owner[1]) < 1 || Number(owner[2]) < 1) throw new FlagError(`--tun-owner: ${JSON.stringify(v['tun-owner'])} is not UID:GID (non-root)`)
+    const devices = Number(v['tun-devices'] ?? '110')
+    if (!Number.isInteger(devices) || devices < 1 || devices > 10000) throw new FlagError('--tun-devices must be an integer in 1-10000')
+    const resource = v['tun-resource'] ?? 'tun.openziti.io/tun'
+    if (!/^[a-z0-9.-]+\/[a-z0-9.-]+$/.test(resource)) throw new FlagError(`--tun-resource: ${JSON.stringify(resource)} is not an extended resource name (domain/name)`)
+    tunDevicePlugin = { dir: v['device-plugin-dir'] ?? '/var/lib/kubelet/device-plugins', resource, node: v['tun-device-node'] ?? '/var/run/ziti-cni/dev/net-tun', uid: Number(owner[1]), gid: Number(owner[2]), devices }
+  } else {
+    for (const k of ['device-plugin-dir', 'tun-resource', 'tun-device-node', 'tun-owner', 'tun-devices'] as const) if (v[k] !== undefined) throw new FlagError(`--${k} needs --tun-device-plugin`)
+  }
   const sa = '/var/run/secrets/kubernetes.io/serviceaccount'
   const lookupDeadline = seconds('lookup-deadline', v['lookup-deadline'] ?? '8')
   const pluginTimeout = seconds('plugin-timeout', v['plugin-timeout'] ?? '10')
@@ -146,5 +167,6 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
     repair,
     repairPerMinute,
     bpfObject: v['bpf-object'] ?? '/opt/ziti-cni/tproxy.bpf.o',
+    tunDevicePlugin,
   }
 }

@@ -15,6 +15,7 @@ import { Programmer } from './programmer.ts'
 import { Repairer } from './repair.ts'
 import { createCniServer, createHealthServer } from './server.ts'
 import { StateStore } from './state.ts'
+import { TunDevicePlugin } from '../deviceplugin/tun-plugin.ts'
 
 function pluginEntry(f: AgentFlags) {
   return {
@@ -72,6 +73,13 @@ async function run(f: AgentFlags): Promise<void> {
     installer.start()
   }
 
+  let tunPlugin: TunDevicePlugin | undefined
+  if (f.tunDevicePlugin) {
+    const t = f.tunDevicePlugin
+    tunPlugin = new TunDevicePlugin({ dir: t.dir, resource: t.resource, socketName: 'ziti-cni-tun.sock', deviceNode: t.node, uid: t.uid, gid: t.gid, devices: t.devices, log })
+    await tunPlugin.start()
+  }
+
   const health = createHealthServer({
     live: () => true,
     ready: () => {
@@ -86,6 +94,7 @@ async function run(f: AgentFlags): Promise<void> {
   const shutdown = async (signal: string) => {
     log.info({ signal }, 'shutting down: finishing in-flight requests')
     installer?.stop()
+    await tunPlugin?.stop()
     // Stop accepting; in-flight requests finish (close waits for open connections).
     await new Promise<void>((resolve) => cni.close(() => resolve()))
     await health.close()
