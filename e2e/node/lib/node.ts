@@ -18,6 +18,7 @@ import { Containerd, NETNS_LIST, cleanupInstance } from './containerd.ts'
 import { Kubelet, type RunningPod } from './kubelet.ts'
 import { buildTestImages, IMAGES } from './test-images.ts'
 import { removeDirWithMounts } from './mounts.ts'
+import { FakeKubelet } from './fake-kubelet.ts'
 
 export const REPO = fileURLToPath(new URL('../../../', import.meta.url))
 export const PLUGIN_SEA = join(REPO, 'cni-plugin/dist/ziti-cni')
@@ -64,6 +65,12 @@ export interface NodeOptions {
   admission?: { url: string; ca: string }
   /** Agent flags to add or override (e.g. ['--repair', 'off']). */
   agentArgs?: string[]
+  /**
+   * tun mode: the agent serves its device plugin in this node's device-plugin dir, a fake
+   * kubelet (real gRPC) registers it, and containers that ask for the resource get the
+   * devices its Allocate returns, as CRI devices.
+   */
+  tunDevicePlugin?: boolean
 }
 
 export interface PodManifest { apiVersion?: string; kind?: string; metadata: { name: string; namespace: string; annotations?: Record<string, string>; labels?: Record<string, string>; ownerReferences?: object[] }; spec?: object }
@@ -95,6 +102,8 @@ export class TestNode {
   agentLog: string[] = []
   /** The cluster DNS server address (set by the suite once its DNS pod runs). */
   clusterDns: string[] = []
+  /** tun mode: the kubelet's device manager, as the agent's device plugin sees it. */
+  deviceManager: FakeKubelet | undefined
 
   readonly opts: NodeOptions
 
@@ -165,7 +174,23 @@ export class TestNode {
         if (stored && stored.metadata.uid === pod.metadata!.uid) this.api.put('pods', { ...stored, status })
       },
       netnsList: join(this.containerd.dirs.dir, NETNS_LIST),
+      // Extended resources in a container's limits: Allocate through the registered plugin.
+      devices: async (_pod, c) => {
+        const out = []
+        for (const [resource, qty] of Object.entries(c.resources?.limits ?? {})) {
+          if (!resource.includes('/') || resource.startsWith('kubernetes.io/')) continue
+          if (!this.deviceManager) throw new Error(`UnexpectedAdmissionError: no device plugin for ${resource} on this node`)
+          out.push(...await this.deviceManager.allocate(resource, Number(qty)))
+        }
+        return out
+      },
     })
+    if (this.opts.tunDevicePlugin) {
+      const dir = join(this.dir, 'device-plugins')
+      mkdirSync(dir, { recursive: true })
+      this.deviceManager = new FakeKubelet(dir)
+      await this.deviceManager.start()
+    }
     await this.api.create('daemonsets', { metadata: { name: 'ziti-cni-agent', namespace: 'ziti-cni-system' }, spec: {} })
     for (const ns of ['default', 'apps', 'plain']) {
       await this.api.create('namespaces', { metadata: { name: ns, labels: { 'kubernetes.io/metadata.name': ns, ...(ns === 'apps' ? { 'cni.openziti.io/inject': 'enabled' } : {}) } } })
@@ -190,7 +215,8 @@ export class TestNode {
       '--plugin-kubeconfig', this.pluginKubeconfig, '--plugin-log-file', this.pluginLog, '--token-file', this.tokenFile, '--ca-file', this.caFile,
       '--api-server', this.apiUrl, '--health-addr', `127.0.0.1:${this.healthPort}`, '--check-interval', '1', '--log-level', 'debug',
       '--daemonset', 'ziti-cni-system/ziti-cni-agent', '--repair', 'delete', '--bpf-object', join(REPO, 'cni-plugin/dist/tproxy.bpf.o')]
-    return [...base, ...(this.opts.agentArgs ?? [])]
+    const tun = this.opts.tunDevicePlugin ? ['--tun-device-plugin', '--device-plugin-dir', join(this.dir, 'device-plugins'), '--tun-device-node', join(this.dir, 'dev/net-tun'), '--tun-devices', '16'] : []
+    return [...base, ...tun, ...(this.opts.agentArgs ?? [])]
   }
 
   async startAgent(): Promise<void> {
@@ -264,6 +290,7 @@ export class TestNode {
   async teardown(): Promise<void> {
     await this.kubelet?.removeAll().catch(() => {})
     await this.stopAgent().catch(() => {})
+    await this.deviceManager?.stop().catch(() => {})
     await this.containerd.stop().catch(() => {})
     spawnSync('ip', ['link', 'del', this.bridge])
     spawnSync('nft', ['delete', 'table', 'inet', `${this.prefix}_guard`])
