@@ -7,6 +7,7 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSy
 import { parse as parseYaml, parseAllDocuments } from 'yaml'
 import { validateConfig } from '../../webhook/src/config.ts'
 import { MUTATE_PATH } from '../../webhook/src/http/mutate.ts'
+import { parseFlags } from '../../cni-plugin/src/agent/flags.ts'
 type Tap = Parameters<Parameters<typeof t.test>[0]>[0]
 
 const ROOT = new URL('../', import.meta.url).pathname
@@ -242,6 +243,31 @@ t.test('controller-identities component: exact RBAC, and every object agrees', o
   const env = find(docs, 'Deployment', 'ziti-cni-webhook')!.spec.template.spec.containers[0].env
   t.ok(env.some((e: Doc) => e.name === 'ZITI_CONTROLLER_URL'), 'the URL comes from the component\'s ConfigMap (so agreement() checks the controller objects too)')
   agreement(t, docs)
+})
+
+t.test('tun-mode component: the device plugin\'s flags, mounts and capabilities agree', opts, async (t) => {
+  const dir = mkdtempSync(`${ROOT}test/.render-`)
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  writeFileSync(`${dir}/kustomization.yaml`, `apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../../overlays/production]\ncomponents: [../../components/tun-mode]\n`)
+  const r = spawnSync('kubectl', ['kustomize', dir], { encoding: 'utf8' })
+  t.equal(r.status, 0, r.stderr)
+  const docs = parseAllDocuments(r.stdout).map((d) => d.toJS() as Doc)
+  const pod = find(docs, 'DaemonSet', 'ziti-cni-agent')!.spec.template.spec
+  const c = pod.containers[0]
+  const flags = parseFlags(c.args, { NODE_NAME: 'n' })
+  t.ok(flags.tunDevicePlugin, 'the device plugin is on')
+  const tun = flags.tunDevicePlugin!
+  const mountOf = (p: string) => c.volumeMounts.filter((m: Doc) => p === m.mountPath || p.startsWith(`${m.mountPath}/`)).sort((a: Doc, b: Doc) => b.mountPath.length - a.mountPath.length)[0]
+  const hostOf = (m: Doc) => pod.volumes.find((v: Doc) => v.name === m.name)?.hostPath?.path
+  t.equal(hostOf(mountOf(tun.dir)), tun.dir, '--device-plugin-dir is the kubelet\'s dir, mounted at its host path')
+  t.equal(tun.dir, '/var/lib/kubelet/device-plugins', 'the kubelet\'s DevicePluginPath')
+  const nodeMount = mountOf(tun.node)
+  t.equal(hostOf(nodeMount), nodeMount.mountPath, 'the device node lives on a hostPath mounted at its host path (containerd opens the host path)')
+  t.same(c.securityContext.capabilities.add, ['NET_ADMIN', 'SYS_ADMIN', 'MKNOD', 'CHOWN'], 'MKNOD and CHOWN for the node, nothing else')
+  const cm = docs.find((d) => d.kind === 'ConfigMap' && d.data?.['config.yaml'])!
+  const cfg = validateConfig(parseYaml(cm.data['config.yaml']), { POD_NAMESPACE: 'ziti-cni-system' })
+  t.same([tun.uid, tun.gid], [cfg.sidecarUid, cfg.sidecarGid], '--tun-owner is the webhook\'s sidecar uid/gid (the device\'s owner)')
+  t.equal(tun.resource, cfg.tun.resource, 'the resource the plugin registers is the one the webhook requests')
 })
 
 t.test('production adds a NetworkPolicy and three replicas', opts, async (t) => {
