@@ -26,3 +26,12 @@ t.test('the plugin kubeconfig follows the CNI conf dir (k3s, MicroK8s and OpenSh
   t.equal(parseFlags([], { NODE_NAME: 'n1' }).pluginKubeconfig, '/etc/cni/net.d/ziti-cni.d/ziti-cni.kubeconfig')
   t.equal(parseFlags(['--cni-conf-dir=/var/lib/rancher/k3s/agent/etc/cni/net.d'], { NODE_NAME: 'n1' }).pluginKubeconfig, '/var/lib/rancher/k3s/agent/etc/cni/net.d/ziti-cni.d/ziti-cni.kubeconfig')
 })
+
+t.test('the tun device plugin: off by default, its flags need it, and are checked', async (t) => {
+  t.equal(parseFlags([], { NODE_NAME: 'n1' }).tunDevicePlugin, undefined)
+  t.same(parseFlags(['--tun-device-plugin'], { NODE_NAME: 'n1' }).tunDevicePlugin, { dir: '/var/lib/kubelet/device-plugins', resource: 'tun.openziti.io/tun', node: '/var/run/ziti-cni/dev/net-tun', uid: 2171, gid: 2171, devices: 110 })
+  t.throws(() => parseFlags(['--tun-owner=1:1'], { NODE_NAME: 'n1' }), /--tun-owner needs --tun-device-plugin/)
+  t.throws(() => parseFlags(['--tun-device-plugin', '--tun-owner=0:0'], { NODE_NAME: 'n1' }), /--tun-owner: "0:0" is not UID:GID \(non-root\)/)
+  t.throws(() => parseFlags(['--tun-device-plugin', '--tun-devices=0'], { NODE_NAME: 'n1' }), /--tun-devices must be an integer in 1-10000/)
+  t.throws(() => parseFlags(['--tun-device-plugin', '--tun-resource=tun'], { NODE_NAME: 'n1' }), /is not an extended resource name/)
+})

@@ -18,13 +18,13 @@ t.test('defaults are valid and exclude the webhook namespace', async (t) => {
 
 t.test('every bad key is reported at once, by name', async (t) => {
   t.same(problems({
-    defaultMode: 'tun', sidecarUid: 0, frob: 1, proxy: { image: 'openziti/ziti-tunnel:latest', aliasRange: '100.64.0.1/10' },
+    defaultMode: 'tap', sidecarUid: 0, frob: 1, proxy: { image: 'openziti/ziti-tunnel:latest', aliasRange: '100.64.0.1/10' },
     tproxy: { addCapabilities: ['NET_RAW'], datapath: 'nftables', port: 15053, dnsPort: 15053 }, tls: { mode: 'magic', renewBeforeDays: 400 },
   }), [
     'frob: unknown key',
     'tproxy.addCapabilities: unknown key',
     'tproxy.dnsPort: unknown key',
-    'defaultMode: must be proxy or tproxy',
+    'defaultMode: must be proxy, tproxy or tun',
     'sidecarUid: must be an integer in 1-2147483647',
     'proxy.image: must be a fully qualified image with a pinned tag or digest (not :latest)',
     'proxy.aliasRange: host bits are set (did you mean 100.64.0.0/10?)',
@@ -47,4 +47,23 @@ t.test('with no tproxy tunneler configured, a tproxy pod is refused naming the m
   const pod = { metadata: { name: 'tp', namespace: 'apps', annotations: { 'cni.openziti.io/identity-secret': 'id', 'cni.openziti.io/mode': 'tproxy' } }, spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1' }] } }
   t.throws(() => mutatePod(pod, validateConfig({}, {})), { message: /^cni\.openziti\.io\/mode: tproxy needs a tunneler that implements the ziti-cni tproxy contract \(README\), and none is configured \(webhook config tproxy\.image\)/ })
   t.doesNotThrow(() => mutatePod(pod, validateConfig({ tproxy: { image: 'registry.example.com/t:1' } }, {})))
+})
+
+t.test('tun and controller sections: each bad value named', async (t) => {
+  t.same(problems({ tun: { dev: 'eth0', addr: '100.64.0.1', dnsServer: 'fd00::2', resource: 'tun', image: 'x' } }), [
+    'tun.image: must be a fully qualified image with a pinned tag or digest (not :latest)',
+    'tun.dev: must be an interface name (a-z then a-z0-9, at most 15), not lo or eth*',
+    'tun.addr: must be an IPv4 address with a prefix of 8-30 (e.g. 100.64.0.1/10)',
+    'tun.dnsServer: must be an IPv4 address',
+    'tun.resource: must be an extended resource name (domain/name)',
+  ])
+  t.same(problems({ tun: { dnsServer: '10.0.0.2' } }), ['tun.dnsServer: 10.0.0.2 is outside 100.64.0.1/10 (the tunneler answers DNS inside its device)'])
+  t.same(problems({ controller: { url: 'http://ctrl:1280', identityPrefix: 'K8S!', admissionBudgetMs: 100 } }), [
+    'controller.url: must be an https:// URL with no path (the Edge API base), or empty',
+    'controller.identityPrefix: must be 1-16 of a-z, 0-9, -',
+    'controller.admissionBudgetMs: must be an integer in 500-25000',
+  ])
+  t.same(problems({ controller: { url: 'https://ctrl:1280', graceSeconds: 1 } }), ['controller.graceSeconds: must cover controller.admissionBudgetMs (an identity of an admission in flight must not be reconciled away)'])
+  t.same(problems({}, { ZITI_CONTROLLER_URL: 'ctrl' }), ['ZITI_CONTROLLER_URL: must be an https:// URL with no path (the Edge API base), or empty'])
+  t.equal(validateConfig({}, { ZITI_CONTROLLER_URL: 'https://ctrl.ziti:1280' }).controller.url, 'https://ctrl.ziti:1280')
 })
