@@ -34,6 +34,8 @@ COPY --from=build /src/cni-plugin/dist/cli.mjs /opt/ziti-cni/cli.mjs
 COPY --from=build /src/cni-plugin/dist/validator.mjs /opt/ziti-cni/validator.mjs
 COPY --from=build /src/cni-plugin/dist/ziti-cni /opt/ziti-cni/ziti-cni
 COPY --from=build /src/cni-plugin/dist/tproxy.bpf.o /opt/ziti-cni/tproxy.bpf.o
+# The device plugin API the agent loads next to agent.mjs (tun mode).
+COPY --from=build /src/cni-plugin/dist/v1beta1.proto /opt/ziti-cni/v1beta1.proto
 RUN printf '#!/bin/sh\nexec node /opt/ziti-cni/cli.mjs "$@"\n' > /usr/local/bin/ziti-cni && chmod 0755 /usr/local/bin/ziti-cni
 ENTRYPOINT ["node", "/opt/ziti-cni/agent.mjs"]
 CMD ["run"]
