@@ -20,6 +20,15 @@ function render(overlay: string): Doc[] {
   if (r.status !== 0) throw new Error(`kubectl kustomize ${overlay} failed: ${r.stderr || r.error}`)
   return parseAllDocuments(r.stdout).map((d) => d.toJS() as Doc)
 }
+/** The production overlay with one component, rendered as a user's overlay would. */
+function renderWithComponent(t: Tap, component: string): Doc[] {
+  const dir = mkdtempSync(`${ROOT}test/.render-`)
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  writeFileSync(`${dir}/kustomization.yaml`, `apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../../overlays/production]\ncomponents: [../../components/${component}]\n`)
+  const r = spawnSync('kubectl', ['kustomize', dir], { encoding: 'utf8' })
+  t.equal(r.status, 0, r.stderr)
+  return parseAllDocuments(r.stdout).map((d) => d.toJS() as Doc)
+}
 const find = (docs: Doc[], kind: string, name: string) => docs.find((d) => d.kind === kind && d.metadata.name === name)
 const matches = (selector: Record<string, string>, labels: Record<string, string>) => Object.entries(selector).every(([k, v]) => labels?.[k] === v)
 
@@ -227,12 +236,7 @@ t.test('every shipped webhook config passes the webhook\'s own validation', opts
 })
 
 t.test('controller-identities component: exact RBAC, and every object agrees', opts, async (t) => {
-  const dir = mkdtempSync(`${ROOT}test/.render-`)
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  writeFileSync(`${dir}/kustomization.yaml`, `apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../../overlays/production]\ncomponents: [../../components/controller-identities]\n`)
-  const r = spawnSync('kubectl', ['kustomize', dir], { encoding: 'utf8' })
-  t.equal(r.status, 0, r.stderr)
-  const docs = parseAllDocuments(r.stdout).map((d) => d.toJS() as Doc)
+  const docs = renderWithComponent(t, 'controller-identities')
   t.same(find(docs, 'ClusterRole', 'ziti-cni-webhook-identities')!.rules, [
     { apiGroups: [''], resources: ['pods'], verbs: ['list'] },
     { apiGroups: [''], resources: ['secrets'], verbs: ['create', 'delete'] },
@@ -246,12 +250,7 @@ t.test('controller-identities component: exact RBAC, and every object agrees', o
 })
 
 t.test('tun-mode component: the device plugin\'s flags, mounts and capabilities agree', opts, async (t) => {
-  const dir = mkdtempSync(`${ROOT}test/.render-`)
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  writeFileSync(`${dir}/kustomization.yaml`, `apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../../overlays/production]\ncomponents: [../../components/tun-mode]\n`)
-  const r = spawnSync('kubectl', ['kustomize', dir], { encoding: 'utf8' })
-  t.equal(r.status, 0, r.stderr)
-  const docs = parseAllDocuments(r.stdout).map((d) => d.toJS() as Doc)
+  const docs = renderWithComponent(t, 'tun-mode')
   const pod = find(docs, 'DaemonSet', 'ziti-cni-agent')!.spec.template.spec
   const c = pod.containers[0]
   const flags = parseFlags(c.args, { NODE_NAME: 'n' })
@@ -298,12 +297,7 @@ t.test('platform components: the right dirs, mounted where the flags say, and GK
   t.same(readdirSync(`${ROOT}components`).filter((d) => d.startsWith('platform-')).map((d) => d.slice(9)).sort(), Object.keys(PLATFORMS).sort(), 'a component per platform')
   for (const [name, [bin, conf]] of Object.entries(PLATFORMS)) {
     await t.test(name, async (t) => {
-      const dir = mkdtempSync(`${ROOT}test/.render-`)
-      t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-      writeFileSync(`${dir}/kustomization.yaml`, `apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../../overlays/production]\ncomponents: [../../components/platform-${name}]\n`)
-      const r = spawnSync('kubectl', ['kustomize', dir], { encoding: 'utf8' })
-      t.equal(r.status, 0, r.stderr)
-      const docs = parseAllDocuments(r.stdout).map((d) => d.toJS() as Doc)
+      const docs = renderWithComponent(t, `platform-${name}`)
       const pod = find(docs, 'DaemonSet', 'ziti-cni-agent')!.spec.template.spec
       const host = (v: string) => pod.volumes.find((x: Doc) => x.name === v).hostPath.path
       t.same([host('cni-bin'), host('cni-conf')], [bin, conf])

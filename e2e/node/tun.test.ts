@@ -11,7 +11,7 @@ import { rootOnly } from '../../shared/testkit/root.ts'
 import { TestNode, sweepLeftovers } from './lib/node.ts'
 import { app, appPod, infraPod, injected } from './lib/pods.ts'
 import { IMAGES } from './lib/test-images.ts'
-import { CniCallError, cachedResult, callPlugin, loadConfList } from './lib/cni-exec.ts'
+import { libcniFor } from './lib/cni-exec.ts'
 import { startWebhook } from './lib/webhook.ts'
 import { restrictedViolations } from '../../webhook/test/pss-restricted.ts'
 
@@ -99,13 +99,11 @@ t.test('tun mode on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 'conta
 
   await t.test('CHECK passes, and detects a device that lost its owner or routes', async (t) => {
     // containerd 1.6 never sends CHECK: the executable is called the way libcni would.
-    const list = loadConfList(node.confDir)
-    const attachment = { containerId: rp.sandboxId, netns: rp.netns, pod: { namespace: 'apps', name: 'tunapp', uid: pod.metadata.uid } }
-    const prevResult = cachedResult(list.name, rp.sandboxId)
-    await callPlugin(node.binDir, list, 'ziti-cni', 'CHECK', attachment, { prevResult })
+    const cni = libcniFor(node, rp, { namespace: 'apps', name: 'tunapp', uid: pod.metadata.uid })
+    await cni.check()
     t.pass('CHECK passes on the live pod')
     node.inNetns(rp, ['ip', 'route', 'del', '10.99.0.0/16', 'dev', 'ziti0'])
-    const drift = await callPlugin(node.binDir, list, 'ziti-cni', 'CHECK', attachment, { prevResult }).then(() => undefined, (e: unknown) => e as CniCallError)
+    const drift = await cni.drift()
     t.equal(drift?.error.code, 104, 'code 104 (drift)')
     t.match(drift?.error.msg, /route 10\.99\.0\.0\/16 dev ziti0 is missing/)
     node.inNetns(rp, ['ip', 'route', 'add', '10.99.0.0/16', 'dev', 'ziti0'])
@@ -126,9 +124,7 @@ t.test('tun mode on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 'conta
   })
 
   await t.test('DEL removes the device; StopPodSandbox takes the pod down', async (t) => {
-    const list = loadConfList(node.confDir)
-    const attachment = { containerId: rp.sandboxId, netns: rp.netns, pod: { namespace: 'apps', name: 'tunapp', uid: pod.metadata.uid } }
-    await callPlugin(node.binDir, list, 'ziti-cni', 'DEL', attachment, { prevResult: cachedResult(list.name, rp.sandboxId) })
+    await libcniFor(node, rp, { namespace: 'apps', name: 'tunapp', uid: pod.metadata.uid }).del()
     t.not(node.inNetns(rp, ['ip', 'link', 'show', 'dev', 'ziti0']).status, 0, 'no ziti0 after DEL')
     t.not(node.inNetns(rp, ['nft', 'list', 'table', 'inet', 'ziti_cni']).status, 0, 'no table after DEL')
     await node.removePod(rp)

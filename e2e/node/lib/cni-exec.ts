@@ -73,3 +73,16 @@ export async function callPlugin(binDir: string, list: ConfList, type: string, c
   if (out.code !== 0) throw new CniCallError(out.code, (parsed ?? {}) as never, out.stderr)
   return parsed
 }
+
+/** CHECK and DEL for a running pod's ziti-cni attachment, as libcni would call them. */
+export function libcniFor(node: { confDir: string; binDir: string }, rp: { sandboxId: string; netns: string }, pod: { namespace: string; name: string; uid: string }) {
+  const list = loadConfList(node.confDir)
+  const attachment = { containerId: rp.sandboxId, netns: rp.netns, pod }
+  const call = (command: 'CHECK' | 'DEL') => callPlugin(node.binDir, list, 'ziti-cni', command, attachment, { prevResult: cachedResult(list.name, rp.sandboxId) })
+  return {
+    check: () => call('CHECK'),
+    /** The CniCallError CHECK failed with, or undefined when it passed. */
+    drift: () => call('CHECK').then(() => undefined, (e: unknown) => e as CniCallError),
+    del: () => call('DEL'),
+  }
+}
