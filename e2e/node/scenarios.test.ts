@@ -10,7 +10,7 @@ import { parseIntent } from '@ziti-cni/shared'
 import { rootOnly } from '../../shared/testkit/root.ts'
 import { AGENT_BUNDLE, TestNode, sweepLeftovers } from './lib/node.ts'
 import { PodStartError } from './lib/kubelet.ts'
-import { CniCallError, cachedResult, callPlugin, loadConfList } from './lib/cni-exec.ts'
+import { libcniFor } from './lib/cni-exec.ts'
 import { app, appPod, inBatches, infraPod, injected } from './lib/pods.ts'
 import { IMAGES } from './lib/test-images.ts'
 import { spawnSync } from 'node:child_process'
@@ -118,13 +118,11 @@ t.test('node-level end-to-end on containerd + runc', rootOnly(['nft', 'ip', 'nse
     t.match(flush.stderr, /Operation not permitted/, 'the sidecar still cannot touch the rules')
     t.match((await app(node, s, ['tcp', infra.ip, '8080'])).reply, /^direct /, 'other traffic untouched')
     // containerd 1.6 never sends CHECK: the executable is called the way libcni would.
-    const list = loadConfList(node.confDir)
-    const attachment = { containerId: s.sandboxId, netns: s.netns, pod: { namespace: 'apps', name: 'scanner-ebpf', uid: pod.metadata.uid } }
-    const prevResult = cachedResult(list.name, s.sandboxId)
-    await callPlugin(node.binDir, list, 'ziti-cni', 'CHECK', attachment, { prevResult })
+    const cni = libcniFor(node, s, { namespace: 'apps', name: 'scanner-ebpf', uid: pod.metadata.uid })
+    await cni.check()
     t.pass('CHECK passes on the live pod')
     node.inNetns(s, ['tc', 'filter', 'del', 'dev', 'lo', 'ingress'])
-    const drift = await callPlugin(node.binDir, list, 'ziti-cni', 'CHECK', attachment, { prevResult }).then(() => undefined, (e: unknown) => e as CniCallError)
+    const drift = await cni.drift()
     t.match(drift?.error.msg, /eBPF program is not attached/, 'CHECK notices a detached program')
     await node.removePod(s)
   })
@@ -214,12 +212,10 @@ t.test('node-level end-to-end on containerd + runc', rootOnly(['nft', 'ip', 'nse
   })
 
   await t.test('9. CHECK reports drift on a live pod; StopPodSandbox (DEL) cleans the state', async (t) => {
-    const list = loadConfList(node.confDir)
-    const attachment = { containerId: billing.sandboxId, netns: billing.netns, pod: { namespace: 'apps', name: 'billing', uid: billingPod.metadata.uid } }
-    const prevResult = cachedResult(list.name, billing.sandboxId)
-    await callPlugin(node.binDir, list, 'ziti-cni', 'CHECK', attachment, { prevResult })
+    const cni = libcniFor(node, billing, { namespace: 'apps', name: 'billing', uid: billingPod.metadata.uid })
+    await cni.check()
     node.inNetns(billing, ['nft', 'delete', 'chain', 'inet', 'ziti_cni', 'fence_input'])
-    const err = await callPlugin(node.binDir, list, 'ziti-cni', 'CHECK', attachment, { prevResult }).then(() => undefined, (e: unknown) => e as CniCallError)
+    const err = await cni.drift()
     t.equal(err?.error.code, 104, 'drift reported')
     t.ok(readdirSync(node.stateDir).some((f) => f.startsWith(billing.sandboxId)), 'state recorded by ADD')
     await node.removePod(billing)
