@@ -8,6 +8,7 @@ import { app, appPod, infraPod, injected } from './lib/pods.ts'
 import { IMAGES } from './lib/test-images.ts'
 import { startWebhook } from './lib/webhook.ts'
 import { assertRoot } from '../../shared/testkit/root.ts'
+import { FakeZitiController } from './standins/ziti-controller.ts'
 
 const say = (s = '') => process.stdout.write(`${s}\n`)
 const step = (n: number, title: string) => say(`\n\x1b[1m== ${n}. ${title}\x1b[0m`)
@@ -16,17 +17,28 @@ let failures = 0
 const check = (ok: boolean, what: string) => { if (!ok) failures++; say(`   ${ok ? '✔' : '✘'} ${what}`) }
 const identity = JSON.stringify({ ztAPI: 'https://controller.ziti.invalid:1280', id: { cert: 'pem:x', key: 'pem:x', ca: 'pem:x' } })
 
+async function waitFor(probe: () => boolean, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms
+  while (!probe()) {
+    if (Date.now() > deadline) return false
+    await new Promise((r) => setTimeout(r, 200))
+  }
+  return true
+}
+
 async function main(): Promise<void> {
   assertRoot(['nft', 'ip', 'nsenter', 'containerd', 'runc', 'ctr'])
   sweepLeftovers()
-  const node = new TestNode({ id: 9 })
+  const node = new TestNode({ id: 9, tunDevicePlugin: true })
   let webhook: Awaited<ReturnType<typeof startWebhook>> | undefined
+  let controller: FakeZitiController | undefined
   let cleaned = false
   const cleanup = async () => {
     if (cleaned) return
     cleaned = true
     await node.teardown()
     await webhook?.close()
+    await controller?.close()
   }
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => { say(`\n${sig}: cleaning up`); void cleanup().then(() => process.exit(130)) })
@@ -41,9 +53,26 @@ async function main(): Promise<void> {
     say(`   ${list.name}: ${list.plugins.map((p) => p.type).join(' -> ')}`)
     const infra = await node.runPod(await node.createPod(infraPod()))
     node.clusterDns.push(infra.ip)
-    webhook = await startWebhook({ validator: { image: IMAGES.validator }, tproxy: { image: IMAGES.tproxy, clusterDns: [infra.ip] } })
+    // The OpenZiti controller stand-in, on the pod network's gateway so sidecars reach it.
+    controller = new FakeZitiController({ host: node.gateway })
+    await controller.listen()
+    const svc = (name: string, attrs: string[], intercept: Record<string, unknown>, proxy?: Record<string, unknown>) =>
+      controller!.addService(name, attrs, [controller!.addConfig(`${name}-intercept`, 'intercept.v1', intercept), ...(proxy ? [controller!.addConfig(`${name}-proxy`, 'proxy.v1', proxy)] : [])])
+    svc('postgres', ['db'], { protocols: ['tcp'], addresses: ['pg.ziti'], portRanges: [{ low: 5432, high: 5432 }] }, { port: 15432, protocols: ['tcp'] })
+    svc('ledger', ['db'], { protocols: ['tcp'], addresses: ['ledger.ziti'], portRanges: [{ low: 7000, high: 7000 }] })
+    svc('vault', ['secrets'], { protocols: ['tcp'], addresses: ['vault.ziti'], portRanges: [{ low: 8200, high: 8200 }] })
+    controller.addPolicy('billing-dials-db', 'Dial', ['#billing'], ['#db'])
+    const admin = controller.addCertIdentity('ziti-cni-webhook', ['identity', 'service.read', 'config.read'])
+    const credential = JSON.stringify({ ztAPI: `${controller.url}/edge/client/v1`, id: { cert: admin.cert, key: admin.key, ca: controller.ca.certPem } })
+    await node.deviceManager!.ready('tun.openziti.io/tun')
+    webhook = await startWebhook({
+      validator: { image: IMAGES.validator }, tproxy: { image: IMAGES.tproxy, clusterDns: [infra.ip] }, tun: { image: IMAGES.tun },
+      controller: { url: controller.url, cluster: 'demo', reconcileSeconds: 1, graceSeconds: 8 },
+    }, { kubeconfig: node.agentKubeconfig, credential, replica: 'webhook-0' })
     node.api.admission = webhook.admission
     say(`   a plain pod ${infra.ip} serves the "cluster DNS" and an echo server (not Ziti)`)
+    say(`   an OpenZiti controller stand-in at ${controller.url}: services postgres, ledger (#db), vault (#secrets); #billing may dial #db`)
+    say(`   the agent's kubelet device plugin registered tun.openziti.io/tun`)
 
     step(2, 'A pod asks for Ziti services by name, in a namespace labelled cni.openziti.io/inject=enabled')
     await node.createSecret('apps', 'billing-identity', { 'identity.json': identity })
@@ -101,7 +130,45 @@ async function main(): Promise<void> {
     const other = await app(node, scanner, ['resolve', 'controller.example'])
     check(other.answers?.[0] === '192.0.2.53', `DNS controller.example -> ${other.answers ?? other.error} (REFUSED by the tunneler, answered by the cluster DNS)`)
 
-    step(8, 'Cleaning up: pods (CNI DEL through containerd), containerd, the agent, bridges, netns')
+    step(8, 'identity: auto: the controller drives the sidecar; the pod names no service and no port')
+    const autoAnn = { 'cni.openziti.io/identity': 'auto', 'cni.openziti.io/role-attributes': 'billing' }
+    say(indent(Object.entries(autoAnn).map(([k, v]) => `${k}: ${v}`).join('\n')))
+    const apod = await node.createPod(appPod('ledger-reader', 'apps', autoAnn)) as V1Pod
+    const id = [...controller.identities.values()].find((i) => i.id === apod.metadata!.annotations!['cni.openziti.io/identity-id'])
+    check(!!id, `the webhook created identity ${id?.name} (${id?.id}) with role attributes ${JSON.stringify(id?.roleAttributes)}`)
+    say(`   intent from the controller's intercept.v1/proxy.v1 configs: ${apod.metadata!.annotations!['cni.openziti.io/interception']}`)
+    say(`   sidecar args: ${injected(apod, 'ziti-tunnel').args!.join(' ')}`)
+    const ledger = await node.runPod(apod)
+    check(!!controller.identities.get(id!.id)?.certFingerprint, 'the sidecar enrolled its one-time JWT (from a per-pod Secret) and logged in with its new certificate')
+    for (const [host, port] of [['pg.ziti', '5432'], ['ledger.ziti', '7000']] as const) {
+      const r = await app(node, ledger, ['tcp', host, port])
+      check(!!r.reply?.startsWith('ziti-service='), `tcp ${host}:${port} -> ${r.reply ?? r.error}`)
+    }
+    const vault = await app(node, ledger, ['tcp', 'vault.ziti', '8200'])
+    check(!vault.ok, `vault.ziti (no policy for #billing) is not there: ${vault.error}`)
+    await node.removePod(ledger)
+    node.api.delete('pods', 'apps', apod.metadata!.name!)
+    const gone = await waitFor(() => !controller!.identities.has(id!.id), 20_000)
+    check(gone, 'the pod was deleted; the reconciler deleted its identity')
+
+    step(9, 'tun mode: ziti-edge-tunnel (with the attach shim) on a device the CNI made, no capability')
+    await node.createSecret('apps', 'tun-identity', { 'identity.json': JSON.stringify({ ...JSON.parse(identity), standinTunServices: 'postgres=pg.ziti:tcp:5432,logs=logs.ziti:udp:514' }) })
+    const upod = await node.createPod(appPod('tunapp', 'apps', { 'cni.openziti.io/identity-secret': 'tun-identity', 'cni.openziti.io/mode': 'tun' })) as V1Pod
+    say(`   intent: ${upod.metadata!.annotations!['cni.openziti.io/interception']}`)
+    say(`   the sidecar asks for ${JSON.stringify(injected(upod, 'ziti-tunnel').resources!.limits)}; pod DNS: ${upod.spec!.dnsConfig!.nameservers!.join(', ')}`)
+    const tun = await node.runPod(upod)
+    say(indent(node.inNetns(tun, ['ip', '-d', 'link', 'show', 'dev', 'ziti0']).stdout.split('\n').slice(0, 3).join('\n'), '     '))
+    say(indent(node.kubelet.logs(tun, 'ziti-tunnel').trim(), '     '))
+    const caps = (await node.exec(tun, 'ziti-tunnel', ['grep', 'CapEff', '/proc/1/status'])).stdout.trim()
+    check(/CapEff:\s+0+$/.test(caps), `the tunneler holds no capability (${caps})`)
+    const name = await app(node, tun, ['resolve', 'pg.ziti'])
+    check(name.answers?.[0] === '100.64.0.3', `DNS pg.ziti -> ${name.answers ?? name.error} (answered inside the device)`)
+    const tt = await app(node, tun, ['tcp', 'pg.ziti', '5432'])
+    check(!!tt.reply?.includes('via=tun'), `tcp pg.ziti:5432 -> ${tt.reply ?? tt.error}`)
+    const tu = await app(node, tun, ['udp', 'logs.ziti', '514'])
+    check(!!tu.reply?.includes('via=tun-udp'), `udp logs.ziti:514 -> ${tu.reply ?? tu.error}`)
+
+    step(10, 'Cleaning up: pods (CNI DEL through containerd), containerd, the agent, bridges, netns')
   } finally {
     await cleanup()
   }
