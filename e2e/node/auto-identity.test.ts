@@ -47,6 +47,7 @@ t.test('identity: auto on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 
   svc('postgres', ['db'], { protocols: ['tcp'], addresses: ['pg.ziti'], portRanges: [{ low: 5432, high: 5432 }] }, { port: 15432, protocols: ['tcp'] })
   svc('billing-api', ['web'], { protocols: ['tcp'], addresses: ['api.ziti'], portRanges: [{ low: 443, high: 443 }] })
   svc('logs', ['web'], { protocols: ['udp'], addresses: ['logs.ziti'], portRanges: [{ low: 514, high: 514 }] }, { port: 15514, protocols: ['udp'] })
+  svc('warehouse', ['web'], { protocols: ['tcp'], addresses: ['10.98.0.0/24'], portRanges: [{ low: 7000, high: 7003 }] })
   svc('vault', ['secrets'], { protocols: ['tcp'], addresses: ['vault.ziti'], portRanges: [{ low: 8200, high: 8200 }] })
   ctrl.addPolicy('billing-dials-db-and-web', 'Dial', ['#billing'], ['#db', '#web'])
   // The webhook's credential: least privilege (2.x permissions), not an admin.
@@ -99,6 +100,10 @@ t.test('identity: auto on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 
     t.match(api.reply, /^ziti-service=billing-api listener=15100 /, `api.ziti:443 (${api.error ?? 'ok'})`)
     const logs = await app(node, rp, ['udp', 'logs.ziti', '514'])
     t.match(logs.reply, /^ziti-service=logs listener=15514 via=udp/, `logs.ziti:514/udp (${logs.error ?? 'ok'})`)
+    const range = await app(node, rp, ['tcp', '10.98.0.9', '7002'])
+    t.match(range.reply, /^ziti-service=warehouse listener=15101 /, `an address and port inside a service's CIDR and port range (${range.error ?? 'ok'})`)
+    const outside = await app(node, rp, ['tcp', '10.98.0.9', '7004'])
+    t.notOk(outside.ok, `a port outside its range is not redirected (${outside.error})`)
     const vault = await app(node, rp, ['tcp', 'vault.ziti', '8200'])
     t.notOk(vault.ok, `vault.ziti is not there for this pod (${vault.error})`)
   })

@@ -10,12 +10,22 @@ import { parsePort, type Proto } from './annotations.ts'
 export const INTENT_VERSION = 1
 
 export interface DnatEntry {
-  /** Canonical address the app dials (from the pod's hostAliases). */
+  /**
+   * What the app dials: a canonical address (a hostAlias, or a service's IP), or a canonical
+   * CIDR with a shorter prefix (a service's intercept.v1 range).
+   */
   dst: string
   proto: Proto
   port: number
+  /** Last port of a range `port`-`portTo` (absent: the single port). */
+  portTo?: number
   /** Local proxy port (the sidecar's listener on 127.0.0.1). */
   to: number
+}
+
+/** `host:port[-portTo]/proto`, as warnings, drift reports and errors write an entry. */
+export function formatDnatTarget(d: Pick<DnatEntry, 'dst' | 'port' | 'portTo' | 'proto'>): string {
+  return `${d.dst}:${d.port}${d.portTo !== undefined ? `-${d.portTo}` : ''}/${d.proto}`
 }
 
 interface IntentBase {
@@ -78,7 +88,8 @@ const KEYS = {
   proxy: ['v', 'mode', 'uid', 'dnat', 'fence'],
   tproxy: ['v', 'mode', 'uid', 'cidrs', 'proto', 'to', 'dns', 'excludeCidrs', 'excludePorts', 'datapath', 'fence'],
 } as const
-const DNAT_KEYS = ['dst', 'proto', 'port', 'to'] as const
+const DNAT_KEYS = ['dst', 'proto', 'port', 'portTo', 'to'] as const
+const DNAT_REQUIRED = ['dst', 'proto', 'port', 'to'] as const
 const MAX_UID = 2147483647
 
 class Checker {
@@ -121,6 +132,17 @@ class Checker {
   string(path: string, v: unknown): string {
     if (typeof v !== 'string') this.fail(path, 'must be a string')
     return v
+  }
+
+  /** A canonical address, or a canonical CIDR shorter than a host route. */
+  dnatDst(path: string, v: unknown): string {
+    const s = this.string(path, v)
+    if (!s.includes('/')) return this.address(path, s)
+    const c = parseCidr(s, false)
+    if (typeof c === 'string') this.fail(path, c)
+    if (formatCidr(c) !== s) this.fail(path, `"${s}" is not canonical (expected "${formatCidr(c)}")`)
+    if (c.prefix === (c.family === 4 ? 32 : 128)) this.fail(path, `write the host route ${s} as the address ${formatAddress(c)}`)
+    return s
   }
 
   address(path: string, v: unknown): string {
@@ -200,22 +222,38 @@ export function validateIntent(value: unknown): Intent {
   }
 
   if (mode === 'proxy') {
-    const seen = new Set<string>()
     const dnat = c.array('dnat', o.dnat, 1, LIMITS.services).map((x, i): DnatEntry => {
       const at = `dnat[${i}]`
-      const e = c.object(at, x, DNAT_KEYS, DNAT_KEYS)
-      const entry = {
-        dst: c.address(`${at}.dst`, e.dst),
+      const e = c.object(at, x, DNAT_KEYS, DNAT_REQUIRED)
+      const entry: DnatEntry = {
+        dst: c.dnatDst(`${at}.dst`, e.dst),
         proto: c.proto(`${at}.proto`, e.proto),
         port: c.port(`${at}.port`, e.port),
         to: c.port(`${at}.to`, e.to),
       }
-      const id = `${entry.dst} ${entry.proto} ${entry.port}`
-      if (seen.has(id)) c.fail(at, `${entry.dst}:${entry.port}/${entry.proto} is mapped twice`)
-      seen.add(id)
+      if (e.portTo !== undefined) {
+        entry.portTo = c.port(`${at}.portTo`, e.portTo)
+        if (entry.portTo <= entry.port) c.fail(`${at}.portTo`, `must be greater than port ${entry.port} (write a single port without portTo)`)
+      }
       fenced(`${at}.to`, entry.to)
       return entry
     })
+    // One map element per entry: two that share an address and a port for one protocol would be
+    // an ambiguous (and, for nft's interval maps, rejected) pair.
+    const spans = dnat.map((d) => {
+      const c0 = parseCidr(d.dst) as Cidr
+      const size = 1n << BigInt((c0.family === 4 ? 32 : 128) - c0.prefix)
+      return { d, family: c0.family, lo: c0.value, hi: c0.value + size - 1n, plo: d.port, phi: d.portTo ?? d.port }
+    })
+    for (let a = 0; a < spans.length; a++) {
+      for (let b = a + 1; b < spans.length; b++) {
+        const x = spans[a]!, y = spans[b]!
+        if (x.d.proto !== y.d.proto || x.family !== y.family) continue
+        if (x.lo <= y.hi && y.lo <= x.hi && x.plo <= y.phi && y.plo <= x.phi) {
+          c.fail(`dnat[${b}]`, x.lo === y.lo && x.hi === y.hi && x.plo === y.plo && x.phi === y.phi ? `${formatDnatTarget(y.d)} is mapped twice` : `${formatDnatTarget(y.d)} overlaps ${formatDnatTarget(x.d)}`)
+        }
+      }
+    }
     return { v: 1, mode, uid, dnat: sortDnat(dnat), fence }
   }
 
@@ -281,10 +319,10 @@ function validateTun(c: Checker, o: Record<string, unknown>): TunIntent {
 /** Sort key: family, address, protocol, port (decorate once, then sort). */
 function sortDnat(list: DnatEntry[]): DnatEntry[] {
   const keyed = list.map((d) => {
-    const a = parseAddress(d.dst) as { family: number; value: bigint }
-    return { d, family: a.family, value: a.value }
+    const a = parseCidr(d.dst) as Cidr
+    return { d, family: a.family, value: a.value, prefix: a.prefix }
   })
-  keyed.sort((x, y) => x.family - y.family || (x.value === y.value ? 0 : x.value < y.value ? -1 : 1) ||
+  keyed.sort((x, y) => x.family - y.family || (x.value === y.value ? 0 : x.value < y.value ? -1 : 1) || y.prefix - x.prefix ||
     (x.d.proto === y.d.proto ? 0 : x.d.proto < y.d.proto ? -1 : 1) || x.d.port - y.d.port)
   return keyed.map((k) => k.d)
 }
@@ -313,7 +351,7 @@ export function serializeIntent(intent: Intent): string {
   if (i.mode === 'proxy') {
     return JSON.stringify({
       v: i.v, mode: i.mode, uid: i.uid,
-      dnat: i.dnat.map((d) => ({ dst: d.dst, proto: d.proto, port: d.port, to: d.to })),
+      dnat: i.dnat.map((d) => ({ dst: d.dst, proto: d.proto, port: d.port, ...(d.portTo !== undefined ? { portTo: d.portTo } : {}), to: d.to })),
       fence: i.fence,
     })
   }

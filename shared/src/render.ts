@@ -167,14 +167,17 @@ function fenceBlock(w: Writer, fence: number[]): void {
 
 function renderProxy(intent: ProxyIntent): Plan {
   const w = new Writer()
-  const byFamily = (f: 4 | 6) =>
-    intent.dnat
-      .filter((d) => (parseAddress(d.dst) as { family: number }).family === f)
-      .map((d) => `${d.dst} . ${d.proto} . ${d.port} : ${d.to}`)
+  const byFamily = (f: 4 | 6) => intent.dnat.filter((d) => (parseCidr(d.dst) as Cidr).family === f)
+  // Exact keys need a plain map; a range (a CIDR, a port span) needs an interval map.
+  const mapBlock = (f: 4 | 6, entries: typeof intent.dnat) => [
+    `type ${f === 4 ? 'ipv4' : 'ipv6'}_addr . inet_proto . inet_service : inet_service`,
+    ...(entries.some((d) => d.dst.includes('/') || d.portTo !== undefined) ? ['flags interval'] : []),
+    ...elementLines(entries.map((d) => `${d.dst} . ${d.proto} . ${d.port}${d.portTo !== undefined ? `-${d.portTo}` : ''} : ${d.to}`)),
+  ]
   const v4 = byFamily(4)
   const v6 = byFamily(6)
-  if (v4.length) w.block('map dnat4', ['type ipv4_addr . inet_proto . inet_service : inet_service', ...elementLines(v4)])
-  if (v6.length) w.block('map dnat6', ['type ipv6_addr . inet_proto . inet_service : inet_service', ...elementLines(v6)])
+  if (v4.length) w.block('map dnat4', mapBlock(4, v4))
+  if (v6.length) w.block('map dnat6', mapBlock(6, v6))
   const rules = ['type nat hook output priority -100; policy accept;', `meta skuid ${intent.uid} return`]
   if (v4.length) rules.push('meta nfproto ipv4 meta l4proto { tcp, udp } dnat ip to 127.0.0.1 : ip daddr . meta l4proto . th dport map @dnat4')
   if (v6.length) rules.push('meta nfproto ipv6 meta l4proto { tcp, udp } dnat ip6 to [::1] : ip6 daddr . meta l4proto . th dport map @dnat6')

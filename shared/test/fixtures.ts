@@ -62,6 +62,16 @@ export const FIXTURES: Record<string, Intent> = {
     ...base, mode: 'tproxy', datapath: 'nftables', cidrs: tenThousandCidrs(), proto: ['tcp', 'udp'], to: 15001, dns: 15053,
     excludeCidrs: [], excludePorts: [], fence: [15001, 15053],
   },
+  'proxy-ranges': {
+    ...base, mode: 'proxy',
+    dnat: [
+      { dst: '10.9.0.0/24', proto: 'tcp', port: 8000, portTo: 8015, to: 15101 },
+      { dst: '10.9.0.0/24', proto: 'udp', port: 514, to: 15102 },
+      { dst: '10.9.1.7', proto: 'tcp', port: 443, to: 15101 },
+      { dst: '100.64.0.2', proto: 'tcp', port: 5432, to: 15100 },
+    ],
+    fence: [15100, 15101, 15102],
+  },
   'tun-default': { v: 1, mode: 'tun', uid: 2171, gid: 2171, dev: 'ziti0', addr: '100.64.0.1/10', routes: [] },
   'tun-routes': { v: 1, mode: 'tun', uid: 2171, gid: 2172, dev: 'ziti0', addr: '100.64.0.1/10', routes: ['10.99.0.0/16', '192.0.2.0/24'] },
 }

@@ -81,3 +81,16 @@ t.test('tun intents: exact shape, canonical, and refused with the field named', 
   ]
   for (const [v, m] of bad) t.match(p(v), `${K}: ${m}`, m)
 })
+
+t.test('dnat ranges: CIDRs and port spans, canonical, never overlapping', async (t) => {
+  const K = 'cni.openziti.io/interception'
+  const p = (dnat: unknown[]) => message(() => validateIntent({ v: 1, mode: 'proxy', uid: 2171, dnat, fence: [15100, 15101] }))
+  const ok = validateIntent({ v: 1, mode: 'proxy', uid: 2171, fence: [15100], dnat: [{ dst: '10.9.0.0/24', proto: 'tcp', port: 80, portTo: 90, to: 15100 }, { dst: '10.9.0.0/24', proto: 'udp', port: 80, portTo: 90, to: 15100 }] })
+  t.equal(ok.mode === 'proxy' ? ok.dnat.length : 0, 2, 'the same range for tcp and udp is two keys')
+  t.equal(p([{ dst: '10.9.0.1/24', proto: 'tcp', port: 80, to: 15100 }]), `${K}: field dnat[0].dst: host bits are set (did you mean 10.9.0.0/24?)`)
+  t.equal(p([{ dst: '10.9.0.7/32', proto: 'tcp', port: 80, to: 15100 }]), `${K}: field dnat[0].dst: write the host route 10.9.0.7/32 as the address 10.9.0.7`)
+  t.equal(p([{ dst: '10.9.0.0/24', proto: 'tcp', port: 90, portTo: 80, to: 15100 }]), `${K}: field dnat[0].portTo: must be greater than port 90 (write a single port without portTo)`)
+  t.equal(p([{ dst: '10.9.0.0/24', proto: 'tcp', port: 80, portTo: 90, to: 15100 }, { dst: '10.9.0.7', proto: 'tcp', port: 85, to: 15101 }]), `${K}: field dnat[1]: 10.9.0.7:85/tcp overlaps 10.9.0.0/24:80-90/tcp`)
+  t.equal(p([{ dst: '10.9.0.7', proto: 'tcp', port: 85, to: 15100 }, { dst: '10.9.0.7', proto: 'tcp', port: 85, to: 15101 }]), `${K}: field dnat[1]: 10.9.0.7:85/tcp is mapped twice`)
+  t.doesNotThrow(() => validateIntent({ v: 1, mode: 'proxy', uid: 2171, fence: [15100, 15101], dnat: [{ dst: '10.9.0.0/24', proto: 'tcp', port: 80, portTo: 90, to: 15100 }, { dst: '10.9.0.7', proto: 'tcp', port: 91, to: 15101 }] }), 'adjacent ranges are fine')
+})

@@ -49,6 +49,7 @@ async function world(t: { teardown: (fn: () => unknown) => void }, controller: R
   fake.addService('metrics', ['web'], [cfg('m-i', 'intercept.v1', { protocols: ['tcp', 'udp'], addresses: ['metrics.ziti'], portRanges: [{ low: 8125, high: 8125 }] })])
   fake.addService('wild', ['web'], [cfg('w-i', 'intercept.v1', { protocols: ['tcp'], addresses: ['*.corp.ziti'], portRanges: [{ low: 80, high: 80 }] })])
   fake.addService('range', ['web'], [cfg('r-i', 'intercept.v1', { protocols: ['tcp'], addresses: ['10.9.0.0/24'], portRanges: [{ low: 1, high: 1000 }] })])
+  fake.addService('subnet', ['web'], [cfg('s-i', 'intercept.v1', { protocols: ['tcp'], addresses: ['10.8.0.0/24'], portRanges: [{ low: 9000, high: 9003 }] })])
   fake.addService('vault', ['secret'], [cfg('v-i', 'intercept.v1', { protocols: ['tcp'], addresses: ['vault.ziti'], portRanges: [{ low: 8200, high: 8200 }] })])
   fake.addPolicy('billing-dials', 'Dial', ['#billing'], ['#db', '#web'])
   return { fake, api, rt, config, mutateUrl, whCa: whCa.certPem, kc, apiUrl: url, apiCa: ca.certPem }
@@ -102,7 +103,8 @@ t.test('an auto pod gets its own identity, a Secret with the JWT, and the servic
   t.same(intent.dnat.filter((d) => d.dst === '100.127.9.9').map((d) => d.port), [443, 8443], 'the api IP address, DNATed as is')
   t.same(intent.dnat.filter((d) => d.dst === alias('metrics.ziti')).map((d) => `${d.proto}/${d.port}`), ['tcp/8125'])
   t.notOk(pod.spec!.hostAliases!.some((a) => a.hostnames!.includes('vault.ziti')), 'no policy, no interception')
-  t.same(sidecar.args!.slice(3).sort(), ['api:15100', 'metrics:15101', 'postgres:15432'])
+  t.same(intent.dnat.filter((d) => d.dst === '10.8.0.0/24'), [{ dst: '10.8.0.0/24', proto: 'tcp', port: 9000, portTo: 9003, to: 15102 }], 'a service\'s CIDR and port range: one interval entry')
+  t.same(sidecar.args!.slice(3).sort(), ['api:15100', 'metrics:15101', 'postgres:15432', 'subnet:15102'])
 })
 
 t.test('warnings name each service proxy mode cannot carry, and why', async (t) => {
@@ -115,7 +117,7 @@ t.test('warnings name each service proxy mode cannot carry, and why', async (t) 
   const w = res.response.warnings.join('\n')
   t.match(w, /"metrics": udp is not intercepted: without a proxy\.v1 config/)
   t.match(w, /"wild": address \*\.corp\.ziti is not intercepted: a wildcard domain/)
-  t.match(w, /"range" is not intercepted: its intercept\.v1 port ranges cover more than 16 ports/)
+  t.match(w, /"range" is not intercepted: its intercept\.v1 port ranges cover 1000 ports, more than 16/)
   t.notMatch(w, /vault/, 'services the identity may not dial are not mentioned')
 })
 

@@ -2,7 +2,7 @@
 // mode cannot express is a warning that names the service), identity names and role attributes.
 import t from 'tap'
 import { ValidationError } from '@ziti-cni/shared'
-import { autoServices } from '../src/ziti/services.ts'
+import { autoServices, entryTarget } from '../src/ziti/services.ts'
 import { enrollmentSecretName, identityName, parseRoleAttributes } from '../src/ziti/identity.ts'
 import { planReconcile } from '../src/ziti/reconcile.ts'
 import type { DialableService } from '../src/ziti/controller.ts'
@@ -17,38 +17,44 @@ t.test('entries: hostnames, IPs, port ranges, proxy.v1 ports; sorted by service 
     svc('alpha', icpt(['A.Ziti', '100.64.9.9', '100.64.9.9/32'], [[8000, 8002]]), { port: 18000, protocols: ['tcp'] }),
   ], LIMITS)
   t.same(r.warnings, [])
-  t.same(r.entries.map((e) => `${e.service} ${e.host} ${e.isIp} ${e.port}/${e.proto}`), [
-    'alpha a.ziti false 8000/tcp', 'alpha a.ziti false 8001/tcp', 'alpha a.ziti false 8002/tcp',
-    'alpha 100.64.9.9 true 8000/tcp', 'alpha 100.64.9.9 true 8001/tcp', 'alpha 100.64.9.9 true 8002/tcp',
-    'zeta z.ziti false 80/tcp',
-  ])
+  t.same(r.entries.map((e) => `${e.service} ${e.host} ${e.isIp} ${entryTarget(e)}`), [
+    'alpha a.ziti false a.ziti:8000-8002/tcp',
+    'alpha 100.64.9.9 true 100.64.9.9:8000-8002/tcp',
+    'zeta z.ziti false z.ziti:80/tcp',
+  ], 'one entry per address and merged port range (an interval element of the DNAT map)')
   t.same([...r.fixedPorts], [['alpha', 18000]])
 })
 
 const cases: Array<[string, DialableService[], RegExp, number]> = [
   ['no intercept.v1', [svc('a')], /"a" is not intercepted: it has no intercept\.v1 config/, 0],
   ['wildcard', [svc('a', icpt(['*.corp.ziti', 'ok.ziti'], [[1, 1]]))], /"a": address \*\.corp\.ziti is not intercepted: a wildcard domain/, 1],
-  ['a CIDR range', [svc('a', icpt(['10.0.0.0/24'], [[1, 1]]))], /maps single addresses, not ranges/, 0],
   ['IPv6', [svc('a', icpt(['fd00::1'], [[1, 1]]))], /listens on IPv4 only/, 0],
-  ['not a name', [svc('a', icpt(['bad_name!'], [[1, 1]]))], /not a DNS name or an IPv4 address/, 0],
-  ['too many ports', [svc('a', icpt(['a.ziti'], [[1, 17]]))], /cover more than 16 ports/, 0],
+  ['not a name', [svc('a', icpt(['bad_name!'], [[1, 1]]))], /not a DNS name, an IPv4 address or an IPv4 CIDR/, 0],
+  ['too many ports', [svc('a', icpt(['a.ziti'], [[1, 10], [20, 26]]))], /cover 17 ports, more than 16: proxy mode sends every port to one service connection/, 0],
   ['port 0 and reversed ranges only', [svc('a', icpt(['a.ziti'], [[0, 0], [9, 3]]))], /no port range within 1-65535/, 0],
   ['tcp+udp without proxy.v1', [svc('a', icpt(['a.ziti'], [[53, 53]], ['tcp', 'udp']))], /"a": udp is not intercepted: without a proxy\.v1/, 1],
   ['proxy.v1 serves fewer protocols', [svc('a', icpt(['a.ziti'], [[53, 53]], ['tcp', 'udp']), { port: 15353, protocols: ['udp'] })], /"a": tcp is not intercepted: its proxy\.v1 listener serves only udp/, 1],
   ['proxy.v1 binding elsewhere', [svc('a', icpt(['a.ziti'], [[1, 1]]), { port: 15000, protocols: ['tcp'], binding: 'eth0' })], /binding "eth0" puts the listener where the pod's DNAT/, 0],
   ['proxy.v1 privileged port', [svc('a', icpt(['a.ziti'], [[1, 1]]), { port: 80, protocols: ['tcp'] })], /port 80 is privileged/, 0],
   ['proxy.v1 port shared', [svc('a', icpt(['a.ziti'], [[1, 1]]), { port: 15000, protocols: ['tcp'] }), svc('b', icpt(['b.ziti'], [[1, 1]]), { port: 15000, protocols: ['tcp'] })], /"b" is not intercepted: its proxy\.v1 port 15000 is also the listener of "a"/, 1],
-  ['same address twice', [svc('a', icpt(['x.ziti'], [[1, 1]])), svc('b', icpt(['x.ziti'], [[1, 2]]))], /"b": x\.ziti:1\/tcp is not intercepted: it is already intercepted for "a"/, 2],
-  ['over the pod limit', [svc('a', icpt(['a.ziti', 'b.ziti'], [[1, 10]])), svc('b', icpt(['c.ziti'], [[1, 1]]))], /"a" is not intercepted: the pod would have more than 5/, 1],
+  ['same address twice', [svc('a', icpt(['x.ziti'], [[1, 1]])), svc('b', icpt(['x.ziti'], [[1, 2]]))], /"b": x\.ziti:1-2\/tcp is not intercepted: it overlaps x\.ziti:1\/tcp of "a"/, 1],
+  ['an address inside another service\'s range', [svc('a', icpt(['10.9.0.0/24'], [[80, 90]])), svc('b', icpt(['10.9.0.7'], [[85, 85]]))], /"b": 10\.9\.0\.7:85\/tcp is not intercepted: it overlaps 10\.9\.0\.0\/24:80-90\/tcp of "a"/, 1],
+  ['over the pod limit', [svc('a', icpt(['a.ziti', 'b.ziti', 'c.ziti'], [[1, 10]])), svc('b', icpt(['d.ziti'], [[1, 1]]))], /"a" is not intercepted: the pod would have more than 2/, 1],
 ]
 for (const [name, services, warning, entries] of cases) {
   t.test(name, async (t) => {
-    const r = autoServices(services, name === 'over the pod limit' ? { ...LIMITS, maxEntries: 5 } : LIMITS)
+    const r = autoServices(services, name === 'over the pod limit' ? { ...LIMITS, maxEntries: 2 } : LIMITS)
     t.match(r.warnings.join('\n'), warning)
     t.equal(r.entries.length, entries)
     for (const w of r.warnings) t.match(w, /^ziti-cni: Ziti service "[^"]+"/, 'every warning names its service')
   })
 }
+
+t.test('CIDRs: one interval entry, canonical, IPv4 only', async (t) => {
+  const r = autoServices([svc('subnet', icpt(['10.9.0.0/24', '10.9.1.7/32', 'fd00::/64'], [[9000, 9003]]))], LIMITS)
+  t.same(r.entries.map(entryTarget), ['10.9.0.0/24:9000-9003/tcp', '10.9.1.7:9000-9003/tcp'], 'a /32 is an address')
+  t.match(r.warnings.join('\n'), /address fd00::\/64 is not intercepted: the proxy tunneler listens on IPv4 only/)
+})
 
 t.test('identity names: findable, unique per admission, bounded', async (t) => {
   const uid = '3f2a9c1e-aaaa-bbbb-cccc-000000000000'

@@ -67,12 +67,22 @@ function checkTun(intent: Extract<Intent, { mode: 'tun' }>): string {
   return `${intent.dev} is a tun owned by ${owner}, up, and ${next.join('.')} is routed into it`
 }
 
+/** The first host address of an IPv4 CIDR (the network address itself for a /31 or /32). */
+function firstHost(cidr: string): string {
+  const [ip, bits] = cidr.split('/') as [string, string]
+  const o = ip.split('.').map(Number)
+  if (Number(bits) < 31) o[3] = o[3]! + 1
+  return o.join('.')
+}
+
 export async function validate(intent: Intent): Promise<string> {
   if (intent.mode === 'tun') return checkTun(intent)
   if (intent.mode === 'proxy') {
-    const d = intent.dnat.find((x) => !x.dst.includes(':')) ?? intent.dnat[0]!
-    await (d.proto === 'tcp' ? checkTcp(d.dst, d.port, d.to) : checkUdp(d.dst, d.port, d.to))
-    return `${d.dst}:${d.port}/${d.proto} is redirected to 127.0.0.1:${d.to}`
+    // An IPv4 entry; a range (a service's CIDR) is dialled at its first host address.
+    const d = intent.dnat.find((x) => !x.dst.includes(':') && !x.dst.includes('/')) ?? intent.dnat.find((x) => !x.dst.includes(':')) ?? intent.dnat[0]!
+    const dst = d.dst.includes('/') ? firstHost(d.dst) : d.dst
+    await (d.proto === 'tcp' ? checkTcp(dst, d.port, d.to) : checkUdp(dst, d.port, d.to))
+    return `${dst}:${d.port}/${d.proto} is redirected to 127.0.0.1:${d.to}`
   }
   if (intent.cidrs.some((c) => c.includes('.'))) checkRouting(intent)
   // Capture itself needs a transparent socket (CAP_NET_RAW), which this container does not

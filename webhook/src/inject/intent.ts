@@ -100,7 +100,7 @@ function planProxy(annotations: Record<string, string>, existingAliases: V1HostA
 
 export function buildProxyPlan(source: ProxySource, existingAliases: V1HostAlias[], cfg: WebhookConfig): InterceptionPlan {
   const warnings = [...source.warnings]
-  const entryText = (s: AutoEntry) => `${s.host}:${s.port}${s.proto === 'udp' ? '/udp' : ''}=${s.service}`
+  const entryText = (s: AutoEntry) => `${s.host}:${s.port}${s.portTo !== undefined ? `-${s.portTo}` : ''}${s.proto === 'udp' ? '/udp' : ''}=${s.service}`
   // Names the pod already defines must not be redefined; their IPs are not handed out again.
   const taken = new Map<string, string>()
   for (const a of existingAliases) for (const h of a.hostnames ?? []) taken.set(h, a.ip ?? '')
@@ -113,6 +113,9 @@ export function buildProxyPlan(source: ProxySource, existingAliases: V1HostAlias
   })
   if (services.length === 0) throw new ValidationError(ANNOTATION_IDENTITY, `the identity may dial no service that proxy mode can intercept${warnings.length ? `: ${warnings.map((w) => w.replace(/^ziti-cni: /, '')).join('; ')}` : ''}`)
 
+  // A service's own CIDR is never handed out as an alias address.
+  const serviceRanges = services.filter((e) => e.isIp && e.host.includes('/')).map((e) => parseCidr(e.host) as Cidr)
+  const insideServiceRange = (ip: string) => serviceRanges.some((c) => cidrContains(c, parseCidr(ip) as Cidr))
   // Deterministic: hostnames get addresses in order of first appearance, starting at the
   // range's .2 (the Ziti tunnelers' own first service IP); listeners likewise from portBase.
   const aliases: Array<{ ip: string; hostname: string }> = []
@@ -122,7 +125,7 @@ export function buildProxyPlan(source: ProxySource, existingAliases: V1HostAlias
     if (s.isIp) { ipOf.set(s.host, s.host); continue }
     if (ipOf.has(s.host)) continue
     let ip: string | undefined
-    while (!ip || usedIps.has(ip)) {
+    while (!ip || usedIps.has(ip) || insideServiceRange(ip)) {
       const a = nthAddress(cfg.proxy.aliasRange, offset++)
       if (!a) throw new ValidationError(ANNOTATION_SERVICES, `the alias range ${formatCidr(cfg.proxy.aliasRange)} has no free address left`)
       ip = formatAddress(a)
@@ -159,7 +162,7 @@ export function buildProxyPlan(source: ProxySource, existingAliases: V1HostAlias
   }
   const intent: Intent = {
     v: 1, mode: 'proxy', uid: cfg.sidecarUid,
-    dnat: services.map((s) => ({ dst: ipOf.get(s.host)!, proto: s.proto, port: s.port, to: portOf.get(`${s.service}/${s.proto}`)! })),
+    dnat: services.map((s) => ({ dst: ipOf.get(s.host)!, proto: s.proto, port: s.port, ...(s.portTo !== undefined ? { portTo: s.portTo } : {}), to: portOf.get(`${s.service}/${s.proto}`)! })),
     fence: [...new Set(listeners.map((l) => l.port))],
   }
   return { mode: 'proxy', intent, aliases, listeners, ports: intent.fence, warnings }

@@ -3,7 +3,7 @@
 // arguments are immutable); this is what tells the operator which pods to recreate. Pure.
 import type { ProxyIntent } from '@ziti-cni/shared'
 import type { V1HostAlias } from '@kubernetes/client-node'
-import type { AutoServices } from './services.ts'
+import { entryTarget, type AutoServices } from './services.ts'
 
 export interface Drift {
   /** host:port/proto=service, intercepted and still granted. */
@@ -18,11 +18,11 @@ export interface Drift {
 export function podInterception(intent: ProxyIntent, hostAliases: V1HostAlias[], listeners: Map<number, string>): string[] {
   const host = new Map<string, string>()
   for (const a of hostAliases) if (a.ip && a.hostnames?.[0]) host.set(a.ip, a.hostnames[0])
-  return intent.dnat.map((d) => `${host.get(d.dst) ?? d.dst}:${d.port}/${d.proto}=${listeners.get(d.to) ?? `listener ${d.to}`}`)
+  return intent.dnat.map((d) => `${entryTarget({ host: host.get(d.dst) ?? d.dst, port: d.port, portTo: d.portTo, proto: d.proto })}=${listeners.get(d.to) ?? `listener ${d.to}`}`)
 }
 
 export function drift(pod: string[], now: AutoServices): Drift {
-  const want = new Set(now.entries.map((e) => `${e.host}:${e.port}/${e.proto}=${e.service}`))
+  const want = new Set(now.entries.map((e) => `${entryTarget(e)}=${e.service}`))
   const have = new Set(pod)
   const sorted = (xs: Iterable<string>) => [...xs].sort()
   return {

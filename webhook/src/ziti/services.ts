@@ -3,16 +3,23 @@
 // proxy mode cannot express becomes a warning naming the service and the reason: an
 // admission warning reaches `kubectl` and the API server's audit log, a silent drop reaches
 // no one.
-import { formatAddress, isDnsName, parseCidr, type Proto } from '@ziti-cni/shared'
+import { formatAddress, formatCidr, isDnsName, parseCidr, type Cidr, type Proto } from '@ziti-cni/shared'
 import type { DialableService } from './controller.ts'
 
 export interface AutoEntry {
-  /** A hostname (gets a hostAlias) or an IPv4 address (DNATed as is). */
+  /** A hostname (gets a hostAlias), or an IPv4 address or CIDR (DNATed as is). */
   host: string
   isIp: boolean
   port: number
+  /** Last port of a range (absent: one port). */
+  portTo?: number
   proto: Proto
   service: string
+}
+
+/** `host:port[-portTo]/proto`: how warnings and drift reports name an entry. */
+export function entryTarget(e: Pick<AutoEntry, 'host' | 'port' | 'portTo' | 'proto'>): string {
+  return `${e.host}:${e.port}${e.portTo !== undefined ? `-${e.portTo}` : ''}/${e.proto}`
 }
 
 export interface AutoServices {
@@ -23,7 +30,11 @@ export interface AutoServices {
 }
 
 export interface AutoLimits {
-  /** Most ports one service may intercept (each is a DNAT entry). */
+  /**
+   * Most ports one service may intercept. Proxy mode carries no destination port to the
+   * hosting side (every port reaches the same service connection), so a wide range is refused
+   * with a warning rather than silently flattened.
+   */
   maxPortsPerService: number
   /** Most DNAT entries for the whole pod (the intent's limit). */
   maxEntries: number
@@ -39,7 +50,7 @@ export function autoServices(services: DialableService[], limits: AutoLimits): A
   const entries: AutoEntry[] = []
   const fixedPorts = new Map<string, number>()
   const warnings: string[] = []
-  const claimed = new Map<string, string>()
+  const claimed: AutoEntry[] = []
   const portOwner = new Map<number, string>()
   const warn = (name: string, why: string) => warnings.push(`ziti-cni: Ziti service "${name}" is not intercepted: ${why}`)
   // Sorted by name: the same grants give the same pod spec, whatever order the API lists them in.
@@ -71,48 +82,64 @@ export function autoServices(services: DialableService[], limits: AutoLimits): A
     }
     if (protos.length === 0) { warn(s.name, 'no protocol is left to intercept'); continue }
 
-    const ports: number[] = []
-    let tooWide = false
-    for (const r of Array.isArray(intercept.portRanges) ? intercept.portRanges as Array<{ low?: unknown; high?: unknown }> : []) {
-      const low = Number(r?.low)
-      const high = Number(r?.high)
-      if (!Number.isInteger(low) || !Number.isInteger(high) || low < 1 || high > 65535 || low > high) continue
-      if (ports.length + (high - low + 1) > limits.maxPortsPerService) { tooWide = true; break }
-      for (let p = low; p <= high; p++) if (!ports.includes(p)) ports.push(p)
+    // Port ranges, merged: each becomes one interval element of the DNAT map.
+    const ranges = (Array.isArray(intercept.portRanges) ? intercept.portRanges as Array<{ low?: unknown; high?: unknown }> : [])
+      .map((r) => ({ low: Number(r?.low), high: Number(r?.high) }))
+      .filter((r) => Number.isInteger(r.low) && Number.isInteger(r.high) && r.low >= 1 && r.high <= 65535 && r.low <= r.high)
+      .sort((a, b) => a.low - b.low)
+    const merged: Array<{ low: number; high: number }> = []
+    for (const r of ranges) {
+      const last = merged.at(-1)
+      if (last && r.low <= last.high + 1) last.high = Math.max(last.high, r.high)
+      else merged.push({ ...r })
     }
-    if (tooWide) { warn(s.name, `its intercept.v1 port ranges cover more than ${limits.maxPortsPerService} ports; proxy mode maps each port separately (webhook config controller.maxPortsPerService)`); continue }
-    if (ports.length === 0) { warn(s.name, 'its intercept.v1 has no port range within 1-65535'); continue }
+    const portCount = merged.reduce((n, r) => n + r.high - r.low + 1, 0)
+    if (portCount > limits.maxPortsPerService) { warn(s.name, `its intercept.v1 port ranges cover ${portCount} ports, more than ${limits.maxPortsPerService}: proxy mode sends every port to one service connection, and the hosting side cannot tell them apart (webhook config controller.maxPortsPerService)`); continue }
+    if (merged.length === 0) { warn(s.name, 'its intercept.v1 has no port range within 1-65535'); continue }
 
     const hosts: Array<{ host: string; isIp: boolean }> = []
     for (const a of Array.isArray(intercept.addresses) ? intercept.addresses as unknown[] : []) {
       if (typeof a !== 'string') continue
       const address = a.trim().toLowerCase()
-      if (address.startsWith('*')) { warnings.push(`ziti-cni: Ziti service "${s.name}": address ${a} is not intercepted: a wildcard domain cannot be a hostAlias; use tproxy mode or name the hosts`); continue }
+      if (address.startsWith('*')) { warnings.push(`ziti-cni: Ziti service "${s.name}": address ${a} is not intercepted: a wildcard domain cannot be a hostAlias; use tun mode or name the hosts`); continue }
       const cidr = parseCidr(address)
       if (typeof cidr !== 'string') {
-        const single = cidr.family === 4 ? cidr.prefix === 32 : cidr.prefix === 128
         if (cidr.family !== 4) { warnings.push(`ziti-cni: Ziti service "${s.name}": address ${a} is not intercepted: the proxy tunneler listens on IPv4 only`); continue }
-        if (!single) { warnings.push(`ziti-cni: Ziti service "${s.name}": address ${a} is not intercepted: proxy mode maps single addresses, not ranges; use tproxy mode`); continue }
-        if (!hosts.some((h) => h.host === formatAddress(cidr))) hosts.push({ host: formatAddress(cidr), isIp: true })
+        const host = cidr.prefix === 32 ? formatAddress(cidr) : formatCidr(cidr)
+        if (!hosts.some((h) => h.host === host)) hosts.push({ host, isIp: true })
         continue
       }
-      if (!isDnsName(address)) { warnings.push(`ziti-cni: Ziti service "${s.name}": address ${a} is not intercepted: not a DNS name or an IPv4 address`); continue }
+      if (!isDnsName(address)) { warnings.push(`ziti-cni: Ziti service "${s.name}": address ${a} is not intercepted: not a DNS name, an IPv4 address or an IPv4 CIDR`); continue }
       if (!hosts.some((h) => h.host === address)) hosts.push({ host: address, isIp: false })
     }
     if (hosts.length === 0) { warn(s.name, 'none of its intercept.v1 addresses can be intercepted in proxy mode'); continue }
 
     const mine: AutoEntry[] = []
-    for (const h of hosts) for (const port of ports) for (const proto of protos) {
-      const id = `${h.host}:${port}/${proto}`
-      const other = claimed.get(id)
-      if (other) { warnings.push(`ziti-cni: Ziti service "${s.name}": ${id} is not intercepted: it is already intercepted for "${other}"`); continue }
-      mine.push({ host: h.host, isIp: h.isIp, port, proto, service: s.name })
+    for (const h of hosts) for (const r of merged) for (const proto of protos) {
+      const e: AutoEntry = { host: h.host, isIp: h.isIp, port: r.low, ...(r.high > r.low ? { portTo: r.high } : {}), proto, service: s.name }
+      const other = [...claimed, ...mine].find((c) => overlaps(c, e))
+      if (other) { warnings.push(`ziti-cni: Ziti service "${s.name}": ${entryTarget(e)} is not intercepted: it overlaps ${entryTarget(other)} of "${other.service}"`); continue }
+      mine.push(e)
     }
     if (mine.length === 0) continue
     if (entries.length + mine.length > limits.maxEntries) { warn(s.name, `the pod would have more than ${limits.maxEntries} intercepted address:port pairs`); continue }
-    for (const e of mine) claimed.set(`${e.host}:${e.port}/${e.proto}`, s.name)
+    claimed.push(...mine)
     entries.push(...mine)
     if (fixed !== undefined) { fixedPorts.set(s.name, fixed); portOwner.set(fixed, s.name) }
   }
   return { entries, fixedPorts, warnings }
+}
+
+/** Same protocol, intersecting addresses (a hostname only with itself) and intersecting ports. */
+function overlaps(a: AutoEntry, b: AutoEntry): boolean {
+  if (a.proto !== b.proto || a.isIp !== b.isIp) return false
+  if (!(a.port <= (b.portTo ?? b.port) && b.port <= (a.portTo ?? a.port))) return false
+  if (!a.isIp) return a.host === b.host
+  const span = (h: string) => {
+    const c = parseCidr(h) as Cidr
+    return [c.value, c.value + (1n << BigInt(32 - c.prefix)) - 1n] as const
+  }
+  const [alo, ahi] = span(a.host)
+  const [blo, bhi] = span(b.host)
+  return alo <= bhi && blo <= ahi
 }
