@@ -2,7 +2,7 @@
 // programs. Strict both ways: the parser accepts exactly the documented shape, and the
 // serializer writes one canonical spelling (sorted, compact, fixed key order).
 import { ValidationError } from './errors.ts'
-import { cidrsOverlap, compareCidrs, formatAddress, formatCidr, parseAddress, parseCidr, type Cidr } from './ip.ts'
+import { cidrsOverlap, compareCidrs, formatAddress, formatCidr, parseAddress, parseCidr, parseInterfaceAddress, type Cidr } from './ip.ts'
 import { ANNOTATION_INTERCEPTION } from './keys.ts'
 import { LIMITS } from './limits.ts'
 import { parsePort, type Proto } from './annotations.ts'
@@ -240,18 +240,13 @@ export function validateIntent(value: unknown): Intent {
     })
     // One map element per entry: two that share an address and a port for one protocol would be
     // an ambiguous (and, for nft's interval maps, rejected) pair.
-    const spans = dnat.map((d) => {
-      const c0 = parseCidr(d.dst) as Cidr
-      const size = 1n << BigInt((c0.family === 4 ? 32 : 128) - c0.prefix)
-      return { d, family: c0.family, lo: c0.value, hi: c0.value + size - 1n, plo: d.port, phi: d.portTo ?? d.port }
-    })
+    const spans = dnat.map((d) => ({ d, dst: parseCidr(d.dst) as Cidr, plo: d.port, phi: d.portTo ?? d.port }))
     for (let a = 0; a < spans.length; a++) {
       for (let b = a + 1; b < spans.length; b++) {
         const x = spans[a]!, y = spans[b]!
-        if (x.d.proto !== y.d.proto || x.family !== y.family) continue
-        if (x.lo <= y.hi && y.lo <= x.hi && x.plo <= y.phi && y.plo <= x.phi) {
-          c.fail(`dnat[${b}]`, x.lo === y.lo && x.hi === y.hi && x.plo === y.plo && x.phi === y.phi ? `${formatDnatTarget(y.d)} is mapped twice` : `${formatDnatTarget(y.d)} overlaps ${formatDnatTarget(x.d)}`)
-        }
+        if (x.d.proto !== y.d.proto || !cidrsOverlap(x.dst, y.dst) || !(x.plo <= y.phi && y.plo <= x.phi)) continue
+        const same = compareCidrs(x.dst, y.dst) === 0 && x.plo === y.plo && x.phi === y.phi
+        c.fail(`dnat[${b}]`, same ? `${formatDnatTarget(y.d)} is mapped twice` : `${formatDnatTarget(y.d)} overlaps ${formatDnatTarget(x.d)}`)
       }
     }
     return { v: 1, mode, uid, dnat: sortDnat(dnat), fence }
@@ -292,22 +287,27 @@ export function validateIntent(value: unknown): Intent {
 /** Linux interface names: at most 15 bytes (IFNAMSIZ - 1); ours are plain. */
 const TUN_DEV = /^[a-z][a-z0-9]{0,14}$/
 
+/** Why `dev` cannot be the tun device's name, or undefined when it can. */
+export function tunDeviceProblem(dev: string): string | undefined {
+  if (!TUN_DEV.test(dev)) return `"${dev}" is not a device name (a-z then a-z0-9, at most 15)`
+  if (dev === 'lo' || dev.startsWith('eth')) return `"${dev}" is the pod's own interface name`
+  return undefined
+}
+
 function validateTun(c: Checker, o: Record<string, unknown>): TunIntent {
   const uid = c.integer('uid', o.uid, 1, MAX_UID)
   const gid = c.integer('gid', o.gid, 1, MAX_UID)
   const dev = c.string('dev', o.dev)
-  if (!TUN_DEV.test(dev)) c.fail('dev', `"${dev}" is not a device name (a-z then a-z0-9, at most 15)`)
-  if (dev === 'lo' || dev.startsWith('eth')) c.fail('dev', `"${dev}" is the pod's own interface name`)
+  const devProblem = tunDeviceProblem(dev)
+  if (devProblem) c.fail('dev', devProblem)
   // The address keeps its host bits (it is the device's own address, with the prefix of its route).
   const addr = c.string('addr', o.addr)
-  const m = /^(.+)\/(\d{1,2})$/.exec(addr)
-  const ip = m ? parseAddress(m[1]!) : 'missing prefix length'
-  if (typeof ip === 'string' || ip.family !== 4) c.fail('addr', typeof ip === 'string' ? ip : 'must be an IPv4 address (the tunnelers\' DNS range is IPv4)')
-  const prefix = Number(m![2])
-  if (prefix < 8 || prefix > 30) c.fail('addr', `prefix /${prefix} must be 8-30`)
-  if (`${formatAddress(ip)}/${prefix}` !== addr) c.fail('addr', `"${addr}" is not canonical (expected "${formatAddress(ip)}/${prefix}")`)
+  const parsed = parseInterfaceAddress(addr)
+  if (typeof parsed === 'string' || parsed.address.family !== 4) c.fail('addr', typeof parsed === 'string' ? parsed : 'must be an IPv4 address (the tunnelers\' DNS range is IPv4)')
+  const { address, network: net } = parsed
+  if (net.prefix < 8 || net.prefix > 30) c.fail('addr', `prefix /${net.prefix} must be 8-30`)
+  if (`${formatAddress(address)}/${net.prefix}` !== addr) c.fail('addr', `"${addr}" is not canonical (expected "${formatAddress(address)}/${net.prefix}")`)
   const routes = o.routes === undefined ? [] : c.cidrs('routes', o.routes, 0, LIMITS.cidrs, true)
-  const net = parseCidr(formatCidr({ family: 4, value: ip.value & ~((1n << BigInt(32 - prefix)) - 1n), prefix }), false) as Cidr
   for (const r of routes) {
     const rc = parseCidr(r, false) as Cidr
     if (rc.family !== 4) c.fail('routes', `${r}: IPv6 routes are not supported in tun mode`)

@@ -121,6 +121,21 @@ export function parseCidr(text: string, allowBare = true): Cidr | string {
   return { family: addr.family, value: addr.value, prefix }
 }
 
+/**
+ * An interface address with its prefix, host bits kept (`100.64.0.1/10`): the address, and the
+ * network its connected route covers. Returns a reason when it is not one.
+ */
+export function parseInterfaceAddress(text: string): { address: Address; network: Cidr } | string {
+  const m = /^(.+)\/(\d{1,3})$/.exec(text)
+  if (!m) return 'missing prefix length'
+  const address = parseAddress(m[1]!)
+  if (typeof address === 'string') return address
+  const prefix = Number(m[2])
+  if (prefix > BITS[address.family]) return `prefix length "${m[2]}" is invalid for IPv${address.family} (0-${BITS[address.family]})`
+  const hostMask = (1n << BigInt(BITS[address.family] - prefix)) - 1n
+  return { address, network: { family: address.family, value: address.value & ~hostMask, prefix } }
+}
+
 export function formatCidr(c: Cidr): string {
   return `${formatAddress(c)}/${c.prefix}`
 }

@@ -2,10 +2,9 @@
 // Same intent, same bytes. The transaction creates-then-deletes the table before defining
 // it, so applying it replaces whatever was there in one atomic step (nft 1.0.6 has no
 // `destroy`).
-import { parseCidr, type Cidr } from './ip.ts'
+import { formatCidr, parseAddress, parseCidr, parseInterfaceAddress, type Cidr } from './ip.ts'
 import type { Intent, ProxyIntent, TproxyIntent, TunIntent } from './intent.ts'
 import { EBPF_BYPASS_MARK, EBPF_BYPASS_RULE_PRIORITY, EBPF_MARK_TAG, LOCAL_RULE_PRIORITY, NFT_FAMILY, NFT_TABLE, TPROXY_FWMARK, TPROXY_ROUTE_TABLE, TPROXY_RULE_PRIORITY } from './keys.ts'
-import { parseAddress } from './ip.ts'
 
 export interface RouteSpec {
   family: 4 | 6
@@ -111,10 +110,7 @@ export function tunDeleteCommands(t: Pick<TunSpec, 'dev'>): string[][] {
 
 function renderTun(intent: TunIntent): Plan {
   const w = new Writer()
-  const [ip, prefix] = intent.addr.split('/') as [string, string]
-  const bits = Number(prefix)
-  const a = parseAddress(ip) as { value: bigint }
-  const net = `${[24n, 16n, 8n, 0n].map((sh) => String(((a.value & ~((1n << BigInt(32 - bits)) - 1n)) >> sh) & 0xffn)).join('.')}/${bits}`
+  const net = formatCidr((parseInterfaceAddress(intent.addr) as { network: Cidr }).network)
   // Nothing for the tun's ranges may leave by another interface: should the device vanish or
   // its linkdown routes be ignored (ignore_routes_with_linkdown), the traffic is dropped, not
   // sent to the pod network.

@@ -1,7 +1,7 @@
 // The webhook's configuration: a file (the mounted ConfigMap, YAML or JSON) plus env
 // overrides, validated at start-up with one clear message per bad key. Pure: the caller
 // reads the file; `validateConfig` only looks at values.
-import { ZITI_DNS_RANGE, isDnsName, parseAddress, parseCidr, parsePort, formatCidr, type Cidr, type Mode } from '@ziti-cni/shared'
+import { ZITI_DNS_RANGE, cidrContains, isDnsName, parseAddress, parseCidr, parseInterfaceAddress, parsePort, formatCidr, tunDeviceProblem, type Cidr, type Mode } from '@ziti-cni/shared'
 
 export interface Resources {
   requests?: Record<string, string>
@@ -248,6 +248,12 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
     return v as T[]
   }
 
+  const cidrList = (key: string, v: unknown, fallback: Cidr[]): Cidr[] =>
+    list<unknown>(key, v, fallback.map(formatCidr), (x) => {
+      const c = typeof x === 'string' ? parseCidr(x, false) : 'must be a CIDR string'
+      return typeof c === 'string' ? c : undefined
+    }).map((x) => (typeof x === 'string' ? parseCidr(x, false) : x) as Cidr)
+
   const proxy = section('proxy')
   const tproxy = section('tproxy')
   const listen = section('listen')
@@ -283,10 +289,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       image: pick('tproxy.image', tproxy.image, d.tproxy.image, (v) => (v === '' ? undefined : image(v))),
       args: list('tproxy.args', tproxy.args, d.tproxy.args, str),
       port: pick('tproxy.port', tproxy.port, d.tproxy.port, port),
-      defaultCidrs: list<unknown>('tproxy.defaultCidrs', tproxy.defaultCidrs, d.tproxy.defaultCidrs.map(formatCidr), (v) => {
-        const c = typeof v === 'string' ? parseCidr(v, false) : 'must be a CIDR string'
-        return typeof c === 'string' ? c : undefined
-      }).map((v) => (typeof v === 'string' ? parseCidr(v, false) : v) as Cidr),
+      defaultCidrs: cidrList('tproxy.defaultCidrs', tproxy.defaultCidrs, d.tproxy.defaultCidrs),
       dnsCapture: pick('tproxy.dnsCapture', tproxy.dnsCapture, d.tproxy.dnsCapture, bool),
       dnsServer: pick('tproxy.dnsServer', tproxy.dnsServer, d.tproxy.dnsServer, (v) => (typeof v === 'string' && typeof parseAddress(v) !== 'string' ? undefined : 'must be an IP address')),
       clusterDns: list('tproxy.clusterDns', tproxy.clusterDns, d.tproxy.clusterDns, (v) => (typeof v === 'string' && typeof parseAddress(v) !== 'string' ? undefined : 'must be an IP address')),
@@ -297,16 +300,13 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
     tun: {
       image: pick('tun.image', tun.image, d.tun.image, (v) => (v === '' ? undefined : image(v))),
       args: list('tun.args', tun.args, d.tun.args, str),
-      dev: pick('tun.dev', tun.dev, d.tun.dev, (v) => (typeof v === 'string' && /^[a-z][a-z0-9]{0,14}$/.test(v) && v !== 'lo' && !v.startsWith('eth') ? undefined : 'must be an interface name (a-z then a-z0-9, at most 15), not lo or eth*')),
+      dev: pick('tun.dev', tun.dev, d.tun.dev, (v) => (typeof v === 'string' && tunDeviceProblem(v) === undefined ? undefined : 'must be an interface name (a-z then a-z0-9, at most 15), not lo or eth*')),
       addr: pick('tun.addr', tun.addr, d.tun.addr, (v) => {
-        const m = typeof v === 'string' ? /^(\d+\.\d+\.\d+\.\d+)\/(\d+)$/.exec(v) : null
-        return m && typeof parseAddress(m[1]!) !== 'string' && Number(m[2]) >= 8 && Number(m[2]) <= 30 ? undefined : 'must be an IPv4 address with a prefix of 8-30 (e.g. 100.64.0.1/10)'
+        const a = typeof v === 'string' ? parseInterfaceAddress(v) : 'not a string'
+        return typeof a !== 'string' && a.address.family === 4 && a.network.prefix >= 8 && a.network.prefix <= 30 ? undefined : 'must be an IPv4 address with a prefix of 8-30 (e.g. 100.64.0.1/10)'
       }),
       dnsServer: pick('tun.dnsServer', tun.dnsServer, d.tun.dnsServer, (v) => (typeof v === 'string' && typeof parseAddress(v) !== 'string' && v.includes('.') ? undefined : 'must be an IPv4 address')),
-      routes: list<unknown>('tun.routes', tun.routes, d.tun.routes.map(formatCidr), (v) => {
-        const c = typeof v === 'string' ? parseCidr(v, false) : 'must be a CIDR string'
-        return typeof c === 'string' ? c : undefined
-      }).map((v) => (typeof v === 'string' ? parseCidr(v, false) : v) as Cidr),
+      routes: cidrList('tun.routes', tun.routes, d.tun.routes),
       resource: pick('tun.resource', tun.resource, d.tun.resource, (v) => (typeof v === 'string' && /^[a-z0-9.-]+\/[a-z0-9.-]+$/.test(v) ? undefined : 'must be an extended resource name (domain/name)')),
     },
     validator: {
@@ -350,10 +350,9 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
     logLevel: env.LOG_LEVEL ?? pick('logLevel', top.logLevel, d.logLevel, (v) => (['trace', 'debug', 'info', 'warn', 'error'].includes(v as string) ? undefined : 'must be trace, debug, info, warn or error')),
   }
   if (cfg.tls.renewBeforeDays >= cfg.tls.validityDays) problems.push('tls.renewBeforeDays: must be less than tls.validityDays')
-  const tunAddr = parseAddress(cfg.tun.addr.split('/')[0]!)
+  const tunAddr = parseInterfaceAddress(cfg.tun.addr)
   const tunDns = parseAddress(cfg.tun.dnsServer)
-  const tunBits = BigInt(32 - Number(cfg.tun.addr.split('/')[1]))
-  if (typeof tunAddr !== 'string' && typeof tunDns !== 'string' && (tunAddr.value >> tunBits) !== (tunDns.value >> tunBits)) problems.push(`tun.dnsServer: ${cfg.tun.dnsServer} is outside ${cfg.tun.addr} (the tunneler answers DNS inside its device)`)
+  if (typeof tunAddr !== 'string' && typeof tunDns !== 'string' && !cidrContains(tunAddr.network, tunDns)) problems.push(`tun.dnsServer: ${cfg.tun.dnsServer} is outside ${cfg.tun.addr} (the tunneler answers DNS inside its device)`)
   if (cfg.tproxy.protocols.length === 0) problems.push('tproxy.protocols: must list tcp, udp or both')
   // `ziti tunnel proxy` listens on 0.0.0.0 only: a v6 alias would be DNATed to [::1] where
   // nothing listens.

@@ -7,7 +7,7 @@ import { createServer, connect } from 'node:net'
 import { createSocket } from 'node:dgram'
 import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import { TPROXY_FWMARK, TPROXY_ROUTE_TABLE, type Intent } from '@ziti-cni/shared'
+import { TPROXY_FWMARK, TPROXY_ROUTE_TABLE, formatAddress, nthAddress, parseCidr, parseInterfaceAddress, type Cidr, type Intent } from '@ziti-cni/shared'
 
 export { EXIT_NOT_INTERCEPTED } from '@ziti-cni/shared'
 const TIMEOUT_MS = Number(process.env.ZITI_CNI_VALIDATOR_TIMEOUT_MS ?? 2000)
@@ -59,20 +59,18 @@ function checkTun(intent: Extract<Intent, { mode: 'tun' }>): string {
   try { owner = `${sys('owner')}:${sys('group')}` } catch { throw new Error(`the tun device ${intent.dev} is missing`) }
   if (owner !== `${intent.uid}:${intent.gid}`) throw new Error(`${intent.dev} is owned by ${owner}, not ${intent.uid}:${intent.gid}`)
   if ((Number.parseInt(sys('flags'), 16) & 1) === 0) throw new Error(`${intent.dev} is down`)
-  const [ip] = intent.addr.split('/') as [string]
-  const next = ip.split('.').map(Number)
-  next[3] = (next[3]! + 1) % 256
-  const route = execFileSync('ip', ['-4', 'route', 'get', next.join('.')], { encoding: 'utf8' })
-  if (!new RegExp(`\\bdev ${intent.dev}\\b`).test(route)) throw new Error(`${next.join('.')} is not routed into ${intent.dev}: ${route.trim()}`)
-  return `${intent.dev} is a tun owned by ${owner}, up, and ${next.join('.')} is routed into it`
+  // The tunneler's DNS address: the one after the device's own.
+  const { address } = parseInterfaceAddress(intent.addr) as { address: { family: 4; value: bigint } }
+  const dns = formatAddress({ family: 4, value: address.value + 1n })
+  const route = execFileSync('ip', ['-4', 'route', 'get', dns], { encoding: 'utf8' })
+  if (!new RegExp(`\\bdev ${intent.dev}\\b`).test(route)) throw new Error(`${dns} is not routed into ${intent.dev}: ${route.trim()}`)
+  return `${intent.dev} is a tun owned by ${owner}, up, and ${dns} is routed into it`
 }
 
 /** The first host address of an IPv4 CIDR (the network address itself for a /31 or /32). */
 function firstHost(cidr: string): string {
-  const [ip, bits] = cidr.split('/') as [string, string]
-  const o = ip.split('.').map(Number)
-  if (Number(bits) < 31) o[3] = o[3]! + 1
-  return o.join('.')
+  const c = parseCidr(cidr) as Cidr
+  return formatAddress(nthAddress(c, c.prefix < 31 ? 1 : 0)!)
 }
 
 export async function validate(intent: Intent): Promise<string> {

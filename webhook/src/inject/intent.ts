@@ -3,7 +3,7 @@
 import {
   ANNOTATION_DATAPATH, ANNOTATION_DNS_CAPTURE, ANNOTATION_IDENTITY, AUTO, ANNOTATION_EXCLUDE_CIDRS, ANNOTATION_EXCLUDE_PORTS, ANNOTATION_INTERCEPT_CIDRS, ANNOTATION_MODE, ANNOTATION_SERVICES,
   ValidationError, cidrContains, cidrsOverlap, formatAddress, formatCidr, formatPortRange, mergeCidrs, nthAddress, parseAddress, parseDatapath, parseDnsCapture, parseExcludeCidrs, parseExcludePorts,
-  parseCidr, parseInterceptCidrs, parseMode, parseServices, type Cidr, type Intent, type Mode, type Proto,
+  parseCidr, parseInterceptCidrs, parseInterfaceAddress, parseMode, parseServices, type Cidr, type Intent, type Mode, type Proto,
 } from '@ziti-cni/shared'
 import type { V1HostAlias } from '@kubernetes/client-node'
 import { NFTABLES_REFUSED, type WebhookConfig } from '../config.ts'
@@ -55,9 +55,7 @@ function planTun(annotations: Record<string, string>, cfg: WebhookConfig): Inter
   if (!cfg.tun.image) {
     throw new ValidationError(ANNOTATION_MODE, 'tun needs a tunneler image that attaches to a pre-provisioned device (webhook config tun.image; README "tun mode"), and none is configured')
   }
-  const addr = parseCidr(cfg.tun.addr.replace(/\/\d+$/, '/32')) as Cidr
-  const prefix = Number(cfg.tun.addr.split('/')[1])
-  const net = parseCidr(formatCidr({ family: 4, value: addr.value & ~((1n << BigInt(32 - prefix)) - 1n), prefix })) as Cidr
+  const net = (parseInterfaceAddress(cfg.tun.addr) as { network: Cidr }).network
   const asked = annotations[ANNOTATION_INTERCEPT_CIDRS] !== undefined ? parseInterceptCidrs(annotations[ANNOTATION_INTERCEPT_CIDRS]!) : cfg.tun.routes
   const routes: string[] = []
   for (const c of mergeCidrs(asked)) {

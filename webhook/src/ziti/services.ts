@@ -3,7 +3,7 @@
 // proxy mode cannot express becomes a warning naming the service and the reason: an
 // admission warning reaches `kubectl` and the API server's audit log, a silent drop reaches
 // no one.
-import { formatAddress, formatCidr, isDnsName, parseCidr, type Cidr, type Proto } from '@ziti-cni/shared'
+import { cidrsOverlap, formatAddress, formatCidr, formatDnatTarget, isDnsName, parseCidr, type Cidr, type Proto } from '@ziti-cni/shared'
 import type { DialableService } from './controller.ts'
 
 export interface AutoEntry {
@@ -17,9 +17,9 @@ export interface AutoEntry {
   service: string
 }
 
-/** `host:port[-portTo]/proto`: how warnings and drift reports name an entry. */
+/** `host:port[-portTo]/proto`: how warnings and drift reports name an entry (as the intent's errors do). */
 export function entryTarget(e: Pick<AutoEntry, 'host' | 'port' | 'portTo' | 'proto'>): string {
-  return `${e.host}:${e.port}${e.portTo !== undefined ? `-${e.portTo}` : ''}/${e.proto}`
+  return formatDnatTarget({ dst: e.host, port: e.port, portTo: e.portTo, proto: e.proto })
 }
 
 export interface AutoServices {
@@ -134,12 +134,5 @@ export function autoServices(services: DialableService[], limits: AutoLimits): A
 function overlaps(a: AutoEntry, b: AutoEntry): boolean {
   if (a.proto !== b.proto || a.isIp !== b.isIp) return false
   if (!(a.port <= (b.portTo ?? b.port) && b.port <= (a.portTo ?? a.port))) return false
-  if (!a.isIp) return a.host === b.host
-  const span = (h: string) => {
-    const c = parseCidr(h) as Cidr
-    return [c.value, c.value + (1n << BigInt(32 - c.prefix)) - 1n] as const
-  }
-  const [alo, ahi] = span(a.host)
-  const [blo, bhi] = span(b.host)
-  return alo <= bhi && blo <= ahi
+  return a.isIp ? cidrsOverlap(parseCidr(a.host) as Cidr, parseCidr(b.host) as Cidr) : a.host === b.host
 }
