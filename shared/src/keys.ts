@@ -79,5 +79,13 @@ export const EBPF_BYPASS_MARK = 0x2a2
 export const EBPF_BYPASS_RULE_PRIORITY = 10
 export const LOCAL_RULE_PRIORITY = 100
 
+/**
+ * tun mode: the extended resource the agent's device plugin serves and the webhook's sidecar
+ * asks for (one `/dev/net/tun` each).
+ */
+export const TUN_RESOURCE = 'tun.openziti.io/tun'
+/** An extended resource name as both sides accept it: `domain/name`. */
+export const EXTENDED_RESOURCE_NAME = /^[a-z0-9.-]+\/[a-z0-9.-]+$/
+
 /** Default Ziti DNS range; the tunnelers allocate service IPs from it (first one 100.64.0.2). */
 export const ZITI_DNS_RANGE = '100.64.0.0/10'

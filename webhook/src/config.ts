@@ -1,7 +1,7 @@
 // The webhook's configuration: a file (the mounted ConfigMap, YAML or JSON) plus env
 // overrides, validated at start-up with one clear message per bad key. Pure: the caller
 // reads the file; `validateConfig` only looks at values.
-import { ZITI_DNS_RANGE, cidrContains, isDnsName, parseAddress, parseCidr, parseInterfaceAddress, parsePort, formatCidr, tunDeviceProblem, type Cidr, type Mode } from '@ziti-cni/shared'
+import { EXTENDED_RESOURCE_NAME, TUN_RESOURCE, ZITI_DNS_RANGE, cidrContains, isDnsName, parseAddress, parseCidr, parseInterfaceAddress, parsePort, formatCidr, tunDeviceProblem, type Cidr, type Mode } from '@ziti-cni/shared'
 
 export interface Resources {
   requests?: Record<string, string>
@@ -145,7 +145,7 @@ export const DEFAULT_CONFIG: WebhookConfig = {
     addr: '100.64.0.1/10',
     dnsServer: '100.64.0.2',
     routes: [],
-    resource: 'tun.openziti.io/tun',
+    resource: TUN_RESOURCE,
   },
   validator: { enabled: true, image: '', daemonSet: 'ziti-cni-agent', uid: 2172 },
   controller: {
@@ -307,7 +307,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       }),
       dnsServer: pick('tun.dnsServer', tun.dnsServer, d.tun.dnsServer, (v) => (typeof v === 'string' && typeof parseAddress(v) !== 'string' && v.includes('.') ? undefined : 'must be an IPv4 address')),
       routes: cidrList('tun.routes', tun.routes, d.tun.routes),
-      resource: pick('tun.resource', tun.resource, d.tun.resource, (v) => (typeof v === 'string' && /^[a-z0-9.-]+\/[a-z0-9.-]+$/.test(v) ? undefined : 'must be an extended resource name (domain/name)')),
+      resource: pick('tun.resource', tun.resource, d.tun.resource, (v) => (typeof v === 'string' && EXTENDED_RESOURCE_NAME.test(v) ? undefined : 'must be an extended resource name (domain/name)')),
     },
     validator: {
       enabled: pick('validator.enabled', validator.enabled, d.validator.enabled, bool),

@@ -1,6 +1,7 @@
 // Command-line flags of the node agent: every path and endpoint, with defaults that match
 // the DaemonSet's hostPath mounts (host paths are mounted at the same paths in the container).
 import { parseArgs } from 'node:util'
+import { EXTENDED_RESOURCE_NAME, TUN_RESOURCE } from '@ziti-cni/shared'
 
 export interface AgentFlags {
   command: 'run' | 'uninstall'
@@ -130,8 +131,8 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
     if (!owner || Number(owner[1]) < 1 || Number(owner[2]) < 1) throw new FlagError(`--tun-owner: ${JSON.stringify(v['tun-owner'])} is not UID:GID (non-root)`)
     const devices = Number(v['tun-devices'] ?? '110')
     if (!Number.isInteger(devices) || devices < 1 || devices > 10000) throw new FlagError('--tun-devices must be an integer in 1-10000')
-    const resource = v['tun-resource'] ?? 'tun.openziti.io/tun'
-    if (!/^[a-z0-9.-]+\/[a-z0-9.-]+$/.test(resource)) throw new FlagError(`--tun-resource: ${JSON.stringify(resource)} is not an extended resource name (domain/name)`)
+    const resource = v['tun-resource'] ?? TUN_RESOURCE
+    if (!EXTENDED_RESOURCE_NAME.test(resource)) throw new FlagError(`--tun-resource: ${JSON.stringify(resource)} is not an extended resource name (domain/name)`)
     tunDevicePlugin = { dir: v['device-plugin-dir'] ?? '/var/lib/kubelet/device-plugins', resource, node: v['tun-device-node'] ?? '/var/run/ziti-cni/dev/net-tun', uid: Number(owner[1]), gid: Number(owner[2]), devices }
   } else {
     for (const k of ['device-plugin-dir', 'tun-resource', 'tun-device-node', 'tun-owner', 'tun-devices'] as const) if (v[k] !== undefined) throw new FlagError(`--${k} needs --tun-device-plugin`)
