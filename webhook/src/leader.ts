@@ -2,7 +2,7 @@
 // the holder renews every leaseSeconds/3; another replica takes over only after the lease has
 // gone unrenewed for leaseSeconds. Updates carry the resourceVersion read, so two replicas
 // racing for an expired lease cannot both win (the loser gets 409).
-import { CoordinationV1Api, type KubeConfig, type V1Lease } from '@kubernetes/client-node'
+import { CoordinationV1Api, V1MicroTime, type KubeConfig, type V1Lease } from '@kubernetes/client-node'
 import type { Logger } from 'pino'
 
 export class LeaderElector {
@@ -38,7 +38,9 @@ export class LeaderElector {
   }
 
   async tryAcquireOrRenew(): Promise<boolean> {
-    const now = new Date()
+    // MicroTime: the API server wants exactly six fractional digits (apimachinery
+    // micro_time.go); a plain Date serialises three and the write is refused with 400.
+    const now = new V1MicroTime()
     const was = this.isLeader()
     try {
       let lease: V1Lease | undefined

@@ -6,7 +6,7 @@
 // prefix so teardown, and an interrupted run's sweep, remove all of it.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -125,6 +125,8 @@ export class TestNode {
     this.agentKubeconfig = join(this.dir, 'agent.kubeconfig')
     this.pluginLog = join(this.dir, 'ziti-cni.log')
     for (const d of [this.confDir, this.binDir, join(this.dir, 'sa')]) mkdirSync(d, { recursive: true })
+    // Who owns this node: a sweep by another suite running at the same time leaves it alone.
+    writeFileSync(join(this.dir, OWNER_FILE), `${process.pid} ${this.prefix}\n`)
     // A node's CNI bin dir holds the reference plugins; the agent installs ziti-cni next to them.
     for (const p of ['bridge', 'host-local', 'loopback', 'portmap']) symlinkSync(join(REFERENCE_PLUGINS, p), join(this.binDir, p))
     this.containerd = new Containerd({ dir: join(this.dir, 'containerd'), cniBinDir: this.binDir, cniConfDir: this.confDir, sandboxImage: IMAGES.pause })
@@ -299,15 +301,42 @@ export class TestNode {
   }
 }
 
-/** Removes leftovers of interrupted runs: containerd instances, their netns, bridges, guards. */
+/** Removes leftovers of interrupted runs: containerd instances, their netns, bridges, guards.
+ * Nodes whose owning process is still alive (another suite running now) are left alone. */
 export function sweepLeftovers(): void {
+  const live = new Set<string>()
   for (const d of readdirSync(tmpdir()).filter((n) => n.startsWith(TEMP_PREFIX))) {
     const dir = join(tmpdir(), d)
+    const owner = readOwner(dir)
+    if (owner && owner.pid !== process.pid && processAlive(owner.pid)) {
+      live.add(owner.prefix)
+      continue
+    }
     if (existsSync(join(dir, 'containerd'))) cleanupInstance(join(dir, 'containerd'))
     removeDirWithMounts(dir)
   }
   const links = spawnSync('ip', ['-o', 'link', 'show', 'type', 'bridge'], { encoding: 'utf8' }).stdout ?? ''
-  for (const m of links.matchAll(/^\d+: (zc\d+[0-9a-f]{4}br)[:@]/gm)) spawnSync('ip', ['link', 'del', m[1]!])
+  for (const m of links.matchAll(/^\d+: ((zc\d+[0-9a-f]{4})br)[:@]/gm)) if (!live.has(m[2]!)) spawnSync('ip', ['link', 'del', m[1]!])
   const tables = spawnSync('nft', ['list', 'tables'], { encoding: 'utf8' }).stdout ?? ''
-  for (const m of tables.matchAll(/^table inet (zc\d+[0-9a-f]{4}_guard)$/gm)) spawnSync('nft', ['delete', 'table', 'inet', m[1]!])
+  for (const m of tables.matchAll(/^table inet ((zc\d+[0-9a-f]{4})_guard)$/gm)) if (!live.has(m[2]!)) spawnSync('nft', ['delete', 'table', 'inet', m[1]!])
+}
+
+const OWNER_FILE = 'owner'
+
+function readOwner(dir: string): { pid: number; prefix: string } | undefined {
+  try {
+    const [pid, prefix] = readFileSync(join(dir, OWNER_FILE), 'utf8').trim().split(' ')
+    return pid && prefix ? { pid: Number(pid), prefix } : undefined
+  } catch {
+    return undefined
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
 }
