@@ -5,7 +5,7 @@
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
 import { readFileSync, statSync, existsSync } from 'node:fs'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { rootOnly } from '../../shared/testkit/root.ts'
 import { TestNode, NODE_NAME, AGENT_BUNDLE, sweepLeftovers } from '../../e2e/node/lib/node.ts'
 import type { RunningPod } from '../../e2e/node/lib/kubelet.ts'
@@ -41,11 +41,13 @@ t.test('agent + executable on a real kernel', rootOnly(['nft', 'ip', 'nsenter', 
   }
   const failure = (p: Promise<unknown>) => p.then(() => undefined, (e: unknown) => e as CniCallError)
 
-  await t.test('the installer appended ziti-cni to the primary conflist and wrote a 0600 kubeconfig', async (t) => {
+  await t.test('the installer appended ziti-cni to the primary conflist; no credential on disk, a 0600 intent snapshot', async (t) => {
     const list = JSON.parse(readFileSync(join(node.confDir, '10-bridge.conflist'), 'utf8'))
     t.same(list.plugins.map((p: { type: string }) => p.type), ['bridge', 'ziti-cni'])
     t.equal(list.plugins[1].agentSocket, node.socket)
-    t.equal(statSync(node.pluginKubeconfig).mode & 0o777, 0o600)
+    t.equal(list.plugins[1].snapshot, join(dirname(node.socket), 'intents.json'))
+    t.notOk(existsSync(node.pluginKubeconfig), 'no kubeconfig for the executable')
+    t.equal(statSync(list.plugins[1].snapshot).mode & 0o777, 0o600)
     t.equal(statSync(join(node.binDir, 'ziti-cni')).mode & 0o777, 0o755)
   })
 
@@ -170,13 +172,13 @@ t.test('agent + executable on a real kernel', rootOnly(['nft', 'ip', 'nsenter', 
     t.match(node.agentLog.join('\n'), /leaving the plugin installed/)
   })
 
-  await t.test('SIGTERM after the DaemonSet was deleted (uninstall): everything is removed', async (t) => {
+  await t.test('SIGTERM after the DaemonSet was deleted (uninstall): the entry is removed, the executable kept for DELs', async (t) => {
     await node.startAgent()
     node.api.delete('daemonsets', 'ziti-cni-system', 'ziti-cni-agent')
     await node.stopAgent()
     t.same(JSON.parse(readFileSync(join(node.confDir, '10-bridge.conflist'), 'utf8')), JSON.parse(original))
-    t.notOk(existsSync(join(node.binDir, 'ziti-cni')))
-    t.notOk(existsSync(node.pluginKubeconfig))
+    t.ok(existsSync(join(node.binDir, 'ziti-cni')))
+    t.match(readFileSync(join(dirname(node.socket), 'intents.json'), 'utf8'), /"state":"uninstalled"/)
   })
 
   await t.test('uninstall in rendered order (RBAC first): 403 or 401 on the DaemonSet GET also uninstalls, and no pod is blocked', async (t) => {
@@ -194,29 +196,26 @@ t.test('agent + executable on a real kernel', rootOnly(['nft', 'ip', 'nsenter', 
       t.match(node.agentLog.join('\n'), /credentials are revoked: uninstalling/)
       restore()
     }
-    // The executable left behind on a node whose agent died without uninstalling: with the
-    // agent gone and the credential refused it passes pods through instead of blocking them.
+    // An agent that died without uninstalling: the executable has no credential to be refused;
+    // the intent snapshot decides, and a pod with intent fails closed whatever the API says.
     await node.startAgent()
     await node.stopAgent('SIGKILL')
     node.api.denied.set(token, new Set(['pods']))
     const p = await node.api.put('pods', pod('during-uninstall', PROXY_INTENT))
-    const s = await node.runPod(p as never)
-    t.ok(s.ip, 'the pod still gets its network (its validator, if injected, would refuse to run unintercepted)')
-    t.not(table(s).status, 0, 'and nothing was programmed')
-    await node.removePod(s)
+    const err = await node.runPod(p as never).then(() => undefined, (e: Error) => e)
+    t.match(err?.message, /ziti-cni agent is down .*fails closed/, 'never started unprogrammed')
     node.api.denied.delete(token)
     node.api.delete('daemonsets', 'ziti-cni-system', 'ziti-cni-agent')
   })
 
-  await t.test('the explicit uninstall command restores the primary conflist and removes our files', async (t) => {
+  await t.test('the explicit uninstall command restores the primary conflist and leaves the tombstone', async (t) => {
     await node.startAgent()
     t.match(readFileSync(join(node.confDir, '10-bridge.conflist'), 'utf8'), /ziti-cni/, 'installed again')
     await node.api.create('daemonsets', { metadata: { name: 'ziti-cni-agent', namespace: 'ziti-cni-system' }, spec: {} })
     await node.stopAgent()
-    const r = spawnSync(process.execPath, [AGENT_BUNDLE, 'uninstall', '--cni-bin-dir', node.binDir, '--cni-conf-dir', node.confDir, '--plugin-kubeconfig', node.pluginKubeconfig], { encoding: 'utf8' })
+    const r = spawnSync(process.execPath, [AGENT_BUNDLE, 'uninstall', '--cni-bin-dir', node.binDir, '--cni-conf-dir', node.confDir, '--plugin-kubeconfig', node.pluginKubeconfig, '--socket', node.socket], { encoding: 'utf8' })
     t.equal(r.status, 0, r.stderr)
     t.same(JSON.parse(readFileSync(join(node.confDir, '10-bridge.conflist'), 'utf8')), JSON.parse(original))
-    t.notOk(existsSync(join(node.binDir, 'ziti-cni')))
-    t.notOk(existsSync(node.pluginKubeconfig))
+    t.match(readFileSync(join(dirname(node.socket), 'intents.json'), 'utf8'), /"state":"uninstalled"/, 'the tombstone')
   })
 })

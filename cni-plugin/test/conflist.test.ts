@@ -1,10 +1,10 @@
 import t from 'tap'
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { insertPlugin, removePlugin, selectPrimary, hasPlugin, parseConf, PLUGIN_TYPE } from '../src/install/conflist.ts'
+import { insertPlugin, removePlugin, restoreConverted, selectPrimary, hasPlugin, parseConf, PLUGIN_TYPE } from '../src/install/conflist.ts'
 
 const dir = new URL('./golden/conflist/', import.meta.url)
 const update = process.env.UPDATE_GOLDEN === '1'
-const entry = { type: PLUGIN_TYPE, agentSocket: '/var/run/ziti-cni/agent.sock', kubeconfig: '/etc/cni/net.d/ziti-cni.d/ziti-cni.kubeconfig', timeoutSeconds: 10 } as const
+const entry = { type: PLUGIN_TYPE, agentSocket: '/var/run/ziti-cni/agent.sock', snapshot: '/var/run/ziti-cni/intents.json', timeoutSeconds: 10 } as const
 
 for (const input of readdirSync(dir).filter((n) => n.includes('.input.'))) {
   t.test(input, async (t) => {
@@ -31,6 +31,12 @@ for (const input of readdirSync(dir).filter((n) => n.includes('.input.'))) {
     t.ok(removed.changed)
     t.same(parseConf(removed.file)!.plugins, parseConf({ name, content })!.plugins, 'removal restores the original plugin list')
     t.notOk(removePlugin(removed.file).changed, 'removing twice changes nothing')
+    if (res.remove) {
+      const back = restoreConverted(res.file, { name, content })
+      t.same(back, { file: { name, content }, remove: '10-primary.conflist' }, 'uninstall puts the converted .conf back byte for byte')
+      const edited = { name: res.file.name, content: res.file.content.replace(`"type": "${PLUGIN_TYPE}"`, `"type": "${PLUGIN_TYPE}"}, {"type": "tuning"`) }
+      t.same(restoreConverted(edited, { name, content }).remove, undefined, 'a list the primary changed since is kept as a list')
+    }
   })
 }
 

@@ -1,28 +1,27 @@
-// The installer against temp dirs: atomic writes, 0600 kubeconfig, token rotation, re-insert
-// after the primary CNI rewrites its file, uninstall vs upgrade.
+// The installer against temp dirs: atomic writes, the front end and its runtime directory, no
+// credential on the node (an older release's kubeconfig deleted), re-insert after the primary
+// CNI rewrites its file, upgrade, uninstall (tombstone, converted .conf restored, executable kept).
 import t from 'tap'
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, existsSync, mkdirSync, readdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { pino } from 'pino'
 import { Installer, uninstall } from '../src/install/installer.ts'
-import { inClusterServer } from '../src/install/kubeconfig.ts'
-import { loadKubeconfig } from '../src/plugin/pod-fallback.ts'
+import { parseSnapshot } from '../src/cni/intent-snapshot.ts'
 
 function setup() {
   const dir = mkdtempSync(join(tmpdir(), 'zcni-inst-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  for (const d of ['net.d', 'bin', 'sa', 'src']) mkdirSync(join(dir, d))
-  writeFileSync(join(dir, 'sa/token'), 'token-1')
-  writeFileSync(join(dir, 'sa/ca.crt'), '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n')
-  writeFileSync(join(dir, 'src/ziti-cni'), '#!/bin/sh\necho v1\n')
+  for (const d of ['net.d', 'bin', 'run', 'src/ziti-cni.d']) mkdirSync(join(dir, d), { recursive: true })
+  writeFileSync(join(dir, 'src/ziti-cni'), 'front end v1')
+  writeFileSync(join(dir, 'src/ziti-cni.d/ld.so'), 'loader', { mode: 0o755 })
+  writeFileSync(join(dir, 'src/ziti-cni.d/libc.so.6'), 'libc', { mode: 0o644 })
   const primary = JSON.stringify({ cniVersion: '0.3.1', name: 'kindnet', plugins: [{ type: 'ptp' }, { type: 'portmap' }] })
   writeFileSync(join(dir, 'net.d/10-kindnet.conflist'), primary)
   const reinserts: string[] = []
   const opts = {
     pluginSource: join(dir, 'src/ziti-cni'), cniBinDir: join(dir, 'bin'), cniConfDir: join(dir, 'net.d'),
-    pluginKubeconfig: join(dir, 'net.d/ziti-cni.d/ziti-cni.kubeconfig'), tokenFile: join(dir, 'sa/token'), caFile: join(dir, 'sa/ca.crt'),
-    apiServer: 'https://10.96.0.1:443', entry: { type: 'ziti-cni' as const, agentSocket: '/var/run/ziti-cni/agent.sock' },
+    pluginKubeconfig: join(dir, 'net.d/ziti-cni.d/ziti-cni.kubeconfig'), snapshot: join(dir, 'run/intents.json'), entry: { type: 'ziti-cni' as const, agentSocket: '/var/run/ziti-cni/agent.sock' },
     checkIntervalMs: 60_000, onReinsert: (p: string) => reinserts.push(p),
   }
   const installer = new Installer(opts, pino({ level: 'silent' }))
@@ -37,51 +36,75 @@ const waitFor = async (cond: () => boolean, ms = 5000) => {
   }
 }
 
-t.test('first install', async (t) => {
+t.test('first install: the front end and its runtime directory, no credential', async (t) => {
   const { dir, opts, installer } = setup()
+  // An older release left a kubeconfig with a token that reads every pod in the cluster.
+  mkdirSync(dirname(opts.pluginKubeconfig))
+  writeFileSync(opts.pluginKubeconfig, '{"users":[{"user":{"token":"cluster-wide"}}]}')
   const state = installer.reconcile('test')
   t.same(state, { status: 'inserted', primary: '10-kindnet.conflist', primaryType: 'ptp' })
-  t.equal(readFileSync(join(dir, 'bin/ziti-cni'), 'utf8'), '#!/bin/sh\necho v1\n')
+  t.equal(readFileSync(join(dir, 'bin/ziti-cni'), 'utf8'), 'front end v1')
   t.equal(statSync(join(dir, 'bin/ziti-cni')).mode & 0o777, 0o755)
-  t.equal(statSync(opts.pluginKubeconfig).mode & 0o777, 0o600, 'kubeconfig is 0600')
-  const kc = loadKubeconfig(opts.pluginKubeconfig)
-  t.equal(kc.server, 'https://10.96.0.1:443')
-  t.equal(kc.token, 'token-1')
-  t.match(kc.ca?.toString(), /BEGIN CERTIFICATE/)
+  t.same(readdirSync(join(dir, 'bin/ziti-cni.d')), ['ld.so', 'libc.so.6'], 'the runtime directory beside it')
+  t.equal(statSync(join(dir, 'bin/ziti-cni.d/ld.so')).mode & 0o777, 0o755, 'the loader is executable')
+  t.equal(statSync(join(dir, 'bin/ziti-cni.d/libc.so.6')).mode & 0o777, 0o644, 'libraries are not')
+  t.notOk(existsSync(opts.pluginKubeconfig), 'the old credential is deleted from the node')
+  t.notMatch(readFileSync(join(dir, 'net.d/10-kindnet.conflist'), 'utf8'), /kubeconfig|token/, 'the conflist names no credential')
   t.same(installer.reconcile('again'), { status: 'ok', primary: '10-kindnet.conflist', primaryType: 'ptp' }, 'idempotent')
-  t.same(readdirSync(join(dir, 'bin')), ['ziti-cni'], 'no temp files left behind')
+  t.same(readdirSync(join(dir, 'bin')), ['ziti-cni', 'ziti-cni.d'], 'no temp files left behind')
 })
 
-t.test('token rotation rewrites the kubeconfig; a rewritten conflist gets ziti-cni back', async (t) => {
-  const { dir, opts, installer, primary, reinserts } = setup()
+t.test('a rewritten conflist gets ziti-cni back', async (t) => {
+  const { dir, installer, primary, reinserts } = setup()
   installer.start()
   t.teardown(() => installer.stop())
-  writeFileSync(opts.tokenFile, 'token-2')
-  await waitFor(() => loadKubeconfig(opts.pluginKubeconfig).token === 'token-2')
-  t.pass('rotated token reached the kubeconfig')
   writeFileSync(join(dir, 'net.d/10-kindnet.conflist'), primary) // the primary CNI rewrites its file
   await waitFor(() => readFileSync(join(dir, 'net.d/10-kindnet.conflist'), 'utf8').includes('ziti-cni'))
   t.same(reinserts, ['ptp'], 'the re-insert names the likely culprit')
 })
 
-t.test('upgrade replaces the executable; uninstall removes everything', async (t) => {
+t.test('upgrade replaces the executable; uninstall leaves a tombstone and the executable', async (t) => {
   const { dir, opts, installer, primary } = setup()
   installer.reconcile('v1')
   // An upgrade is a new agent pod with a new executable in its image.
-  writeFileSync(opts.pluginSource, '#!/bin/sh\necho v2\n')
+  writeFileSync(opts.pluginSource, 'front end v2')
+  writeFileSync(join(dir, 'src/ziti-cni.d/libc.so.6'), 'libc v2')
   const upgraded = new Installer(opts, pino({ level: 'silent' }))
   upgraded.reconcile('v2')
-  t.equal(readFileSync(join(dir, 'bin/ziti-cni'), 'utf8'), '#!/bin/sh\necho v2\n')
-  // Someone replaces the installed file: the next periodic pass puts ours back.
-  writeFileSync(join(dir, 'bin/ziti-cni'), 'tampered')
+  t.equal(readFileSync(join(dir, 'bin/ziti-cni'), 'utf8'), 'front end v2')
+  t.equal(readFileSync(join(dir, 'bin/ziti-cni.d/libc.so.6'), 'utf8'), 'libc v2', 'the runtime directory is upgraded too')
+  // Someone replaces an installed file: the next periodic pass puts ours back.
+  writeFileSync(join(dir, 'bin/ziti-cni.d/ld.so'), 'tampered')
   upgraded.reconcile('periodic')
-  t.equal(readFileSync(join(dir, 'bin/ziti-cni'), 'utf8'), '#!/bin/sh\necho v2\n', 'a changed file on the node is noticed without re-hashing every pass')
+  t.equal(readFileSync(join(dir, 'bin/ziti-cni.d/ld.so'), 'utf8'), 'loader', 'a changed file on the node is noticed without re-hashing every pass')
   const done = uninstall(opts)
-  t.equal(done.length, 4)
+  t.same(done, [`marked ${opts.snapshot} uninstalled`, 'removed ziti-cni from 10-kindnet.conflist'])
+  t.same(parseSnapshot(readFileSync(opts.snapshot, 'utf8')), { v: 1, state: 'uninstalled' }, 'the tombstone tells the executable it was uninstalled, not that the agent is down')
+  t.equal(statSync(opts.snapshot).mode & 0o777, 0o600)
   t.same(JSON.parse(readFileSync(join(dir, 'net.d/10-kindnet.conflist'), 'utf8')), JSON.parse(primary))
-  t.notOk(existsSync(join(dir, 'bin/ziti-cni')))
-  t.notOk(existsSync(opts.pluginKubeconfig))
+  t.ok(existsSync(join(dir, 'bin/ziti-cni')) && existsSync(join(dir, 'bin/ziti-cni.d/ld.so')), 'the executable stays for DELs of pods a runtime tears down with the config cached at ADD')
   t.same(readdirSync(join(dir, 'net.d')), ['10-kindnet.conflist'], 'nothing of ours left in the conf dir, ziti-cni.d included')
+})
+
+t.test('a primary .conf converted at install is restored byte for byte at uninstall', async (t) => {
+  const { dir, opts, installer } = setup()
+  rmSync(join(dir, 'net.d/10-kindnet.conflist'))
+  const original = '{\n  "cniVersion": "0.3.1", "name": "flannel",\n  "type": "flannel", "delegate": {"isDefaultGateway": true}\n}\n'
+  writeFileSync(join(dir, 'net.d/10-flannel.conf'), original)
+  t.same(installer.reconcile('install'), { status: 'inserted', primary: '10-flannel.conflist', primaryType: 'flannel' })
+  t.same(readdirSync(join(dir, 'net.d')).sort(), ['10-flannel.conflist', 'ziti-cni.d'], 'the .conf gave way to a .conflist')
+  t.same(uninstall(opts).slice(1), ['restored 10-flannel.conf (replaced 10-flannel.conflist)', `deleted ${join(dir, 'net.d/ziti-cni.d')}`])
+  t.same(readdirSync(join(dir, 'net.d')), ['10-flannel.conf'])
+  t.equal(readFileSync(join(dir, 'net.d/10-flannel.conf'), 'utf8'), original, 'exactly as the primary wrote it')
+
+  // The primary CNI changed its list meanwhile: its list stays, without us.
+  installer.reconcile('reinstall')
+  const conflist = join(dir, 'net.d/10-flannel.conflist')
+  const list = JSON.parse(readFileSync(conflist, 'utf8'))
+  list.plugins.splice(1, 0, { type: 'portmap' })
+  writeFileSync(conflist, JSON.stringify(list))
+  t.match(uninstall(opts)[1], /removed ziti-cni from 10-flannel.conflist \(changed since; 10-flannel.conf not restored\)/)
+  t.same(JSON.parse(readFileSync(conflist, 'utf8')).plugins.map((p: { type: string }) => p.type), ['flannel', 'portmap'])
 })
 
 t.test('no primary config yet', async (t) => {
@@ -89,10 +112,4 @@ t.test('no primary config yet', async (t) => {
   writeFileSync(join(dir, 'net.d/10-kindnet.conflist'), '{')
   t.same(installer.reconcile('test'), { status: 'no-primary' })
   t.notOk(installer.ready)
-})
-
-t.test('in-cluster server address', async (t) => {
-  t.equal(inClusterServer({ KUBERNETES_SERVICE_HOST: '10.96.0.1', KUBERNETES_SERVICE_PORT: '443' }), 'https://10.96.0.1:443')
-  t.equal(inClusterServer({ KUBERNETES_SERVICE_HOST: 'fd00::1', KUBERNETES_SERVICE_PORT: '443' }), 'https://[fd00::1]:443')
-  t.equal(inClusterServer({}), undefined)
 })

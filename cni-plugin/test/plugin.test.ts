@@ -1,8 +1,10 @@
-// The executable's logic with injected I/O: every command, every error code, the fallback.
+// The executable's logic with injected I/O: every command, every error code, the agent-down
+// path through the intent snapshot (each branch: proven no intent, intent, unknown pod, another
+// incarnation, no uid, no snapshot, a broken one, uninstalled).
 import t from 'tap'
 import { runPlugin, type PluginDeps } from '../src/plugin/run.ts'
 import { AgentUnreachable } from '../src/plugin/agent-client.ts'
-import { CredentialRefused } from '../src/plugin/pod-fallback.ts'
+import { renderSnapshot, type IntentSnapshot } from '../src/cni/intent-snapshot.ts'
 import { convertResult, parseCniArgs, CniError } from '../src/cni/spec.ts'
 import type { AgentRequest, AgentResponse } from '../src/cni/agent-protocol.ts'
 
@@ -13,7 +15,7 @@ const prevResult = {
   routes: [{ dst: '0.0.0.0/0' }],
   dns: {},
 }
-const conf = (extra: object = {}) => JSON.stringify({ cniVersion: '1.0.0', name: 'net', type: 'ziti-cni', agentSocket: '/s.sock', kubeconfig: '/k', prevResult, ...extra })
+const conf = (extra: object = {}) => JSON.stringify({ cniVersion: '1.0.0', name: 'net', type: 'ziti-cni', agentSocket: '/s.sock', snapshot: '/run/intents.json', prevResult, ...extra })
 const env = (cmd: string, extra: Record<string, string> = {}) => ({
   CNI_COMMAND: cmd, CNI_CONTAINERID: 'abc123', CNI_NETNS: '/var/run/netns/x', CNI_IFNAME: 'eth0',
   CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=apps;K8S_POD_NAME=web-1;K8S_POD_UID=uid-1', ...extra,
@@ -25,12 +27,13 @@ function deps(over: Partial<PluginDeps> = {}): PluginDeps & { calls: AgentReques
     calls,
     callAgent: async (_s, body) => { calls.push(body); return { ok: true, intercepted: true, mode: 'proxy' } },
     agentStatus: async () => true,
-    readPod: async () => ({ uid: 'uid-1', annotations: {} }),
-    kubeconfigReadable: () => true,
+    readSnapshot: (p) => (p === '/run/intents.json' ? snap([{ namespace: 'apps', name: 'web-1', uid: 'uid-1', intent: false }]) : undefined),
     logger: () => ({ log: () => {} }),
     ...over,
   }
 }
+const snap = (pods: Array<{ namespace: string; name: string; uid: string; intent: boolean }>) =>
+  renderSnapshot({ v: 1, state: 'installed', node: 'n1', pods } satisfies IntentSnapshot)
 const down = async (): Promise<AgentResponse> => { throw new AgentUnreachable('cannot reach the agent at /s.sock: ECONNREFUSED') }
 
 t.test('VERSION lists 0.3.0 to 1.1.0', async (t) => {
@@ -84,31 +87,61 @@ t.test('errors are the spec error JSON with the right code', async (t) => {
   t.same(agentErr.stdout, { cniVersion: '1.0.0', code: 101, msg: 'bad intent', details: 'nothing was programmed' }, 'agent errors are relayed as-is')
 })
 
-t.test('agent down: fallback reads the pod directly', async (t) => {
-  const plain = await runPlugin(env('ADD'), conf(), deps({ callAgent: down }))
-  t.equal(plain.exitCode, 0, 'no intent: passes through')
-  const missing = await runPlugin(env('ADD'), conf(), deps({ callAgent: down, readPod: async () => undefined }))
-  t.equal(missing.exitCode, 0, 'pod not in the API: nothing to intercept')
-  const intent = await runPlugin(env('ADD'), conf(), deps({ callAgent: down, readPod: async () => ({ uid: 'uid-1', annotations: { 'cni.openziti.io/interception': '{}' } }) }))
-  t.equal((intent.stdout as { code: number }).code, 11)
-  t.match((intent.stdout as { msg: string }).msg, /agent is down .*ECONNREFUSED.*apps\/web-1 has interception intent, so it fails closed/)
-  const stale = await runPlugin(env('ADD'), conf(), deps({ callAgent: down, readPod: async () => ({ uid: 'uid-0', annotations: {} }) }))
-  t.match((stale.stdout as { msg: string }).msg, /has uid uid-0, not uid-1/, 'another incarnation of the pod is never trusted')
-  const apiDown = await runPlugin(env('ADD'), conf(), deps({ callAgent: down, readPod: async () => { throw new Error('ECONNREFUSED') } }))
-  t.equal((apiDown.stdout as { code: number }).code, 11, 'API unreachable too: retry later')
-  const refused = await runPlugin(env('ADD'), conf(), deps({ callAgent: down, readPod: async () => { throw new CredentialRefused('API server answered 401 for pod apps/web-1') } }))
-  t.same(refused, { stdout: prevResult, exitCode: 0 }, 'agent gone and credential refused (out-of-order uninstall): pass through, never block the node')
-  const del = await runPlugin(env('DEL'), conf(), deps({ callAgent: down }))
-  t.same(del, { stdout: undefined, exitCode: 0 }, 'DEL succeeds with the agent down')
-  const gc = await runPlugin(env('GC'), conf({ cniVersion: '1.1.0', 'cni.dev/valid-attachments': [] }), deps({ callAgent: down }))
+t.test('agent down: the intent snapshot decides, and only a proven "no intent" passes', async (t) => {
+  const msg = (o: { stdout: unknown }) => (o.stdout as { msg: string }).msg
+  const code = (o: { stdout: unknown }) => (o.stdout as { code: number }).code
+  const withSnap = (text: string | undefined) => deps({ callAgent: down, readSnapshot: () => text })
+
+  t.same(await runPlugin(env('ADD'), conf(), deps({ callAgent: down })), { stdout: prevResult, exitCode: 0 }, 'listed without intent: passes through')
+  const check = await runPlugin(env('CHECK', {}), conf({ cniVersion: '1.1.0' }), deps({ callAgent: down }))
+  t.equal(check.exitCode, 0, 'CHECK of a pod without intent passes too')
+
+  const intent = await runPlugin(env('ADD'), conf(), withSnap(snap([{ namespace: 'apps', name: 'web-1', uid: 'uid-1', intent: true }])))
+  t.equal(code(intent), 11, 'intent: try again later')
+  t.match(msg(intent), /agent is down .*ECONNREFUSED.*apps\/web-1 has interception intent, so pod apps\/web-1 fails closed until the agent is back/)
+
+  const unknown = await runPlugin(env('ADD'), conf(), withSnap(snap([{ namespace: 'apps', name: 'other', uid: 'uid-9', intent: false }])))
+  t.equal(code(unknown), 11)
+  t.match(msg(unknown), /apps\/web-1 \(uid uid-1\) is not in the intent snapshot yet/, 'a pod the snapshot does not know fails closed')
+
+  const stale = await runPlugin(env('ADD'), conf(), withSnap(snap([{ namespace: 'apps', name: 'web-1', uid: 'uid-0', intent: false }])))
+  t.match(msg(stale), /is not in the intent snapshot/, 'another incarnation with the same name is never trusted')
+
+  const noUid = await runPlugin(env('ADD', { CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=apps;K8S_POD_NAME=web-1' }), conf(), deps({ callAgent: down }))
+  t.match(msg(noUid), /passed no K8S_POD_UID/, 'no uid to match: fails closed')
+
+  const none = await runPlugin(env('ADD'), conf(), withSnap(undefined))
+  t.equal(code(none), 11)
+  t.match(msg(none), /no intent snapshot on this node/, 'no snapshot (fresh boot, agent not up yet): fails closed')
+
+  const broken = await runPlugin(env('ADD'), conf(), withSnap('{"v":1,"state":"installed","node":"n1","pods":[{"name":"web-1"}]}'))
+  t.match(msg(broken), /intent snapshot is unreadable: field pods\[0\]/, 'a malformed snapshot fails closed, naming the field')
+  const garbage = await runPlugin(env('ADD'), conf(), withSnap('{'))
+  t.match(msg(garbage), /unreadable: not JSON/)
+  const eacces = await runPlugin(env('ADD'), conf(), deps({ callAgent: down, readSnapshot: () => { throw new Error('EACCES: permission denied') } }))
+  t.match(msg(eacces), /unreadable: \/run\/intents.json: EACCES/, 'an unreadable file fails closed')
+
+  const gone = await runPlugin(env('ADD'), conf(), withSnap(renderSnapshot({ v: 1, state: 'uninstalled' })))
+  t.same(gone, { stdout: prevResult, exitCode: 0 }, 'uninstalled (tombstone): a config a runtime cached passes pods through')
+
+  const hung = await runPlugin(env('ADD'), conf(), deps({ callAgent: async () => { throw new AgentUnreachable('no answer from the agent at /s.sock within 10000 ms') }, readSnapshot: () => snap([{ namespace: 'apps', name: 'web-1', uid: 'uid-1', intent: true }]) }))
+  t.match(msg(hung), /no answer from the agent .* fails closed/, 'a hung agent is the same as a stopped one')
+
+  const up = deps({ readSnapshot: () => { throw new Error('must not be read while the agent answers') } })
+  t.equal((await runPlugin(env('ADD'), conf(), up)).exitCode, 0, 'agent up: the snapshot is never read')
+
+  const del = await runPlugin(env('DEL'), conf(), withSnap(undefined))
+  t.same(del, { stdout: undefined, exitCode: 0 }, 'DEL succeeds with the agent down and no snapshot')
+  const gc = await runPlugin(env('GC'), conf({ cniVersion: '1.1.0', 'cni.dev/valid-attachments': [] }), withSnap(undefined))
   t.equal(gc.exitCode, 0, 'GC succeeds with the agent down')
 })
 
 t.test('STATUS', async (t) => {
   t.equal((await runPlugin(env('STATUS'), conf({ cniVersion: '1.1.0' }), deps())).exitCode, 0)
-  t.equal((await runPlugin(env('STATUS'), conf({ cniVersion: '1.1.0' }), deps({ agentStatus: async () => false }))).exitCode, 0, 'degraded but can serve pods without intent')
-  const out = await runPlugin(env('STATUS'), conf({ cniVersion: '1.1.0' }), deps({ agentStatus: async () => false, kubeconfigReadable: () => false }))
+  t.equal((await runPlugin(env('STATUS'), conf({ cniVersion: '1.1.0' }), deps({ agentStatus: async () => false }))).exitCode, 0, 'degraded but can serve the pods the snapshot shows without intent')
+  const out = await runPlugin(env('STATUS'), conf({ cniVersion: '1.1.0' }), deps({ agentStatus: async () => false, readSnapshot: () => undefined }))
   t.equal((out.stdout as { code: number }).code, 50)
+  t.match((out.stdout as { msg: string }).msg, /agent at \/s.sock is down and no intent snapshot/)
 })
 
 t.test('CNI_ARGS parsing', async (t) => {

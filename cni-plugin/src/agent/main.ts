@@ -2,11 +2,11 @@
 // programs pod netns, and installs/guards the plugin on the node.
 import { AppsV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node'
 import { chmodSync, mkdirSync, rmSync } from 'node:fs'
-import { dirname } from 'node:path'
+import { dirname, join } from 'node:path'
 import { pino, type Logger } from 'pino'
 import { PLUGIN_TYPE } from '../install/conflist.ts'
-import { inClusterServer } from '../install/kubeconfig.ts'
 import { Installer, uninstall } from '../install/installer.ts'
+import { SnapshotWriter } from './snapshot.ts'
 import { FlagError, HelpRequested, parseFlags, USAGE, type AgentFlags } from './flags.ts'
 import { createAgentMetrics } from './metrics.ts'
 import { createNetns } from './netns.ts'
@@ -21,10 +21,15 @@ function pluginEntry(f: AgentFlags) {
   return {
     type: PLUGIN_TYPE,
     agentSocket: f.socket,
-    kubeconfig: f.pluginKubeconfig,
+    snapshot: snapshotPath(f),
     timeoutSeconds: f.pluginTimeoutSeconds,
     ...(f.pluginLogFile ? { logFile: f.pluginLogFile } : {}),
   } as const
+}
+
+/** The intent snapshot lives beside the agent's socket, in its root-only run dir. */
+function snapshotPath(f: Pick<AgentFlags, 'socket'>): string {
+  return join(dirname(f.socket), 'intents.json')
 }
 
 async function run(f: AgentFlags): Promise<void> {
@@ -45,6 +50,11 @@ async function run(f: AgentFlags): Promise<void> {
     count: (action) => metrics.repairs.inc({ action }),
   })
   pods.onPod((pod) => void repairer.consider(pod))
+  mkdirSync(dirname(f.socket), { recursive: true, mode: 0o700 })
+  chmodSync(dirname(f.socket), 0o700)
+  const snapshot = new SnapshotWriter(snapshotPath(f), f.nodeName)
+  snapshot.flush()
+  pods.onPod((pod) => snapshot.observe(pod))
   const repairTimer = setInterval(() => void repairer.tick(), 5_000)
   repairTimer.unref()
   const state = new StateStore(f.stateDir)
@@ -57,17 +67,14 @@ async function run(f: AgentFlags): Promise<void> {
   }
 
   const cni = createCniServer(programmer, metrics, log)
-  mkdirSync(dirname(f.socket), { recursive: true, mode: 0o700 })
   rmSync(f.socket, { force: true })
   await new Promise<void>((resolve, reject) => { cni.once('error', reject); cni.listen(f.socket, () => resolve()) })
   chmodSync(f.socket, 0o600)
 
   if (f.install) {
-    const apiServer = f.apiServer ?? inClusterServer(process.env)
-    if (!apiServer) throw new FlagError('--api-server is required outside a cluster (no KUBERNETES_SERVICE_HOST)')
     installer = new Installer({
       pluginSource: f.pluginBinary, cniBinDir: f.cniBinDir, cniConfDir: f.cniConfDir, pluginKubeconfig: f.pluginKubeconfig,
-      tokenFile: f.tokenFile, caFile: f.caFile, apiServer, entry: pluginEntry(f), checkIntervalMs: f.checkIntervalMs,
+      entry: pluginEntry(f), checkIntervalMs: f.checkIntervalMs,
       onReinsert: (primary) => metrics.reinserts.inc({ primary }),
     }, log)
     installer.start()
@@ -99,7 +106,8 @@ async function run(f: AgentFlags): Promise<void> {
     await new Promise<void>((resolve) => cni.close(() => resolve()))
     await health.close()
     await pods.stop()
-    if (await shouldUninstall(f, kc, log)) for (const line of uninstall(f)) log.info(line)
+    snapshot.flush()
+    if (await shouldUninstall(f, kc, log)) for (const line of uninstall({ ...f, snapshot: snapshotPath(f) })) log.info(line)
     else log.info('leaving the plugin installed (upgrade or restart)')
     rmSync(f.socket, { force: true })
     process.exit(0)
@@ -139,7 +147,7 @@ async function main(): Promise<void> {
     process.exit(2)
   }
   if (flags.command === 'uninstall') {
-    for (const line of uninstall(flags)) process.stderr.write(`${line}\n`)
+    for (const line of uninstall({ ...flags, snapshot: snapshotPath(flags) })) process.stderr.write(`${line}\n`)
     return
   }
   await run(flags)

@@ -4,8 +4,8 @@ import { CniError, ErrorCode, SUPPORTED_VERSIONS, commandAllowed, isSupportedVer
 export interface PluginConf extends NetConf {
   /** Unix socket of the node agent. */
   agentSocket?: string
-  /** Kubeconfig the installer wrote, for the fallback path when the agent is down. */
-  kubeconfig?: string
+  /** The agent's node-local intent snapshot, read only when the agent is down. */
+  snapshot?: string
   /** Bound on each agent/API call. */
   timeoutSeconds?: number
   /** Optional log file; the plugin never logs to stdout. */
@@ -26,7 +26,7 @@ export interface CniRequest {
 
 export const DEFAULTS = {
   agentSocket: '/var/run/ziti-cni/agent.sock',
-  kubeconfig: '/etc/cni/net.d/ziti-cni.d/ziti-cni.kubeconfig',
+  snapshot: '/var/run/ziti-cni/intents.json',
   timeoutSeconds: 10,
 }
 
@@ -54,7 +54,7 @@ export function parseRequest(env: NodeJS.ProcessEnv, stdin: string): CniRequest 
   if (conf.timeoutSeconds !== undefined && (typeof conf.timeoutSeconds !== 'number' || conf.timeoutSeconds <= 0 || conf.timeoutSeconds > 120)) {
     throw new CniError(ErrorCode.InvalidConfig, 'timeoutSeconds must be a number in (0, 120]')
   }
-  for (const k of ['agentSocket', 'kubeconfig', 'logFile'] as const) {
+  for (const k of ['agentSocket', 'snapshot', 'logFile'] as const) {
     if (conf[k] !== undefined && typeof conf[k] !== 'string') throw new CniError(ErrorCode.InvalidConfig, `${k} must be a string`)
   }
   const needsContainer = command === 'ADD' || command === 'DEL' || command === 'CHECK'

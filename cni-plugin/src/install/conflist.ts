@@ -72,7 +72,7 @@ export function insertPlugin(primary: ConfFile, entry: PluginEntry): InsertResul
   const others = list.plugins.filter((p) => p.type !== PLUGIN_TYPE)
   const plugins = [...others, entry]
   const converted = !primary.name.endsWith('.conflist')
-  const name = converted ? primary.name.replace(/\.(conf|json)$/, '.conflist') : primary.name
+  const name = converted ? convertedName(primary.name) : primary.name
   const content = render({ ...list, plugins })
   const changed = converted || normalise(primary.content) !== normalise(content)
   return { file: { name, content: changed ? content : primary.content }, remove: converted ? primary.name : undefined, changed }
@@ -83,6 +83,24 @@ export function removePlugin(file: ConfFile): { file: ConfFile; changed: boolean
   const list = parseConf(file)
   if (!list || !list.plugins.some((p) => p.type === PLUGIN_TYPE)) return { file, changed: false }
   return { file: { name: file.name, content: render({ ...list, plugins: list.plugins.filter((p) => p.type !== PLUGIN_TYPE) }) }, changed: true }
+}
+
+/**
+ * Uninstall of a primary `.conf` the installer turned into a `.conflist`: the original file
+ * comes back byte for byte when what remains without our entry is still what the conversion
+ * made of it. If the primary CNI changed the list meanwhile, its list stays (without us).
+ */
+export function restoreConverted(current: ConfFile, original: ConfFile): { file: ConfFile; remove: string | undefined } {
+  const without = removePlugin(current).file
+  const orig = parseConf(original)
+  const now = parseConf(without)
+  if (orig && now && normalise(render(orig)) === normalise(render(now))) return { file: original, remove: current.name }
+  return { file: without, remove: undefined }
+}
+
+/** The `.conflist` name a converted `.conf` gets (for finding its backup). */
+export function convertedName(name: string): string {
+  return name.replace(/\.(conf|json)$/, '.conflist')
 }
 
 export function hasPlugin(file: ConfFile, entry: PluginEntry): boolean {

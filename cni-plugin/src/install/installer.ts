@@ -1,24 +1,30 @@
-// The installer's I/O: the executable into the CNI bin dir, the plugin kubeconfig, and our
-// entry at the end of the primary conflist; kept there while the primary CNI rewrites it.
+// The installer's I/O: the executable (a static front end and the directory it runs from)
+// into the CNI bin dir, and our entry at the end of the primary conflist; kept there while the
+// primary CNI rewrites it. No API credential goes to the node: with the agent down the
+// executable reads the agent's intent snapshot instead (cni/intent-snapshot.ts).
 import { createHash } from 'node:crypto'
 import { chmodSync, closeSync, copyFileSync, openSync, readSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, watch, writeFileSync, type FSWatcher } from 'node:fs'
 import { basename, dirname, join } from 'node:path'
 import type { Logger } from 'pino'
-import { candidateFiles, hasPlugin, insertPlugin, PLUGIN_TYPE, primaryType, removePlugin, selectPrimary, type ConfFile, type PluginEntry } from './conflist.ts'
-import { renderKubeconfig } from './kubeconfig.ts'
+import { renderSnapshot } from '../cni/intent-snapshot.ts'
+import { candidateFiles, convertedName, hasPlugin, insertPlugin, PLUGIN_TYPE, primaryType, removePlugin, restoreConverted, selectPrimary, type ConfFile, type PluginEntry } from './conflist.ts'
 
 export interface InstallerOptions {
+  /** The front end; its runtime directory `<pluginSource>.d` (loader, libraries, Node SEA) goes with it. */
   pluginSource: string
   cniBinDir: string
   cniConfDir: string
+  /** Where older releases wrote a kubeconfig with a cluster-wide token: deleted on sight. */
   pluginKubeconfig: string
-  tokenFile: string
-  caFile: string
-  apiServer: string
   entry: PluginEntry
   /** Periodic re-check, in case a file event was missed. */
   checkIntervalMs: number
   onReinsert?: (culprit: string) => void
+}
+
+/** Our own directory in the conf dir: backups of `.conf` files we converted (libcni skips subdirectories). */
+export function ownConfDir(confDir: string): string {
+  return join(confDir, 'ziti-cni.d')
 }
 
 /** Streams the file through the hash in 1 MiB steps: the SEA executable is ~120 MiB. */
@@ -52,9 +58,9 @@ export function writeAtomic(path: string, content: string | Buffer, mode: number
 }
 
 /**
- * Installs the executable unless an identical one is there. `known` remembers the source hash
- * and the target's identity from the last pass, so a periodic check hashes nothing (the SEA
- * executable is ~120 MiB) unless the file on the node changed.
+ * Installs one file unless an identical one is there. `memo` remembers the source hash and the
+ * target's identity from the last pass, so a periodic check hashes nothing (the SEA is
+ * ~120 MiB) unless the file on the node changed.
  */
 export interface BinaryMemo { sourceHash?: string; target?: string }
 
@@ -62,8 +68,7 @@ function identity(path: string): string | undefined {
   try { const s = statSync(path); return `${s.dev}:${s.ino}:${s.size}:${s.mtimeMs}` } catch { return undefined }
 }
 
-export function installBinary(source: string, binDir: string, memo: BinaryMemo = {}): boolean {
-  const target = join(binDir, PLUGIN_TYPE)
+function installFile(source: string, target: string, mode: number, memo: BinaryMemo): boolean {
   const now = identity(target)
   if (now !== undefined && now === memo.target) return false
   memo.sourceHash ??= sha256(source)
@@ -71,20 +76,33 @@ export function installBinary(source: string, binDir: string, memo: BinaryMemo =
     memo.target = now
     return false
   }
-  mkdirSync(binDir, { recursive: true })
-  const tmp = join(binDir, `.${PLUGIN_TYPE}.tmp-${process.pid}`)
+  mkdirSync(dirname(target), { recursive: true, mode: 0o755 })
+  const tmp = join(dirname(target), `.${basename(target)}.tmp-${process.pid}`)
   copyFileSync(source, tmp)
-  chmodSync(tmp, 0o755)
+  chmodSync(tmp, mode)
   renameSync(tmp, target)
   memo.target = identity(target)
   return true
 }
 
-export function writePluginKubeconfig(opts: Pick<InstallerOptions, 'pluginKubeconfig' | 'tokenFile' | 'caFile' | 'apiServer'>): boolean {
-  const token = readFileSync(opts.tokenFile, 'utf8').trim()
-  const caData = readFileSync(opts.caFile)
-  mkdirSync(dirname(opts.pluginKubeconfig), { recursive: true, mode: 0o700 })
-  return writeAtomic(opts.pluginKubeconfig, renderKubeconfig({ server: opts.apiServer, caData, token }), 0o600)
+/** Every file the installer puts in the bin dir, source -> target, the front end last. */
+export function pluginLayout(source: string, binDir: string): Array<{ source: string; target: string; mode: number }> {
+  const runtime = `${source}.d`
+  const files = existsSync(runtime)
+    ? readdirSync(runtime).sort().map((n) => ({ source: join(runtime, n), target: join(binDir, `${PLUGIN_TYPE}.d`, n), mode: statSync(join(runtime, n)).mode & 0o111 ? 0o755 : 0o644 }))
+    : []
+  // The front end last: a runtime invoking it meanwhile finds its directory complete.
+  return [...files, { source, target: join(binDir, PLUGIN_TYPE), mode: 0o755 }]
+}
+
+export function installBinary(source: string, binDir: string, memos: Map<string, BinaryMemo> = new Map()): boolean {
+  let changed = false
+  for (const f of pluginLayout(source, binDir)) {
+    let memo = memos.get(f.target)
+    if (!memo) memos.set(f.target, memo = {})
+    if (installFile(f.source, f.target, f.mode, memo)) changed = true
+  }
+  return changed
 }
 
 /** The conf dir's candidate files, as the kubelet's runtime reads them (for selectPrimary). */
@@ -102,27 +120,45 @@ export function ensureConflist(confDir: string, entry: PluginEntry): ConfState {
   if (!primary) return { status: 'no-primary' }
   if (hasPlugin(primary, entry)) return { status: 'ok', primary: primary.name, primaryType: primaryType(primary) }
   const res = insertPlugin(primary, entry)
+  // A converted `.conf` is kept, as it was, for the uninstall to put back.
+  if (res.remove) writeAtomic(join(ownConfDir(confDir), res.remove), primary.content, 0o644)
   writeAtomic(join(confDir, res.file.name), res.file.content, 0o644)
   if (res.remove) rmSync(join(confDir, res.remove), { force: true })
   return { status: 'inserted', primary: res.file.name, primaryType: primaryType(primary) }
 }
 
-/** Explicit uninstall: our entry out of every config, our kubeconfig and executable gone. */
-export function uninstall(opts: Pick<InstallerOptions, 'cniConfDir' | 'cniBinDir' | 'pluginKubeconfig'>): string[] {
+/**
+ * Explicit uninstall. In this order: the tombstone in the intent snapshot (an executable still
+ * named by a config a runtime cached passes pods through instead of failing them closed), our
+ * entry out of every config with converted `.conf` files restored, the legacy kubeconfig gone.
+ * The executable stays: a runtime that tears a pod down with the config cached at its ADD
+ * (CRI-O, Multus) still finds it, and its DEL succeeds without the agent.
+ */
+export function uninstall(opts: Pick<InstallerOptions, 'cniConfDir' | 'pluginKubeconfig'> & { snapshot: string }): string[] {
   const done: string[] = []
+  writeAtomic(opts.snapshot, renderSnapshot({ v: 1, state: 'uninstalled' }), 0o600)
+  done.push(`marked ${opts.snapshot} uninstalled`)
+  const backups = ownConfDir(opts.cniConfDir)
   for (const f of readConfDir(opts.cniConfDir)) {
     const r = removePlugin(f)
-    if (r.changed) {
+    if (!r.changed) continue
+    const original = readConfDir(backups).find((b) => convertedName(b.name) === f.name && b.name !== f.name)
+    if (original) {
+      const back = restoreConverted(f, original)
+      writeAtomic(join(opts.cniConfDir, back.file.name), back.file.content, 0o644)
+      if (back.remove) rmSync(join(opts.cniConfDir, back.remove), { force: true })
+      rmSync(join(backups, original.name), { force: true })
+      done.push(back.remove ? `restored ${original.name} (replaced ${f.name})` : `removed ziti-cni from ${f.name} (changed since; ${original.name} not restored)`)
+    } else {
       writeAtomic(join(opts.cniConfDir, f.name), r.file.content, 0o644)
       done.push(`removed ziti-cni from ${f.name}`)
     }
   }
-  for (const p of [opts.pluginKubeconfig, join(opts.cniBinDir, PLUGIN_TYPE)]) {
-    if (existsSync(p)) { rmSync(p, { force: true }); done.push(`deleted ${p}`) }
+  if (existsSync(opts.pluginKubeconfig)) { rmSync(opts.pluginKubeconfig, { force: true }); done.push(`deleted ${opts.pluginKubeconfig}`) }
+  // Our conf-dir directory goes when nothing of ours is left in it.
+  for (const own of new Set([backups, dirname(opts.pluginKubeconfig)])) {
+    if (own !== opts.cniConfDir && existsSync(own) && readdirSync(own).length === 0) { rmSync(own, { recursive: true, force: true }); done.push(`deleted ${own}`) }
   }
-  // The kubeconfig's own dir (ziti-cni.d) is ours too; leave it only if something else is in it.
-  const own = dirname(opts.pluginKubeconfig)
-  if (own !== opts.cniConfDir && existsSync(own) && readdirSync(own).length === 0) { rmSync(own, { recursive: true, force: true }); done.push(`deleted ${own}`) }
   return done
 }
 
@@ -130,8 +166,7 @@ export class Installer {
   private watchers: FSWatcher[] = []
   private timer: NodeJS.Timeout | undefined
   private pending: NodeJS.Timeout | undefined
-  private lastToken = ''
-  private readonly binary: BinaryMemo = {}
+  private readonly binary = new Map<string, BinaryMemo>()
   private readonly opts: InstallerOptions
   private readonly log: Logger
   ready = false
@@ -144,10 +179,10 @@ export class Installer {
   /** One full pass; safe to repeat. */
   reconcile(reason: string): ConfState {
     if (installBinary(this.opts.pluginSource, this.opts.cniBinDir, this.binary)) this.log.info({ reason, dir: this.opts.cniBinDir }, 'installed the ziti-cni executable')
-    const token = readFileSync(this.opts.tokenFile, 'utf8').trim()
-    if (token !== this.lastToken) {
-      if (writePluginKubeconfig(this.opts)) this.log.info({ reason, path: this.opts.pluginKubeconfig }, 'wrote the plugin kubeconfig')
-      this.lastToken = token
+    if (existsSync(this.opts.pluginKubeconfig)) {
+      // An older release left a token that reads every pod in the cluster on this node's disk.
+      rmSync(this.opts.pluginKubeconfig, { force: true })
+      this.log.info({ path: this.opts.pluginKubeconfig }, 'deleted the kubeconfig an older release wrote for the executable')
     }
     const state = ensureConflist(this.opts.cniConfDir, this.opts.entry)
     if (state.status === 'inserted') {
@@ -175,8 +210,6 @@ export class Installer {
     }
     mkdirSync(this.opts.cniConfDir, { recursive: true })
     this.watchers.push(watch(this.opts.cniConfDir, () => schedule('conf dir changed')))
-    // Projected tokens are swapped through a `..data` symlink in their directory.
-    this.watchers.push(watch(dirname(this.opts.tokenFile), () => schedule('token changed')))
     this.timer = setInterval(() => schedule('periodic check'), this.opts.checkIntervalMs)
     this.timer.unref()
   }

@@ -1,6 +1,6 @@
 // ziti-cni: the chained CNI executable. Thin: parse, ask the node agent, print the result.
 // stdout carries only the CNI result or error JSON; logs go to the log file or stderr.
-import { accessSync, constants } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { agentStatus, callAgent } from './agent-client.ts'
 import { createLogger } from './log.ts'
 import { runPlugin } from './run.ts'
@@ -18,9 +18,12 @@ async function main(): Promise<void> {
   const stdin = process.env.CNI_COMMAND === 'VERSION' ? '' : await readStdin()
   const out = await runPlugin(process.env, stdin, {
     callAgent, agentStatus,
-    // Loaded only on the fallback path: node:https alone costs ~15 ms of start-up.
-    readPod: async (...args) => (await import('./pod-fallback.ts')).readPod(...args),
-    kubeconfigReadable: (p) => { try { accessSync(p, constants.R_OK); return true } catch { return false } },
+    readSnapshot: (p) => {
+      try { return readFileSync(p, 'utf8') } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+        throw e
+      }
+    },
     logger: (req) => createLogger(
       { plugin: 'ziti-cni', command: process.env.CNI_COMMAND, containerId: req?.containerId, pod: req?.pod ? `${req.pod.namespace}/${req.pod.name}` : undefined },
       req?.conf.logFile,

@@ -1,18 +1,19 @@
 // The CNI executable's logic: dispatch on CNI_COMMAND, talk to the agent, fall back to the
-// API server when the agent is down. Dependencies are injected so every path is testable.
+// agent's node-local intent snapshot when it is down (no API credential on the node).
+// Dependencies are injected so every path is testable.
 import { ANNOTATION_INTERCEPTION } from '@ziti-cni/shared'
 import type { AgentRequest, AgentResponse } from '../cni/agent-protocol.ts'
 import { DEFAULTS, parseRequest, type CniRequest } from '../cni/request.ts'
 import { CURRENT_VERSION, CniError, ErrorCode, convertResult, versionResult, type CniResult } from '../cni/spec.ts'
-import type { PodAnnotations } from './pod-fallback.ts'
+import { decide, parseSnapshot, type IntentSnapshot } from '../cni/intent-snapshot.ts'
 import { AgentUnreachable } from './agent-client.ts'
 import type { Logger } from './log.ts'
 
 export interface PluginDeps {
   callAgent(socket: string, body: AgentRequest, timeoutMs: number): Promise<AgentResponse>
   agentStatus(socket: string, timeoutMs: number): Promise<boolean>
-  readPod(kubeconfig: string, pod: NonNullable<CniRequest['pod']>, timeoutMs: number): Promise<PodAnnotations | undefined>
-  kubeconfigReadable(path: string): boolean
+  /** The snapshot file's text; undefined when it does not exist. */
+  readSnapshot(path: string): string | undefined
   logger(req: CniRequest | undefined): Logger
 }
 
@@ -53,12 +54,13 @@ async function dispatch(req: CniRequest, deps: PluginDeps): Promise<PluginOutput
   switch (req.command) {
     case 'STATUS': {
       if (await deps.agentStatus(socket, timeoutMs)) return { stdout: undefined, exitCode: 0 }
-      const kubeconfig = req.conf.kubeconfig ?? DEFAULTS.kubeconfig
-      if (deps.kubeconfigReadable(kubeconfig)) {
-        log.log('warn', 'agent is down; pods without interception intent can still be added', { socket })
+      const path = req.conf.snapshot ?? DEFAULTS.snapshot
+      const snapshot = loadSnapshot(deps, path)
+      if (typeof snapshot === 'object') {
+        log.log('warn', 'agent is down; pods the intent snapshot shows without intent can still be added', { socket, snapshot: path })
         return { stdout: undefined, exitCode: 0 }
       }
-      throw new CniError(ErrorCode.PluginNotAvailable, `ziti-cni cannot service ADD: agent at ${socket} is down and kubeconfig ${kubeconfig} is unreadable`)
+      throw new CniError(ErrorCode.PluginNotAvailable, `ziti-cni cannot service ADD: agent at ${socket} is down and ${decide(snapshot, { namespace: '', name: '', uid: undefined }).why}`)
     }
     case 'GC':
       await cleanupOrWarn(req, deps, socket, timeoutMs, 'GC skipped: agent unreachable; it drops stale state when it starts')
@@ -99,40 +101,28 @@ async function programOrCheck(req: CniRequest, deps: PluginDeps, socket: string,
     res = await deps.callAgent(socket, agentRequest(req), timeoutMs)
   } catch (e) {
     if (!(e instanceof AgentUnreachable)) throw e
-    await fallback(req, deps, timeoutMs, e)
+    await fallback(req, deps, e)
     return
   }
   await expectOk(res)
   if (res.ok) log.log('info', `${req.command} done`, { intercepted: res.intercepted, mode: res.mode })
 }
 
-/** Agent down: a pod without intent passes through; a pod with intent fails closed (retryable). */
-async function fallback(req: CniRequest, deps: PluginDeps, timeoutMs: number, cause: AgentUnreachable): Promise<void> {
+/** Agent down: only a pod the snapshot proves has no intent passes; every other fails closed (retryable). */
+async function fallback(req: CniRequest, deps: PluginDeps, cause: AgentUnreachable): Promise<void> {
   const pod = req.pod!
-  const kubeconfig = req.conf.kubeconfig ?? DEFAULTS.kubeconfig
-  let found: PodAnnotations | undefined
-  try {
-    found = await deps.readPod(kubeconfig, pod, timeoutMs)
-  } catch (e) {
-    // Agent gone and our credential refused: ziti-cni is being (or was) uninstalled out of order
-    // (namespace, ServiceAccount and RBAC deleted before the DaemonSet). Failing here would stop
-    // every pod on the node, kube-system included; pass through instead. An injected pod is
-    // still safe: its validator init container exits 126 when it is not intercepted.
-    // By name: the class lives in the lazily loaded fallback module (node:https is costly).
-    if ((e as Error).name === 'CredentialRefused') {
-      deps.logger(req).log('warn', 'agent unreachable and the API refuses our credential (ziti-cni being uninstalled?); passing through', { error: (e as Error).message })
-      return
-    }
-    throw new CniError(ErrorCode.TryAgainLater, `ziti-cni agent is down (${cause.message}) and pod ${pod.namespace}/${pod.name} could not be read directly: ${(e as Error).message}`)
+  const path = req.conf.snapshot ?? DEFAULTS.snapshot
+  const d = decide(loadSnapshot(deps, path), pod)
+  if (d.verdict === 'fail') {
+    throw new CniError(ErrorCode.TryAgainLater, `ziti-cni agent is down (${cause.message}) and ${d.why}, so pod ${pod.namespace}/${pod.name} fails closed until the agent is back`)
   }
-  if (found && pod.uid && found.uid && found.uid !== pod.uid) {
-    throw new CniError(ErrorCode.TryAgainLater, `pod ${pod.namespace}/${pod.name} in the API has uid ${found.uid}, not ${pod.uid}: stale read, retry`)
-  }
-  if (found?.annotations[ANNOTATION_INTERCEPTION] !== undefined) {
-    throw new CniError(ErrorCode.TryAgainLater,
-      `ziti-cni agent is down (${cause.message}); pod ${pod.namespace}/${pod.name} has interception intent, so it fails closed until the agent is back`)
-  }
-  deps.logger(req).log('warn', 'agent unreachable; pod has no interception intent, passing through', { found: found !== undefined })
+  deps.logger(req).log('warn', `agent unreachable; passing through: ${d.why}`, { snapshot: path })
+}
+
+function loadSnapshot(deps: PluginDeps, path: string): IntentSnapshot | string | undefined {
+  let text: string | undefined
+  try { text = deps.readSnapshot(path) } catch (e) { return `${path}: ${(e as Error).message}` }
+  return text === undefined ? undefined : parseSnapshot(text)
 }
 
 async function expectOk(res: AgentResponse): Promise<void> {
