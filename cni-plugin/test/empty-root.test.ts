@@ -1,0 +1,133 @@
+// The installed plugin needs nothing from the host but a kernel: every file the installer
+// writes goes into an otherwise EMPTY root (no /proc, /dev, /etc/ld.so.cache, libc, shell),
+// and the executable runs VERSION, ADD, CHECK, DEL and STATUS there under chroot, as libcni
+// would exec it (absolute path, CNI_* environment, the conflist's entry with prevResult on
+// stdin). The agent is a fake listening on the socket path inside the root: what is proven is
+// that the executable starts, speaks the agent protocol and prints the spec's answers with no
+// host library, not that a netns is programmed (the containerd tier does that). With the fake
+// agent gone, the agent-down path reads the intent snapshot inside the root.
+import t from 'tap'
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { createServer, type Server } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join, relative } from 'node:path'
+import { rootOnly } from '../../shared/testkit/root.ts'
+import { spawn } from 'node:child_process'
+import { ensureConflist, installBinary } from '../src/install/installer.ts'
+import { renderSnapshot } from '../src/cni/intent-snapshot.ts'
+
+const FRONT_END = new URL('../dist/ziti-cni', import.meta.url).pathname
+const BIN = '/opt/cni/bin'
+const SOCKET = '/var/run/ziti-cni/agent.sock'
+const SNAPSHOT = '/var/run/ziti-cni/intents.json'
+
+/** chroot ROOT BINARY with exactly this environment (no PATH: nothing to find in there). */
+function execProcess(binary: string, args: string[], env: Record<string, string>, stdin = ''): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(binary, args, { env, stdio: ['pipe', 'pipe', 'pipe'] })
+    const out: Buffer[] = []
+    const err: Buffer[] = []
+    child.stdout.on('data', (c: Buffer) => out.push(c))
+    child.stderr.on('data', (c: Buffer) => err.push(c))
+    child.stdin.on('error', () => { /* a process that exits before reading stdin */ })
+    child.on('error', reject)
+    child.on('close', (code) => resolve({ code: code ?? 1, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') }))
+    child.stdin.end(stdin)
+  })
+}
+
+function walk(dir: string, root = dir): string[] {
+  return readdirSync(dir).flatMap((n) => {
+    const p = join(dir, n)
+    return statSync(p).isDirectory() ? [`${relative(root, p)}/`, ...walk(p, root)] : [relative(root, p)]
+  })
+}
+
+t.test('the installed plugin runs in an empty root', rootOnly(['chroot']), async (t) => {
+  if (!existsSync(FRONT_END) || !existsSync(`${FRONT_END}.d`)) return t.fail('cni-plugin is not built with its runtime dir (pnpm build, without SKIP_SEA)')
+  const root = mkdtempSync(join(tmpdir(), 'zcni-root-'))
+  t.teardown(() => rmSync(root, { recursive: true, force: true }))
+  // Exactly what the installer writes: the executable and its dir, our conflist entry.
+  installBinary(FRONT_END, join(root, BIN))
+  mkdirSync(join(root, 'etc/cni/net.d'), { recursive: true })
+  writeFileSync(join(root, 'etc/cni/net.d/10-bridge.conflist'), JSON.stringify({ cniVersion: '1.0.0', name: 'k8s-pod-network', plugins: [{ type: 'bridge' }] }))
+  const entry = { type: 'ziti-cni' as const, agentSocket: SOCKET, snapshot: SNAPSHOT, timeoutSeconds: 5 }
+  ensureConflist(join(root, 'etc/cni/net.d'), entry)
+  mkdirSync(join(root, 'var/run/ziti-cni'), { recursive: true, mode: 0o700 })
+
+  const files = walk(root).sort()
+  t.same(files.filter((f) => !f.startsWith('opt/cni/bin/') && !f.startsWith('etc/cni/net.d/10-bridge') && !f.endsWith('/')), [], 'nothing but the installed files')
+  t.notOk(files.some((f) => /^(proc|dev|lib|lib64|usr|bin|sbin)\//.test(f)), 'no /proc, /dev, /lib*, /usr or shell')
+  const installed = files.filter((f) => f.startsWith('opt/cni/bin/') && !f.endsWith('/'))
+  const bytes = installed.reduce((n, f) => n + statSync(join(root, f)).size, 0)
+  t.comment(`installed: ${installed.length} files, ${(bytes / 2 ** 20).toFixed(1)} MiB: ${installed.map((f) => f.slice('opt/cni/bin/'.length)).join(', ')}`)
+
+  // The stdin libcni builds for our entry: the list's name and version, prevResult from bridge.
+  const list = JSON.parse(readFileSync(join(root, 'etc/cni/net.d/10-bridge.conflist'), 'utf8')) as { name: string; plugins: Array<Record<string, unknown>> }
+  const prevResult = { cniVersion: '1.0.0', interfaces: [{ name: 'eth0', sandbox: '/var/run/netns/cni-x' }], ips: [{ address: '10.22.0.5/16', interface: 0 }] }
+  const stdin = (extra: object = {}) => JSON.stringify({ ...list.plugins.at(-1), cniVersion: '1.1.0', name: list.name, prevResult, ...extra })
+  const env = (command: string, uid = 'uid-web') => ({
+    CNI_COMMAND: command, CNI_CONTAINERID: 'c0ffee', CNI_NETNS: '/var/run/netns/cni-x', CNI_IFNAME: 'eth0', CNI_PATH: BIN,
+    CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=apps;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=c0ffee;K8S_POD_UID=${uid}`,
+  })
+  const run = (command: string, extra: object = {}, uid?: string) => execProcess('/usr/sbin/chroot', [root, `${BIN}/ziti-cni`], env(command, uid), command === 'VERSION' ? '' : stdin(extra))
+
+  // Control: the Node binary alone, with the host's loader path, cannot even start here.
+  const sea = join(root, BIN, 'ziti-cni.d/ziti-cni-node')
+  chmodSync(sea, 0o755)
+  const bare = await execProcess('/usr/sbin/chroot', [root, `${BIN}/ziti-cni.d/ziti-cni-node`], { CNI_COMMAND: 'VERSION' })
+  chmodSync(sea, 0o644)
+  t.not(bare.code, 0, 'the bare Node SEA fails in the empty root')
+  t.match(bare.stderr, /No such file or directory/, '(no loader: what the front end fixes)')
+
+  const version = await run('VERSION')
+  t.equal(version.code, 0, version.stderr)
+  t.same(JSON.parse(version.stdout), { cniVersion: '1.1.0', supportedVersions: ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] })
+
+  // A fake agent on the socket path inside the root.
+  const requests: Array<Record<string, unknown>> = []
+  const agent: Server = createServer((c) => {
+    let buf = ''
+    c.on('data', (d) => {
+      buf += d.toString('utf8')
+      if (!buf.includes('\n')) return
+      requests.push(JSON.parse(buf))
+      c.end(JSON.stringify({ ok: true, intercepted: true, mode: 'proxy' }) + '\n')
+    })
+  })
+  await new Promise<void>((r) => agent.listen(join(root, SOCKET), () => r()))
+
+  const add = await run('ADD')
+  t.equal(add.code, 0, add.stderr + add.stdout)
+  t.same(JSON.parse(add.stdout), { ...prevResult, cniVersion: '1.1.0' }, 'ADD prints prevResult at the caller\'s version')
+  t.same(requests.at(-1), { command: 'ADD', containerId: 'c0ffee', netns: '/var/run/netns/cni-x', ifName: 'eth0', pod: { namespace: 'apps', name: 'web', uid: 'uid-web' }, validAttachments: [], podIps: ['10.22.0.5'] }, 'the agent got the pod')
+  const check = await run('CHECK')
+  t.equal(check.code, 0, check.stdout)
+  t.equal(check.stdout, '', 'CHECK prints nothing on success')
+  t.equal(requests.at(-1)?.command, 'CHECK')
+  const del = await run('DEL')
+  t.equal(del.code, 0, del.stdout)
+  t.equal(requests.at(-1)?.command, 'DEL')
+  const status = await run('STATUS')
+  t.equal(status.code, 0, status.stdout)
+  t.equal(requests.at(-1)?.command, 'PING')
+
+  // The agent is gone: its snapshot inside the root decides.
+  await new Promise<void>((r) => agent.close(() => r()))
+  const down = await run('ADD')
+  t.equal(JSON.parse(down.stdout).code, 11, 'no snapshot: fails closed, try again later')
+  t.match(JSON.parse(down.stdout).msg, /no intent snapshot on this node/)
+  writeFileSync(join(root, SNAPSHOT), renderSnapshot({ v: 1, state: 'installed', node: 'n', pods: [
+    { namespace: 'apps', name: 'web', uid: 'uid-web', intent: false },
+    { namespace: 'apps', name: 'web', uid: 'uid-intent', intent: true },
+  ] }), { mode: 0o600 })
+  const plain = await run('ADD')
+  t.equal(plain.code, 0, plain.stdout)
+  t.same(JSON.parse(plain.stdout), { ...prevResult, cniVersion: '1.1.0' }, 'listed without intent: passes through')
+  const intent = await run('ADD', {}, 'uid-intent')
+  t.match(JSON.parse(intent.stdout), { code: 11, msg: /has interception intent, so pod apps\/web fails closed/ })
+  const unknown = await run('ADD', {}, 'uid-new')
+  t.match(JSON.parse(unknown.stdout), { code: 11, msg: /not in the intent snapshot yet/ })
+  t.equal((await run('DEL')).code, 0, 'DEL succeeds with the agent down')
+  t.equal((await run('STATUS')).code, 0, 'STATUS: degraded, not down')
+})
