@@ -1,0 +1,70 @@
+// pnpm --filter @ziti-cni/cni-plugin run bench:exec — the CNI executable's own exec cost,
+// interleaved, medians: wall time from spawn to exit, and peak RSS (GNU time's %M).
+//   loopback VERSION        Debian's Go reference plugin (a static floor)
+//   node -e 0               Node's own start-up
+//   SEA VERSION (host libs) the Node SEA run as before, by the host's loader and libraries
+//   ziti-cni VERSION        the installed layout: static front end -> bundled ld.so -> SEA
+//   SEA / ziti-cni ADD      an ADD for a pod, answered by a fake agent on a unix socket
+import { spawn } from 'node:child_process'
+import { chmodSync, copyFileSync, mkdtempSync, rmSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { installBinary } from '../src/install/installer.ts'
+
+const RUNS = Number(process.env.BENCH_RUNS ?? 30)
+const dist = new URL('../dist/', import.meta.url).pathname
+const dir = mkdtempSync(join(tmpdir(), 'zcni-exec-'))
+const socket = join(dir, 'agent.sock')
+// Both layouts on the same file system (fault-around, and so RSS, differs between file systems):
+// the installed one as the installer writes it, and the SEA as it was installed before
+// (executable, loaded by the host's loader and libraries).
+installBinary(`${dist}ziti-cni`, join(dir, 'bin'))
+const installed = join(dir, 'bin/ziti-cni')
+const hostSea = join(dir, 'ziti-cni-host')
+copyFileSync(`${dist}ziti-cni.d/ziti-cni-node`, hostSea)
+chmodSync(hostSea, 0o755)
+
+const agent = createServer((c) => c.on('data', () => c.end('{"ok":true,"intercepted":false}\n')))
+await new Promise<void>((r) => agent.listen(socket, () => r()))
+
+const stdin = JSON.stringify({ cniVersion: '1.0.0', name: 'net', type: 'ziti-cni', agentSocket: socket, snapshot: join(dir, 'none.json'), prevResult: { cniVersion: '1.0.0', ips: [{ address: '10.0.0.5/24' }] } })
+const addEnv = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c1', CNI_NETNS: '/var/run/netns/x', CNI_IFNAME: 'eth0', CNI_PATH: dist, CNI_ARGS: 'K8S_POD_NAMESPACE=a;K8S_POD_NAME=b;K8S_POD_UID=u' }
+const cases: Array<{ name: string; cmd: string[]; env: Record<string, string>; stdin?: string }> = [
+  { name: 'loopback VERSION', cmd: ['/usr/lib/cni/loopback'], env: { CNI_COMMAND: 'VERSION' } },
+  { name: 'node -e 0', cmd: [process.execPath, '-e', '0'], env: {} },
+  { name: 'SEA VERSION (host libs)', cmd: [hostSea], env: { CNI_COMMAND: 'VERSION' } },
+  { name: 'ziti-cni VERSION', cmd: [installed], env: { CNI_COMMAND: 'VERSION' } },
+  { name: 'SEA ADD (host libs)', cmd: [hostSea], env: addEnv, stdin },
+  { name: 'ziti-cni ADD', cmd: [installed], env: addEnv, stdin },
+]
+
+function once(cmd: string[], env: Record<string, string>, input = '', rss = false): Promise<{ ms: number; kib: number }> {
+  return new Promise((resolve, reject) => {
+    const argv = rss ? ['/usr/bin/time', '-f', '%M', ...cmd] : cmd
+    const started = process.hrtime.bigint()
+    const child = spawn(argv[0]!, argv.slice(1), { env, stdio: ['pipe', 'pipe', 'pipe'] })
+    let err = ''
+    child.stdout.resume()
+    child.stderr.on('data', (c: Buffer) => { err += c.toString() })
+    child.stdin.on('error', () => {})
+    child.on('error', reject)
+    child.on('close', (code) => {
+      if (code !== 0) return reject(new Error(`${cmd.join(' ')} exited ${code}: ${err}`))
+      resolve({ ms: Number(process.hrtime.bigint() - started) / 1e6, kib: rss ? Number(err.trim().split('\n').at(-1)) : 0 })
+    })
+    child.stdin.end(input)
+  })
+}
+
+const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]! }
+const ms = new Map<string, number[]>(cases.map((c) => [c.name, []]))
+const kib = new Map<string, number[]>(cases.map((c) => [c.name, []]))
+for (let i = 0; i < RUNS; i++) {
+  for (const c of cases) ms.get(c.name)!.push((await once(c.cmd, c.env, c.stdin)).ms)
+  for (const c of cases) kib.get(c.name)!.push((await once(c.cmd, c.env, c.stdin, true)).kib)
+}
+process.stdout.write(`exec cost, median of ${RUNS} interleaved runs each:\n`)
+for (const c of cases) process.stdout.write(`  ${c.name.padEnd(26)} ${median(ms.get(c.name)!).toFixed(1).padStart(6)} ms  ${(median(kib.get(c.name)!) / 1024).toFixed(0).padStart(4)} MiB\n`)
+agent.close()
+rmSync(dir, { recursive: true, force: true })
