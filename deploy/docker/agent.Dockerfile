@@ -1,15 +1,16 @@
 # syntax=docker/dockerfile:1.7
-# The node agent: Node 22 LTS, the agent bundle, the self-contained `ziti-cni` executable
-# (Node SEA, built here on glibc with the same Node as the runtime) that the installer
-# copies to the node, the eBPF datapath's tc program, and the tools the agent runs inside pod
-# netns: nft, ip, tc, nsenter, sysctl.
+# The node agent: Node 22 LTS, the agent bundle, the `ziti-cni` executable the installer copies
+# to the node (a static front end plus ziti-cni.d/: the Node SEA built here with the same Node
+# as the runtime, and the loader and libraries it needs, taken from this Debian), the eBPF
+# datapath's tc program, and the tools the agent runs inside pod netns: nft, ip, tc, nsenter, sysctl.
 ARG NODE_IMAGE=docker.io/library/node:22.23.3-bookworm-slim
 
 FROM ${NODE_IMAGE} AS build
 WORKDIR /src
-# clang + libbpf headers compile the eBPF datapath's tc program.
+# clang + libbpf headers compile the eBPF datapath's tc program; gcc + libc6-dev (libc.a) the
+# static front end.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends clang libbpf-dev \
+ && apt-get install -y --no-install-recommends clang libbpf-dev gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/* \
  && npm install -g pnpm@10.34.9
 COPY package.json pnpm-lock.yaml pnpm-workspace.yaml .npmrc tsconfig.json ./
@@ -33,6 +34,7 @@ COPY --from=build /src/cni-plugin/dist/cli.mjs /opt/ziti-cni/cli.mjs
 # Also the validator init container's command (the webhook's validator.image is this image).
 COPY --from=build /src/cni-plugin/dist/validator.mjs /opt/ziti-cni/validator.mjs
 COPY --from=build /src/cni-plugin/dist/ziti-cni /opt/ziti-cni/ziti-cni
+COPY --from=build /src/cni-plugin/dist/ziti-cni.d /opt/ziti-cni/ziti-cni.d
 COPY --from=build /src/cni-plugin/dist/tproxy.bpf.o /opt/ziti-cni/tproxy.bpf.o
 # The device plugin API the agent loads next to agent.mjs (tun mode).
 COPY --from=build /src/cni-plugin/dist/v1beta1.proto /opt/ziti-cni/v1beta1.proto
