@@ -21,7 +21,7 @@ function setup() {
   const reinserts: string[] = []
   const opts = {
     pluginSource: join(dir, 'src/ziti-cni'), cniBinDir: join(dir, 'bin'), cniConfDir: join(dir, 'net.d'),
-    pluginKubeconfig: join(dir, 'net.d/ziti-cni.d/ziti-cni.kubeconfig'), snapshot: join(dir, 'run/intents.json'), entry: { type: 'ziti-cni' as const, agentSocket: '/var/run/ziti-cni/agent.sock' },
+    pluginKubeconfig: join(dir, 'net.d/ziti-cni.d/ziti-cni.kubeconfig'), snapshot: join(dir, 'run/intents.json'), stateDir: join(dir, 'run/state'), entry: { type: 'ziti-cni' as const, agentSocket: '/var/run/ziti-cni/agent.sock' },
     checkIntervalMs: 60_000, onReinsert: (p: string) => reinserts.push(p),
   }
   const installer = new Installer(opts, pino({ level: 'silent' }))
@@ -77,8 +77,11 @@ t.test('upgrade replaces the executable; uninstall leaves a tombstone and the ex
   writeFileSync(join(dir, 'bin/ziti-cni.d/ld.so'), 'tampered')
   upgraded.reconcile('periodic')
   t.equal(readFileSync(join(dir, 'bin/ziti-cni.d/ld.so'), 'utf8'), 'loader', 'a changed file on the node is noticed without re-hashing every pass')
+  mkdirSync(join(opts.stateDir), { recursive: true })
+  writeFileSync(join(opts.stateDir, 'c1-eth0.json'), '{}')
   const done = uninstall(opts)
-  t.same(done, [`marked ${opts.snapshot} uninstalled`, 'removed ziti-cni from 10-kindnet.conflist'])
+  t.same(done, [`marked ${opts.snapshot} uninstalled`, 'removed ziti-cni from 10-kindnet.conflist', `deleted ${opts.stateDir}`])
+  t.notOk(existsSync(opts.stateDir), 'no attachment records left for an agent that will not come back')
   t.same(parseSnapshot(readFileSync(opts.snapshot, 'utf8')), { v: 1, state: 'uninstalled' }, 'the tombstone tells the executable it was uninstalled, not that the agent is down')
   t.equal(statSync(opts.snapshot).mode & 0o777, 0o600)
   t.same(JSON.parse(readFileSync(join(dir, 'net.d/10-kindnet.conflist'), 'utf8')), JSON.parse(primary))

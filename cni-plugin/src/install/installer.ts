@@ -130,11 +130,12 @@ export function ensureConflist(confDir: string, entry: PluginEntry): ConfState {
 /**
  * Explicit uninstall. In this order: the tombstone in the intent snapshot (an executable still
  * named by a config a runtime cached passes pods through instead of failing them closed), our
- * entry out of every config with converted `.conf` files restored, the legacy kubeconfig gone.
- * The executable stays: a runtime that tears a pod down with the config cached at its ADD
+ * entry out of every config with converted `.conf` files restored, the legacy kubeconfig gone,
+ * the agent's attachment records gone (no agent will tear them down; what they describe lives
+ * in the pods' netns and goes with them). The executable stays: a runtime that tears a pod down with the config cached at its ADD
  * (CRI-O, Multus) still finds it, and its DEL succeeds without the agent.
  */
-export function uninstall(opts: Pick<InstallerOptions, 'cniConfDir' | 'pluginKubeconfig'> & { snapshot: string }): string[] {
+export function uninstall(opts: Pick<InstallerOptions, 'cniConfDir' | 'pluginKubeconfig'> & { snapshot: string; stateDir: string }): string[] {
   const done: string[] = []
   writeAtomic(opts.snapshot, renderSnapshot({ v: 1, state: 'uninstalled' }), 0o600)
   done.push(`marked ${opts.snapshot} uninstalled`)
@@ -155,6 +156,7 @@ export function uninstall(opts: Pick<InstallerOptions, 'cniConfDir' | 'pluginKub
     }
   }
   if (existsSync(opts.pluginKubeconfig)) { rmSync(opts.pluginKubeconfig, { force: true }); done.push(`deleted ${opts.pluginKubeconfig}`) }
+  if (existsSync(opts.stateDir)) { rmSync(opts.stateDir, { recursive: true, force: true }); done.push(`deleted ${opts.stateDir}`) }
   // Our conf-dir directory goes when nothing of ours is left in it.
   for (const own of new Set([backups, dirname(opts.pluginKubeconfig)])) {
     if (own !== opts.cniConfDir && existsSync(own) && readdirSync(own).length === 0) { rmSync(own, { recursive: true, force: true }); done.push(`deleted ${own}`) }
