@@ -213,7 +213,7 @@ t.test('agent + executable on a real kernel', rootOnly(['nft', 'ip', 'nsenter', 
     t.match(readFileSync(join(node.confDir, '10-bridge.conflist'), 'utf8'), /ziti-cni/, 'installed again')
     await node.api.create('daemonsets', { metadata: { name: 'ziti-cni-agent', namespace: 'ziti-cni-system' }, spec: {} })
     await node.stopAgent()
-    const r = spawnSync(process.execPath, [AGENT_BUNDLE, 'uninstall', '--cni-bin-dir', node.binDir, '--cni-conf-dir', node.confDir, '--plugin-kubeconfig', node.pluginKubeconfig, '--socket', node.socket], { encoding: 'utf8' })
+    const r = spawnSync(process.execPath, [AGENT_BUNDLE, 'uninstall', '--cni-bin-dir', node.binDir, '--cni-conf-dir', node.confDir, '--plugin-kubeconfig', node.pluginKubeconfig, '--socket', node.socket, '--state-dir', node.stateDir], { encoding: 'utf8' })
     t.equal(r.status, 0, r.stderr)
     t.same(JSON.parse(readFileSync(join(node.confDir, '10-bridge.conflist'), 'utf8')), JSON.parse(original))
     t.match(readFileSync(join(dirname(node.socket), 'intents.json'), 'utf8'), /"state":"uninstalled"/, 'the tombstone')

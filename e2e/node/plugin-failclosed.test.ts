@@ -16,9 +16,9 @@ import { IMAGES } from './lib/test-images.ts'
 
 const PROXY_INTENT = '{"v":1,"mode":"proxy","uid":2171,"dnat":[{"dst":"100.64.0.2","proto":"tcp","port":5432,"to":15100}],"fence":[15100]}'
 
-function pod(name: string, intent?: string): V1Pod {
+function pod(name: string, intent?: string) {
   return {
-    metadata: { name, namespace: 'apps', annotations: intent ? { 'cni.openziti.io/interception': intent } : {} },
+    metadata: { name, namespace: 'apps', annotations: (intent ? { 'cni.openziti.io/interception': intent } : {}) as Record<string, string> },
     spec: { nodeName: NODE_NAME, containers: [{ name: 'app', image: IMAGES.tools }] },
   }
 }

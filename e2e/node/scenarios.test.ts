@@ -192,8 +192,13 @@ t.test('node-level end-to-end on containerd + runc', rootOnly(['nft', 'ip', 'nse
   })
 
   await t.test('8. agent stopped or hung: plain pods start, intercepted pods fail closed, then recover', async (t) => {
+    // With the agent down the intent snapshot decides: a pod it shows without intent starts.
+    const plainPod = await node.createPod(appPod('plain-while-down', 'plain'))
+    const snapshotFile = join(node.socket, '..', 'intents.json')
+    const seen = Date.now() + 10_000
+    while (!readFileSync(snapshotFile, 'utf8').includes(plainPod.metadata.uid) && Date.now() < seen) await new Promise((r) => setTimeout(r, 50))
     await node.stopAgent()
-    const plain = await node.runPod(await node.createPod(appPod('plain-while-down', 'plain')))
+    const plain = await node.runPod(plainPod)
     t.ok(plain.ip, 'pod without intent starts')
     await secret('billing-2-identity')
     const pod = await node.createPod(appPod('billing-2', 'apps', { 'cni.openziti.io/identity-secret': 'billing-2-identity', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' }))
@@ -268,7 +273,7 @@ t.test('node-level end-to-end on containerd + runc', rootOnly(['nft', 'ip', 'nse
   await t.test('12. a pod that started before the plugin was installed: its validator exits 126, the agent recreates it', async (t) => {
     // Node boot race: no agent yet and no ziti-cni entry in the CNI config.
     await node.stopAgent()
-    const un = spawnSync(process.execPath, [AGENT_BUNDLE, 'uninstall', '--cni-bin-dir', node.binDir, '--cni-conf-dir', node.confDir, '--plugin-kubeconfig', node.pluginKubeconfig], { encoding: 'utf8' })
+    const un = spawnSync(process.execPath, [AGENT_BUNDLE, 'uninstall', '--cni-bin-dir', node.binDir, '--cni-conf-dir', node.confDir, '--plugin-kubeconfig', node.pluginKubeconfig, '--socket', node.socket, '--state-dir', node.stateDir], { encoding: 'utf8' })
     t.equal(un.status, 0, un.stderr)
     await secret('early-identity')
     const annotations = { 'cni.openziti.io/identity-secret': 'early-identity', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' }
@@ -297,7 +302,7 @@ t.test('node-level end-to-end on containerd + runc', rootOnly(['nft', 'ip', 'nse
     node.api.delete('daemonsets', 'ziti-cni-system', 'ziti-cni-agent')
     await node.stopAgent()
     t.notMatch(readFileSync(join(node.confDir, '10-bridge.conflist'), 'utf8'), /ziti-cni/, 'removed from the conflist')
-    t.notOk(readdirSync(node.binDir).includes('ziti-cni'), 'executable removed')
+    t.ok(readdirSync(node.binDir).includes('ziti-cni'), 'executable kept for the DELs of pods from before (e2e/node/uninstall.test.ts)')
     await secret('after-uninstall-identity')
     const s = await node.runPod(await node.createPod(appPod('after-uninstall', 'apps', { 'cni.openziti.io/identity-secret': 'after-uninstall-identity', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' })), { initTimeoutMs: 20_000 }).then(() => undefined, (e: PodStartError) => e)
     t.equal(s?.pod.statuses.get('ziti-cni-validator')?.exit_code, 126, 'the sandbox starts (nothing blocks it); the validator says it is not intercepted')
