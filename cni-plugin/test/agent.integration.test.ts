@@ -133,13 +133,17 @@ t.test('agent + executable on a real kernel', rootOnly(['nft', 'ip', 'nsenter', 
     t.match(m, /ziti_cni_pod_lookups_total\{source="cache",outcome="hit"\} \d+/)
   })
 
-  await t.test('agent down: no intent passes, intent fails closed, recovers when the agent is back', async (t) => {
+  await t.test('agent down: a pod the snapshot shows without intent passes, others fail closed, recover when the agent is back', async (t) => {
+    const plainPod = await node.api.put('pods', pod('plain-2')) as { metadata: { uid: string } }
+    const snapshotFile = join(dirname(node.socket), 'intents.json')
+    const seen = Date.now() + 10_000
+    while (!readFileSync(snapshotFile, 'utf8').includes(plainPod.metadata.uid) && Date.now() < seen) await new Promise((r) => setTimeout(r, 50))
     await node.stopAgent()
-    const plain = await node.runPod(await node.api.put('pods', pod('plain-2')) as never)
+    const plain = await node.runPod(plainPod as never)
     t.ok(plain.ip, 'pod without intent starts with the agent down')
     const p = await node.api.put('pods', pod('proxy-2', PROXY_INTENT))
     const sandbox = await node.runPod(p as never).then(() => undefined, (e: Error) => e)
-    t.match(sandbox?.message, /agent is down .*has interception intent, so it fails closed/, 'RunPodSandbox fails closed')
+    t.match(sandbox?.message, /agent is down .*not in the intent snapshot yet, so pod default\/proxy-2 fails closed/, 'RunPodSandbox fails closed')
     const err = await failure(direct({ ...plain, pod: p as never }, 'ADD'))
     t.equal(err?.error.code, 11, 'try-again-later')
     await node.startAgent()
