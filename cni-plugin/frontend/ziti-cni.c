@@ -50,7 +50,8 @@ int main(int argc, char **argv, char **envp) {
   join(ld, self, dirlen, "/" RUNTIME_DIR "/ld.so");
   join(libs, self, dirlen, "/" RUNTIME_DIR);
   join(sea, self, dirlen, "/" RUNTIME_DIR "/ziti-cni-node");
-  char *args[] = { ld, "--library-path", libs, sea, NULL };
+  /* --inhibit-cache: never the host's ld.so.cache, so no host library is ever mixed in. */
+  char *args[] = { ld, "--inhibit-cache", "--library-path", libs, sea, NULL };
   execve(ld, args, envp);
   fail("cannot exec its loader ", ld);
   return 1;
