@@ -1,5 +1,6 @@
 // pnpm --filter @ziti-cni/cni-plugin run bench:exec — the CNI executable's own exec cost,
-// interleaved, medians: wall time from spawn to exit, and peak RSS (GNU time's %M).
+// interleaved: median wall time from spawn to exit, mean CPU time (user + sys, GNU time's %U
+// %S: steadier than wall time on a loaded machine) and median peak RSS (%M).
 //   loopback VERSION        Debian's Go reference plugin (a static floor)
 //   node -e 0               Node's own start-up
 //   SEA VERSION (host libs) the Node SEA run as before, by the host's loader and libraries
@@ -39,9 +40,9 @@ const cases: Array<{ name: string; cmd: string[]; env: Record<string, string>; s
   { name: 'ziti-cni ADD', cmd: [installed], env: addEnv, stdin },
 ]
 
-function once(cmd: string[], env: Record<string, string>, input = '', rss = false): Promise<{ ms: number; kib: number }> {
+function once(cmd: string[], env: Record<string, string>, input = '', rss = false): Promise<{ ms: number; kib: number; cpu: number }> {
   return new Promise((resolve, reject) => {
-    const argv = rss ? ['/usr/bin/time', '-f', '%M', ...cmd] : cmd
+    const argv = rss ? ['/usr/bin/time', '-f', '%M %U %S', ...cmd] : cmd
     const started = process.hrtime.bigint()
     const child = spawn(argv[0]!, argv.slice(1), { env, stdio: ['pipe', 'pipe', 'pipe'] })
     let err = ''
@@ -51,7 +52,8 @@ function once(cmd: string[], env: Record<string, string>, input = '', rss = fals
     child.on('error', reject)
     child.on('close', (code) => {
       if (code !== 0) return reject(new Error(`${cmd.join(' ')} exited ${code}: ${err}`))
-      resolve({ ms: Number(process.hrtime.bigint() - started) / 1e6, kib: rss ? Number(err.trim().split('\n').at(-1)) : 0 })
+      const [kib, user, sys] = rss ? err.trim().split('\n').at(-1)!.split(' ').map(Number) : [0, 0, 0]
+      resolve({ ms: Number(process.hrtime.bigint() - started) / 1e6, kib: kib!, cpu: (user! + sys!) * 1000 })
     })
     child.stdin.end(input)
   })
@@ -60,11 +62,19 @@ function once(cmd: string[], env: Record<string, string>, input = '', rss = fals
 const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]! }
 const ms = new Map<string, number[]>(cases.map((c) => [c.name, []]))
 const kib = new Map<string, number[]>(cases.map((c) => [c.name, []]))
+const cpu = new Map<string, number[]>(cases.map((c) => [c.name, []]))
 for (let i = 0; i < RUNS; i++) {
   for (const c of cases) ms.get(c.name)!.push((await once(c.cmd, c.env, c.stdin)).ms)
-  for (const c of cases) kib.get(c.name)!.push((await once(c.cmd, c.env, c.stdin, true)).kib)
+  for (const c of cases) {
+    const r = await once(c.cmd, c.env, c.stdin, true)
+    kib.get(c.name)!.push(r.kib)
+    cpu.get(c.name)!.push(r.cpu)
+  }
 }
-process.stdout.write(`exec cost, median of ${RUNS} interleaved runs each:\n`)
-for (const c of cases) process.stdout.write(`  ${c.name.padEnd(26)} ${median(ms.get(c.name)!).toFixed(1).padStart(6)} ms  ${(median(kib.get(c.name)!) / 1024).toFixed(0).padStart(4)} MiB\n`)
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length
+process.stdout.write(`exec cost, ${RUNS} interleaved runs each: median wall, mean CPU (user+sys), median peak RSS\n`)
+for (const c of cases) {
+  process.stdout.write(`  ${c.name.padEnd(26)} ${median(ms.get(c.name)!).toFixed(1).padStart(6)} ms wall  ${mean(cpu.get(c.name)!).toFixed(1).padStart(6)} ms CPU  ${(median(kib.get(c.name)!) / 1024).toFixed(0).padStart(4)} MiB\n`)
+}
 agent.close()
 rmSync(dir, { recursive: true, force: true })
