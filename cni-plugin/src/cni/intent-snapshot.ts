@@ -43,6 +43,11 @@ export function parseSnapshot(text: string): IntentSnapshot | string {
   return { v: 1, state: 'installed', node: o.node, pods: o.pods as SnapshotEntry[] }
 }
 
+/** Why there is no snapshot to decide with: absent, or the problem that made it unreadable. */
+export function missingWhy(problem: string | undefined): string {
+  return problem === undefined ? 'no intent snapshot on this node (the agent has not run since boot)' : `the intent snapshot is unreadable: ${problem}`
+}
+
 export type SnapshotDecision =
   | { verdict: 'pass'; why: string }
   | { verdict: 'fail'; why: string }
@@ -53,8 +58,7 @@ export type SnapshotDecision =
  * (no snapshot, a broken one, a pod it does not know, no uid to match) fails closed.
  */
 export function decide(snapshot: IntentSnapshot | string | undefined, pod: PodRef): SnapshotDecision {
-  if (snapshot === undefined) return { verdict: 'fail', why: 'no intent snapshot on this node (the agent has not run since boot)' }
-  if (typeof snapshot === 'string') return { verdict: 'fail', why: `the intent snapshot is unreadable: ${snapshot}` }
+  if (typeof snapshot !== 'object') return { verdict: 'fail', why: missingWhy(snapshot) }
   if (snapshot.state === 'uninstalled') return { verdict: 'pass', why: 'ziti-cni was uninstalled from this node' }
   if (!pod.uid) return { verdict: 'fail', why: `the runtime passed no K8S_POD_UID for ${pod.namespace}/${pod.name}, so the snapshot cannot prove it has no intent` }
   const e = snapshot.pods.find((p) => p.namespace === pod.namespace && p.name === pod.name && p.uid === pod.uid)

@@ -1,11 +1,10 @@
 // The CNI executable's logic: dispatch on CNI_COMMAND, talk to the agent, fall back to the
 // agent's node-local intent snapshot when it is down (no API credential on the node).
 // Dependencies are injected so every path is testable.
-import { ANNOTATION_INTERCEPTION } from '@ziti-cni/shared'
 import type { AgentRequest, AgentResponse } from '../cni/agent-protocol.ts'
 import { DEFAULTS, parseRequest, type CniRequest } from '../cni/request.ts'
 import { CURRENT_VERSION, CniError, ErrorCode, convertResult, versionResult, type CniResult } from '../cni/spec.ts'
-import { decide, parseSnapshot, type IntentSnapshot } from '../cni/intent-snapshot.ts'
+import { decide, missingWhy, parseSnapshot, type IntentSnapshot } from '../cni/intent-snapshot.ts'
 import { AgentUnreachable } from './agent-client.ts'
 import type { Logger } from './log.ts'
 
@@ -60,7 +59,7 @@ async function dispatch(req: CniRequest, deps: PluginDeps): Promise<PluginOutput
         log.log('warn', 'agent is down; pods the intent snapshot shows without intent can still be added', { socket, snapshot: path })
         return { stdout: undefined, exitCode: 0 }
       }
-      throw new CniError(ErrorCode.PluginNotAvailable, `ziti-cni cannot service ADD: agent at ${socket} is down and ${decide(snapshot, { namespace: '', name: '', uid: undefined }).why}`)
+      throw new CniError(ErrorCode.PluginNotAvailable, `ziti-cni cannot service ADD: agent at ${socket} is down and ${missingWhy(snapshot)}`)
     }
     case 'GC':
       await cleanupOrWarn(req, deps, socket, timeoutMs, 'GC skipped: agent unreachable; it drops stale state when it starts')
