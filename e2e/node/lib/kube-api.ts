@@ -669,7 +669,7 @@ function withWarnings(e: StatusError, warnings: string[]): StatusError {
   return new StatusError(e.code, e.reason, e.message, e.details, { ...e.headers, ...warningHeaders(warnings) })
 }
 
-/** etcd3's continue token (apiserver pkg/storage/etcd3/store.go encodeContinue): base64 JSON. */
+/** The continue token (apiserver pkg/storage/continue.go:83-93 EncodeContinue): unpadded base64url JSON of the next key. */
 function encodeContinue(rv: number, key: string): string {
   return Buffer.from(JSON.stringify({ v: 'meta.k8s.io/v1', rv, start: `${key}\u0000` })).toString('base64url')
 }
