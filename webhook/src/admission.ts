@@ -1,6 +1,6 @@
 // AdmissionReview v1 in, AdmissionReview v1 out. Pure: the HTTP route and the offline
 // command both call `review`, so they share every decision and every message.
-import { ValidationError } from '@ziti-cni/shared'
+import { annotationsTotalProblem, ValidationError } from '@ziti-cni/shared'
 import type { V1Pod } from '@kubernetes/client-node'
 import jsonpatch from 'fast-json-patch'
 import type { WebhookConfig } from './config.ts'
@@ -71,6 +71,9 @@ export function review(req: AdmissionRequest, cfg: WebhookConfig, cache?: Inject
   if (alreadyInjected(pod)) return allow('already-injected')
   try {
     const { ops, patch, warnings, plan } = mutatePod(pod, cfg, cache, grant)
+    // The API server refuses the mutated pod (422) when its annotations exceed the total; say why here.
+    const tooBig = annotationsTotalProblem(jsonpatch.applyPatch(structuredClone(pod), ops, false, true).newDocument.metadata?.annotations)
+    if (tooBig) throw new ValidationError('metadata.annotations', tooBig)
     return {
       response: { uid: req.uid, allowed: true, patchType: 'JSONPatch', patch, ...(warnings.length ? { warnings } : {}) },
       outcome: 'injected', mode: plan.mode, ops,
