@@ -8,6 +8,7 @@ import { createServer, request, type Server } from 'node:https'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import jsonpatch from 'fast-json-patch'
+import { KubeEvents } from './kube-events.ts'
 
 type Obj = { apiVersion?: string; kind?: string; metadata: { name: string; namespace?: string; uid?: string; resourceVersion?: string; labels?: Record<string, string>; annotations?: Record<string, string>; generateName?: string; creationTimestamp?: string; [k: string]: unknown }; [k: string]: unknown }
 
@@ -60,6 +61,8 @@ export class KubeApiStandIn {
   /** Another admission step after ours that may refuse the object (returns the message). */
   afterAdmission: ((obj: Obj) => string | undefined) | undefined
   readonly requests: RequestRecord[] = []
+  /** core/v1 Events (create, list): kube-events.ts. */
+  readonly eventsApi = new KubeEvents()
 
   constructor(opts: KubeApiOptions) {
     this.tokens = new Set(opts.tokens)
@@ -172,6 +175,7 @@ export class KubeApiStandIn {
     res.on('finish', () => this.requests.push({ method: req.method ?? '', path: url.pathname + url.search, status: res.statusCode }))
     const auth = req.headers.authorization ?? ''
     if (!auth.startsWith('Bearer ') || !this.tokens.has(auth.slice(7))) return this.status(res, 401, 'Unauthorized', 'Unauthorized')
+    if (await this.eventsApi.handle(req, res, url)) return
 
     const route = this.route(url.pathname)
     if (!route) return this.status(res, 404, 'NotFound', 'the server could not find the requested resource')
