@@ -189,6 +189,8 @@ export interface RunningPod {
   devices: Map<string, ContainerInputs['devices']>
   phase: string
   stopped: boolean
+  /** Containers held in back-off: not restarted until released (holdRestarts). */
+  held: Set<string>
 }
 
 export interface KubeletOptions {
@@ -384,7 +386,7 @@ export class Kubelet {
     const netns = info.runtimeSpec?.linux?.namespaces?.find((n) => n.type === 'network')?.path ?? ''
     if (this.opts.netnsList && netns) appendFileSync(this.opts.netnsList, `${netns}\n`)
     const ips = [status.status.network?.ip ?? '', ...(status.status.network?.additional_ips ?? []).map((i) => i.ip)].filter(Boolean)
-    const rp: RunningPod = { pod, sandboxId, sandboxConfig: config, netns, ip: ips[0] ?? '', ips, dir, containers: new Map(), statuses: new Map(), records: new Map(), devices, phase: 'Pending', stopped: false }
+    const rp: RunningPod = { pod, sandboxId, sandboxConfig: config, netns, ip: ips[0] ?? '', ips, dir, containers: new Map(), statuses: new Map(), records: new Map(), devices, phase: 'Pending', stopped: false, held: new Set() }
     this.pods.add(rp)
     writeFileSync(join(dir, 'etc-hosts'), hostsFile(pod, ips))
     chmodSync(join(dir, 'etc-hosts'), 0o644)
@@ -484,11 +486,29 @@ export class Kubelet {
     }
   }
 
+  /**
+   * Keeps a container in back-off when it next exits, as a crash-looping one sits in
+   * CrashLoopBackOff (up to 5 minutes a time): a test's window with that container gone.
+   */
+  holdRestarts(rp: RunningPod, container: string): void {
+    this.live(rp).held.add(container)
+  }
+
   /** A native sidecar that exits is restarted, with back-off, for as long as the pod lives. */
   private async superviseSidecar(rp: RunningPod, c: V1Container, volumes: Map<string, string>, id: string, opts: RunPodOptions, w: Waiter): Promise<void> {
     for (;;) {
       const st = await this.waitExit(rp, id, Infinity, 1000)
       if (typeof st === 'string') return
+      if (rp.held.has(c.name)) {
+        const r = this.record(rp, c.name)
+        rp.statuses.set(c.name, st)
+        r.started = false
+        r.lastState = { terminated: { exitCode: st.exit_code, reason: st.reason || 'Error', startedAt: nsToIso(st.started_at), finishedAt: nsToIso(st.finished_at), containerID: `containerd://${st.id}` } }
+        r.state = { waiting: { reason: 'CrashLoopBackOff', message: `back-off 5m0s restarting failed container=${c.name}` } }
+        this.report(rp)
+        while (!rp.stopped && rp.held.has(c.name)) await sleep(500)
+        if (rp.stopped) return
+      }
       await this.backOff(rp, c, st)
       const next = await this.startUntilStarted(rp, c, volumes, opts, w)
       if (!next) return
