@@ -33,6 +33,8 @@ class FakeApi {
   pageSize = 0
   listFaults: Fault[] = []
   watchFaults: Fault[] = []
+  /** Watches to end at once with 200 and no event (a proxy or server that drops them). */
+  closeAtOnce = 0
   /** Continue tokens minted at or below this version are expired. */
   expireContinueBelow = 0
   readonly watches = new Set<{ res: ServerResponse; bookmarks: boolean }>()
@@ -114,6 +116,7 @@ class FakeApi {
       const f = this.watchFaults.shift()
       if (f) return this.send(res, f)
       res.writeHead(200, { 'content-type': 'application/json', 'transfer-encoding': 'chunked' })
+      if (this.closeAtOnce > 0) { this.closeAtOnce--; res.end(); return }
       res.flushHeaders()
       const from = Number(rvParam)
       if (from < this.compactedBelow) {
@@ -329,4 +332,12 @@ t.test('GET fallback: a pod the cache misses, another incarnation, a 404', async
   const gone = await pods.get({ namespace: 'apps', name: 'nope', uid: 'u' } as never, 1000)
   t.same([gone.source, gone.pod], ['api', undefined], '404: no such pod')
   await t.rejects(pods.get({ namespace: 'apps', name: 'a', uid: 'uid-other' } as never, 300), /has uid uid-a, expected uid-other/, 'another incarnation is never taken for this one')
+})
+
+t.test('a watch that ends at once with no event is an error: back-off and relist, not a hot loop', async (t) => {
+  const { api, pods } = await world(t, (api) => { api.upsert('a'); api.closeAtOnce = 3 })
+  await waitFor('a running watch', () => api.watches.size === 1, 8000)
+  t.equal(api.watchesAsked().length, 4, 'three dropped watches, then the running one')
+  t.equal(api.lists().length, 4, 'each very short watch (reflector.go:1090) ends the round: a relist after the back-off')
+  t.ok(pods.synced())
 })
