@@ -43,7 +43,7 @@ for (const overlay of ['kind', 'production']) {
       t.same(rules('ClusterRole', 'ziti-cni-webhook'), [{ apiGroups: ['admissionregistration.k8s.io'], resources: ['mutatingwebhookconfigurations'], resourceNames: ['ziti-cni-webhook'], verbs: ['get', 'patch'] }])
       t.same(rules('Role', 'ziti-cni-webhook-tls'), [{ apiGroups: [''], resources: ['secrets'], resourceNames: ['ziti-cni-webhook-tls'], verbs: ['get', 'update'] }, { apiGroups: ['apps'], resources: ['daemonsets'], resourceNames: ['ziti-cni-agent'], verbs: ['get'] }])
       const repairByDeletion = find(docs, 'DaemonSet', 'ziti-cni-agent')!.spec.template.spec.containers[0].args.includes('--repair=delete')
-      t.same(rules('ClusterRole', 'ziti-cni-agent'), [{ apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch', ...(repairByDeletion ? ['delete'] : [])] }], 'pods: read, and delete only with repair-by-deletion')
+      t.same(rules('ClusterRole', 'ziti-cni-agent'), [{ apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch', ...(repairByDeletion ? ['delete'] : [])] }, { apiGroups: [''], resources: ['events'], verbs: ['create'] }], 'pods: read, and delete only with repair-by-deletion; events: create only')
       t.same(rules('Role', 'ziti-cni-agent-lifecycle'), [{ apiGroups: ['apps'], resources: ['daemonsets'], resourceNames: ['ziti-cni-agent'], verbs: ['get'] }])
       const roles = docs.filter((d) => d.kind === 'Role' || d.kind === 'ClusterRole').map((d) => `${d.kind}/${d.metadata.name}`).sort()
       t.same(roles, ['ClusterRole/ziti-cni-agent', 'ClusterRole/ziti-cni-webhook', 'Role/ziti-cni-agent-lifecycle', 'Role/ziti-cni-webhook-tls'], 'no other roles')

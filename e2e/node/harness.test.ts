@@ -1,12 +1,23 @@
 // The harness's pure parts: the kubelet's pod -> CRI mapping, the managed hosts file, the
-// containerd config, and the CRI proto's field numbers (a wrong number makes containerd read
-// another field than we mean, silently).
+// containerd config, the restart back-off, and the CRI proto's field numbers (a wrong number
+// makes containerd read another field than we mean, silently). Then, on containerd + runc, the
+// kubelet harness behaving like the kubelet: devices allocated at admission, failed init
+// containers and exited sidecars restarted with back-off (restartCount, lastState,
+// CrashLoopBackOff in the pod status), one startup probe per container, and the agent's repair
+// acting on a pod whose status only has the validator's failure as lastState.
 import t from 'tap'
 import { loadSync } from '@grpc/proto-loader'
 import { fileURLToPath } from 'node:url'
 import type { V1Pod } from '@kubernetes/client-node'
-import { containerConfig, DEFAULT_MASKED_PATHS, expand, hostsFile, quantityBytes, sandboxConfig } from './lib/kubelet.ts'
-import { containerdConfig } from './lib/containerd.ts'
+import { containerConfig, CONTAINER_BACKOFF, DEFAULT_MASKED_PATHS, expand, hostsFile, PodAdmissionError, PodStartError, quantityBytes, restartDelay, sandboxConfig } from './lib/kubelet.ts'
+import { containerdConfig, NETNS_LIST } from './lib/containerd.ts'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { ANNOTATION_INTERCEPTION, EXIT_NOT_INTERCEPTED, VALIDATOR_NAME } from '@ziti-cni/shared'
+import { rootOnly } from '../../shared/testkit/root.ts'
+import { AGENT_BUNDLE, TestNode, sweepLeftovers } from './lib/node.ts'
+import { IMAGES } from './lib/test-images.ts'
+import { spawnSync } from 'node:child_process'
 
 const pod: V1Pod = {
   metadata: { name: 'web', namespace: 'apps', uid: 'u-1', labels: { app: 'web' }, annotations: { a: 'b' } },
@@ -74,4 +85,147 @@ t.test('CRI proto field numbers match kubernetes/cri-api pkg/apis/runtime/v1/api
   t.match(fields('ExecSyncRequest'), { container_id: 1, cmd: 2, timeout: 3 })
   t.match(fields('ContainerStatus'), { id: 1, metadata: 2, state: 3, created_at: 4, started_at: 5, finished_at: 6, exit_code: 7, reason: 10, message: 11, log_path: 15 })
   t.match(fields('Device'), { container_path: 1, host_path: 2, permissions: 3 })
+})
+
+t.test('restart back-off: the first restart at once, then 10 s doubling to 5 min (kubelet.go)', async (t) => {
+  t.same([0, 1, 2, 3, 4, 5, 6, 9].map((n) => restartDelay(n)), [0, 10_000, 20_000, 40_000, 80_000, 160_000, 300_000, 300_000])
+  t.same(CONTAINER_BACKOFF, { initialMs: 10_000, maxMs: 300_000 })
+})
+
+type Status = { phase?: string; initContainerStatuses?: K8sStatus[]; containerStatuses?: K8sStatus[] }
+type K8sStatus = { name: string; restartCount: number; state: { running?: object; waiting?: { reason: string; message: string }; terminated?: { exitCode: number; reason: string } }; lastState: { terminated?: { exitCode: number } } }
+
+const SC = { runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000, seccompProfile: { type: 'RuntimeDefault' } }
+const CSC = { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } }
+const RESOURCE = 'tun.openziti.io/tun'
+
+async function until(what: string, cond: () => boolean, ms: number): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 100))
+  }
+}
+
+t.test('the kubelet harness on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 'containerd', 'runc', 'ctr']), async (t) => {
+  sweepLeftovers()
+  const node = new TestNode({ id: 7, tunDevicePlugin: true })
+  t.teardown(() => node.teardown())
+  await node.start()
+  await node.deviceManager!.ready(RESOURCE)
+  // Every status the kubelet's status manager writes, in order.
+  const seen = new Map<string, Status[]>()
+  const report = node.kubelet.opts.reportStatus!
+  node.kubelet.opts.reportStatus = (pod, status) => {
+    seen.set(pod.metadata!.name!, [...(seen.get(pod.metadata!.name!) ?? []), JSON.parse(JSON.stringify(status)) as Status])
+    report(pod, status)
+  }
+  const stored = (name: string, ns = 'plain') => node.api.get('pods', ns, name) as unknown as { status?: Status } | undefined
+  // Shorter than the kubelet's 10 s so the suite stays quick; the rule is the same.
+  node.kubelet.opts.restartBackoff = { initialMs: 2000, maxMs: 8000 }
+  const pod = (name: string, spec: object) => node.createPod({ metadata: { name, namespace: 'plain' }, spec: { securityContext: SC, volumes: [{ name: 'w', emptyDir: {} }], ...spec } })
+
+  await t.test('a failing init container is restarted with back-off until it succeeds: restartCount, lastState, CrashLoopBackOff', async (t) => {
+    const p = await pod('init-flaky', {
+      initContainers: [{ name: 'flaky', image: IMAGES.tools, command: ['sh', '-c', 'n=$(cat /w/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /w/n; echo attempt $n; [ $n -ge 3 ] || exit 7'], volumeMounts: [{ name: 'w', mountPath: '/w' }], securityContext: CSC }],
+      containers: [{ name: 'app', image: IMAGES.tools, securityContext: CSC }],
+    })
+    const t0 = Date.now()
+    const rp = await node.runPod(p, { until: 'running', deadlineMs: 60_000 })
+    const took = Date.now() - t0
+    const init = stored('init-flaky')!.status!.initContainerStatuses![0]!
+    t.equal(init.restartCount, 2, 'two restarts')
+    t.equal(init.state.terminated?.exitCode, 0, 'the third attempt completed')
+    t.equal(init.lastState.terminated?.exitCode, 7, 'lastState is the failed attempt before it')
+    t.equal(stored('init-flaky')!.status!.phase, 'Running')
+    const history = seen.get('init-flaky')!.map((s) => s.initContainerStatuses?.[0])
+    const loop = history.find((s) => s?.state.waiting?.reason === 'CrashLoopBackOff')
+    t.ok(loop, 'CrashLoopBackOff was reported between attempts')
+    t.match(loop?.state.waiting?.message, /^back-off 2s restarting failed container=flaky pod=init-flaky_plain\(/)
+    t.equal(loop?.lastState.terminated?.exitCode, 7, 'with the failure as lastState')
+    t.ok(took >= 2000, `the second restart waited the back-off (${took} ms in all)`)
+    t.match(node.kubelet.logs(rp, 'flaky'), /attempt 3/, 'each attempt has its own log')
+    t.match(node.kubelet.logs(rp, 'flaky', 0), /attempt 1/)
+    await node.removePod(rp)
+  })
+
+  await t.test('a native sidecar that exits is restarted with back-off; the pod keeps running', async (t) => {
+    const p = await pod('sidecar-exits', {
+      initContainers: [{ name: 'side', image: IMAGES.tools, restartPolicy: 'Always', command: ['sh', '-c', 'sleep 1; exit 3'], securityContext: CSC }],
+      containers: [{ name: 'app', image: IMAGES.tools, securityContext: CSC }],
+    })
+    const rp = await node.runPod(p)
+    t.ok(rp.containers.has('app'), 'the sidecar has no startup probe: the app starts after it starts')
+    await until('the sidecar restarted twice', () => (stored('sidecar-exits')?.status?.initContainerStatuses?.[0]?.restartCount ?? 0) >= 2, 20_000)
+    const side = stored('sidecar-exits')!.status!.initContainerStatuses![0]!
+    t.equal(side.lastState.terminated?.exitCode, 3, 'lastState: it exited with 3')
+    t.equal(stored('sidecar-exits')!.status!.phase, 'Running', 'the pod keeps running')
+    await node.removePod(rp)
+  })
+
+  await t.test('app containers start together; each waits only on its own startup probe', async (t) => {
+    const p = await pod('probes', {
+      containers: [
+        { name: 'slow', image: IMAGES.tools, command: ['sh', '-c', 'sleep 3; echo > /w/ready; exec sleep 1000'], volumeMounts: [{ name: 'w', mountPath: '/w' }], securityContext: CSC, startupProbe: { exec: { command: ['test', '-f', '/w/ready'] }, periodSeconds: 1, failureThreshold: 20 } },
+        { name: 'fast', image: IMAGES.tools, securityContext: CSC },
+      ],
+    })
+    const rp = await node.runPod(p)
+    const slow = await node.containerd.cri.containerStatus(rp.containers.get('slow')!)
+    const fast = await node.containerd.cri.containerStatus(rp.containers.get('fast')!)
+    const gapMs = Math.abs(fast.started_at - slow.started_at) / 1e6
+    t.ok(gapMs < 2000, `'fast' started ${Math.round(gapMs)} ms from 'slow', not after slow's 3 s probe`)
+    await node.removePod(rp)
+  })
+
+  await t.test('devices are allocated at admission: none free, no sandbox and no CNI ADD; freed with the pod', async (t) => {
+    const hog = { podUid: 'hog', container: 'c' }
+    await node.deviceManager!.allocate(RESOURCE, node.deviceManager!.capacity(RESOURCE).healthy, hog)
+    const netnsList = join(node.containerd.dirs.dir, NETNS_LIST)
+    const before = readFileSync(netnsList, 'utf8')
+    const asks = { resources: { limits: { [RESOURCE]: '1' } } }
+    const p = await pod('wants-tun', { containers: [{ name: 'app', image: IMAGES.tools, securityContext: CSC, ...asks }] })
+    const err = await node.runPod(p).then(() => undefined, (e: Error) => e)
+    t.type(err, PodAdmissionError)
+    t.match(err?.message, /OutOftun\.openziti\.io\/tun: 0 of 1 available/)
+    t.equal(readFileSync(netnsList, 'utf8'), before, 'no sandbox was made (no netns, so no CNI ADD)')
+    t.match(stored('wants-tun')!.status, { phase: 'Failed', reason: 'UnexpectedAdmissionError' })
+    node.deviceManager!.freePod('hog')
+    node.api.delete('pods', 'plain', 'wants-tun')
+    const again = await node.runPod(await pod('wants-tun', { containers: [{ name: 'app', image: IMAGES.tools, securityContext: CSC, ...asks }] }))
+    t.ok(node.deviceManager!.podsWithDevices().includes(again.pod.metadata!.uid!), 'admitted: the pod holds a device')
+    t.ok(readFileSync(netnsList, 'utf8') !== before, 'and has its sandbox')
+    await node.removePod(again)
+    t.notOk(node.deviceManager!.podsWithDevices().includes(again.pod.metadata!.uid!), 'removing the pod frees its device')
+  })
+
+  await t.test('repair acts on lastState: a validator crash-looping while the agent was away', async (t) => {
+    // The agent is gone and so is ziti-cni from the chain (a node boot race, as scenario 12).
+    await node.stopAgent()
+    const un = spawnSync(process.execPath, [AGENT_BUNDLE, 'uninstall', '--cni-bin-dir', node.binDir, '--cni-conf-dir', node.confDir, '--plugin-kubeconfig', node.pluginKubeconfig], { encoding: 'utf8' })
+    t.equal(un.status, 0, un.stderr)
+    // A long back-off so the status the agent finds is CrashLoopBackOff, not a fresh exit.
+    node.kubelet.opts.restartBackoff = { initialMs: 120_000, maxMs: 120_000 }
+    const intent = JSON.stringify({ v: 1, mode: 'proxy', uid: 2171, dnat: [{ dst: '100.64.0.2', proto: 'tcp', port: 5432, to: 15100 }], fence: [15100] })
+    const p = await node.createPod({ metadata: { name: 'crashloop', namespace: 'apps', annotations: { [ANNOTATION_INTERCEPTION]: intent } }, spec: {
+      securityContext: SC,
+      // What the validator does when the redirect is missing: exit EXIT_NOT_INTERCEPTED.
+      initContainers: [{ name: VALIDATOR_NAME, image: IMAGES.tools, command: ['sh', '-c', `echo traffic is NOT intercepted; exit ${EXIT_NOT_INTERCEPTED}`], securityContext: CSC }],
+      containers: [{ name: 'app', image: IMAGES.tools, securityContext: CSC }],
+    } })
+    const first = await node.runPod(p).then(() => undefined, (e: unknown) => e as PodStartError)
+    t.type(first, PodStartError)
+    await until('CrashLoopBackOff', () => stored('crashloop', 'apps')?.status?.initContainerStatuses?.[0]?.state.waiting?.reason === 'CrashLoopBackOff', 20_000)
+    const status = stored('crashloop', 'apps')!.status!.initContainerStatuses![0]!
+    t.notOk(status.state.terminated, 'the current state is waiting: only lastState holds the exit')
+    t.equal(status.lastState.terminated?.exitCode, EXIT_NOT_INTERCEPTED)
+    t.equal(status.restartCount, 1)
+    await node.startAgent()
+    await until('the agent deleted the pod', () => !node.api.get('pods', 'apps', 'crashloop'), 20_000)
+    t.pass('the agent deleted the unintercepted pod from its lastState')
+    t.match(await node.metrics(), /ziti_cni_repairs_total\{action="deleted"\} 1/)
+    const ev = node.api.eventsApi.events.find((e) => e.involvedObject.name === 'crashloop')
+    t.match(ev, { reason: 'DeletedNotIntercepted', type: 'Warning', involvedObject: { kind: 'Pod', namespace: 'apps', uid: p.metadata.uid }, reportingComponent: 'ziti-cni-agent' }, 'and said so in an Event on the pod')
+    await node.removePod(first!.pod)
+  })
 })

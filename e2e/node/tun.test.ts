@@ -111,6 +111,8 @@ t.test('tun mode on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 'conta
   })
 
   await t.test('no tunneler attached: nothing for the Ziti ranges leaves the pod', async (t) => {
+    // The kubelet would restart the sidecar at once; hold it as a crash-looping one in back-off.
+    node.kubelet.holdRestarts(rp, 'ziti-tunnel')
     await node.containerd.cri.stopContainer(rp.containers.get('ziti-tunnel')!, 5)
     const link = node.inNetns(rp, ['ip', 'link', 'show', 'dev', 'ziti0']).stdout
     t.match(link, /NO-CARRIER/, 'the device has no carrier once the tunneler is gone')

@@ -8,6 +8,7 @@ import { PLUGIN_TYPE } from '../install/conflist.ts'
 import { Installer, uninstall } from '../install/installer.ts'
 import { SnapshotWriter } from './snapshot.ts'
 import { FlagError, HelpRequested, parseFlags, USAGE, type AgentFlags } from './flags.ts'
+import { EventRecorder, withFailureEvents } from './events.ts'
 import { createAgentMetrics } from './metrics.ts'
 import { createNetns } from './netns.ts'
 import { createPodSource } from './pods.ts'
@@ -43,11 +44,13 @@ async function run(f: AgentFlags): Promise<void> {
   cachedCount = () => pods.cachedCount()
   let installer: Installer | undefined
   const core = kc.makeApiClient(CoreV1Api)
+  const events = new EventRecorder({ node: f.nodeName, log, post: async (namespace, body) => { await core.createNamespacedEvent({ namespace, body: body as never }) } })
   const repairer = new Repairer({
     mode: f.repair, nodeName: f.nodeName, maxPerMinute: f.repairPerMinute, log,
     installed: () => !f.install || (installer?.ready ?? false),
     deletePod: async (namespace, name, uid) => { await core.deleteNamespacedPod({ name, namespace, body: { preconditions: { uid } } }) },
     count: (action) => metrics.repairs.inc({ action }),
+    onAction: (pod, action, message) => void events.record({ namespace: pod.metadata!.namespace!, name: pod.metadata!.name!, uid: pod.metadata?.uid }, 'Warning', action === 'failed' ? 'RepairFailed' : action === 'deleted' ? 'DeletedNotIntercepted' : 'NotIntercepted', message),
   })
   pods.onPod((pod) => void repairer.consider(pod))
   mkdirSync(dirname(f.socket), { recursive: true, mode: 0o700 })
@@ -66,7 +69,7 @@ async function run(f: AgentFlags): Promise<void> {
     if (!netns.exists(s.netns)) { state.delete(s.containerId, s.ifName); log.info({ containerId: s.containerId }, 'dropped state of a vanished attachment') }
   }
 
-  const cni = createCniServer(programmer, metrics, log)
+  const cni = createCniServer(withFailureEvents(programmer, events), metrics, log)
   rmSync(f.socket, { force: true })
   await new Promise<void>((resolve, reject) => { cni.once('error', reject); cni.listen(f.socket, () => resolve()) })
   chmodSync(f.socket, 0o600)

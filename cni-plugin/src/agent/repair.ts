@@ -27,6 +27,8 @@ export interface RepairerOptions {
   maxPerMinute: number
   log: Logger
   count: (action: string) => void
+  /** What repair did to a pod, for its user to see (an Event on the pod). */
+  onAction?: (pod: V1Pod, action: 'reported' | 'deleted' | 'failed', message: string) => void
   now?: () => number
 }
 
@@ -52,6 +54,7 @@ export class Repairer {
       this.done.add(uid)
       this.log.warn(ref, 'pod runs without interception (its validator failed); repair is off: delete it to have it recreated through ziti-cni')
       this.o.count('reported')
+      this.o.onAction?.(pod, 'reported', 'the pod runs without Ziti interception (its validator init container failed) and repair is off: delete it to have it recreated through ziti-cni')
       return
     }
     if (!this.o.installed()) {
@@ -73,10 +76,12 @@ export class Repairer {
       await this.o.deletePod(pod.metadata!.namespace!, pod.metadata!.name!, uid)
       this.log.warn(ref, 'deleted a pod that started without interception; its controller recreates it')
       this.o.count('deleted')
+      this.o.onAction?.(pod, 'deleted', 'ziti-cni deleted the pod: it started without Ziti interception (its validator init container failed); its controller recreates it')
     } catch (e) {
       this.done.delete(uid)
       this.log.error({ ...ref, err: String(e) }, 'repair by deletion failed')
       this.o.count('failed')
+      this.o.onAction?.(pod, 'failed', `the pod runs without Ziti interception and ziti-cni could not delete it: ${String(e)}`)
     }
   }
 

@@ -12,7 +12,7 @@ import type { Programmer } from './programmer.ts'
  * The CNI socket: one JSON request line in, one JSON response line out, per connection.
  * Root-only (0600), on the node; the executable is its only client.
  */
-export function createCniServer(programmer: Programmer, metrics: AgentMetrics, log: Logger): Server {
+export function createCniServer(programmer: Pick<Programmer, 'handle'>, metrics: AgentMetrics, log: Logger): Server {
   const cniLog = log.child({ component: 'cni-server' })
   const handle = async (line: string): Promise<AgentResponse> => {
     let body: AgentRequest

@@ -7,8 +7,26 @@
 // created the pod's device for the sidecar's uid.
 //
 // Lifecycle as the kubelet expects it: serve on <dir>/<socket>, then Register on
-// <dir>/kubelet.sock; when the kubelet restarts it deletes every socket in the dir and
-// recreates kubelet.sock, so the plugin watches for either and serves and registers again.
+// <dir>/kubelet.sock. What the kubelet does (pkg/kubelet/cm/devicemanager, read at
+// kubernetes/kubernetes master): Register checks the version and that the resource is an
+// extended resource name, then dials our socket (10 s, blocking) and calls
+// GetDevicePluginOptions before it answers (plugin/v1beta1/server.go Register,
+// handler.go connectClient, client.go Connect/dial); an error there fails Register. It then
+// reads our ListAndWatch stream; when that stream ends for any reason (we stop, the agent
+// restarts, the connection breaks) it marks every device of the resource Unhealthy at once
+// (allocatable drops to 0: no new pod gets one) and keeps the resource for
+// endpointStopGracePeriod, 5 minutes, before it drops it from the node's capacity
+// (manager.go PluginDisconnected, markResourceUnhealthy, GetCapacity; types.go). Pods
+// already running keep their devices: allocations live in the kubelet's checkpoint
+// (kubelet_internal_checkpoint), keyed by device ID, so our IDs are stable (tun-0..N-1).
+// A new Register replaces the endpoint and the first ListAndWatch answer makes the devices
+// healthy again. It never reconnects by itself: the plugin must register again. So:
+// - when a ListAndWatch stream ends while we are serving, we register again (next tick);
+// - when the kubelet restarts it deletes every socket in the dir but its checkpoint and
+//   recreates kubelet.sock (manager.go Start, removeContents): we watch for either and serve
+//   and register again;
+// - across an agent restart the devices are Unhealthy from our exit until we register
+//   again, which the agent does first thing at start; nothing a plugin can do shortens that.
 import { execFileSync } from 'node:child_process'
 import { chmodSync, chownSync, lstatSync, mkdirSync, rmSync, statSync } from 'node:fs'
 import { dirname, join } from 'node:path'
@@ -62,6 +80,9 @@ export class TunDevicePlugin {
   private kubeletIno: number | undefined
   private timer: NodeJS.Timeout | undefined
   private healthy = false
+  /** True while we end streams ourselves (stop, serve again): no re-registration for those. */
+  private closing = false
+  private ticking = false
   registrations = 0
 
   constructor(o: TunPluginOptions) {
@@ -123,12 +144,21 @@ export class TunDevicePlugin {
   }
 
   private async closeServer(): Promise<void> {
+    this.closing = true
     for (const s of this.streams) s.end()
     this.streams.clear()
     const server = this.server
     this.server = undefined
     if (server) await new Promise<void>((r) => server.tryShutdown(() => r()))
     rmSync(this.socket, { force: true })
+    this.closing = false
+  }
+
+  /** The kubelet lost our stream: it marked our devices Unhealthy and waits for a Register. */
+  private streamEnded(call: grpc.ServerWritableStream<unknown, unknown>): void {
+    if (!this.streams.delete(call) || this.closing || !this.server) return
+    this.log.warn('the kubelet\'s ListAndWatch stream ended: registering again')
+    this.kubeletIno = undefined // the next tick registers
   }
 
   private async serveAndRegister(): Promise<void> {
@@ -138,8 +168,8 @@ export class TunDevicePlugin {
       GetDevicePluginOptions: (_: unknown, cb: grpc.sendUnaryData<unknown>) => cb(null, { pre_start_required: false, get_preferred_allocation_available: false }),
       ListAndWatch: (call: grpc.ServerWritableStream<unknown, unknown>) => {
         this.streams.add(call)
-        call.on('cancelled', () => this.streams.delete(call))
-        call.on('close', () => this.streams.delete(call))
+        call.on('cancelled', () => this.streamEnded(call))
+        call.on('close', () => this.streamEnded(call))
         call.write(this.devices())
       },
       GetPreferredAllocation: (_: unknown, cb: grpc.sendUnaryData<unknown>) => cb(null, { container_responses: [] }),
@@ -193,6 +223,12 @@ export class TunDevicePlugin {
 
   /** A restarted kubelet deletes our socket and makes a new kubelet.sock: serve and register again. */
   private async watch(): Promise<void> {
+    if (this.ticking) return // a registration can outlast a tick
+    this.ticking = true
+    try { await this.tick() } finally { this.ticking = false }
+  }
+
+  private async tick(): Promise<void> {
     this.checkHealth()
     let ino: number | undefined
     try { ino = statSync(join(this.o.dir, 'kubelet.sock')).ino } catch { ino = undefined }
@@ -202,7 +238,7 @@ export class TunDevicePlugin {
       this.log.info('our socket is gone (kubelet restarted): serving again')
       await this.serveAndRegister()
     } else if (ino !== undefined && ino !== this.kubeletIno) {
-      this.log.info('the kubelet socket changed: registering again')
+      this.log.info(this.kubeletIno === undefined ? 'registering with the kubelet' : 'the kubelet socket changed: registering again')
       await this.register()
     }
   }

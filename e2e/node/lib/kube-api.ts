@@ -13,6 +13,7 @@ import { createServer, type Server } from 'node:https'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import jsonpatch from 'fast-json-patch'
+import { KubeEvents } from './kube-events.ts'
 import { loadShippedConfiguration, MutatingAdmission, warningHeaders, type MutatingWebhookConfiguration, type Resolver, type WebhookCall } from './kube-api/admission.ts'
 import { parseChaos, type Chaos } from './kube-api/chaos.ts'
 import { decodeError, defaultPod, invalid, metaErrors, podUpdateErrors, RESOURCES, StatusError, validatePod, type Obj, type Resource } from './kube-api/objects.ts'
@@ -93,6 +94,8 @@ export class KubeApiStandIn {
   /** Runs after the static tokens; kube-tokens.ts adds the ServiceAccount token authenticator here. */
   readonly authenticators: Authenticator[] = []
   readonly routes: Route[] = []
+  /** core/v1 Events (create, list): kube-events.ts. */
+  readonly eventsApi = new KubeEvents()
   /** Another admission step after ours that may refuse the object (returns the message). */
   afterAdmission: ((obj: Obj) => string | undefined) | undefined
   readonly requests: RequestRecord[] = []
@@ -344,6 +347,7 @@ export class KubeApiStandIn {
     const method = req.method ?? 'GET'
     let bodyRead: Promise<unknown> | undefined
     const body = () => (bodyRead ??= this.body(req))
+    if (await this.eventsApi.handle(req, res, url)) return
     for (const route of this.routes) {
       const out = await route({ method, url, user, body })
       if (out) return this.json(res, out.status, out.body)

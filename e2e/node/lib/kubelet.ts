@@ -3,9 +3,9 @@
 // metadata, hostname, DNS (dnsPolicy ClusterFirst), the managed /etc/hosts with hostAliases,
 // emptyDir volumes, env (values, Secret keys, field refs, $(VAR) expansion), and per container
 // runAsUser/runAsGroup, capabilities add/drop, no_new_privs from allowPrivilegeEscalation: false,
-// readOnlyRootFilesystem, seccomp and the default masked/read-only /proc paths. Start order:
-// init containers one by one (a native sidecar, restartPolicy Always, only gates the next one
-// on its startup probe), then the app containers. No capability, uid or mount beyond that.
+// readOnlyRootFilesystem, seccomp and the default masked/read-only /proc paths. Devices are
+// allocated at admission, before the sandbox; the pod worker (see `Kubelet`) starts and
+// restarts containers. No capability, uid or mount beyond that.
 import { spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { appendFileSync, chmodSync, mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs'
@@ -140,12 +140,35 @@ export function hostsFile(pod: V1Pod, podIps: string[]): string {
 
 export class PodStartError extends Error {
   override readonly name = 'PodStartError'
+  /** The pod as it was when it failed (its containers and statuses then; the worker goes on). */
   readonly pod: RunningPod
   constructor(msg: string, pod: RunningPod) {
     super(msg)
     this.pod = pod
   }
 }
+
+/** The kubelet's admit handlers refused the pod: no sandbox was made (pod phase Failed). */
+export class PodAdmissionError extends Error {
+  override readonly name = 'PodAdmissionError'
+}
+
+/** pkg/kubelet/kubelet.go: backOffPeriod 10 s, MaxContainerBackOff 300 s. */
+export const CONTAINER_BACKOFF = { initialMs: 10_000, maxMs: 300_000 }
+
+/**
+ * Pure: how long the kubelet waits before restarting a container that has already been
+ * restarted `restarts` times (kuberuntime_manager.go doBackOff over flowcontrol.Backoff: no
+ * entry yet, so the first restart is at once; then 10 s, doubling, capped at 5 minutes).
+ */
+export function restartDelay(restarts: number, b: { initialMs: number; maxMs: number } = CONTAINER_BACKOFF): number {
+  return restarts <= 0 ? 0 : Math.min(b.initialMs * 2 ** (restarts - 1), b.maxMs)
+}
+
+type K8sState = { running: { startedAt: string } } | { terminated: { exitCode: number; reason: string; message?: string; startedAt: string; finishedAt: string; containerID: string } } | { waiting: { reason: string; message: string } }
+
+/** What the status manager reports for one container: state, lastState, restartCount. */
+interface ContainerRecord { restarts: number; state: K8sState | undefined; lastState: K8sState | undefined; id: string; started: boolean }
 
 export interface RunningPod {
   pod: V1Pod
@@ -158,7 +181,16 @@ export interface RunningPod {
   ips: string[]
   dir: string
   containers: Map<string, string>
+  /** The runtime's status of each container's latest attempt. */
   statuses: Map<string, ContainerStatus>
+  /** restartCount, state and lastState per container, as the pod status carries them. */
+  records: Map<string, ContainerRecord>
+  /** Devices allocated at admission, per container. */
+  devices: Map<string, ContainerInputs['devices']>
+  phase: string
+  stopped: boolean
+  /** Containers held in back-off: not restarted until released (holdRestarts). */
+  held: Set<string>
 }
 
 export interface KubeletOptions {
@@ -170,12 +202,43 @@ export interface KubeletOptions {
   reportStatus?: (pod: V1Pod, status: object) => void
   /** Appended with each sandbox's netns path, for a hard cleanup. */
   netnsList?: string
-  /** Devices the device plugins allocated for a container (resource limits -> CRI devices). */
+  /** Devices the device plugins allocate for a container at admission (resource limits -> CRI devices). */
   devices?: (pod: V1Pod, c: V1Container) => Promise<ContainerInputs['devices']>
+  /** A pod is gone: its devices go back (the device manager's UpdateAllocatedDevices). */
+  releaseDevices?: (pod: V1Pod) => void
+  /** Container restart back-off (the kubelet's 10 s doubling to 5 min). */
+  restartBackoff?: { initialMs: number; maxMs: number }
+}
+
+export interface RunPodOptions {
+  startupCapMs?: number
+  /** How long an init container may run before runPod stops waiting for it. */
+  initTimeoutMs?: number
+  /**
+   * When runPod gives up. 'first-failure' (the default): it rejects at the first failed
+   * attempt, with the pod as it was then. 'running': it waits through restarts until the pod
+   * runs or `deadlineMs` passes. Either way the pod's worker goes on restarting with back-off,
+   * as the kubelet does, until removePod.
+   */
+  until?: 'first-failure' | 'running'
+  deadlineMs?: number
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+const nsToIso = (ns: number) => new Date(Math.floor(ns / 1e6)).toISOString().replace(/\.\d+Z$/, 'Z')
 
+interface Waiter { settled: boolean; resolve: (rp: RunningPod) => void; reject: (e: Error) => void; failFast: boolean }
+
+/**
+ * The kubelet's part, per pod: admission (devices), the sandbox, then a pod worker that runs
+ * init containers in order, restarting a failed one with back-off (CrashLoopBackOff,
+ * restartCount, lastState, as kuberuntime's computePodActions does for restartPolicy
+ * Always/OnFailure; Never fails the pod), native sidecars (restartPolicy Always) that gate the
+ * next init container on their startup probe and are restarted whenever they exit, and app
+ * containers started together, each with its own startup probe (pkg/kubelet/prober: one
+ * worker per container, so no container waits on another's probe). App containers that exit
+ * are not restarted (the harness's limit).
+ */
 export class Kubelet {
   readonly opts: KubeletOptions
   readonly cri: CriClient
@@ -242,121 +305,285 @@ export class Kubelet {
       { container_path: '/etc/hosts', host_path: join(rp.dir, 'etc-hosts') },
       { container_path: c.terminationMessagePath ?? '/dev/termination-log', host_path: termination },
     ]
-    const devices = await this.opts.devices?.(rp.pod, c)
-    const config = containerConfig(rp.pod, c, { env: this.env(rp.pod, c, rp.ip), mounts, devices, attempt, logPath: `${c.name}/${attempt}.log` })
+    const config = containerConfig(rp.pod, c, { env: this.env(rp.pod, c, rp.ip), mounts, devices: rp.devices.get(c.name), attempt, logPath: `${c.name}/${attempt}.log` })
     const id = await this.cri.createContainer(rp.sandboxId, config, rp.sandboxConfig)
     rp.containers.set(c.name, id)
     return id
   }
 
-  /** Polls until the container exits; its final status. */
-  private async waitExit(id: string, timeoutMs: number): Promise<ContainerStatus> {
+  /** Polls until the container exits (its final status), the pod is removed, or the timeout. */
+  private async waitExit(rp: RunningPod, id: string, timeoutMs = Infinity, pollMs = 100): Promise<ContainerStatus | 'timeout' | 'stopped'> {
     const deadline = Date.now() + timeoutMs
     for (;;) {
-      const s = await this.cri.containerStatus(id)
+      if (rp.stopped) return 'stopped'
+      const s = await this.cri.containerStatus(id).catch(() => undefined)
+      if (!s) return 'stopped'
       if (s.state === 'CONTAINER_EXITED') return s
-      if (Date.now() > deadline) throw new Error(`container ${s.metadata.name} still ${s.state} after ${timeoutMs} ms`)
-      await sleep(50)
+      if (Date.now() > deadline) return 'timeout'
+      await sleep(pollMs)
     }
   }
 
-  /** A startup probe (exec only; the injected ones run inside the pod). */
-  private async startupProbe(rp: RunningPod, c: V1Container, id: string, capMs: number): Promise<void> {
+  /** A startup probe (exec only; the injected ones run inside the pod): ok, or why not. */
+  private async startupProbe(rp: RunningPod, c: V1Container, id: string, capMs: number): Promise<{ ok: true } | { ok: false; why: string }> {
     const probe = c.startupProbe
-    if (!probe) return
+    if (!probe) return { ok: true }
     if (!probe.exec?.command) throw new Error(`container ${c.name}: only exec probes are supported by the harness`)
     const period = (probe.periodSeconds ?? 10) * 1000
     const limit = Math.min(capMs, period * (probe.failureThreshold ?? 3))
     const started = Date.now()
     let last = ''
     for (;;) {
+      if (rp.stopped) return { ok: false, why: 'the pod was removed' }
       const st = await this.cri.containerStatus(id)
-      if (st.state === 'CONTAINER_EXITED') {
-        rp.statuses.set(c.name, st)
-        throw new PodStartError(`container ${c.name} exited with ${st.exit_code} before its startup probe passed:\n${this.logs(rp, c.name).slice(-2000)}`, rp)
-      }
+      if (st.state === 'CONTAINER_EXITED') return { ok: false, why: `container ${c.name} exited with ${st.exit_code} before its startup probe passed:\n${this.logs(rp, c.name).slice(-2000)}` }
       const r = await this.cri.execSync(id, probe.exec.command, probe.timeoutSeconds ?? 1).catch((e: Error) => ({ code: -1, stdout: '', stderr: e.message }))
-      if (r.code === 0) return
+      if (r.code === 0) return { ok: true }
       last = (r.stdout + r.stderr).trim()
-      if (Date.now() - started > limit) throw new PodStartError(`container ${c.name}: startup probe failed for ${Date.now() - started} ms: ${last}\n${this.logs(rp, c.name).slice(-2000)}`, rp)
+      if (Date.now() - started > limit) return { ok: false, why: `container ${c.name}: startup probe failed for ${Date.now() - started} ms: ${last}\n${this.logs(rp, c.name).slice(-2000)}` }
       await sleep(period)
     }
   }
 
-  /** The container's log as the runtime wrote it (CRI log format: time stream tag text). */
-  logs(rp: RunningPod, name: string): string {
-    const p = join(rp.dir, 'logs', name, '0.log')
+  /** The log of a container's attempt (default: its latest), CRI log format: time stream tag text. */
+  logs(rp: RunningPod, name: string, attempt = rp.records.get(name)?.restarts ?? 0): string {
+    const p = join(rp.dir, 'logs', name, `${attempt}.log`)
     if (!existsSync(p)) return ''
     return readFileSync(p, 'utf8').split('\n').map((l) => l.split(' ').slice(3).join(' ')).join('\n')
   }
 
+  /** The kubelet's admit handler: devices for every container, before any sandbox (manager.go Allocate). */
+  private async admit(pod: V1Pod): Promise<Map<string, ContainerInputs['devices']>> {
+    const devices = new Map<string, ContainerInputs['devices']>()
+    try {
+      for (const c of [...pod.spec?.initContainers ?? [], ...pod.spec?.containers ?? []]) devices.set(c.name, await this.opts.devices?.(pod, c))
+    } catch (e) {
+      this.opts.releaseDevices?.(pod)
+      this.opts.reportStatus?.(pod, { phase: 'Failed', reason: 'UnexpectedAdmissionError', message: `Allocate failed: ${(e as Error).message}` })
+      throw new PodAdmissionError(`pod ${pod.metadata?.namespace}/${pod.metadata?.name} not admitted: ${(e as Error).message}`)
+    }
+    return devices
+  }
+
   /**
-   * Runs the pod: sandbox (CNI ADD through containerd's chain), init containers in order, then
-   * the app containers. A CNI failure rejects with containerd's error, as a kubelet sees it.
+   * Runs the pod: admission (devices), the sandbox (CNI ADD through containerd's chain), then
+   * the pod worker. A CNI failure rejects with containerd's error, as a kubelet sees it.
    */
-  async runPod(pod: V1Pod, opts: { startupCapMs?: number; initTimeoutMs?: number } = {}): Promise<RunningPod> {
+  async runPod(pod: V1Pod, opts: RunPodOptions = {}): Promise<RunningPod> {
+    const devices = await this.admit(pod)
     const dir = join(this.opts.podsDir, pod.metadata!.uid!)
     mkdirSync(join(dir, 'logs'), { recursive: true })
     const config = sandboxConfig(pod, this.opts.dns, join(dir, 'logs'))
-    const sandboxId = await this.cri.runPodSandbox(config)
+    let sandboxId: string
+    try {
+      sandboxId = await this.cri.runPodSandbox(config)
+    } catch (e) {
+      this.opts.releaseDevices?.(pod)
+      throw e
+    }
     const status = await this.cri.podSandboxStatus(sandboxId, true)
     const info = JSON.parse(status.info.info ?? '{}') as { runtimeSpec?: { linux?: { namespaces?: Array<{ type: string; path?: string }> } } }
     const netns = info.runtimeSpec?.linux?.namespaces?.find((n) => n.type === 'network')?.path ?? ''
     if (this.opts.netnsList && netns) appendFileSync(this.opts.netnsList, `${netns}\n`)
     const ips = [status.status.network?.ip ?? '', ...(status.status.network?.additional_ips ?? []).map((i) => i.ip)].filter(Boolean)
-    const rp: RunningPod = { pod, sandboxId, sandboxConfig: config, netns, ip: ips[0] ?? '', ips, dir, containers: new Map(), statuses: new Map() }
+    const rp: RunningPod = { pod, sandboxId, sandboxConfig: config, netns, ip: ips[0] ?? '', ips, dir, containers: new Map(), statuses: new Map(), records: new Map(), devices, phase: 'Pending', stopped: false, held: new Set() }
     this.pods.add(rp)
     writeFileSync(join(dir, 'etc-hosts'), hostsFile(pod, ips))
     chmodSync(join(dir, 'etc-hosts'), 0o644)
     const volumes = this.volumes(pod, dir)
-    const report = (phase: string) => this.opts.reportStatus?.(pod, {
-      phase, podIP: rp.ip, podIPs: ips.map((ip) => ({ ip })),
-      initContainerStatuses: (pod.spec?.initContainers ?? []).filter((c) => rp.statuses.has(c.name)).map((c) => this.k8sStatus(c, rp.statuses.get(c.name)!)),
+    return new Promise<RunningPod>((resolve, reject) => {
+      const w: Waiter = { settled: false, resolve, reject, failFast: (opts.until ?? 'first-failure') === 'first-failure' }
+      if (!w.failFast) {
+        const t = setTimeout(() => this.settle(w, new PodStartError(`pod ${pod.metadata!.name} not running after ${opts.deadlineMs ?? 120_000} ms`, snapshot(rp))), opts.deadlineMs ?? 120_000)
+        t.unref()
+      }
+      this.worker(rp, volumes, opts, w).catch((e: Error) => this.settle(w, e))
     })
-    for (const c of pod.spec?.initContainers ?? []) {
-      const id = await this.create(rp, c, volumes, 0)
-      await this.cri.startContainer(id)
-      if (c.restartPolicy === 'Always') {
-        await this.startupProbe(rp, c, id, opts.startupCapMs ?? 30_000)
-        rp.statuses.set(c.name, await this.cri.containerStatus(id))
-        continue
-      }
-      const st = await this.waitExit(id, opts.initTimeoutMs ?? 30_000)
-      rp.statuses.set(c.name, st)
-      if (st.exit_code !== 0) {
-        report('Pending')
-        throw new PodStartError(`init container ${c.name} exited with ${st.exit_code}: ${this.logs(rp, c.name).trim().slice(-2000)}`, rp)
-      }
-    }
-    for (const c of pod.spec?.containers ?? []) {
-      const id = await this.create(rp, c, volumes, 0)
-      await this.cri.startContainer(id)
-      if (c.startupProbe) await this.startupProbe(rp, c, id, opts.startupCapMs ?? 30_000)
-    }
-    report('Running')
-    return rp
   }
 
-  private k8sStatus(c: V1Container, s: ContainerStatus): object {
-    return {
-      name: c.name, image: c.image, imageID: '', ready: s.state === 'CONTAINER_RUNNING', restartCount: s.metadata.attempt, started: s.state === 'CONTAINER_RUNNING',
-      state: s.state === 'CONTAINER_EXITED' ? { terminated: { exitCode: s.exit_code, reason: s.reason || 'Error' } } : { running: {} },
+  private settle(w: Waiter, result: RunningPod | Error): void {
+    if (w.settled) return
+    w.settled = true
+    if (result instanceof Error) w.reject(result)
+    else w.resolve(result)
+  }
+
+  /** A failed attempt: runPod rejects now in 'first-failure' mode. */
+  private failed(w: Waiter, e: Error): void {
+    if (w.failFast) this.settle(w, e)
+  }
+
+  private report(rp: RunningPod, phase = rp.phase): void {
+    rp.phase = phase
+    const status = (c: V1Container) => {
+      const r = rp.records.get(c.name)!
+      return {
+        name: c.name, image: c.image, imageID: '', containerID: r.id ? `containerd://${r.id}` : undefined,
+        ready: r.started && !!r.state && 'running' in r.state, started: r.started, restartCount: r.restarts,
+        state: r.state ?? { waiting: { reason: 'PodInitializing', message: '' } }, lastState: r.lastState ?? {},
+      }
     }
+    this.opts.reportStatus?.(rp.pod, {
+      phase, podIP: rp.ip, podIPs: rp.ips.map((ip) => ({ ip })),
+      initContainerStatuses: (rp.pod.spec?.initContainers ?? []).filter((c) => rp.records.has(c.name)).map(status),
+      containerStatuses: (rp.pod.spec?.containers ?? []).filter((c) => rp.records.has(c.name)).map(status),
+    })
+  }
+
+  private record(rp: RunningPod, name: string): ContainerRecord {
+    let r = rp.records.get(name)
+    if (!r) { r = { restarts: 0, state: undefined, lastState: undefined, id: '', started: false }; rp.records.set(name, r) }
+    return r
+  }
+
+  /** Starts the next attempt of a container; records it as running. */
+  private async startAttempt(rp: RunningPod, c: V1Container, volumes: Map<string, string>): Promise<string> {
+    const r = this.record(rp, c.name)
+    const id = await this.create(rp, c, volumes, r.restarts)
+    await this.cri.startContainer(id)
+    r.id = id
+    r.state = { running: { startedAt: new Date().toISOString().replace(/\.\d+Z$/, 'Z') } }
+    rp.statuses.set(c.name, await this.cri.containerStatus(id))
+    this.report(rp)
+    return id
+  }
+
+  /** An attempt ended: terminated state, then CrashLoopBackOff for the back-off, then the next attempt. */
+  private async backOff(rp: RunningPod, c: V1Container, st: ContainerStatus): Promise<void> {
+    const r = this.record(rp, c.name)
+    rp.statuses.set(c.name, st)
+    r.started = false
+    const terminated = { terminated: { exitCode: st.exit_code, reason: st.reason || (st.exit_code === 0 ? 'Completed' : 'Error'), ...(st.message ? { message: st.message } : {}), startedAt: nsToIso(st.started_at), finishedAt: nsToIso(st.finished_at), containerID: `containerd://${st.id}` } }
+    r.state = terminated
+    this.report(rp)
+    const delay = restartDelay(r.restarts, this.opts.restartBackoff)
+    if (delay > 0) {
+      const m = rp.pod.metadata!
+      r.lastState = terminated
+      r.state = { waiting: { reason: 'CrashLoopBackOff', message: `back-off ${Math.round(delay / 1000)}s restarting failed container=${c.name} pod=${m.name}_${m.namespace}(${m.uid})` } }
+      this.report(rp)
+      const until = Date.now() + delay
+      while (!rp.stopped && Date.now() < until) await sleep(Math.min(200, until - Date.now()))
+    }
+    // The next attempt: restartCount + 1, the failed one becomes lastState.
+    r.lastState = terminated
+    r.restarts++
+  }
+
+  /** Runs a container until its startup probe passes, restarting it with back-off when it fails. */
+  private async startUntilStarted(rp: RunningPod, c: V1Container, volumes: Map<string, string>, opts: RunPodOptions, w: Waiter): Promise<string | undefined> {
+    for (;;) {
+      if (rp.stopped) return undefined
+      const id = await this.startAttempt(rp, c, volumes)
+      const probe = await this.startupProbe(rp, c, id, opts.startupCapMs ?? 30_000)
+      if (probe.ok) { this.record(rp, c.name).started = true; this.report(rp); return id }
+      if (rp.stopped) return undefined
+      // The kubelet kills a container whose startup probe failed, then restarts it.
+      await this.cri.stopContainer(id, 0).catch(() => {})
+      const st = await this.cri.containerStatus(id)
+      this.failed(w, new PodStartError(probe.why, snapshot(rp)))
+      await this.backOff(rp, c, st)
+    }
+  }
+
+  /**
+   * Keeps a container in back-off when it next exits, as a crash-looping one sits in
+   * CrashLoopBackOff (up to 5 minutes a time): a test's window with that container gone.
+   */
+  holdRestarts(rp: RunningPod, container: string): void {
+    this.live(rp).held.add(container)
+  }
+
+  /** A native sidecar that exits is restarted, with back-off, for as long as the pod lives. */
+  private async superviseSidecar(rp: RunningPod, c: V1Container, volumes: Map<string, string>, id: string, opts: RunPodOptions, w: Waiter): Promise<void> {
+    for (;;) {
+      const st = await this.waitExit(rp, id, Infinity, 1000)
+      if (typeof st === 'string') return
+      if (rp.held.has(c.name)) {
+        const r = this.record(rp, c.name)
+        rp.statuses.set(c.name, st)
+        r.started = false
+        r.lastState = { terminated: { exitCode: st.exit_code, reason: st.reason || 'Error', startedAt: nsToIso(st.started_at), finishedAt: nsToIso(st.finished_at), containerID: `containerd://${st.id}` } }
+        r.state = { waiting: { reason: 'CrashLoopBackOff', message: `back-off 5m0s restarting failed container=${c.name}` } }
+        this.report(rp)
+        while (!rp.stopped && rp.held.has(c.name)) await sleep(500)
+        if (rp.stopped) return
+      }
+      await this.backOff(rp, c, st)
+      const next = await this.startUntilStarted(rp, c, volumes, opts, w)
+      if (!next) return
+      id = next
+    }
+  }
+
+  private async worker(rp: RunningPod, volumes: Map<string, string>, opts: RunPodOptions, w: Waiter): Promise<void> {
+    const pod = rp.pod
+    for (const c of pod.spec?.initContainers ?? []) {
+      if (c.restartPolicy === 'Always') {
+        const id = await this.startUntilStarted(rp, c, volumes, opts, w)
+        if (!id) return
+        void this.superviseSidecar(rp, c, volumes, id, opts, w).catch(() => {})
+        continue
+      }
+      for (;;) {
+        const id = await this.startAttempt(rp, c, volumes)
+        let st = await this.waitExit(rp, id, opts.initTimeoutMs ?? 30_000)
+        if (st === 'timeout') {
+          this.failed(w, new Error(`init container ${c.name} still running after ${opts.initTimeoutMs ?? 30_000} ms`))
+          st = await this.waitExit(rp, id)
+        }
+        if (st === 'stopped' || st === 'timeout') return
+        if (st.exit_code === 0) {
+          rp.statuses.set(c.name, st)
+          const r = this.record(rp, c.name)
+          r.state = { terminated: { exitCode: 0, reason: 'Completed', startedAt: nsToIso(st.started_at), finishedAt: nsToIso(st.finished_at), containerID: `containerd://${st.id}` } }
+          this.report(rp)
+          break
+        }
+        rp.statuses.set(c.name, st)
+        this.failed(w, new PodStartError(`init container ${c.name} exited with ${st.exit_code}: ${this.logs(rp, c.name).trim().slice(-2000)}`, snapshot(rp)))
+        if (pod.spec?.restartPolicy === 'Never') {
+          this.record(rp, c.name).state = { terminated: { exitCode: st.exit_code, reason: st.reason || 'Error', startedAt: nsToIso(st.started_at), finishedAt: nsToIso(st.finished_at), containerID: `containerd://${st.id}` } }
+          this.report(rp, 'Failed')
+          this.settle(w, new PodStartError(`pod ${pod.metadata!.name} failed: init container ${c.name} exited with ${st.exit_code} and restartPolicy is Never`, snapshot(rp)))
+          return
+        }
+        await this.backOff(rp, c, st)
+        if (rp.stopped) return
+      }
+    }
+    // App containers start together; each has its own startup probe.
+    const started = await Promise.all((pod.spec?.containers ?? []).map((c) => this.startUntilStarted(rp, c, volumes, opts, w)))
+    if (rp.stopped || started.some((id) => !id)) return
+    this.report(rp, 'Running')
+    this.settle(w, rp)
   }
 
   /** `kubectl exec`: runs as the container's user with its capabilities, seccomp and no_new_privs. */
   async exec(rp: RunningPod, container: string, cmd: string[], timeoutSeconds = 30): Promise<{ code: number; stdout: string; stderr: string }> {
-    const id = rp.containers.get(container)
+    const id = this.live(rp).containers.get(container)
     if (!id) throw new Error(`pod ${rp.pod.metadata!.name} has no container ${container}`)
     return this.cri.execSync(id, cmd, timeoutSeconds)
   }
 
-  /** Pod deletion: StopPodSandbox (CNI DEL through the chain), RemovePodSandbox, volumes. */
+  /** The live pod behind a snapshot (a PodStartError's). */
+  private live(rp: RunningPod): RunningPod {
+    for (const p of this.pods) if (p.sandboxId === rp.sandboxId) return p
+    return rp
+  }
+
+  /** Pod deletion: the worker stops, StopPodSandbox (CNI DEL through the chain), RemovePodSandbox, volumes, devices. */
   async removePod(rp: RunningPod): Promise<void> {
-    this.pods.delete(rp)
-    await this.cri.stopPodSandbox(rp.sandboxId)
-    await this.cri.removePodSandbox(rp.sandboxId)
-    this.cleanDir(rp.dir)
+    const live = this.live(rp)
+    live.stopped = true
+    this.pods.delete(live)
+    try {
+      await this.cri.stopPodSandbox(live.sandboxId)
+      await this.cri.removePodSandbox(live.sandboxId)
+    } finally {
+      this.opts.releaseDevices?.(live.pod)
+    }
+    this.cleanDir(live.dir)
   }
 
   private cleanDir(dir: string): void {
@@ -366,4 +593,8 @@ export class Kubelet {
   async removeAll(): Promise<void> {
     for (const rp of [...this.pods]) await this.removePod(rp).catch(() => this.cleanDir(rp.dir))
   }
+}
+
+function snapshot(rp: RunningPod): RunningPod {
+  return { ...rp, containers: new Map(rp.containers), statuses: new Map(rp.statuses), records: new Map([...rp.records].map(([k, v]) => [k, { ...v }])) }
 }

@@ -177,15 +177,16 @@ export class TestNode {
       },
       netnsList: join(this.containerd.dirs.dir, NETNS_LIST),
       // Extended resources in a container's limits: Allocate through the registered plugin.
-      devices: async (_pod, c) => {
+      devices: async (pod, c) => {
         const out = []
         for (const [resource, qty] of Object.entries(c.resources?.limits ?? {})) {
           if (!resource.includes('/') || resource.startsWith('kubernetes.io/')) continue
           if (!this.deviceManager) throw new Error(`UnexpectedAdmissionError: no device plugin for ${resource} on this node`)
-          out.push(...await this.deviceManager.allocate(resource, Number(qty)))
+          out.push(...await this.deviceManager.allocate(resource, Number(qty), { podUid: pod.metadata!.uid!, container: c.name }))
         }
         return out
       },
+      releaseDevices: (pod) => this.deviceManager?.freePod(pod.metadata!.uid!),
     })
     if (this.opts.tunDevicePlugin) {
       const dir = join(this.dir, 'device-plugins')
