@@ -4,7 +4,7 @@ import { ValidationError } from '@ziti-cni/shared'
 import type { V1Pod } from '@kubernetes/client-node'
 import jsonpatch from 'fast-json-patch'
 import type { WebhookConfig } from './config.ts'
-import { mutatePod, wantsAutoIdentity, wantsAutoServices, type ControllerGrant, type InjectionCache } from './inject/mutate.ts'
+import { mutatePod, verifyInjected, wantsAutoIdentity, wantsAutoServices, type ControllerGrant, type InjectionCache } from './inject/mutate.ts'
 import { alreadyInjected, selectPod } from './inject/select.ts'
 import { ControllerError } from './ziti/controller.ts'
 import { parseRoleAttributes } from './ziti/identity.ts'
@@ -68,8 +68,12 @@ export function review(req: AdmissionRequest, cfg: WebhookConfig, cache?: Inject
   const namespace = req.namespace ?? pod.metadata?.namespace ?? 'default'
   const sel = selectPod(pod, namespace, cfg.excludedNamespaces)
   if (!sel.inject) return allow('skipped', sel.warning ? [sel.warning] : undefined)
-  if (alreadyInjected(pod)) return allow('already-injected')
   try {
+    // The marker skips re-mutation only: the pod is checked as closely as a fresh one.
+    if (alreadyInjected(pod)) {
+      verifyInjected(pod, cfg)
+      return allow('already-injected')
+    }
     const { ops, patch, warnings, plan } = mutatePod(pod, cfg, cache, grant)
     return {
       response: { uid: req.uid, allowed: true, patchType: 'JSONPatch', patch, ...(warnings.length ? { warnings } : {}) },
