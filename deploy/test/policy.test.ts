@@ -8,13 +8,14 @@ import t from 'tap'
 import { readFileSync } from 'node:fs'
 import { parseAllDocuments } from 'yaml'
 import { evaluate } from '@marcbachmann/cel-js'
-import type { V1EphemeralContainer, V1Pod } from '@kubernetes/client-node'
 import { DEFAULT_CONFIG, type WebhookConfig } from '../../webhook/src/config.ts'
 import { applyMutation, mutatePod } from '../../webhook/src/inject/mutate.ts'
 import { REFUSED_CAPABILITIES, RUNTIME_DEFAULT_CAPABILITIES } from '../../webhook/src/inject/preconditions.ts'
 import { ANNOTATION_STATUS, SIDECAR_NAME, SIDECAR_VOLUME } from '../../shared/src/index.ts'
 
 type Doc = Record<string, any>
+type V1Pod = Parameters<typeof mutatePod>[0]
+type V1EphemeralContainer = NonNullable<NonNullable<V1Pod['spec']>['ephemeralContainers']>[number]
 const docs = parseAllDocuments(readFileSync(new URL('../base/policy/validatingadmissionpolicy.yaml', import.meta.url), 'utf8')).map((d) => d.toJS() as Doc)
 const policy = docs.find((d) => d.kind === 'ValidatingAdmissionPolicy')!
 const binding = docs.find((d) => d.kind === 'ValidatingAdmissionPolicyBinding')!

@@ -1,7 +1,7 @@
 // The pure core of injection: pod in, mutated pod (or a ValidationError naming the key and
 // the problem) out. Both /mutate and the offline `inject` command run exactly this.
 import {
-  ANNOTATION_DNS_CAPTURE, ANNOTATION_ENROLLMENT_SECRET, ANNOTATION_IDENTITY, ANNOTATION_IDENTITY_ID, ANNOTATION_IDENTITY_NAME, ANNOTATION_IDENTITY_SECRET, ANNOTATION_INTERCEPTION,
+  ANNOTATION_DNS_CAPTURE, ANNOTATION_ENROLLMENT_SECRET, DOMAIN, ANNOTATION_IDENTITY, ANNOTATION_IDENTITY_ID, ANNOTATION_IDENTITY_NAME, ANNOTATION_IDENTITY_SECRET, ANNOTATION_INTERCEPTION,
   ANNOTATION_MODE, ANNOTATION_ROLE_ATTRIBUTES, ANNOTATION_SERVICES, ANNOTATION_STATUS, AUTO, LABEL_AUTO_IDENTITY, SIDECAR_NAME, SIDECAR_VOLUME,
   USER_ANNOTATIONS, VALIDATOR_NAME, ValidationError, parseIntent, parseSecretRef, serializeIntent,
 } from '@ziti-cni/shared'
@@ -12,6 +12,7 @@ import type { WebhookConfig } from '../config.ts'
 import { planInterception, type InterceptionPlan } from './intent.ts'
 import { buildSidecar, buildValidator, sidecarVolume, type IdentitySource } from './sidecar.ts'
 import { checkPreconditions, type PreconditionContext } from './preconditions.ts'
+import { alreadyInjected } from './select.ts'
 import { parseRoleAttributes } from '../ziti/identity.ts'
 import type { AutoServices } from '../ziti/services.ts'
 
@@ -334,4 +335,28 @@ export function verifyInjected(pod: V1Pod, cfg: WebhookConfig): void {
       if (!isDeepStrictEqual(validator[f], want[f])) throw forged(`its ${VALIDATOR_NAME} container's ${f} is not the one the webhook builds`)
     }
   }
+}
+
+/**
+ * An UPDATE of a running pod: its cni.openziti.io/ annotations and labels stay as admitted
+ * (the agent programs the next sandbox from them), and an ephemeral container added to an
+ * injected pod keeps to the preconditions. The ValidatingAdmissionPolicy
+ * (deploy/base/policy) holds the same rules for clusters that run it.
+ */
+export function checkUpdate(old: V1Pod, pod: V1Pod, subResource: string | undefined, cfg: WebhookConfig): void {
+  for (const field of ['annotations', 'labels'] as const) {
+    const before = old.metadata?.[field] ?? {}
+    const after = pod.metadata?.[field] ?? {}
+    for (const key of new Set([...Object.keys(before), ...Object.keys(after)])) {
+      if (key.startsWith(`${DOMAIN}/`) && before[key] !== after[key]) {
+        throw new ValidationError(`metadata.${field}[${key}]`, `cannot change on a running pod: the webhook validated it at creation, and the node agent programs the pod from it at its next sandbox`)
+      }
+    }
+  }
+  if (subResource !== 'ephemeralcontainers' || !alreadyInjected(old)) return
+  const known = new Set((old.spec?.ephemeralContainers ?? []).map((e) => e.name))
+  const added = (pod.spec?.ephemeralContainers ?? []).filter((e) => !known.has(e.name))
+  const sidecar = [...(old.spec?.initContainers ?? []), ...(old.spec?.containers ?? [])].find((c) => c.name === SIDECAR_NAME)
+  const secretNames = (sidecar?.env ?? []).flatMap((e) => e.valueFrom?.secretKeyRef?.name ?? [])
+  checkPreconditions({ ...pod, spec: { ...pod.spec!, initContainers: [], containers: [], ephemeralContainers: added } }, preconditionContext(cfg, secretNames, true))
 }

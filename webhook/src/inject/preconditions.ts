@@ -135,6 +135,11 @@ function checkContainer(pod: V1Pod, path: string, c: AnyContainer, ctx: Precondi
   const sc = c.securityContext
   if (sc?.runAsUser === ctx.uid) throw new ValidationError(`${path}.securityContext.runAsUser`, `container "${c.name}" runs as ${ctx.uid}, the Ziti sidecar's uid; its traffic would escape capture`)
   if (sc?.runAsGroup === ctx.gid) throw new ValidationError(`${path}.securityContext.runAsGroup`, `container "${c.name}" must not run as group ${ctx.gid}, the Ziti sidecar's gid`)
+  // A debugging tool added to a running pod by someone other than its author: the shape of
+  // `kubectl debug --profile=restricted`, as the ValidatingAdmissionPolicy asks.
+  if (path.startsWith('spec.ephemeralContainers') && sc?.allowPrivilegeEscalation !== false) {
+    throw new ValidationError(`${path}.securityContext.allowPrivilegeEscalation`, `ephemeral container "${c.name}" must set allowPrivilegeEscalation: false in a pod with a Ziti sidecar (kubectl debug --profile=restricted)`)
+  }
   if (sc?.privileged === true) throw new ValidationError(`${path}.securityContext.privileged`, `container "${c.name}" must not be privileged in an injected pod: it could change the pod's rules and become the sidecar`)
   const caps = reachableCapabilities(pod, c)
   const refused = Object.keys(REFUSED_CAPABILITIES).filter((x) => caps.includes(x))
