@@ -5,6 +5,7 @@
 // real-shaped: pods injected by the real webhook core, AdmissionRequest fields as the API
 // server fills them (request.operation, subResource), oldObject null on CREATE.
 import t from 'tap'
+import { spawnSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { parseAllDocuments } from 'yaml'
 import { evaluate } from '@marcbachmann/cel-js'
@@ -164,4 +165,14 @@ t.test('ephemeral containers in an injected pod (row 4)', async (t) => {
   t.same(admit(ephemeralUpdate(debug(RESTRICTED, { name: 'second' }), earlier)), [])
   t.same(admit(ephemeralUpdate(debug({ ...RESTRICTED, runAsUser: 2171 }, { name: 'second' }), earlier)), [asSidecar.replace('debugger-x1', 'second')])
   t.same(admit({ ...ephemeralUpdate(debug(undefined, { targetContainerName: 'app' })), oldObject: appPod({}), object: withEphemeral(appPod({}), debug(undefined)) }), [], 'a pod without a sidecar is not ours to judge')
+})
+
+t.test('every overlay ships the policy and its binding unchanged', { skip: spawnSync('sh', ['-c', 'command -v kubectl']).status !== 0 && process.env.CI !== 'true' ? 'needs kubectl (kustomize)' : false }, async (t) => {
+  for (const overlay of ['kind', 'production']) {
+    const r = spawnSync('kubectl', ['kustomize', new URL(`../overlays/${overlay}`, import.meta.url).pathname], { encoding: 'utf8' })
+    t.equal(r.status, 0, r.stderr)
+    const rendered = parseAllDocuments(r.stdout).map((d) => d.toJS() as Doc)
+    t.same(rendered.find((d) => d.kind === 'ValidatingAdmissionPolicy')?.spec, policy.spec, `${overlay}: the policy as tested`)
+    t.same(rendered.find((d) => d.kind === 'ValidatingAdmissionPolicyBinding')?.spec, binding.spec, `${overlay}: its binding`)
+  }
 })
