@@ -8,6 +8,7 @@ import type { V1Pod } from '@kubernetes/client-node'
 import { rootOnly } from '../../shared/testkit/root.ts'
 import { TestNode, sweepLeftovers } from './lib/node.ts'
 import { IMAGES } from './lib/test-images.ts'
+import { appPod } from './lib/pods.ts'
 import { startWebhook } from './lib/webhook.ts'
 
 const SECRET = 'identity-key-material-e2e'
@@ -87,6 +88,16 @@ t.test('admission red team on containerd + runc', rootOnly(['nft', 'ip', 'nsente
     const r = await steal('dropped', { shareProcessNamespace: true }, { allowPrivilegeEscalation: false, capabilities: { drop: ['SETUID', 'SETGID', 'NET_RAW', 'MKNOD'] } })
     t.equal(r.become, 'EPERM', 'setuid/setgid: EPERM')
     t.equal(r.asSidecar, 'EACCES', 'and the environment stays unreadable')
+  })
+
+  await t.test('an injected pod: the identity file the sidecar writes is 0600, its listeners its own', async (t) => {
+    await node.createSecret('apps', 'web-identity', { 'identity.json': JSON.stringify({ ztAPI: 'https://controller.ziti.invalid:1280', id: { cert: 'pem:x', key: 'pem:x', ca: 'pem:x' }, standinDialable: ['postgres'] }) })
+    const running = await node.runPod(await node.createPod(appPod('web', 'apps', { 'cni.openziti.io/identity-secret': 'web-identity', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' })))
+    const ls = await node.exec(running, 'ziti-tunnel', ['ls', '-ln', '/netfoundry/ziti-cni.json'])
+    t.match(ls.stdout, new RegExp(`^-rw------- +1 ${SIDECAR_UID} +${SIDECAR_UID} `), 'written under umask 077 by the entrypoint, owned by the sidecar')
+    const probe = running.pod.spec!.initContainers!.find((c) => c.name === 'ziti-tunnel')!.livenessProbe!.exec!.command!
+    t.equal((await node.exec(running, 'ziti-tunnel', probe)).code, 0, 'the liveness probe passes on the sidecar\'s own listener')
+    await node.removePod(running)
   })
 
   await t.test('the webhook refuses these pods, naming the field and the rule', async (t) => {
