@@ -49,15 +49,16 @@ export const REFUSED_CAPABILITIES: Readonly<Record<string, string>> = {
   SETUID: 'setuid() to the sidecar\'s uid escapes interception and the egress lockdown',
   SETGID: 'setgid() to the sidecar\'s gid opens what the sidecar\'s group owns (its tun device)',
   NET_ADMIN: 'rewrites the pod\'s nftables rules, routes and links',
-  NET_RAW: 'raw and packet sockets send around the nftables output hooks (the egress lockdown) and read the pod\'s loopback traffic',
+  // test/capabilities.kernel.test.ts: an AF_PACKET frame passes an nft output drop.
+  NET_RAW: 'packet sockets send frames that never pass the nftables output hook (the egress lockdown) and read the pod\'s loopback traffic',
   SYS_ADMIN: 'setns, mount and BPF: another netns, the sidecar\'s files, the rules',
   SYS_PTRACE: 'ptrace and /proc/<pid>/environ of the sidecar\'s processes where their pids are visible',
   SYS_MODULE: 'loads kernel code',
   SYS_RAWIO: 'raw device and port I/O',
   BPF: 'loads and replaces BPF programs (the tc redirect of the eBPF datapath)',
   PERFMON: 'with BPF, tracing programs that read other processes\' memory',
-  DAC_READ_SEARCH: 'open_by_handle_at reaches files outside the container\'s mounts, the sidecar\'s emptyDir among them',
-  MKNOD: 'creates device nodes, /dev/net/tun among them',
+  DAC_READ_SEARCH: 'open_by_handle_at opens files by handle, outside the container\'s own mounts',
+  MKNOD: 'creates device nodes (/dev/net/tun among them), leaving only the device cgroup between it and the device',
   SYS_BOOT: 'reboots the node',
 }
 
