@@ -176,3 +176,16 @@ t.test('every overlay ships the policy and its binding unchanged', { skip: spawn
     t.same(rendered.find((d) => d.kind === 'ValidatingAdmissionPolicyBinding')?.spec, binding.spec, `${overlay}: its binding`)
   }
 })
+
+t.test('the policy\'s idea of "the webhook saw this pod" matches the webhook configuration', async (t) => {
+  const mwc = parseAllDocuments(readFileSync(new URL('../base/webhook/mutatingwebhookconfiguration.yaml', import.meta.url), 'utf8')).map((d) => d.toJS() as Doc)[0]!
+  const excluded = (w: Doc) => w.namespaceSelector.matchExpressions.find((e: Doc) => e.key === 'kubernetes.io/metadata.name' && e.operator === 'NotIn').values
+  const expr = policy.spec.variables.find((v: Doc) => v.name === 'webhookSelected').expression as string
+  const listed = evaluate(/namespaceObject\.metadata\.name in (\[[^\]]*\])/.exec(expr)![1]!)
+  for (const w of mwc.webhooks) t.same(listed, excluded(w), `${w.name}: the same excluded namespaces`)
+  t.same(mwc.webhooks.map((w: Doc) => w.namespaceSelector.matchExpressions.find((e: Doc) => e.key === 'cni.openziti.io/inject')), [
+    { key: 'cni.openziti.io/inject', operator: 'In', values: ['enabled'] },
+    { key: 'cni.openziti.io/inject', operator: 'DoesNotExist' },
+  ], 'namespace opt-in, or no namespace label and the pod label (as webhookSelected reads them)')
+  t.same(mwc.webhooks.map((w: Doc) => w.rules), [0, 1].map(() => [{ apiGroups: [''], apiVersions: ['v1'], operations: ['CREATE'], resources: ['pods'], scope: 'Namespaced' }]), 'the webhook stays CREATE-only; the policy has UPDATE')
+})
