@@ -41,7 +41,7 @@ function review(auto: boolean): string {
     : { 'cni.openziti.io/identity-secret': 'web-id', 'cni.openziti.io/services': Array.from({ length: 20 }, (_, k) => `svc-${k}.ziti:443=svc-${k}`).join(', ') }
   return JSON.stringify({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: {
     uid: randomUUID(), kind: { group: '', version: 'v1', kind: 'Pod' }, operation: 'CREATE', namespace: 'apps', name: '',
-    object: { metadata: { generateName: 'web-', namespace: 'apps', annotations }, spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1.0' }] } },
+    object: { metadata: { generateName: 'web-', namespace: 'apps', annotations }, spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1.0', securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }] } },
   } })
 }
 

@@ -4,7 +4,7 @@ import { annotationsTotalProblem, ValidationError } from '@ziti-cni/shared'
 import type { V1Pod } from '@kubernetes/client-node'
 import jsonpatch from 'fast-json-patch'
 import type { WebhookConfig } from './config.ts'
-import { mutatePod, wantsAutoIdentity, wantsAutoServices, type ControllerGrant, type InjectionCache } from './inject/mutate.ts'
+import { checkUpdate, mutatePod, verifyInjected, wantsAutoIdentity, wantsAutoServices, type ControllerGrant, type InjectionCache } from './inject/mutate.ts'
 import { alreadyInjected, selectPod } from './inject/select.ts'
 import { ControllerError } from './ziti/controller.ts'
 import { parseRoleAttributes } from './ziti/identity.ts'
@@ -19,6 +19,9 @@ export interface AdmissionRequest {
   name?: string
   dryRun?: boolean
   object?: V1Pod
+  /** UPDATE: the pod as it is; `subResource` "ephemeralcontainers" for `kubectl debug`. */
+  oldObject?: V1Pod
+  subResource?: string
 }
 
 export interface AdmissionReview {
@@ -62,14 +65,30 @@ export function parseReview(body: unknown): AdmissionRequest {
 export function review(req: AdmissionRequest, cfg: WebhookConfig, cache?: InjectionCache, grant?: ControllerGrant): ReviewResult {
   const allow = (outcome: Outcome, warnings?: string[]): ReviewResult => ({ response: { uid: req.uid, allowed: true, ...(warnings?.length ? { warnings } : {}) }, outcome })
   if (req.kind && (req.kind.kind !== 'Pod' || req.kind.group !== '')) return allow('skipped')
-  if (req.operation && req.operation !== 'CREATE') return allow('skipped')
   const pod = req.object
+  const rejected = (e: ValidationError): ReviewResult => ({ response: { uid: req.uid, allowed: false, status: { code: 400, reason: 'BadRequest', message: `ziti-cni: ${e.message}` } }, outcome: 'rejected' })
+  // UPDATE reaches the webhook only where its configuration asks for it (clusters without the
+  // ValidatingAdmissionPolicy); the checks are the policy's.
+  if (req.operation === 'UPDATE' && pod && req.oldObject) {
+    try {
+      checkUpdate(req.oldObject, pod, req.subResource, cfg)
+    } catch (e) {
+      if (!(e instanceof ValidationError)) throw e
+      return rejected(e)
+    }
+    return allow('skipped')
+  }
+  if (req.operation && req.operation !== 'CREATE') return allow('skipped')
   if (!pod) return { response: { uid: req.uid, allowed: false, status: { code: 400, reason: 'BadRequest', message: 'ziti-cni: request.object (the pod) is missing' } }, outcome: 'error' }
   const namespace = req.namespace ?? pod.metadata?.namespace ?? 'default'
   const sel = selectPod(pod, namespace, cfg.excludedNamespaces)
   if (!sel.inject) return allow('skipped', sel.warning ? [sel.warning] : undefined)
-  if (alreadyInjected(pod)) return allow('already-injected')
   try {
+    // The marker skips re-mutation only: the pod is checked as closely as a fresh one.
+    if (alreadyInjected(pod)) {
+      verifyInjected(pod, cfg)
+      return allow('already-injected')
+    }
     const { ops, patch, warnings, plan } = mutatePod(pod, cfg, cache, grant)
     // The API server refuses the mutated pod (422) when its annotations exceed the total; say why here.
     const tooBig = annotationsTotalProblem(jsonpatch.applyPatch(structuredClone(pod), ops, false, true).newDocument.metadata?.annotations)
@@ -80,7 +99,7 @@ export function review(req: AdmissionRequest, cfg: WebhookConfig, cache?: Inject
     }
   } catch (e) {
     if (!(e instanceof ValidationError)) throw e
-    return { response: { uid: req.uid, allowed: false, status: { code: 400, reason: 'BadRequest', message: `ziti-cni: ${e.message}` } }, outcome: 'rejected' }
+    return rejected(e)
   }
 }
 

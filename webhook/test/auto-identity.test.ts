@@ -59,7 +59,7 @@ function autoPod(annotations: Record<string, string> = {}, extra: Partial<V1Pod[
   return {
     apiVersion: 'v1', kind: 'Pod',
     metadata: { generateName: 'web-7d9f-', namespace: 'apps', annotations: { 'cni.openziti.io/identity': 'auto', 'cni.openziti.io/role-attributes': 'billing, eu', ...annotations } },
-    spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1.0' }], ...extra },
+    spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1.0', securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }], ...extra },
   }
 }
 
@@ -136,7 +136,7 @@ t.test('controller down: auto pods are refused with the reason, other pods are n
   const e = await api.create('pods', autoPod() as never).catch((err: Error) => err)
   t.match(String(e), /cni\.openziti\.io\/identity: auto: the OpenZiti controller is unreachable, so no identity was created/)
   t.ok(Date.now() - started < 3500, `answered within the admission budget (${Date.now() - started} ms)`)
-  const plain = await api.create('pods', { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'plain', namespace: 'apps', annotations: { 'cni.openziti.io/identity-secret': 'web-id', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' } }, spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1.0' }] } } as never) as unknown as V1Pod
+  const plain = await api.create('pods', { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'plain', namespace: 'apps', annotations: { 'cni.openziti.io/identity-secret': 'web-id', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' } }, spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1.0', securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }] } } as never) as unknown as V1Pod
   t.ok(plain.spec!.initContainers!.some((c) => c.name === 'ziti-tunnel'), 'a Secret-identity pod is injected as before')
 })
 
@@ -159,7 +159,7 @@ t.test('a dry run creates nothing', async (t) => {
 t.test('an admission that fails after the identity exists deletes it again', async (t) => {
   const { fake, api } = await world(t)
   // The app declares the port postgres' proxy.v1 puts the sidecar's listener on.
-  const e = await api.create('pods', autoPod({}, { containers: [{ name: 'app', image: 'registry.example.com/app:1.0', ports: [{ containerPort: 15432 }] }] }) as never).catch((err: Error) => err)
+  const e = await api.create('pods', autoPod({}, { containers: [{ name: 'app', image: 'registry.example.com/app:1.0', ports: [{ containerPort: 15432 }], securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }] }) as never).catch((err: Error) => err)
   t.match(String(e), /port 15432 is used by the Ziti sidecar/)
   t.equal(managed(fake).length, 0, 'rolled back at once')
   t.same(api.requests.filter((r) => r.method === 'DELETE' && r.path.includes('/secrets/')).map((r) => r.status), [200], 'and its Secret')

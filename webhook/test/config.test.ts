@@ -44,7 +44,7 @@ t.test('every bad key is reported at once, by name', async (t) => {
 
 t.test('with no tproxy tunneler configured, a tproxy pod is refused naming the mode key', async (t) => {
   const { mutatePod } = await import('../src/inject/mutate.ts')
-  const pod = { metadata: { name: 'tp', namespace: 'apps', annotations: { 'cni.openziti.io/identity-secret': 'id', 'cni.openziti.io/mode': 'tproxy' } }, spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1' }] } }
+  const pod = { metadata: { name: 'tp', namespace: 'apps', annotations: { 'cni.openziti.io/identity-secret': 'id', 'cni.openziti.io/mode': 'tproxy' } }, spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1', securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }] } }
   t.throws(() => mutatePod(pod, validateConfig({}, {})), { message: /^cni\.openziti\.io\/mode: tproxy needs a tunneler that implements the ziti-cni tproxy contract \(README\), and none is configured \(webhook config tproxy\.image\)/ })
   t.doesNotThrow(() => mutatePod(pod, validateConfig({ tproxy: { image: 'registry.example.com/t:1' } }, {})))
 })

@@ -24,7 +24,7 @@ t.test('same messages as the webhook, on stderr, non-zero exit', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'zcni-inj-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const bad = join(dir, 'bad.yaml')
-  writeFileSync(bad, 'apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\n  annotations:\n    cni.openziti.io/identity-secret: id\n    cni.openziti.io/services: "pg.ziti:5432=postgres, pg.ziti:99999=pg"\nspec:\n  containers: [{name: app, image: a/b:1}]\n')
+  writeFileSync(bad, 'apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\n  annotations:\n    cni.openziti.io/identity-secret: id\n    cni.openziti.io/services: "pg.ziti:5432=postgres, pg.ziti:99999=pg"\nspec:\n  containers: [{name: app, image: a/b:1, securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}}]\n')
   const r = run(['-f', bad])
   t.equal(r.status, 1)
   t.equal(r.stderr, 'ziti-cni: cni.openziti.io/services: entry 2 "pg.ziti:99999=pg": port 99999 is out of range 1-65535\n')

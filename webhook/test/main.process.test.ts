@@ -71,7 +71,7 @@ t.test('webhook process with self-managed TLS', async (t) => {
 
   // The validator image is the agent DaemonSet's, followed when the DaemonSet is upgraded.
   const injectedValidator = async () => {
-    const review = JSON.stringify({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { uid: 'v-1', kind: { group: '', version: 'v1', kind: 'Pod' }, operation: 'CREATE', namespace: 'apps', object: { metadata: { name: 'p', annotations: { 'cni.openziti.io/identity-secret': 'id', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' } }, spec: { containers: [{ name: 'app', image: 'x/app:1' }] } } } })
+    const review = JSON.stringify({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { uid: 'v-1', kind: { group: '', version: 'v1', kind: 'Pod' }, operation: 'CREATE', namespace: 'apps', object: { metadata: { name: 'p', annotations: { 'cni.openziti.io/identity-secret': 'id', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' } }, spec: { containers: [{ name: 'app', image: 'x/app:1', securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }] } } } })
     const r = await https(`https://127.0.0.1:${port}/mutate`, material.caBundle, 'POST', review, {}, 'ziti-cni-webhook.ziti-cni-system.svc')
     const ops = JSON.parse(Buffer.from(JSON.parse(r.text).response.patch, 'base64').toString()) as Array<{ path: string; value: Array<{ name: string; image: string }> }>
     return ops.find((o) => o.path === '/spec/initContainers')!.value.find((c) => c.name === 'ziti-cni-validator')!.image

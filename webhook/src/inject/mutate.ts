@@ -2,14 +2,17 @@
 // the problem) out. Both /mutate and the offline `inject` command run exactly this.
 import {
   ANNOTATION_DNS_CAPTURE, ANNOTATION_ENROLLMENT_SECRET, ANNOTATION_IDENTITY, ANNOTATION_IDENTITY_ID, ANNOTATION_IDENTITY_NAME, ANNOTATION_IDENTITY_SECRET, ANNOTATION_INTERCEPTION,
-  ANNOTATION_MODE, ANNOTATION_ROLE_ATTRIBUTES, ANNOTATION_SERVICES, ANNOTATION_STATUS, AUTO, LABEL_AUTO_IDENTITY, SIDECAR_NAME, SIDECAR_VOLUME,
-  USER_ANNOTATIONS, VALIDATOR_NAME, ValidationError, parseSecretRef, serializeIntent,
+  ANNOTATION_MODE, ANNOTATION_ROLE_ATTRIBUTES, ANNOTATION_SERVICES, ANNOTATION_STATUS, AUTO, DOMAIN, LABEL_AUTO_IDENTITY, SIDECAR_NAME, SIDECAR_VOLUME,
+  USER_ANNOTATIONS, VALIDATOR_NAME, ValidationError, parseIntent, parseSecretRef, serializeIntent,
 } from '@ziti-cni/shared'
 import type { V1Container, V1HostAlias, V1Pod } from '@kubernetes/client-node'
 import jsonpatch, { type Operation } from 'fast-json-patch'
+import { isDeepStrictEqual } from 'node:util'
 import type { WebhookConfig } from '../config.ts'
 import { planInterception, type InterceptionPlan } from './intent.ts'
 import { buildSidecar, buildValidator, sidecarVolume, type IdentitySource } from './sidecar.ts'
+import { checkPreconditions, type PreconditionContext } from './preconditions.ts'
+import { alreadyInjected } from './select.ts'
 import { parseRoleAttributes } from '../ziti/identity.ts'
 import type { AutoServices } from '../ziti/services.ts'
 
@@ -81,23 +84,6 @@ function checkSingleUseToken(pod: V1Pod, identity: IdentitySource): void {
   }
 }
 
-/** A container running as the sidecar uid would bypass capture (its traffic is never steered). */
-function checkUids(pod: V1Pod, uid: number): void {
-  if (pod.spec?.securityContext?.runAsUser === uid) {
-    throw new ValidationError('spec.securityContext.runAsUser', `${uid} is the Ziti sidecar's uid; traffic from it is never intercepted, so the app would escape capture`)
-  }
-  const all: Array<[string, V1Container]> = [
-    ...(pod.spec?.initContainers ?? []).map((c, i): [string, V1Container] => [`spec.initContainers[${i}]`, c]),
-    ...(pod.spec?.containers ?? []).map((c, i): [string, V1Container] => [`spec.containers[${i}]`, c]),
-  ]
-  for (const [path, c] of all) {
-    if (c.name === SIDECAR_NAME || c.name === VALIDATOR_NAME) throw new ValidationError(`${path}.name`, `"${c.name}" is reserved for the injected Ziti sidecar`)
-    if (c.securityContext?.runAsUser === uid) {
-      throw new ValidationError(`${path}.securityContext.runAsUser`, `container "${c.name}" runs as ${uid}, the Ziti sidecar's uid; its traffic would escape capture`)
-    }
-  }
-}
-
 function checkPorts(pod: V1Pod, plan: InterceptionPlan): void {
   const ours = new Set(plan.ports)
   for (const c of [...(pod.spec?.initContainers ?? []), ...(pod.spec?.containers ?? [])]) {
@@ -107,7 +93,10 @@ function checkPorts(pod: V1Pod, plan: InterceptionPlan): void {
       }
     }
   }
-  if (pod.spec?.volumes?.some((v) => v.name === SIDECAR_VOLUME)) throw new ValidationError('spec.volumes', `volume name "${SIDECAR_VOLUME}" is reserved for the Ziti sidecar`)
+}
+
+function preconditionContext(cfg: WebhookConfig, secretNames: string[], injected: boolean): PreconditionContext {
+  return { uid: cfg.sidecarUid, gid: cfg.sidecarGid, tunResource: cfg.tun.resource, secretNames, injected }
 }
 
 /**
@@ -236,7 +225,7 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: Injection
   // Identity first: a pod without one is refused before anything else is looked at.
   const identity = identitySource(annotations, grant)
   checkSingleUseToken(original, identity)
-  checkUids(original, cfg.sidecarUid)
+  checkPreconditions(original, preconditionContext(cfg, [identity.ref.name], false))
   // A grant is one pod's own: nothing to share with other pods, so no cache.
   const { plan, sidecar, validator, aliases, owned, encoded } = cache && !grant ? cache.get(annotations, identity, hostAliases, cfg) : prepare(annotations, identity, hostAliases, cfg, grant)
   checkPorts(original, plan)
@@ -287,4 +276,87 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: Injection
 /** The pod after a patch (the offline command and tests; /mutate never needs it). */
 export function applyMutation(original: V1Pod, ops: Operation[]): V1Pod {
   return jsonpatch.applyPatch(structuredClone(original), ops, true, false).newDocument
+}
+
+/**
+ * A pod that carries our marker (a reinvocation, or a pod written to look injected): nothing
+ * is added, but nothing is taken on trust either. Every container but ours keeps to the
+ * preconditions, the sidecar and validator are the ones this webhook builds, and the intent is
+ * the one it would write for the pod's annotations, so a hand-written intent is refused.
+ * Pods whose services come from the controller cannot be planned again without it; for
+ * those the intent must still name the sidecar's uid and fence every listener it maps to.
+ */
+export function verifyInjected(pod: V1Pod, cfg: WebhookConfig): void {
+  const annotations = pod.metadata?.annotations ?? {}
+  const spec = pod.spec ?? { containers: [] }
+  const forged = (what: string) => new ValidationError(ANNOTATION_STATUS, `the pod is marked as injected, but ${what}; remove ${ANNOTATION_STATUS}, ${ANNOTATION_INTERCEPTION} and the ${SIDECAR_NAME} container and let the webhook inject it`)
+  const sidecars = [...(spec.initContainers ?? []), ...spec.containers].filter((c) => c.name === SIDECAR_NAME)
+  if (sidecars.length !== 1) throw forged(`it has ${sidecars.length} containers named ${SIDECAR_NAME}`)
+  const sidecar = sidecars[0]!
+  const secretNames = (sidecar.env ?? []).flatMap((e) => e.valueFrom?.secretKeyRef?.name ?? [])
+  checkPreconditions(pod, preconditionContext(cfg, secretNames, true))
+
+  const auto = wantsAutoIdentity(annotations) && wantsAutoServices(annotations, cfg)
+  const supplied = annotations[ANNOTATION_INTERCEPTION]
+  if (supplied === undefined) throw forged(`${ANNOTATION_INTERCEPTION} is missing`)
+  let intent: ReturnType<typeof parseIntent>
+  try {
+    intent = parseIntent(supplied)
+  } catch (e) {
+    throw forged(`${ANNOTATION_INTERCEPTION} is not a valid intent (${(e as Error).message})`)
+  }
+  const identity: IdentitySource = { kind: 'identity', ref: { name: secretNames[0] ?? '', key: undefined } }
+  let expected: V1Container
+  if (auto) {
+    if (intent.mode !== 'proxy' || intent.uid !== cfg.sidecarUid) throw forged(`${ANNOTATION_INTERCEPTION} is not a proxy intent for the sidecar's uid ${cfg.sidecarUid}`)
+    const fenced = new Set(intent.fence)
+    const open = intent.dnat.find((d) => !fenced.has(d.to))
+    if (open) throw forged(`${ANNOTATION_INTERCEPTION} maps to port ${open.to} without fencing it`)
+    expected = buildSidecar({ mode: 'proxy', intent, aliases: [], listeners: [], ports: [] }, identity, cfg)
+  } else {
+    // Our hostAliases are the ones naming a service's hostname (a pod's own are refused at
+    // injection), so plan against the rest and expect exactly those back.
+    const serviceHosts = new Set((annotations[ANNOTATION_SERVICES] ?? '').split(',').map((e) => e.trim().split(':')[0]))
+    const ourAliases = (spec.hostAliases ?? []).filter((a) => (a.hostnames ?? []).every((h) => serviceHosts.has(h)))
+    const own = (spec.hostAliases ?? []).filter((a) => !ourAliases.includes(a))
+    const plan = planInterception(annotations, own, cfg)
+    const want = serializeIntent(plan.intent)
+    if (supplied !== want) throw forged(`${ANNOTATION_INTERCEPTION} is not the intent the webhook writes for its annotations (expected ${want})`)
+    expected = buildSidecar(plan, identity, cfg)
+  }
+  const fields = auto ? (['image', 'command', 'securityContext', 'restartPolicy'] as const) : (['image', 'command', 'args', 'securityContext', 'restartPolicy', 'startupProbe', 'livenessProbe'] as const)
+  for (const f of fields) {
+    if (!isDeepStrictEqual(sidecar[f], expected[f])) throw forged(`its ${SIDECAR_NAME} container's ${f} is not the one the webhook builds`)
+  }
+  const validator = (spec.initContainers ?? []).find((c) => c.name === VALIDATOR_NAME)
+  if (validator) {
+    const want = buildValidator(supplied, cfg)
+    for (const f of ['command', 'env', 'securityContext'] as const) {
+      if (!isDeepStrictEqual(validator[f], want[f])) throw forged(`its ${VALIDATOR_NAME} container's ${f} is not the one the webhook builds`)
+    }
+  }
+}
+
+/**
+ * An UPDATE of a running pod: its cni.openziti.io/ annotations and labels stay as admitted
+ * (the agent programs the next sandbox from them), and an ephemeral container added to an
+ * injected pod keeps to the preconditions. The ValidatingAdmissionPolicy
+ * (deploy/base/policy) holds the same rules for clusters that run it.
+ */
+export function checkUpdate(old: V1Pod, pod: V1Pod, subResource: string | undefined, cfg: WebhookConfig): void {
+  for (const field of ['annotations', 'labels'] as const) {
+    const before = old.metadata?.[field] ?? {}
+    const after = pod.metadata?.[field] ?? {}
+    for (const key of new Set([...Object.keys(before), ...Object.keys(after)])) {
+      if (key.startsWith(`${DOMAIN}/`) && before[key] !== after[key]) {
+        throw new ValidationError(`metadata.${field}[${key}]`, `cannot change on a running pod: the webhook validated it at creation, and the node agent programs the pod from it at its next sandbox`)
+      }
+    }
+  }
+  if (subResource !== 'ephemeralcontainers' || !alreadyInjected(old)) return
+  const known = new Set((old.spec?.ephemeralContainers ?? []).map((e) => e.name))
+  const added = (pod.spec?.ephemeralContainers ?? []).filter((e) => !known.has(e.name))
+  const sidecar = [...(old.spec?.initContainers ?? []), ...(old.spec?.containers ?? [])].find((c) => c.name === SIDECAR_NAME)
+  const secretNames = (sidecar?.env ?? []).flatMap((e) => e.valueFrom?.secretKeyRef?.name ?? [])
+  checkPreconditions({ ...pod, spec: { ...pod.spec!, initContainers: [], containers: [], ephemeralContainers: added } }, preconditionContext(cfg, secretNames, true))
 }

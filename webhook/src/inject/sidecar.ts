@@ -38,26 +38,38 @@ export function buildValidator(intentJson: string, cfg: WebhookConfig): V1Contai
 }
 
 /**
- * The startup probe: every `proto:port` argument must be bound in the pod's netns (TCP in
- * LISTEN state, UDP bound), read from /proc/net with bash builtins only (the tunneler image
- * ships bash, not ss or netstat). Prints the missing listeners: a listener appears only once
- * the tunneler has logged in and may Dial the service, so this names the service to look at.
+ * The startup and liveness probe: the first argument is the sidecar's uid, then `proto:port`
+ * pairs. Each port must be bound in the pod's netns (TCP in LISTEN state, UDP bound), and
+ * every socket on it must belong to that uid: a port the app took first (after a sidecar
+ * restart, or before a regular-container sidecar) fails the probe by name instead of
+ * silently receiving the app's Ziti traffic. Read from /proc/net with bash builtins only (the
+ * tunneler image ships bash, not ss or netstat); the socket's uid is the 8th field
+ * (net/ipv4/tcp_ipv4.c get_tcp4_sock, udp.c udp4_format_sock; the v6 files likewise).
  */
 export const LISTENER_PROBE = [
-  'missing=',
+  'uid=$1; shift; missing=; foreign=',
   'for want in "$@"; do',
   '  proto=${want%%:*}; port=${want#*:}; printf -v hex %04X "$port"; found=',
   '  for f in /proc/net/$proto /proc/net/${proto}6; do',
   '    [[ -r $f ]] || continue',
-  '    while read -r _ local _ st _; do',
-  '      [[ $local == *:$hex && ( $proto == udp || $st == 0A ) ]] && { found=1; break; }',
+  '    while read -r _ local _ st _ _ _ owner _; do',
+  '      [[ $local == *:$hex && ( $proto == udp || $st == 0A ) ]] || continue',
+  '      if [[ $owner == "$uid" ]]; then found=1; else foreign+=" $proto/$port(uid $owner)"; fi',
   '    done < "$f"',
-  '    [[ -n $found ]] && break',
   '  done',
   '  [[ -n $found ]] || missing+=" $proto/$port"',
   'done',
+  '[[ -z $foreign ]] || { echo "not the ziti-tunnel sidecar (uid $uid) but another uid holds:$foreign"; exit 1; }',
   '[[ -z $missing ]] || { echo "ziti-tunnel is not listening on:$missing"; exit 1; }',
 ].join('\n')
+
+/**
+ * The stock image's entrypoint (openziti/ziti dist/docker-images/ziti-tunnel/Dockerfile:
+ * ENTRYPOINT ["/entrypoint.sh"]) writes the identity with the process umask, 0644 under the
+ * runtime's 022. Run it under umask 077 so the identity file is 0600: only the sidecar's uid
+ * reads it, whatever else comes to share the emptyDir.
+ */
+export const PROXY_ENTRYPOINT = ['bash', '-c', 'umask 077 && exec /entrypoint.sh "$@"', 'ziti-tunnel']
 
 /** tun: attached means carrier (a tun without a reader has none); read from sysfs, no tools. */
 export const TUN_PROBE = [
@@ -120,11 +132,12 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
   // tun: the device has carrier once a process holds it open (TUNSETIFF done).
   const probe = plan.mode === 'tun'
     ? ['bash', '-c', TUN_PROBE, 'ziti-cni-probe', cfg.tun.dev]
-    : ['bash', '-c', LISTENER_PROBE, 'ziti-cni-probe', ...probeTargets]
+    : ['bash', '-c', LISTENER_PROBE, 'ziti-cni-probe', String(cfg.sidecarUid), ...probeTargets]
   const container: V1Container = {
     name: SIDECAR_NAME,
     image,
     imagePullPolicy: 'IfNotPresent',
+    ...(plan.mode === 'proxy' ? { command: PROXY_ENTRYPOINT } : {}),
     args,
     env,
     volumeMounts: [{ name: SIDECAR_VOLUME, mountPath: cfg.identityDir }],
@@ -151,6 +164,13 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
       periodSeconds: 1,
       timeoutSeconds: 2,
       failureThreshold: 120,
+    },
+    // Later on, a listener that vanished or changed hands restarts the sidecar.
+    livenessProbe: {
+      exec: { command: probe },
+      periodSeconds: 10,
+      timeoutSeconds: 2,
+      failureThreshold: 3,
     },
   }
   if (cfg.nativeSidecar) container.restartPolicy = 'Always'
