@@ -8,6 +8,7 @@ import { createServer, request, type Server } from 'node:https'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import jsonpatch from 'fast-json-patch'
+import { KubeTokens } from './kube-tokens.ts'
 
 type Obj = { apiVersion?: string; kind?: string; metadata: { name: string; namespace?: string; uid?: string; resourceVersion?: string; labels?: Record<string, string>; annotations?: Record<string, string>; generateName?: string; creationTimestamp?: string; [k: string]: unknown }; [k: string]: unknown }
 
@@ -25,6 +26,7 @@ const RESOURCES: Resource[] = [
   { plural: 'pods', kind: 'Pod', apiVersion: 'v1', namespaced: true, base: '/api/v1' },
   { plural: 'namespaces', kind: 'Namespace', apiVersion: 'v1', namespaced: false, base: '/api/v1' },
   { plural: 'secrets', kind: 'Secret', apiVersion: 'v1', namespaced: true, base: '/api/v1' },
+  { plural: 'serviceaccounts', kind: 'ServiceAccount', apiVersion: 'v1', namespaced: true, base: '/api/v1' },
   { plural: 'daemonsets', kind: 'DaemonSet', apiVersion: 'apps/v1', namespaced: true, base: '/apis/apps/v1' },
   { plural: 'leases', kind: 'Lease', apiVersion: 'coordination.k8s.io/v1', namespaced: true, base: '/apis/coordination.k8s.io/v1' },
   { plural: 'mutatingwebhookconfigurations', kind: 'MutatingWebhookConfiguration', apiVersion: 'admissionregistration.k8s.io/v1', namespaced: false, base: '/apis/admissionregistration.k8s.io/v1' },
@@ -60,6 +62,8 @@ export class KubeApiStandIn {
   /** Another admission step after ours that may refuse the object (returns the message). */
   afterAdmission: ((obj: Obj) => string | undefined) | undefined
   readonly requests: RequestRecord[] = []
+  /** TokenRequest / TokenReview (kube-tokens.ts). */
+  readonly serviceAccountTokens = new KubeTokens((plural, ns, name) => this.get(plural, ns, name))
 
   constructor(opts: KubeApiOptions) {
     this.tokens = new Set(opts.tokens)
@@ -173,6 +177,8 @@ export class KubeApiStandIn {
     const auth = req.headers.authorization ?? ''
     if (!auth.startsWith('Bearer ') || !this.tokens.has(auth.slice(7))) return this.status(res, 401, 'Unauthorized', 'Unauthorized')
 
+    const tokens = await this.serviceAccountTokens.route(req, url.pathname)
+    if (tokens) { res.writeHead(tokens.status, { 'content-type': 'application/json' }); res.end(JSON.stringify(tokens.body)); return }
     const route = this.route(url.pathname)
     if (!route) return this.status(res, 404, 'NotFound', 'the server could not find the requested resource')
     const { r, ns, name } = route
@@ -290,6 +296,8 @@ export class KubeApiStandIn {
     const from = Number(url.searchParams.get('resourceVersion') ?? '0')
     const f = (o: Obj) => (!ns || o.metadata.namespace === ns) && filter(o)
     res.writeHead(200, { 'content-type': 'application/json', 'transfer-encoding': 'chunked' })
+    // The API server sends the headers at once; a client (client-node's fetch) waits for them.
+    res.flushHeaders()
     if (from > 0 && this.events.length > 0 && from < this.events[0]!.rv - 1) {
       res.end(JSON.stringify({ type: 'ERROR', object: { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message: `too old resource version: ${from}`, reason: 'Expired', code: 410 } }) + '\n')
       return
