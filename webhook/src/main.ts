@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util'
 import { pino } from 'pino'
 import { ConfigError, type WebhookConfig } from './config.ts'
 import { loadConfig } from './load-config.ts'
+import { withIdentityConfig } from './identity-controller/config-file.ts'
 import { createWebhookMetrics } from './metrics.ts'
 import { buildServer } from './server.ts'
 import { readPair, watchPair } from './tls/files.ts'
@@ -13,10 +14,11 @@ import { SelfManagedTls } from './tls/self-managed.ts'
 import { ValidatorImage } from './validator-image.ts'
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { config: { type: 'string' }, kubeconfig: { type: 'string' } }, strict: true })
+  const { values } = parseArgs({ options: { config: { type: 'string' }, 'identity-config': { type: 'string' }, kubeconfig: { type: 'string' } }, strict: true })
   let config: WebhookConfig
   try {
-    config = loadConfig(values.config, process.env)
+    // identity: auto: the controller section comes from the file the identity controller reads too.
+    config = values['identity-config'] ? withIdentityConfig(values.config, values['identity-config'], process.env) : loadConfig(values.config, process.env)
   } catch (e) {
     if (e instanceof ConfigError) { process.stderr.write(`${e.message}\n`); process.exit(2) }
     throw e

@@ -191,7 +191,8 @@ t.test('the enrollment endpoint over HTTPS', async (t) => {
 
 t.test('deleted pods lose their identity: by the watch, and by the reconcile when the controller was down', async (t) => {
   const { api, fake, start } = await world(t)
-  const rt = await lead(await start('ic-0', undefined, true))
+  const rt = await start('ic-0', undefined, true)
+  for (let i = 0; i < 50 && !rt.leader.isLeader(); i++) await new Promise((r) => setTimeout(r, 100))
   const a = await api.create('pods', autoPod('a') as never) as unknown as V1Pod
   const b = await api.create('pods', autoPod('b') as never) as unknown as V1Pod
   const until = async (what: string, ok: () => boolean) => {

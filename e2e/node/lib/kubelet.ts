@@ -172,6 +172,8 @@ export interface KubeletOptions {
   netnsList?: string
   /** Devices the device plugins allocated for a container (resource limits -> CRI devices). */
   devices?: (pod: V1Pod, c: V1Container) => Promise<ContainerInputs['devices']>
+  /** A projected serviceAccountToken source: the kubelet's TokenRequest bound to the pod. */
+  serviceAccountToken?: (pod: V1Pod, audience: string, expirationSeconds: number) => string
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -213,6 +215,15 @@ export class Kubelet {
   private volumes(pod: V1Pod, dir: string): Map<string, string> {
     const paths = new Map<string, string>()
     for (const v of pod.spec?.volumes ?? []) {
+      // pkg/volume/projected: one serviceAccountToken source, written with the volume's mode.
+      const sat = v.projected?.sources?.length === 1 ? v.projected.sources[0]!.serviceAccountToken : undefined
+      if (sat && this.opts.serviceAccountToken) {
+        const p = join(dir, 'volumes', 'kubernetes.io~projected', v.name)
+        mkdirSync(p, { recursive: true })
+        writeFileSync(join(p, sat.path), this.opts.serviceAccountToken(pod, sat.audience ?? '', sat.expirationSeconds ?? 3600), { mode: v.projected!.defaultMode ?? 0o644 })
+        paths.set(v.name, p)
+        continue
+      }
       if (!v.emptyDir) throw new Error(`volume ${v.name}: only emptyDir is supported by the harness`)
       const p = join(dir, 'volumes', 'kubernetes.io~empty-dir', v.name)
       mkdirSync(p, { recursive: true })

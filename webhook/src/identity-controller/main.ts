@@ -7,14 +7,15 @@ import { pino } from 'pino'
 import { Registry } from 'prom-client'
 import { ConfigError, type WebhookConfig } from '../config.ts'
 import { loadConfig } from '../load-config.ts'
+import { withIdentityConfig } from './config-file.ts'
 import { enrollServer } from './enroll-server.ts'
 import { startIdentityController } from './runtime.ts'
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { config: { type: 'string' }, kubeconfig: { type: 'string' } }, strict: true })
+  const { values } = parseArgs({ options: { config: { type: 'string' }, 'identity-config': { type: 'string' }, kubeconfig: { type: 'string' } }, strict: true })
   let config: WebhookConfig
   try {
-    config = loadConfig(values.config, process.env)
+    config = values['identity-config'] ? withIdentityConfig(values.config, values['identity-config'], process.env) : loadConfig(values.config, process.env)
     if (!config.controller.url) throw new ConfigError(['controller.url: is required for the identity controller'])
   } catch (e) {
     if (e instanceof ConfigError) { process.stderr.write(`${e.message}\n`); process.exit(2) }

@@ -27,7 +27,7 @@ export function autoIdentity(cfg: WebhookConfig): AutoIdentity {
       name: ENROLL_NAME,
       image: c.enrollImage,
       imagePullPolicy: 'IfNotPresent',
-      command: ['node', '/opt/ziti-cni/enroll.mjs'],
+      command: ['node', '/app/enroll.mjs'],
       env: [
         { name: 'ZITI_CNI_ENROLL_URL', value: c.enrollUrl },
         // Public: the CA of the enrollment endpoint, so the token goes only to it.
