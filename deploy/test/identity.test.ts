@@ -24,7 +24,7 @@ function render(t: Tap, resources: string, components: string[]): Doc[] {
   t.equal(r.status, 0, r.stderr)
   return parseAllDocuments(r.stdout).map((d) => d.toJS() as Doc)
 }
-type Tap = { teardown: (fn: () => unknown) => void; equal: (...a: unknown[]) => void }
+type Tap = Parameters<Parameters<typeof t.test>[0]>[0]
 
 t.test('controller-identities: the identity controller alone holds the credential, with exactly its RBAC', opts, async (t) => {
   const docs = render(t, '../../overlays/production', ['controller-identities'])
