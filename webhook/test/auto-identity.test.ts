@@ -6,6 +6,10 @@ import t from 'tap'
 import { KubeConfig, type V1Pod } from '@kubernetes/client-node'
 import type { AddressInfo } from 'node:net'
 import { request } from 'node:https'
+import { spawn } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { pino } from 'pino'
 import { Registry } from 'prom-client'
 import { validateConfig } from '../src/config.ts'
@@ -50,7 +54,7 @@ async function world(t: Tap, controller: Record<string, unknown> = {}) {
     t.teardown(() => rt.stop())
     return rt
   }
-  return { fake, api, kc, config, mutateUrl, whCa: whCa.certPem, start, credential }
+  return { fake, api, kc, config, mutateUrl, whCa: whCa.certPem, start, credential, apiUrl: url, apiCa: ca.certPem }
 }
 
 type Tap = { teardown: (fn: () => unknown) => void }
@@ -282,4 +286,35 @@ t.test('least privilege: the prescribed credential does its job and cannot re-at
   t.throws(() => fake.addCertIdentity('typo', ['identity.everything']), /not one the controller knows/)
   t.ok(await client.deleteIdentity(id, Date.now() + 5000))
   t.ok(fake.identities.has(other.identity.id))
+})
+
+t.test('auto-drift: what a running pod intercepts against what its identity may dial now', async (t) => {
+  const { fake, api, start, config, whCa, apiUrl, apiCa } = await world(t)
+  const rt = await lead(await start('ic-0'))
+  fake.addService('postgres', ['db'], [fake.addConfig('pg-i', 'intercept.v1', { protocols: ['tcp'], addresses: ['pg.ziti'], portRanges: [{ low: 5432, high: 5432 }] })])
+  const policy = fake.addPolicy('billing-dials-db', 'Dial', ['#billing'], ['#db'])
+  const pod = await api.create('pods', autoPod('billing-0') as never) as unknown as V1Pod
+  await rt.controller.onPod(pod)
+  const dir = mkdtempSync(join(tmpdir(), 'zcni-drift-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const reader = fake.addCertIdentity('drift-reader', ['identity.read', 'service.read', 'config.read'])
+  writeFileSync(join(dir, 'config.yaml'), JSON.stringify({ controller: { url: config.controller.url, credentialFile: join(dir, 'credential.json'), enrollCa: whCa, enrollImage: 'ghcr.io/ziti-cni/webhook:0.1.0' } }))
+  writeFileSync(join(dir, 'credential.json'), JSON.stringify({ ztAPI: fake.url, id: { cert: reader.cert, key: reader.key, ca: fake.ca.certPem } }))
+  const kcFile = join(dir, 'kubeconfig')
+  writeFileSync(kcFile, JSON.stringify({ apiVersion: 'v1', kind: 'Config', 'current-context': 'x', clusters: [{ name: 'c', cluster: { server: apiUrl, 'certificate-authority-data': Buffer.from(apiCa).toString('base64') } }], users: [{ name: 'u', user: { token: TOKEN } }], contexts: [{ name: 'x', context: { cluster: 'c', user: 'u' } }] }))
+  const drift = () => new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+    const p = spawn(process.execPath, [new URL('../src/cli/auto-drift.ts', import.meta.url).pathname, '-n', 'apps', 'billing-0', '--config', join(dir, 'config.yaml'), '--kubeconfig', kcFile], { env: { ...process.env, NODE_OPTIONS: '' } })
+    let stdout = ''
+    let stderr = ''
+    p.stdout.on('data', (d: Buffer) => { stdout += d })
+    p.stderr.on('data', (d: Buffer) => { stderr += d })
+    p.on('close', (status) => resolve({ status, stdout, stderr }))
+  })
+  const same = await drift()
+  t.equal(same.status, 0, same.stderr)
+  t.match(same.stdout, /intercepted and still granted: \n  pg\.ziti:5432\/tcp=postgres\n/)
+  policy.serviceRoles = []
+  const changed = await drift()
+  t.equal(changed.status, 3, 'exit 3: drift')
+  t.match(changed.stdout, /intercepted, no longer granted \(dials fail at the controller\): \n  pg\.ziti:5432\/tcp=postgres\n/)
 })

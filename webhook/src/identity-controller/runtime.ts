@@ -49,8 +49,9 @@ export async function startIdentityController(cfg: ControllerConfig, kc: KubeCon
   const leader = new LeaderElector(kc, { namespace: cfg.namespace, name: cfg.leaseName, identity: opts.identity ?? process.env.POD_NAME ?? hostname(), leaseSeconds: cfg.leaseSeconds }, log)
   const controller = new IdentityController({ kc, identities, cfg, cluster, metrics, log: clog, isLeader: () => leader.isLeader() })
   const enrollment = new Enrollment({ kc, identities, cfg, cluster, log: clog.child({ component: 'enrollment' }) })
-  // A new leader first catches up on whatever happened while it followed.
-  leader.onChange((leading) => { if (leading) void controller.reconcile() })
+  // A new leader first catches up on whatever happened while it followed (autoStart false:
+  // the caller drives every step itself).
+  if (opts.autoStart !== false) leader.onChange((leading) => { if (leading) void controller.reconcile() })
   const stops = opts.autoStart === false ? [] : [leader.start(), controller.start()]
   return { cluster, controller, enrollment, leader, client, stop: () => { for (const s of stops) s(); client.close() } }
 }
