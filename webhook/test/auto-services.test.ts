@@ -95,3 +95,19 @@ t.test('reconcile plan: only this cluster\'s, matched by namespace and pod uid, 
   ], [{ namespace: 'apps', uid: 'u1' }], now, 'c1', 30)
   t.same(plan.delete.map((d) => d.id), ['gone', 'other-namespace'])
 })
+
+t.test('attribute policy: deny by default, namespace and ServiceAccount scoped, prefixes, platform attributes', async (t) => {
+  const { allowedBy, checkAttributes } = await import('../src/ziti/policy.ts')
+  const { platformAttributes } = await import('../src/ziti/identity.ts')
+  const policy = [{ namespace: 'apps', serviceAccount: 'billing', attributes: ['billing'] }, { namespace: '*', prefixes: ['team-a.'] }, { namespace: 'web', serviceAccount: '*', attributes: ['web'] }]
+  t.equal(allowedBy([], 'apps', 'billing', 'billing'), false, 'an empty policy allows nothing')
+  t.equal(allowedBy(policy, 'apps', 'billing', 'billing'), true)
+  t.equal(allowedBy(policy, 'apps', 'default', 'billing'), false, 'another ServiceAccount of the namespace')
+  t.equal(allowedBy(policy, 'other', 'billing', 'billing'), false, 'the same ServiceAccount name in another namespace')
+  t.equal(allowedBy(policy, 'any', 'x', 'team-a.db'), true, 'a prefix')
+  t.equal(allowedBy(policy, 'any', 'x', 'team-b.db'), false)
+  t.equal(allowedBy(policy, 'web', 'frontend', 'web'), true, '"*" ServiceAccount')
+  t.throws(() => checkAttributes(policy, 'apps', 'billing', ['billing', 'root']), /cni\.openziti\.io\/role-attributes: entry 2 "root": attribute "root" is not allowed for ServiceAccount apps\/billing by the platform's attribute policy \(webhook config controller\.attributePolicy/)
+  t.same(platformAttributes('c1', 'apps', 'billing'), ['k8s.cluster:c1', 'k8s.ns:c1/apps', 'k8s.sa:c1/apps/billing'])
+  t.throws(() => parseRoleAttributes('k8s.ns:c1/kube-system'), /entry 1 "k8s\.ns:c1\/kube-system": attributes starting with "k8s\." are the platform's/)
+})
