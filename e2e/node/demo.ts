@@ -60,7 +60,7 @@ async function main(): Promise<void> {
     await controller.listen()
     const svc = (name: string, attrs: string[], intercept: Record<string, unknown>, proxy?: Record<string, unknown>) =>
       controller!.addService(name, attrs, [controller!.addConfig(`${name}-intercept`, 'intercept.v1', intercept), ...(proxy ? [controller!.addConfig(`${name}-proxy`, 'proxy.v1', proxy)] : [])])
-    svc('postgres', ['db'], { protocols: ['tcp'], addresses: ['pg.ziti'], portRanges: [{ low: 5432, high: 5432 }] }, { port: 15432, protocols: ['tcp'] })
+    svc('postgres', ['db'], { protocols: ['tcp'], addresses: ['pg.ziti'], portRanges: [{ low: 5432, high: 5432 }] })
     svc('ledger', ['db'], { protocols: ['tcp'], addresses: ['ledger.ziti'], portRanges: [{ low: 7000, high: 7000 }] })
     svc('vault', ['secrets'], { protocols: ['tcp'], addresses: ['vault.ziti'], portRanges: [{ low: 8200, high: 8200 }] })
     controller.addPolicy('billing-dials-db', 'Dial', ['#billing'], ['#db'])
