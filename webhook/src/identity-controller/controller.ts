@@ -31,6 +31,8 @@ export class IdentityController {
   private informer: (Informer<V1Pod> & ObjectCache<V1Pod>) | undefined
   private running = false
   private stopped = false
+  /** Pod uids whose identity exists: status updates of a pod cost no controller call. */
+  private readonly ensured = new Set<string>()
 
   constructor(d: IdentityControllerDeps) {
     this.d = d
@@ -49,13 +51,16 @@ export class IdentityController {
       this.d.log.debug({ pod: `${pod.metadata?.namespace}/${pod.metadata?.name}`, reason: want.reason }, 'no identity for this pod')
       return
     }
+    if (this.ensured.has(want.pod.uid)) return
     await this.d.identities.ensure(want.spec, this.deadline())
+    this.ensured.add(want.pod.uid)
   }
 
   /** Deletes the identity of a pod that is gone (leader only); a failure is left to the reconcile. */
   async onPodDeleted(pod: V1Pod): Promise<void> {
     const m = pod.metadata
     if (!this.d.isLeader() || !m?.uid || !m.name || !m.namespace) return
+    this.ensured.delete(m.uid)
     await this.d.identities.removeByName(identityName(this.d.cfg.identityPrefix, { namespace: m.namespace, name: m.name, uid: m.uid }), this.deadline(), 'pod-deleted')
   }
 
@@ -92,13 +97,20 @@ export class IdentityController {
     try {
       const pods = (await this.core.listPodForAllNamespaces({ labelSelector: POD_SELECTOR })).items
       const deadline = Date.now() + Math.max(10_000, cfg.reconcileSeconds * 500)
+      // One list for the whole pass: create only what is missing, delete only what is orphaned.
+      const existing = await identities.list(cfg.identityPrefix, deadline)
+      const names = new Set(existing.map((i) => i.name))
       for (const p of pods) {
         const want = wantedIdentity(p, cfg, cluster)
-        if (want.ok) await identities.ensure(want.spec, deadline)
+        if (want.ok && !names.has(want.spec.name)) await identities.ensure(want.spec, deadline)
+        if (want.ok) this.ensured.add(want.pod.uid)
       }
       const live = pods.filter((p) => p.metadata?.uid && p.metadata.namespace).map((p) => ({ namespace: p.metadata!.namespace!, uid: p.metadata!.uid! }))
-      const plan = planReconcile(await identities.list(cfg.identityPrefix, deadline), live, Date.now(), cluster, cfg.graceSeconds)
-      for (const d of plan.delete) await identities.remove(d.id, d.name, deadline, 'reconciled-deleted')
+      const plan = planReconcile(existing, live, Date.now(), cluster, cfg.graceSeconds)
+      for (const d of plan.delete) {
+        await identities.remove(d.id, d.name, deadline, 'reconciled-deleted')
+        this.ensured.delete(d.podUid)
+      }
       metrics.reconciles.inc({ result: 'ok' })
       return plan
     } catch (e) {
