@@ -21,6 +21,9 @@ LABEL org.opencontainers.image.source="https://github.com/ziti-cni/ziti-cni" \
       org.opencontainers.image.description="ziti-cni admission webhook"
 COPY --from=build /src/webhook/dist/webhook.mjs /app/webhook.mjs
 COPY --from=build /src/webhook/dist/inject.mjs /app/inject.mjs
+# identity: auto: the identity controller, and the pods' enrollment init step (same image).
+COPY --from=build /src/webhook/dist/identity-controller.mjs /app/identity-controller.mjs
+COPY --from=build /src/webhook/dist/enroll.mjs /app/enroll.mjs
 USER 65532:65532
 EXPOSE 9443
 ENTRYPOINT ["node", "/app/webhook.mjs"]

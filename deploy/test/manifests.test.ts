@@ -199,29 +199,6 @@ function agreement(t: Tap, docs: Doc[]): void {
   t.equal(cfg.validator.image, '', 'validator.image is not pinned separately')
   t.equal(cfg.validator.daemonSet, ds.metadata.name, 'validator.daemonSet names the agent DaemonSet')
   t.equal(ds.metadata.namespace, dep.metadata.namespace, 'in the webhook\'s namespace')
-  if (cfg.controller.url) controllerAgreement(t, docs, cfg)
-}
-
-/** identity: auto: credential mount, lease, timeouts, dry runs. */
-function controllerAgreement(t: Tap, docs: Doc[], cfg: ReturnType<typeof validateConfig>): void {
-  const dep = find(docs, 'Deployment', 'ziti-cni-webhook')!
-  const pod = dep.spec.template.spec
-  const wc = pod.containers[0]
-  // The deepest mount holding the file (the config volume is mounted above it).
-  const mount = wc.volumeMounts.filter((m: Doc) => cfg.controller.credentialFile.startsWith(`${m.mountPath}/`)).sort((a: Doc, b: Doc) => b.mountPath.length - a.mountPath.length)[0]
-  t.ok(mount, `controller.credentialFile ${cfg.controller.credentialFile} is on a mounted volume`)
-  const volume = pod.volumes.find((v: Doc) => v.name === mount?.name)
-  t.equal(`${mount?.mountPath}/${volume?.secret?.items?.[0]?.path}`, cfg.controller.credentialFile, 'the credential Secret\'s item lands at controller.credentialFile')
-  // Secret files are root-owned; the non-root webhook reads it through the fsGroup.
-  t.equal(volume?.secret?.defaultMode, 0o440, 'owner and group may read, nobody else')
-  t.equal(pod.securityContext.fsGroup, pod.securityContext.runAsUser === undefined ? undefined : pod.securityContext.runAsGroup, 'fsGroup is the webhook\'s group, so it can read the credential')
-  t.ok(wc.env.some((e: Doc) => e.name === 'POD_NAME' && e.valueFrom?.fieldRef?.fieldPath === 'metadata.name'), 'POD_NAME: each replica\'s lease identity')
-  t.same(find(docs, 'Role', 'ziti-cni-webhook-leader')!.rules[1].resourceNames, [cfg.controller.leaseName], 'the leader Role names exactly the Lease')
-  t.equal(find(docs, 'RoleBinding', 'ziti-cni-webhook-leader')!.metadata.namespace, cfg.tls.namespace, 'in the webhook\'s namespace')
-  for (const w of find(docs, 'MutatingWebhookConfiguration', 'ziti-cni-webhook')!.webhooks) {
-    t.ok(w.timeoutSeconds * 1000 >= cfg.controller.admissionBudgetMs + 2000, `${w.name}: timeoutSeconds ${w.timeoutSeconds} leaves 2 s over the controller budget`)
-    t.equal(w.sideEffects, 'NoneOnDryRun', `${w.name}: creates identities, but not on dry runs`)
-  }
 }
 
 t.test('every shipped webhook config passes the webhook\'s own validation', opts, async (t) => {
@@ -233,20 +210,6 @@ t.test('every shipped webhook config passes the webhook\'s own validation', opts
     const dep = parseAllDocuments(r.stdout).map((d) => d.toJS() as Doc).find((d) => d.kind === 'Deployment')!
     t.equal(dep.spec.template.spec.volumes.find((v: Doc) => v.configMap).configMap.name, cm.metadata.name, `${dir}: the Deployment mounts this ConfigMap`)
   }
-})
-
-t.test('controller-identities component: exact RBAC, and every object agrees', opts, async (t) => {
-  const docs = renderWithComponent(t, 'controller-identities')
-  t.same(find(docs, 'ClusterRole', 'ziti-cni-webhook-identities')!.rules, [
-    { apiGroups: [''], resources: ['pods'], verbs: ['list'] },
-    { apiGroups: [''], resources: ['secrets'], verbs: ['create', 'delete'] },
-  ], 'pods: list; Secrets: create and delete, never get/list/watch')
-  t.same(find(docs, 'Role', 'ziti-cni-webhook-leader')!.rules.map((x: Doc) => x.verbs), [['create'], ['get', 'update']])
-  const cm = docs.find((d) => d.kind === 'ConfigMap' && d.data?.['config.yaml'])!
-  t.equal(validateConfig(parseYaml(cm.data['config.yaml']), {}).controller.url, '', 'the base config leaves it off')
-  const env = find(docs, 'Deployment', 'ziti-cni-webhook')!.spec.template.spec.containers[0].env
-  t.ok(env.some((e: Doc) => e.name === 'ZITI_CONTROLLER_URL'), 'the URL comes from the component\'s ConfigMap (so agreement() checks the controller objects too)')
-  agreement(t, docs)
 })
 
 t.test('tun-mode component: the device plugin\'s flags, mounts and capabilities agree', opts, async (t) => {

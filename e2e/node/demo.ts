@@ -6,7 +6,7 @@ import { TestNode, sweepLeftovers } from './lib/node.ts'
 import { loadConfList } from './lib/cni-exec.ts'
 import { app, appPod, infraPod, injected } from './lib/pods.ts'
 import { IMAGES } from './lib/test-images.ts'
-import { startWebhook } from './lib/webhook.ts'
+import { enrollmentTls, startIdentityControllerReplica, startWebhook } from './lib/webhook.ts'
 import { assertRoot } from '../../shared/testkit/root.ts'
 import { FakeZitiController } from './standins/ziti-controller.ts'
 
@@ -31,6 +31,7 @@ async function main(): Promise<void> {
   sweepLeftovers()
   const node = new TestNode({ id: 9, tunDevicePlugin: true })
   let webhook: Awaited<ReturnType<typeof startWebhook>> | undefined
+  let identities: Awaited<ReturnType<typeof startIdentityControllerReplica>> | undefined
   let controller: FakeZitiController | undefined
   let cleaned = false
   const cleanup = async () => {
@@ -38,6 +39,7 @@ async function main(): Promise<void> {
     cleaned = true
     await node.teardown()
     await webhook?.close()
+    await identities?.close()
     await controller?.close()
   }
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
@@ -58,17 +60,21 @@ async function main(): Promise<void> {
     await controller.listen()
     const svc = (name: string, attrs: string[], intercept: Record<string, unknown>, proxy?: Record<string, unknown>) =>
       controller!.addService(name, attrs, [controller!.addConfig(`${name}-intercept`, 'intercept.v1', intercept), ...(proxy ? [controller!.addConfig(`${name}-proxy`, 'proxy.v1', proxy)] : [])])
-    svc('postgres', ['db'], { protocols: ['tcp'], addresses: ['pg.ziti'], portRanges: [{ low: 5432, high: 5432 }] }, { port: 15432, protocols: ['tcp'] })
+    svc('postgres', ['db'], { protocols: ['tcp'], addresses: ['pg.ziti'], portRanges: [{ low: 5432, high: 5432 }] })
     svc('ledger', ['db'], { protocols: ['tcp'], addresses: ['ledger.ziti'], portRanges: [{ low: 7000, high: 7000 }] })
     svc('vault', ['secrets'], { protocols: ['tcp'], addresses: ['vault.ziti'], portRanges: [{ low: 8200, high: 8200 }] })
     controller.addPolicy('billing-dials-db', 'Dial', ['#billing'], ['#db'])
-    const admin = controller.addCertIdentity('ziti-cni-webhook', ['identity', 'service.read', 'config.read'])
+    const admin = controller.addCertIdentity('ziti-cni-identity-controller', ['identity.create', 'identity.read', 'identity.delete', 'service.read', 'config.read'])
     const credential = JSON.stringify({ ztAPI: `${controller.url}/edge/client/v1`, id: { cert: admin.cert, key: admin.key, ca: controller.ca.certPem } })
     await node.deviceManager!.ready('tun.openziti.io/tun')
+    const tls = enrollmentTls(node.gateway)
+    const idc = (enrollUrl: string) => ({ url: controller!.url, cluster: 'demo', reconcileSeconds: 1, graceSeconds: 3, enrollUrl, enrollCa: tls.ca.certPem, enrollImage: IMAGES.validator, attributePolicy: [{ namespace: 'apps', attributes: ['billing'] }] })
+    identities = await startIdentityControllerReplica({ controller: idc('https://127.0.0.1:1') }, { kubeconfig: node.agentKubeconfig, credential, replica: 'identity-controller-0', tls: { cert: tls.serving.certPem, key: tls.serving.keyPem }, host: node.gateway, port: 0 })
+    node.api.put('serviceaccounts', { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'default', namespace: 'apps' } } as never)
     webhook = await startWebhook({
       validator: { image: IMAGES.validator }, tproxy: { image: IMAGES.tproxy, clusterDns: [infra.ip] }, tun: { image: IMAGES.tun },
-      controller: { url: controller.url, cluster: 'demo', reconcileSeconds: 1, graceSeconds: 8 },
-    }, { kubeconfig: node.agentKubeconfig, credential, replica: 'webhook-0' })
+      controller: idc(`https://${node.gateway}:${identities.port}`),
+    })
     node.api.admission = webhook.admission
     say(`   a plain pod ${infra.ip} serves the "cluster DNS" and an echo server (not Ziti)`)
     say(`   an OpenZiti controller stand-in at ${controller.url}: services postgres, ledger (#db), vault (#secrets); #billing may dial #db`)
@@ -130,26 +136,27 @@ async function main(): Promise<void> {
     const other = await app(node, scanner, ['resolve', 'controller.example'])
     check(other.answers?.[0] === '192.0.2.53', `DNS controller.example -> ${other.answers ?? other.error} (REFUSED by the tunneler, answered by the cluster DNS)`)
 
-    step(8, 'identity: auto: the controller drives the sidecar; the pod names no service and no port')
-    const autoAnn = { 'cni.openziti.io/identity': 'auto', 'cni.openziti.io/role-attributes': 'billing' }
+    step(8, 'identity: auto: the platform governs the attributes; the identity controller creates the identity for the stored pod')
+    const autoAnn = { 'cni.openziti.io/identity': 'auto', 'cni.openziti.io/role-attributes': 'billing', 'cni.openziti.io/services': 'pg.ziti:5432=postgres, ledger.ziti:7000=ledger' }
     say(indent(Object.entries(autoAnn).map(([k, v]) => `${k}: ${v}`).join('\n')))
+    const refused = await node.createPod(appPod('greedy', 'apps', { ...autoAnn, 'cni.openziti.io/role-attributes': 'billing, vault-admin' })).catch((e: Error) => e)
+    check(/not allowed .* attribute policy/.test(String(refused)), `an attribute outside the policy is refused at admission: ${String(refused).replace(/^.*denied the request: /, '')}`)
     const apod = await node.createPod(appPod('ledger-reader', 'apps', autoAnn)) as V1Pod
-    const id = [...controller.identities.values()].find((i) => i.id === apod.metadata!.annotations!['cni.openziti.io/identity-id'])
-    check(!!id, `the webhook created identity ${id?.name} (${id?.id}) with role attributes ${JSON.stringify(id?.roleAttributes)}`)
-    say(`   intent from the controller's intercept.v1/proxy.v1 configs: ${apod.metadata!.annotations!['cni.openziti.io/interception']}`)
-    say(`   sidecar args: ${injected(apod, 'ziti-tunnel').args!.join(' ')}`)
+    say(`   injected: ${apod.spec!.initContainers!.map((c) => c.name).join(', ')} (the enrollment step presents the pod's projected token, audience ${apod.spec!.volumes!.find((v) => v.projected)?.projected?.sources?.[0]?.serviceAccountToken?.audience})`)
+    await waitFor(() => [...controller!.identities.values()].some((i) => i.tags['ziti-cni.openziti.io/pod-uid'] === apod.metadata!.uid), 10_000)
+    const id = [...controller.identities.values()].find((i) => i.tags['ziti-cni.openziti.io/pod-uid'] === apod.metadata!.uid)
+    check(!!id, `the identity controller created ${id?.name} with role attributes ${JSON.stringify(id?.roleAttributes)}`)
     const ledger = await node.runPod(apod)
-    check(!!controller.identities.get(id!.id)?.certFingerprint, 'the sidecar enrolled its one-time JWT (from a per-pod Secret) and logged in with its new certificate')
+    say(`   ziti-enroll: ${node.kubelet.logs(ledger, 'ziti-enroll').trim().split('\n').at(-1)}`)
+    check(!!controller.identities.get(id!.id)?.certFingerprint, 'the sidecar enrolled the JWT the init step fetched (TokenReview-verified) with a key made in the pod')
     for (const [host, port] of [['pg.ziti', '5432'], ['ledger.ziti', '7000']] as const) {
       const r = await app(node, ledger, ['tcp', host, port])
       check(!!r.reply?.startsWith('ziti-service='), `tcp ${host}:${port} -> ${r.reply ?? r.error}`)
     }
-    const vault = await app(node, ledger, ['tcp', 'vault.ziti', '8200'])
-    check(!vault.ok, `vault.ziti (no policy for #billing) is not there: ${vault.error}`)
     await node.removePod(ledger)
     node.api.delete('pods', 'apps', apod.metadata!.name!)
     const gone = await waitFor(() => !controller!.identities.has(id!.id), 20_000)
-    check(gone, 'the pod was deleted; the reconciler deleted its identity')
+    check(gone, 'the pod was deleted; the identity controller deleted its identity')
 
     step(9, 'tun mode: ziti-edge-tunnel (with the attach shim) on a device the CNI made, no capability')
     await node.createSecret('apps', 'tun-identity', { 'identity.json': JSON.stringify({ ...JSON.parse(identity), standinTunServices: 'postgres=pg.ziti:tcp:5432,logs=logs.ziti:udp:514' }) })

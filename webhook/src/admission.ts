@@ -4,12 +4,12 @@ import { annotationsTotalProblem, ValidationError } from '@ziti-cni/shared'
 import type { V1Pod } from '@kubernetes/client-node'
 import jsonpatch from 'fast-json-patch'
 import type { WebhookConfig } from './config.ts'
-import { checkUpdate, mutatePod, verifyInjected, wantsAutoIdentity, wantsAutoServices, type ControllerGrant, type InjectionCache } from './inject/mutate.ts'
+import { checkUpdate, mutatePod, verifyInjected, wantsAutoIdentity, type InjectionCache } from './inject/mutate.ts'
 import { alreadyInjected, selectPod } from './inject/select.ts'
-import { ControllerError } from './ziti/controller.ts'
 import { parseRoleAttributes } from './ziti/identity.ts'
-import type { IdentityProvisioner } from './ziti/provision.ts'
-import { ANNOTATION_IDENTITY, ANNOTATION_ROLE_ATTRIBUTES } from '@ziti-cni/shared'
+import { checkAttributes } from './ziti/policy.ts'
+import { autoIdentity, type AutoIdentity } from './ziti/reference.ts'
+import { ANNOTATION_ROLE_ATTRIBUTES } from '@ziti-cni/shared'
 
 export interface AdmissionRequest {
   uid: string
@@ -62,7 +62,7 @@ export function parseReview(body: unknown): AdmissionRequest {
   return r.request
 }
 
-export function review(req: AdmissionRequest, cfg: WebhookConfig, cache?: InjectionCache, grant?: ControllerGrant): ReviewResult {
+export function review(req: AdmissionRequest, cfg: WebhookConfig, cache?: InjectionCache, auto?: AutoIdentity): ReviewResult {
   const allow = (outcome: Outcome, warnings?: string[]): ReviewResult => ({ response: { uid: req.uid, allowed: true, ...(warnings?.length ? { warnings } : {}) }, outcome })
   if (req.kind && (req.kind.kind !== 'Pod' || req.kind.group !== '')) return allow('skipped')
   const pod = req.object
@@ -89,7 +89,7 @@ export function review(req: AdmissionRequest, cfg: WebhookConfig, cache?: Inject
       verifyInjected(pod, cfg)
       return allow('already-injected')
     }
-    const { ops, patch, warnings, plan } = mutatePod(pod, cfg, cache, grant)
+    const { ops, patch, warnings, plan } = mutatePod(pod, cfg, cache, auto)
     // The API server refuses the mutated pod (422) when its annotations exceed the total; say why here.
     const tooBig = annotationsTotalProblem(jsonpatch.applyPatch(structuredClone(pod), ops, false, true).newDocument.metadata?.annotations)
     if (tooBig) throw new ValidationError('metadata.annotations', tooBig)
@@ -103,61 +103,29 @@ export function review(req: AdmissionRequest, cfg: WebhookConfig, cache?: Inject
   }
 }
 
-/** Stands in for the controller's answer while everything else about the pod is checked. */
-const PREFLIGHT: ControllerGrant = {
-  identityId: 'preflight', identityName: 'preflight', secretName: 'preflight',
-  services: { entries: [{ host: 'preflight.invalid', isIp: false, port: 1, proto: 'tcp', service: 'preflight' }], fixedPorts: new Map(), warnings: [] },
-}
-
-function refuse(req: AdmissionRequest, code: number, message: string): ReviewResult {
-  return { response: { uid: req.uid, allowed: false, status: { code, reason: code === 400 ? 'BadRequest' : 'ServiceUnavailable', message } }, outcome: code === 400 ? 'rejected' : 'error' }
-}
-
 /**
- * `review`, plus the controller for pods with `identity: auto`. The pod is checked in full
- * before any identity exists (a pod refused for its own mistakes costs the controller
- * nothing); a dry run creates nothing; an admission that fails after the identity exists
- * deletes it again.
+ * `review`, with `identity: auto` governed: the requested role attributes must pass the
+ * platform's attribute policy for the pod's namespace and ServiceAccount, and what is injected
+ * is a reference (the enrollment init step and its projected token), never an identity. Pure,
+ * like `review`: a forged AdmissionReview creates, reads and deletes nothing, and the answer
+ * says nothing about what any attribute may reach (the controller is never asked). The
+ * identity itself is created later by the identity controller, for the pod the API server
+ * stored (../identity-controller).
  */
-export async function admit(req: AdmissionRequest, cfg: WebhookConfig, cache: InjectionCache | undefined, provisioner: IdentityProvisioner | undefined, started = Date.now()): Promise<ReviewResult> {
+export function admit(req: AdmissionRequest, cfg: WebhookConfig, cache?: InjectionCache): ReviewResult {
   const pod = req.object
   const annotations = pod?.metadata?.annotations ?? {}
-  if (!pod || !provisioner || !wantsAutoIdentity(annotations)) return review(req, cfg, cache)
-  const pre = review(req, cfg, undefined, PREFLIGHT)
-  if (pre.outcome !== 'injected') return pre
-  if (req.dryRun) {
-    return { response: { uid: req.uid, allowed: true, warnings: [`ziti-cni: dry run: no Ziti identity was created and nothing was injected; ${ANNOTATION_IDENTITY}: auto takes effect on a real create`] }, outcome: 'skipped' }
-  }
+  if (!pod || !wantsAutoIdentity(annotations) || !cfg.controller.url) return review(req, cfg, cache)
+  const result = review(req, cfg, undefined, autoIdentity(cfg))
+  if (result.outcome !== 'injected') return result
+  // The ServiceAccount admission plugin runs before mutating webhooks and fills "default".
   const namespace = req.namespace ?? pod.metadata?.namespace ?? 'default'
-  let grant: ControllerGrant
+  const serviceAccount = pod.spec?.serviceAccountName || 'default'
   try {
-    grant = await provisioner.provision({
-      pod: { namespace, name: pod.metadata?.name || req.name || undefined, generateName: pod.metadata?.generateName, admissionUid: req.uid },
-      roleAttributes: parseRoleAttributes(annotations[ANNOTATION_ROLE_ATTRIBUTES]),
-      services: wantsAutoServices(annotations, cfg),
-      deadline: started + cfg.controller.admissionBudgetMs,
-    })
+    checkAttributes(cfg.controller.attributePolicy, namespace, serviceAccount, parseRoleAttributes(annotations[ANNOTATION_ROLE_ATTRIBUTES]))
   } catch (e) {
-    return refuse(req, 503, `ziti-cni: ${ANNOTATION_IDENTITY}: auto: ${controllerProblem(e, cfg.controller.url)}`)
+    if (!(e instanceof ValidationError)) throw e
+    return { response: { uid: req.uid, allowed: false, status: { code: 403, reason: 'Forbidden', message: `ziti-cni: ${e.message}` } }, outcome: 'rejected' }
   }
-  let result: ReviewResult
-  try {
-    result = review(req, cfg, undefined, grant)
-  } catch (e) {
-    await provisioner.rollback(grant, namespace, (e as Error).message)
-    throw e
-  }
-  if (result.outcome !== 'injected') await provisioner.rollback(grant, namespace, result.response.status?.message ?? result.outcome)
   return result
-}
-
-function controllerProblem(e: unknown, url: string): string {
-  if (!(e instanceof ControllerError)) return `the pod's identity could not be set up: ${(e as Error).message}`
-  switch (e.failure) {
-    case 'unreachable': return `the OpenZiti controller is unreachable, so no identity was created (${e.message})`
-    case 'credential-refused': return `the OpenZiti controller at ${url} refused the webhook's credential (${e.message})`
-    case 'busy': return `the OpenZiti controller is overloaded and did not accept the request in time (${e.message})`
-    case 'deadline': return `the OpenZiti controller did not answer within the admission budget (${e.message})`
-    case 'rejected': return `the OpenZiti controller refused the request (${e.message})`
-  }
 }

@@ -1,6 +1,7 @@
 // The webhook's configuration: a file (the mounted ConfigMap, YAML or JSON) plus env
 // overrides, validated at start-up with one clear message per bad key. Pure: the caller
 // reads the file; `validateConfig` only looks at values.
+import { attributePolicyProblems, type AttributeRule } from './ziti/policy.ts'
 import { EXTENDED_RESOURCE_NAME, TUN_RESOURCE, ZITI_DNS_RANGE, cidrContains, isDnsName, parseAddress, parseCidr, parseInterfaceAddress, parsePort, formatCidr, tunDeviceProblem, type Cidr, type Mode } from '@ziti-cni/shared'
 
 export interface Resources {
@@ -93,25 +94,44 @@ export interface WebhookConfig {
 }
 
 export interface ControllerConfig {
-  /** Base URL of the Edge APIs, e.g. https://ziti-controller.ziti.svc:1280. Empty: no controller. */
+  /** Base URL of the Edge APIs, e.g. https://ziti-controller.ziti.svc:1280. Empty: `identity: auto` is off. */
   url: string
   /** PEM bundle for the controller's serving certificate; empty: the credential's id.ca. */
   caFile: string
-  /** Mounted Secret key: an identity JSON (preferred) or {"username","password"}. */
+  /** Mounted Secret key (identity controller only): an identity JSON (preferred) or {"username","password"}. */
   credentialFile: string
-  /** Tag on every identity, so two clusters sharing a controller never reconcile each other's. */
+  /**
+   * Tag on every identity, so two clusters sharing a controller never reconcile each other's.
+   * Empty: the identity controller uses `uid-<uid of the kube-system namespace>`, unique per cluster.
+   */
   cluster: string
   identityPrefix: string
-  /** Time the controller may take inside one admission; below the webhook's timeoutSeconds. */
-  admissionBudgetMs: number
+  /** auto-drift: most ports one service may intercept (see ziti/services.ts). */
   maxPortsPerService: number
-  /** How often the leader looks for identities whose pods are gone. */
+  /** How often the leader compares pods and identities (anything the watch missed). */
   reconcileSeconds: number
-  /** An identity younger than this may belong to an admission still in flight: never deleted. */
+  /** An identity younger than this may belong to a pod the last list did not show yet: never deleted. */
   graceSeconds: number
-  /** The Lease that elects the one replica that reconciles. */
+  /** The identity controller's namespace (its Lease lives there). */
+  namespace: string
+  /** The Lease that elects the one replica that creates and deletes identities. */
   leaseName: string
   leaseSeconds: number
+  /** Deny by default: who may request which role attributes (ziti/policy.ts). */
+  attributePolicy: AttributeRule[]
+  /** The identity controller's enrollment endpoint, as the pods' init step reaches it. */
+  enrollUrl: string
+  /** PEM bundle the enrollment endpoint's certificate chains to (public; injected into pods). */
+  enrollCa: string
+  /** Image of the init step (the identity controller's own image: node + enroll.mjs). */
+  enrollImage: string
+  /** Audience of the pod's projected ServiceAccount token; only the enrollment endpoint accepts it. */
+  tokenAudience: string
+  tokenSeconds: number
+  /** The identity controller's HTTPS listener and its serving certificate. */
+  enrollPort: number
+  enrollCertFile: string
+  enrollKeyFile: string
 }
 
 export const DEFAULT_CONFIG: WebhookConfig = {
@@ -152,15 +172,23 @@ export const DEFAULT_CONFIG: WebhookConfig = {
     url: '',
     caFile: '',
     credentialFile: '/etc/ziti-cni/controller/credential.json',
-    cluster: 'kubernetes',
+    cluster: '',
     identityPrefix: 'k8s',
-    // The MutatingWebhookConfiguration's timeoutSeconds is 10: leaves time for the rest.
-    admissionBudgetMs: 6000,
     maxPortsPerService: 16,
     reconcileSeconds: 60,
-    graceSeconds: 120,
-    leaseName: 'ziti-cni-identity-reconciler',
+    graceSeconds: 30,
+    namespace: 'ziti-cni-identity',
+    leaseName: 'ziti-cni-identity-controller',
     leaseSeconds: 15,
+    attributePolicy: [],
+    enrollUrl: 'https://ziti-cni-identity-controller.ziti-cni-identity.svc:8443',
+    enrollCa: '',
+    enrollImage: '',
+    tokenAudience: 'enroll.ziti-cni.openziti.io',
+    tokenSeconds: 600,
+    enrollPort: 8443,
+    enrollCertFile: '/etc/ziti-cni/enroll-tls/tls.crt',
+    enrollKeyFile: '/etc/ziti-cni/enroll-tls/tls.key',
   },
   excludedNamespaces: ['kube-system', 'kube-node-lease'],
   listen: { host: '0.0.0.0', port: 9443 },
@@ -213,7 +241,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
     resources: ['requests', 'limits'],
     validator: ['enabled', 'image', 'daemonSet', 'uid'],
     tun: ['image', 'args', 'dev', 'addr', 'dnsServer', 'routes', 'resource'],
-    controller: ['url', 'caFile', 'credentialFile', 'cluster', 'identityPrefix', 'admissionBudgetMs', 'maxPortsPerService', 'reconcileSeconds', 'graceSeconds', 'leaseName', 'leaseSeconds'],
+    controller: ['url', 'caFile', 'credentialFile', 'cluster', 'identityPrefix', 'maxPortsPerService', 'reconcileSeconds', 'graceSeconds', 'namespace', 'leaseName', 'leaseSeconds', 'attributePolicy', 'enrollUrl', 'enrollCa', 'enrollImage', 'tokenAudience', 'tokenSeconds', 'enrollPort', 'enrollCertFile', 'enrollKeyFile'],
   }
   const section = (name: string): Raw => {
     const v = name === '' ? root : root[name]
@@ -320,14 +348,24 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       url: pick(env.ZITI_CONTROLLER_URL !== undefined ? 'ZITI_CONTROLLER_URL' : 'controller.url', env.ZITI_CONTROLLER_URL ?? controller.url, d.controller.url, (v) => (v === '' || (typeof v === 'string' && /^https:\/\/[^/\s]+\/?$/.test(v)) ? undefined : 'must be an https:// URL with no path (the Edge API base), or empty')),
       caFile: pick('controller.caFile', controller.caFile, d.controller.caFile, path),
       credentialFile: pick('controller.credentialFile', controller.credentialFile, d.controller.credentialFile, path),
-      cluster: pick('controller.cluster', controller.cluster, d.controller.cluster, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a DNS label-like name')),
+      cluster: pick('controller.cluster', controller.cluster, d.controller.cluster, (v) => (v === '' || (typeof v === 'string' && isDnsName(v)) ? undefined : 'must be a DNS label-like name (or empty: derived from the kube-system namespace uid)')),
       identityPrefix: pick('controller.identityPrefix', controller.identityPrefix, d.controller.identityPrefix, (v) => (typeof v === 'string' && /^[a-z0-9][a-z0-9-]{0,15}$/.test(v) ? undefined : 'must be 1-16 of a-z, 0-9, -')),
-      admissionBudgetMs: pick('controller.admissionBudgetMs', controller.admissionBudgetMs, d.controller.admissionBudgetMs, int(500, 25000)),
       maxPortsPerService: pick('controller.maxPortsPerService', controller.maxPortsPerService, d.controller.maxPortsPerService, int(1, 256)),
       reconcileSeconds: pick('controller.reconcileSeconds', controller.reconcileSeconds, d.controller.reconcileSeconds, int(1, 86400)),
       graceSeconds: pick('controller.graceSeconds', controller.graceSeconds, d.controller.graceSeconds, int(0, 86400)),
+      namespace: pick('controller.namespace', controller.namespace, d.controller.namespace, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a namespace name')),
       leaseName: pick('controller.leaseName', controller.leaseName, d.controller.leaseName, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a Lease name')),
       leaseSeconds: pick('controller.leaseSeconds', controller.leaseSeconds, d.controller.leaseSeconds, int(2, 300)),
+      attributePolicy: controller.attributePolicy === undefined ? d.controller.attributePolicy : (problems.push(...attributePolicyProblems(controller.attributePolicy)), controller.attributePolicy as AttributeRule[]),
+      enrollUrl: pick('controller.enrollUrl', controller.enrollUrl, d.controller.enrollUrl, (v) => (typeof v === 'string' && /^https:\/\/[^/\s]+\/?$/.test(v) ? undefined : 'must be an https:// URL with no path')),
+      enrollCa: pick('controller.enrollCa', controller.enrollCa, d.controller.enrollCa, (v) => (v === '' || (typeof v === 'string' && v.includes('BEGIN CERTIFICATE')) ? undefined : 'must be a PEM certificate bundle (or empty)')),
+      enrollImage: pick('controller.enrollImage', controller.enrollImage, d.controller.enrollImage, (v) => (v === '' ? undefined : image(v))),
+      tokenAudience: pick('controller.tokenAudience', controller.tokenAudience, d.controller.tokenAudience, str),
+      // The kubelet refuses projected tokens shorter than 10 minutes (pkg/volume/projected).
+      tokenSeconds: pick('controller.tokenSeconds', controller.tokenSeconds, d.controller.tokenSeconds, int(600, 86400)),
+      enrollPort: pick('controller.enrollPort', controller.enrollPort, d.controller.enrollPort, port),
+      enrollCertFile: pick('controller.enrollCertFile', controller.enrollCertFile, d.controller.enrollCertFile, str),
+      enrollKeyFile: pick('controller.enrollKeyFile', controller.enrollKeyFile, d.controller.enrollKeyFile, str),
     },
     excludedNamespaces: list('excludedNamespaces', top.excludedNamespaces, d.excludedNamespaces, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a namespace name')),
     listen: {
@@ -358,7 +396,11 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   // nothing listens.
   if (cfg.proxy.aliasRange.family !== 4) problems.push('proxy.aliasRange: must be an IPv4 range (the proxy tunneler listens on 0.0.0.0 only)')
   if (cfg.validator.uid === cfg.sidecarUid) problems.push('validator.uid: must differ from sidecarUid (the sidecar\'s traffic is never captured)')
-  if (cfg.controller.url && cfg.controller.graceSeconds * 1000 < cfg.controller.admissionBudgetMs) problems.push('controller.graceSeconds: must cover controller.admissionBudgetMs (an identity of an admission in flight must not be reconciled away)')
+  if (cfg.controller.url) {
+    // identity: auto is injected as a reference to the enrollment endpoint: it must be complete.
+    if (!cfg.controller.enrollCa) problems.push('controller.enrollCa: is required when controller.url is set (the pods\' init step verifies the enrollment endpoint with it)')
+    if (!cfg.controller.enrollImage) problems.push('controller.enrollImage: is required when controller.url is set (the image of the pods\' enrollment init step)')
+  }
   if (problems.length) throw new ConfigError(problems)
   // The webhook's own namespace is never injected.
   if (!cfg.excludedNamespaces.includes(cfg.tls.namespace)) cfg.excludedNamespaces = [...cfg.excludedNamespaces, cfg.tls.namespace]

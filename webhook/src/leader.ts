@@ -14,6 +14,7 @@ export class LeaderElector {
   private readonly log: Logger
   private renewedAt = 0
   private timer: NodeJS.Timeout | undefined
+  private readonly listeners: Array<(leading: boolean) => void> = []
 
   constructor(kc: KubeConfig, opts: { namespace: string; name: string; identity: string; leaseSeconds: number }, log: Logger) {
     this.api = kc.makeApiClient(CoordinationV1Api)
@@ -27,6 +28,11 @@ export class LeaderElector {
   /** Leader only while the last renewal is fresher than the lease: a partitioned leader steps down on its own. */
   isLeader(): boolean {
     return Date.now() - this.renewedAt < this.leaseSeconds * 1000
+  }
+
+  /** Called on every change of leadership (e.g. to reconcile what was missed while following). */
+  onChange(fn: (leading: boolean) => void): void {
+    this.listeners.push(fn)
   }
 
   start(): () => void {
@@ -68,16 +74,23 @@ export class LeaderElector {
       }
       this.renewedAt = now.getTime()
     } catch (e) {
-      // 409: another replica won the race; anything else: we cannot prove we hold it.
-      if ((e as { code?: number }).code !== 409) this.log.warn({ err: String(e) }, 'cannot read or renew the lease')
-      this.renewedAt = 0
+      // 409: another write won the race (another replica, or our own overlapping tick): this
+      // write proves nothing, but neither does it end a lease we renewed before; isLeader()
+      // still expires on our own clock. Anything else: we cannot prove we hold it.
+      if ((e as { code?: number }).code !== 409) {
+        this.log.warn({ err: String(e) }, 'cannot read or renew the lease')
+        this.renewedAt = 0
+      }
     }
     return this.report(was)
   }
 
   private report(was: boolean): boolean {
     const is = this.isLeader()
-    if (is !== was) this.log.info({ leader: is }, is ? 'became the identity reconciler' : 'no longer the identity reconciler')
+    if (is !== was) {
+      this.log.info({ leader: is }, is ? 'became the leader' : 'no longer the leader')
+      for (const fn of this.listeners) fn(is)
+    }
     return is
   }
 }

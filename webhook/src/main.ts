@@ -6,18 +6,19 @@ import { parseArgs } from 'node:util'
 import { pino } from 'pino'
 import { ConfigError, type WebhookConfig } from './config.ts'
 import { loadConfig } from './load-config.ts'
+import { withIdentityConfig } from './identity-controller/config-file.ts'
 import { createWebhookMetrics } from './metrics.ts'
 import { buildServer } from './server.ts'
 import { readPair, watchPair } from './tls/files.ts'
 import { SelfManagedTls } from './tls/self-managed.ts'
 import { ValidatorImage } from './validator-image.ts'
-import { startController } from './ziti/setup.ts'
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { config: { type: 'string' }, kubeconfig: { type: 'string' } }, strict: true })
+  const { values } = parseArgs({ options: { config: { type: 'string' }, 'identity-config': { type: 'string' }, kubeconfig: { type: 'string' } }, strict: true })
   let config: WebhookConfig
   try {
-    config = loadConfig(values.config, process.env)
+    // identity: auto: the controller section comes from the file the identity controller reads too.
+    config = values['identity-config'] ? withIdentityConfig(values.config, values['identity-config'], process.env) : loadConfig(values.config, process.env)
   } catch (e) {
     if (e instanceof ConfigError) { process.stderr.write(`${e.message}\n`); process.exit(2) }
     throw e
@@ -53,14 +54,10 @@ async function main(): Promise<void> {
   }
   metrics.certRenewals.inc()
 
-  let provisioner
-  if (config.controller.url) {
-    const controller = startController(config.controller, kube(), metrics.registry, log, { namespace: config.tls.namespace })
-    provisioner = controller.provisioner
-    stops.push(controller.stop)
-    log.info({ controller: config.controller.url, cluster: config.controller.cluster }, 'identity: auto enabled')
-  }
-  const app = buildServer({ config, metrics, log, tls: pair, ready: () => !draining, provisioner })
+  // identity: auto is only validated and referenced here; the identity controller (its own
+  // Deployment) holds the controller credential.
+  if (config.controller.url) log.info({ enrollUrl: config.controller.enrollUrl }, 'identity: auto enabled (references the identity controller)')
+  const app = buildServer({ config, metrics, log, tls: pair, ready: () => !draining })
   const swap = (next: { cert: string; key: string }) => {
     if (next.cert === pair.cert) return
     pair = next

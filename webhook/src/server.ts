@@ -5,7 +5,6 @@ import type { WebhookConfig } from './config.ts'
 import { healthRoutes } from './http/health.ts'
 import { mutateRoutes } from './http/mutate.ts'
 import type { WebhookMetrics } from './metrics.ts'
-import type { IdentityProvisioner } from './ziti/provision.ts'
 
 export interface ServerOptions {
   config: WebhookConfig
@@ -13,7 +12,6 @@ export interface ServerOptions {
   log: Logger
   tls: { cert: string; key: string }
   ready: () => boolean
-  provisioner?: IdentityProvisioner
 }
 
 export function buildServer(opts: ServerOptions): FastifyInstance {
@@ -26,7 +24,7 @@ export function buildServer(opts: ServerOptions): FastifyInstance {
     connectionTimeout: 30_000,
     keepAliveTimeout: 65_000,
   }) as unknown as FastifyInstance
-  app.register(mutateRoutes, { config: opts.config, metrics: opts.metrics, ...(opts.provisioner ? { provisioner: opts.provisioner } : {}) })
+  app.register(mutateRoutes, { config: opts.config, metrics: opts.metrics })
   app.register(healthRoutes, { ready: opts.ready, metrics: opts.metrics })
   return app
 }

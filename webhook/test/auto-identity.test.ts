@@ -1,241 +1,309 @@
-// `cni.openziti.io/identity: auto` end to end at the control plane: the real webhook (HTTPS),
-// the API server stand-in (admission round trips, Secrets, Leases, pod lists) and the fake
-// OpenZiti controller. The data plane of the same path runs in e2e/node/scenarios.test.ts.
+// `cni.openziti.io/identity: auto` at the control plane: the real webhook (HTTPS, pure), the
+// identity controller (its own runtime: Lease, pod watch, reconcile, enrollment endpoint), the
+// API server stand-in (admission round trips, TokenRequest/TokenReview, Leases) and the fake
+// OpenZiti controller with granular permissions. The data plane runs in e2e/node/auto-identity.test.ts.
 import t from 'tap'
 import { KubeConfig, type V1Pod } from '@kubernetes/client-node'
 import type { AddressInfo } from 'node:net'
+import { request } from 'node:https'
 import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pino } from 'pino'
-import { parseIntent } from '@ziti-cni/shared'
+import { Registry } from 'prom-client'
 import { validateConfig } from '../src/config.ts'
 import { createWebhookMetrics } from '../src/metrics.ts'
 import { buildServer } from '../src/server.ts'
-import { startController } from '../src/ziti/setup.ts'
+import { startIdentityController, type IdentityRuntime } from '../src/identity-controller/runtime.ts'
+import { enrollServer } from '../src/identity-controller/enroll-server.ts'
 import { FakeZitiController } from '../../e2e/node/standins/ziti-controller.ts'
 import { https, startApiStandIn, testCerts, TEST_CONFIG } from './helpers.ts'
 
-const TOKEN = 'webhook-token'
+const TOKEN = 'platform-token'
+const AUDIENCE = 'enroll.ziti-cni.openziti.io'
+/** The credential the README prescribes: nothing more. */
+const LEAST = ['identity.create', 'identity.read', 'identity.delete', 'service.read', 'config.read']
+const POLICY = [
+  { namespace: 'apps', serviceAccount: 'billing', attributes: ['billing'], prefixes: ['eu.'] },
+  { namespace: 'apps', attributes: ['web'] },
+]
 
-async function world(t: { teardown: (fn: () => unknown) => void }, controller: Record<string, unknown> = {}) {
+async function world(t: Tap, controller: Record<string, unknown> = {}) {
   const fake = new FakeZitiController()
   await fake.listen()
   t.teardown(() => fake.close())
-  const { cert, key } = fake.addCertIdentity('ziti-cni-webhook', ['identity', 'service.read', 'config.read'])
+  const admin = fake.addCertIdentity('ziti-cni-identity-controller', LEAST)
+  const credential = JSON.stringify({ ztAPI: `${fake.url}/edge/client/v1`, id: { cert: admin.cert, key: admin.key, ca: fake.ca.certPem } })
   const { api, url, ca } = await startApiStandIn(t, TOKEN)
   const kc = new KubeConfig()
   kc.loadFromOptions({ clusters: [{ name: 'c', server: url, caData: Buffer.from(ca.certPem).toString('base64') }], users: [{ name: 'u', token: TOKEN }], contexts: [{ name: 'x', cluster: 'c', user: 'u' }], currentContext: 'x' })
-  const config = validateConfig({ ...TEST_CONFIG, controller: { url: fake.url, cluster: 'test', admissionBudgetMs: 3000, graceSeconds: 3, leaseSeconds: 2, ...controller } }, {})
-  const metrics = createWebhookMetrics()
-  const credential = JSON.stringify({ ztAPI: `${fake.url}/edge/client/v1`, id: { cert, key, ca: fake.ca.certPem } })
-  // The test drives the leader and reconciler ticks itself.
-  const rt = startController(config.controller, kc, metrics.registry, pino({ level: 'silent' }), { namespace: 'ziti-cni-system', identity: 'webhook-0', credentialText: credential, autoStart: false })
-  t.teardown(() => rt.stop())
   const { ca: whCa, serving } = testCerts()
-  const app = buildServer({ config, metrics, log: pino({ level: 'silent' }), tls: { cert: serving.certPem, key: serving.keyPem }, ready: () => true, provisioner: rt.provisioner })
+  const config = validateConfig({ ...TEST_CONFIG, controller: { url: fake.url, cluster: 'test', graceSeconds: 2, leaseSeconds: 2, enrollCa: whCa.certPem, enrollImage: 'ghcr.io/ziti-cni/webhook:0.1.0', attributePolicy: POLICY, ...controller } }, {})
+  const app = buildServer({ config, metrics: createWebhookMetrics(), log: pino({ level: 'silent' }), tls: { cert: serving.certPem, key: serving.keyPem }, ready: () => true })
   await app.listen({ host: '127.0.0.1', port: 0 })
   t.teardown(() => app.close())
   const mutateUrl = `https://127.0.0.1:${(app.server.address() as AddressInfo).port}/mutate`
   api.admission = { url: mutateUrl, ca: whCa.certPem }
   api.put('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'apps', labels: { 'cni.openziti.io/inject': 'enabled' } } })
-
-  // What the operator has in the controller: billing may dial postgres, api, metrics, wild,
-  // range; nobody may dial vault.
-  const cfg = (name: string, type: 'intercept.v1' | 'proxy.v1', data: Record<string, unknown>) => fake.addConfig(name, type, data)
-  fake.addService('postgres', ['db'], [cfg('pg-i', 'intercept.v1', { protocols: ['tcp'], addresses: ['pg.ziti'], portRanges: [{ low: 5432, high: 5432 }] }), cfg('pg-p', 'proxy.v1', { port: 15432, protocols: ['tcp'] })])
-  fake.addService('api', ['web'], [cfg('api-i', 'intercept.v1', { protocols: ['tcp'], addresses: ['api.ziti', '100.127.9.9'], portRanges: [{ low: 443, high: 443 }, { low: 8443, high: 8443 }] })])
-  fake.addService('metrics', ['web'], [cfg('m-i', 'intercept.v1', { protocols: ['tcp', 'udp'], addresses: ['metrics.ziti'], portRanges: [{ low: 8125, high: 8125 }] })])
-  fake.addService('wild', ['web'], [cfg('w-i', 'intercept.v1', { protocols: ['tcp'], addresses: ['*.corp.ziti'], portRanges: [{ low: 80, high: 80 }] })])
-  fake.addService('range', ['web'], [cfg('r-i', 'intercept.v1', { protocols: ['tcp'], addresses: ['10.9.0.0/24'], portRanges: [{ low: 1, high: 1000 }] })])
-  fake.addService('subnet', ['web'], [cfg('s-i', 'intercept.v1', { protocols: ['tcp'], addresses: ['10.8.0.0/24'], portRanges: [{ low: 9000, high: 9003 }] })])
-  fake.addService('vault', ['secret'], [cfg('v-i', 'intercept.v1', { protocols: ['tcp'], addresses: ['vault.ziti'], portRanges: [{ low: 8200, high: 8200 }] })])
-  fake.addPolicy('billing-dials', 'Dial', ['#billing'], ['#db', '#web'])
-  return { fake, api, rt, config, mutateUrl, whCa: whCa.certPem, kc, apiUrl: url, apiCa: ca.certPem }
+  api.put('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'other', labels: { 'cni.openziti.io/inject': 'enabled' } } })
+  api.put('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'kube-system' } })
+  for (const [ns, sa] of [['apps', 'default'], ['apps', 'billing'], ['other', 'default']]) api.put('serviceaccounts', { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: sa!, namespace: ns! } })
+  const start = async (identity: string, cfg = config.controller, autoStart = false) => {
+    const rt = await startIdentityController(cfg, kc, new Registry(), pino({ level: process.env.ZCNI_TEST_LOG ?? 'silent' }), { identity, credentialText: credential, autoStart })
+    t.teardown(() => rt.stop())
+    return rt
+  }
+  return { fake, api, kc, config, mutateUrl, whCa: whCa.certPem, start, credential, apiUrl: url, apiCa: ca.certPem }
 }
 
-function autoPod(annotations: Record<string, string> = {}, extra: Partial<V1Pod['spec']> = {}): V1Pod & { metadata: { namespace: string } } {
+type Tap = { teardown: (fn: () => unknown) => void }
+
+function autoPod(name: string, annotations: Record<string, string> = {}, spec: Partial<V1Pod['spec']> = {}): V1Pod & { metadata: { namespace: string } } {
   return {
     apiVersion: 'v1', kind: 'Pod',
-    metadata: { generateName: 'web-7d9f-', namespace: 'apps', annotations: { 'cni.openziti.io/identity': 'auto', 'cni.openziti.io/role-attributes': 'billing, eu', ...annotations } },
-    spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1.0', securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }], ...extra },
+    metadata: { name, namespace: 'apps', annotations: { 'cni.openziti.io/identity': 'auto', 'cni.openziti.io/role-attributes': 'billing, eu.west', 'cni.openziti.io/services': 'pg.ziti:5432=postgres', ...annotations } },
+    spec: { serviceAccountName: 'billing', containers: [{ name: 'app', image: 'registry.example.com/app:1.0', securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }], ...spec },
   }
 }
 
-/** One reconcile pass as the leader (the test drives the lease renewals). */
-async function reconcile(rt: { leader: { tryAcquireOrRenew: () => Promise<boolean> }; reconciler: { runOnce: () => Promise<unknown> } }) {
-  await rt.leader.tryAcquireOrRenew()
-  return rt.reconciler.runOnce() as ReturnType<Awaited<ReturnType<typeof world>>['rt']['reconciler']['runOnce']>
-}
-
 const managed = (fake: FakeZitiController) => [...fake.identities.values()].filter((i) => i.tags['ziti-cni.openziti.io/managed-by'] === 'ziti-cni')
+/** What a kubelet does for the pod's projected serviceAccountToken source. */
+const projected = (api: Awaited<ReturnType<typeof world>>['api'], pod: V1Pod, audience = AUDIENCE) =>
+  api.serviceAccountTokens.request(pod.metadata!.namespace!, pod.spec!.serviceAccountName!, { audiences: [audience], expirationSeconds: 600, pod: { name: pod.metadata!.name!, uid: pod.metadata!.uid! } })
+const lead = async (rt: IdentityRuntime) => { await rt.leader.tryAcquireOrRenew(); return rt }
 
-t.test('an auto pod gets its own identity, a Secret with the JWT, and the services its policies allow', async (t) => {
-  const { fake, api } = await world(t)
-  const pod = await api.create('pods', autoPod() as never) as unknown as V1Pod
-  const [identity] = managed(fake)
-  t.ok(identity, 'the identity exists at the controller')
-  t.match(identity!.name, /^k8s-apps-web-7d9f-[0-9a-f]{8}$/, 'named after namespace and pod (generateName: the API server names it after admission)')
-  t.same(identity!.roleAttributes, ['billing', 'eu'])
-  t.match(identity!.tags, { 'ziti-cni.openziti.io/cluster': 'test', 'ziti-cni.openziti.io/namespace': 'apps', 'ziti-cni.openziti.io/pod': 'web-7d9f-' })
-  const ann = pod.metadata!.annotations!
-  t.equal(ann['cni.openziti.io/identity-id'], identity!.id)
-  t.equal(ann['cni.openziti.io/identity-name'], identity!.name)
-  t.equal(ann['cni.openziti.io/role-attributes'], 'billing, eu', 'the pod\'s own annotations are kept')
-  t.equal(pod.metadata!.labels!['cni.openziti.io/auto-identity'], 'true')
+t.test('a forged AdmissionReview (any namespace, attributes, uid) changes nothing anywhere and reveals no service', async (t) => {
+  const { fake, api, mutateUrl, whCa, start } = await world(t)
+  await lead(await start('ic-0'))
+  const victim = await api.create('pods', autoPod('victim') as never) as unknown as V1Pod
+  const before = { identities: JSON.stringify([...fake.identities.values()]), calls: fake.calls.length, apiRequests: api.requests.length, tokens: api.serviceAccountTokens.issued.length, rv: api.resourceVersion }
+  const forge = (uid: string, namespace: string, attrs: string) => JSON.stringify({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { uid, kind: { group: '', version: 'v1', kind: 'Pod' }, operation: 'CREATE', namespace, name: 'x', object: autoPod('x', { 'cni.openziti.io/role-attributes': attrs }, { serviceAccountName: 'default' }) } })
+  const answers: string[] = []
+  for (const [uid, ns, attrs] of [[victim.metadata!.uid!, 'apps', 'billing'], ['00000000-0000-0000-0000-000000000000', 'kube-system', 'admin'], ['x', 'other', 'web'], ['y', 'apps', 'web'], ['z', 'apps', 'k8s.ns:test/kube-system']]) {
+    const r = await https(mutateUrl, whCa, 'POST', forge(uid!, ns!, attrs!))
+    t.equal(r.status, 200)
+    answers.push(r.text)
+  }
+  t.equal(JSON.stringify([...fake.identities.values()]), before.identities, 'the controller\'s identities are unchanged')
+  t.equal(fake.calls.length, before.calls, 'the controller was not even called')
+  t.equal(api.requests.length, before.apiRequests, 'the API server was not called')
+  t.equal(api.serviceAccountTokens.issued.length, before.tokens)
+  t.equal(api.resourceVersion, before.rv, 'nothing was written')
+  t.notMatch(answers.join('\n'), /postgres|pg\.ziti|warehouse|Dial|Bind/, 'no answer says what an attribute reaches (only the pod\'s own services list is echoed in its patch)')
+  t.match(answers[2], /"allowed":false/, 'another namespace: deny by default')
+})
+
+t.test('attribute policy at admission: allowed pods get a reference, others are refused naming annotation, attribute and policy', async (t) => {
+  const { api, fake } = await world(t)
+  const pod = await api.create('pods', autoPod('billing-0') as never) as unknown as V1Pod
+  const inits = pod.spec!.initContainers!.map((c) => c.name)
+  t.same(inits, ['ziti-cni-validator', 'ziti-enroll', 'ziti-tunnel'], 'the enrollment step runs before the sidecar')
+  const enroll = pod.spec!.initContainers!.find((c) => c.name === 'ziti-enroll')!
+  t.same(enroll.volumeMounts!.map((m) => m.name).sort(), ['ziti-enroll-token', 'ziti-identity'])
+  t.same(pod.spec!.volumes!.find((v) => v.name === 'ziti-enroll-token')!.projected!.sources, [{ serviceAccountToken: { audience: AUDIENCE, expirationSeconds: 600, path: 'token' } }], 'a projected token for the enrollment audience only')
+  for (const c of [...pod.spec!.initContainers!, ...pod.spec!.containers]) {
+    if (c.name !== 'ziti-enroll') t.notOk(c.volumeMounts?.some((m) => m.name === 'ziti-enroll-token'), `${c.name} cannot see the token`)
+  }
   const sidecar = pod.spec!.initContainers!.find((c) => c.name === 'ziti-tunnel')!
-  const tokenEnv = sidecar.env!.find((e) => e.name === 'ZITI_ENROLL_TOKEN')!
-  const secretName = tokenEnv.valueFrom!.secretKeyRef!.name!
-  t.same(tokenEnv.valueFrom!.secretKeyRef, { name: secretName, key: 'token.jwt', optional: true })
-  const secret = api.get('secrets', 'apps', secretName) as unknown as { stringData?: Record<string, string>; data?: Record<string, string>; metadata: { labels: Record<string, string> } }
-  t.ok(secret, 'the per-pod Secret exists')
-  const jwt = secret.stringData?.['token.jwt'] ?? Buffer.from(secret.data?.['token.jwt'] ?? '', 'base64').toString()
-  t.equal(jwt, identity!.enrollment!.jwt, 'it carries the identity\'s one-time JWT')
-  t.equal(secret.metadata.labels['app.kubernetes.io/managed-by'], 'ziti-cni')
-  t.notOk(JSON.stringify(pod.spec).includes(jwt), 'the JWT is not in the pod spec')
+  t.notOk(sidecar.env!.some((e) => e.name === 'ZITI_ENROLL_TOKEN' || e.name === 'ZITI_IDENTITY_JSON'), 'no credential in the pod spec')
+  t.equal(pod.metadata!.labels!['cni.openziti.io/auto-identity'], 'true')
+  t.equal(managed(fake).length, 0, 'admission created nothing')
 
-  const intent = parseIntent(ann['cni.openziti.io/interception']!)
-  if (intent.mode !== 'proxy') throw new Error('proxy expected')
-  const alias = (h: string) => pod.spec!.hostAliases!.find((a) => a.hostnames!.includes(h))!.ip!
-  t.same(intent.dnat.filter((d) => d.dst === alias('pg.ziti')), [{ dst: alias('pg.ziti'), proto: 'tcp', port: 5432, to: 15432 }], 'postgres at its proxy.v1 port')
-  t.same(intent.dnat.filter((d) => d.dst === alias('api.ziti')).map((d) => d.port), [443, 8443], 'both api ports')
-  t.same(intent.dnat.filter((d) => d.dst === '100.127.9.9').map((d) => d.port), [443, 8443], 'the api IP address, DNATed as is')
-  t.same(intent.dnat.filter((d) => d.dst === alias('metrics.ziti')).map((d) => `${d.proto}/${d.port}`), ['tcp/8125'])
-  t.notOk(pod.spec!.hostAliases!.some((a) => a.hostnames!.includes('vault.ziti')), 'no policy, no interception')
-  t.same(intent.dnat.filter((d) => d.dst === '10.8.0.0/24'), [{ dst: '10.8.0.0/24', proto: 'tcp', port: 9000, portTo: 9003, to: 15102 }], 'a service\'s CIDR and port range: one interval entry')
-  t.same(sidecar.args!.slice(3).sort(), ['api:15100', 'metrics:15101', 'postgres:15432', 'subnet:15102'])
+  const refused: Array<[Record<string, string>, Partial<V1Pod['spec']>, RegExp]> = [
+    [{ 'cni.openziti.io/role-attributes': 'billing, admin' }, {}, /cni\.openziti\.io\/role-attributes: entry 2 "admin": attribute "admin" is not allowed for ServiceAccount apps\/billing by the platform's attribute policy \(webhook config controller\.attributePolicy/],
+    [{ 'cni.openziti.io/role-attributes': 'billing' }, { serviceAccountName: 'default' }, /attribute "billing" is not allowed for ServiceAccount apps\/default/],
+    [{ 'cni.openziti.io/role-attributes': 'us.east' }, {}, /attribute "us\.east" is not allowed/],
+    [{ 'cni.openziti.io/role-attributes': 'k8s.sa:test/apps/billing' }, {}, /attributes starting with "k8s\." are the platform's/],
+  ]
+  for (const [ann, spec, re] of refused) {
+    const e = await api.create('pods', autoPod(`r-${Math.random().toString(36).slice(2, 7)}`, ann, spec) as never).catch((err: Error) => err)
+    t.match(String(e), re)
+  }
+  const elsewhere = await api.create('pods', { ...autoPod('o-1', { 'cni.openziti.io/role-attributes': 'web' }, { serviceAccountName: 'default' }), metadata: { ...autoPod('o-1').metadata, namespace: 'other', annotations: { 'cni.openziti.io/identity': 'auto', 'cni.openziti.io/role-attributes': 'web', 'cni.openziti.io/services': 'a.ziti:1=a' } } } as never).catch((err: Error) => err)
+  t.match(String(elsewhere), /attribute "web" is not allowed for ServiceAccount other\/default/, 'a namespace the policy does not name may request nothing')
+  const none = await api.create('pods', { ...autoPod('o-2'), metadata: { name: 'o-2', namespace: 'other', annotations: { 'cni.openziti.io/identity': 'auto', 'cni.openziti.io/services': 'a.ziti:1=a' } }, spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1.0', securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }] } } as never) as unknown as V1Pod
+  t.ok(none.spec!.initContainers!.some((c) => c.name === 'ziti-enroll'), 'no requested attribute: only the platform\'s, always allowed')
+  const svcAuto = await api.create('pods', autoPod('s-1', { 'cni.openziti.io/services': 'auto' }) as never).catch((err: Error) => err)
+  t.match(String(svcAuto), /cni\.openziti\.io\/services: "auto" is no longer offered: admission never asks the OpenZiti controller/)
 })
 
-t.test('warnings name each service proxy mode cannot carry, and why', async (t) => {
-  const { mutateUrl, whCa } = await world(t)
-  const body = JSON.stringify({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { uid: 'a1b2c3d4-0000-0000-0000-000000000001', kind: { group: '', version: 'v1', kind: 'Pod' }, operation: 'CREATE', namespace: 'apps', name: '', object: autoPod(), dryRun: false } })
-  const raw = await https(mutateUrl, whCa, "POST", body)
-  const res = JSON.parse(raw.text) as { response: { allowed: boolean; warnings: string[]; status?: { message: string } } }
-  t.equal(res.response.status?.message, undefined)
-  t.ok(res.response.allowed)
-  const w = res.response.warnings.join('\n')
-  t.match(w, /"metrics": udp is not intercepted: without a proxy\.v1 config/)
-  t.match(w, /"wild": address \*\.corp\.ziti is not intercepted: a wildcard domain/)
-  t.match(w, /"range" is not intercepted: its intercept\.v1 port ranges cover 1000 ports, more than 16/)
-  t.notMatch(w, /vault/, 'services the identity may not dial are not mentioned')
+t.test('the identity controller creates the identity of a stored pod, with attributes nobody can forge, once', async (t) => {
+  const { api, fake, start } = await world(t)
+  const rt = await lead(await start('ic-0'))
+  const pod = await api.create('pods', autoPod('billing-0') as never) as unknown as V1Pod
+  await rt.controller.onPod(pod)
+  await rt.controller.onPod(pod) // a replayed watch event
+  await rt.controller.reconcile()
+  const ids = managed(fake)
+  t.equal(ids.length, 1, 'one identity per pod uid')
+  const uid = pod.metadata!.uid!
+  t.equal(ids[0]!.name, `k8s-apps-billing-0-${uid.replace(/-/g, '')}`)
+  t.same(ids[0]!.roleAttributes, ['billing', 'eu.west', 'k8s.cluster:test', 'k8s.ns:test/apps', 'k8s.sa:test/apps/billing'])
+  t.match(ids[0]!.tags, { 'ziti-cni.openziti.io/cluster': 'test', 'ziti-cni.openziti.io/namespace': 'apps', 'ziti-cni.openziti.io/pod': 'billing-0', 'ziti-cni.openziti.io/pod-uid': uid, 'ziti-cni.openziti.io/service-account': 'billing' })
+  // A pod written straight to the store (no webhook) with a forged label asks for more.
+  api.put('pods', { ...autoPod('forged', { 'cni.openziti.io/role-attributes': 'admin', 'cni.openziti.io/status': '{}' }), metadata: { ...autoPod('forged', { 'cni.openziti.io/role-attributes': 'admin', 'cni.openziti.io/status': '{}' }).metadata, labels: { 'cni.openziti.io/auto-identity': 'true' } } } as never)
+  await rt.controller.reconcile()
+  t.equal(managed(fake).length, 1, 'the controller applies the policy again: no identity for it')
+  t.notOk(fake.calls.some((c) => c.method === 'PATCH' || c.method === 'PUT'), 'never updates an identity')
 })
 
-t.test('bad role attributes are refused before any identity exists', async (t) => {
-  const { fake, api } = await world(t)
-  const e = await api.create('pods', autoPod({ 'cni.openziti.io/role-attributes': 'billing, #eu' }) as never).catch((err: Error) => err)
-  t.match(String(e), /cni\.openziti\.io\/role-attributes: entry 2 "#eu": write the attribute without "#"/)
-  t.equal(managed(fake).length, 0)
-  t.notOk(fake.calls.some((c) => c.method === 'POST' && c.path.includes('/identities')), 'the controller was not asked')
+t.test('enrollment: only the pod\'s own audience-bound token gets its JWT, once', async (t) => {
+  const { api, fake, start } = await world(t)
+  const rt = await start('ic-1') // not the leader: any replica serves enrollments
+  const pod = await api.create('pods', autoPod('billing-0') as never) as unknown as V1Pod
+  const token = projected(api, pod)
+  const ok = await rt.enrollment.answer(`Bearer ${token}`)
+  t.equal(ok.status, 200)
+  const identity = managed(fake)[0]!
+  t.equal(ok.body.jwt, identity.enrollment!.jwt, 'the identity\'s one-time JWT, created on demand for the vouched-for pod')
+
+  t.match((await rt.enrollment.answer(undefined)), { status: 401 })
+  t.match((await rt.enrollment.answer(`Bearer ${projected(api, pod, 'https://kubernetes.default.svc.cluster.local')}`)), { status: 401, body: { message: /token audiences are invalid/ } }, 'the pod\'s ordinary API token is not an enrollment token')
+  const plain = api.serviceAccountTokens.request('apps', 'billing', { audiences: [AUDIENCE], expirationSeconds: 600 })
+  t.match(await rt.enrollment.answer(`Bearer ${plain}`), { status: 403, body: { message: /not a ServiceAccount token bound to a pod/ } })
+  // Another pod of the same ServiceAccount that was not injected.
+  api.put('pods', { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'bystander', namespace: 'apps' }, spec: { serviceAccountName: 'billing', containers: [{ name: 'app', image: 'x' }] } } as never)
+  const bystander = api.get('pods', 'apps', 'bystander') as unknown as V1Pod
+  t.match(await rt.enrollment.answer(`Bearer ${projected(api, bystander)}`), { status: 403, body: { message: /gets no identity: the pod does not ask for/ } })
+  t.equal(managed(fake).length, 1, 'no identity for the bystander')
+
+  delete fake.identities.get(identity.id)!.enrollment // the sidecar enrolled
+  t.match(await rt.enrollment.answer(`Bearer ${token}`), { status: 409, body: { message: /enrolled already/ } }, 'a spent token is not handed out again')
+
+  // The pod goes: its token is invalidated (claims.go), even for a new pod of the same name.
+  api.delete('pods', 'apps', 'billing-0')
+  t.match(await rt.enrollment.answer(`Bearer ${token}`), { status: 401, body: { message: /service account token has been invalidated/ } })
+  api.put('pods', { ...pod, metadata: { ...pod.metadata!, uid: 'another-uid' } } as never)
+  t.match(await rt.enrollment.answer(`Bearer ${token}`), { status: 401, body: { message: /pod UID \(another-uid\) does not match/ } })
 })
 
-t.test('controller down: auto pods are refused with the reason, other pods are not affected', async (t) => {
-  const { fake, api } = await world(t)
+t.test('the enrollment endpoint over HTTPS', async (t) => {
+  const { api, start, whCa } = await world(t)
+  const rt = await start('ic-0')
+  const { serving } = testCerts()
+  const server = enrollServer(rt.enrollment, { cert: serving.certPem, key: serving.keyPem }, new Registry(), pino({ level: 'silent' }))
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  t.teardown(() => new Promise((r) => server.close(r)))
+  const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const pod = await api.create('pods', autoPod('billing-0') as never) as unknown as V1Pod
+  const r = await https(`${url}/enroll`, whCa, 'POST', undefined, { authorization: `Bearer ${projected(api, pod)}` })
+  t.equal(r.status, 200)
+  t.match(JSON.parse(r.text), { jwt: /^ey/ })
+  t.equal((await https(`${url}/enroll`, whCa, 'GET')).status, 404)
+})
+
+t.test('deleted pods lose their identity: by the watch, and by the reconcile when the controller was down', async (t) => {
+  const { api, fake, start } = await world(t)
+  const rt = await start('ic-0', undefined, true)
+  for (let i = 0; i < 50 && !rt.leader.isLeader(); i++) await new Promise((r) => setTimeout(r, 100))
+  const a = await api.create('pods', autoPod('a') as never) as unknown as V1Pod
+  const b = await api.create('pods', autoPod('b') as never) as unknown as V1Pod
+  const until = async (what: string, ok: () => boolean) => {
+    for (let i = 0; i < 100 && !ok(); i++) await new Promise((r) => setTimeout(r, 100))
+    t.ok(ok(), what)
+  }
+  await until('the watch created both identities', () => managed(fake).length === 2)
+  api.delete('pods', 'apps', a.metadata!.name!)
+  await until('the watch deleted a\'s identity', () => managed(fake).length === 1)
   fake.setDown(true)
-  const started = Date.now()
-  const e = await api.create('pods', autoPod() as never).catch((err: Error) => err)
-  t.match(String(e), /cni\.openziti\.io\/identity: auto: the OpenZiti controller is unreachable, so no identity was created/)
-  t.ok(Date.now() - started < 3500, `answered within the admission budget (${Date.now() - started} ms)`)
-  const plain = await api.create('pods', { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'plain', namespace: 'apps', annotations: { 'cni.openziti.io/identity-secret': 'web-id', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' } }, spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1.0', securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }] } } as never) as unknown as V1Pod
-  t.ok(plain.spec!.initContainers!.some((c) => c.name === 'ziti-tunnel'), 'a Secret-identity pod is injected as before')
-})
-
-t.test('credential refused: the message says so', async (t) => {
-  const { fake, api } = await world(t)
-  for (const i of fake.identities.values()) if (i.name === 'ziti-cni-webhook') i.permissions = ['service.read']
-  const e = await api.create('pods', autoPod() as never).catch((err: Error) => err)
-  t.match(String(e), /refused the webhook's credential/)
-})
-
-t.test('a dry run creates nothing', async (t) => {
-  const { fake, apiUrl, apiCa } = await world(t)
-  // As kubectl --dry-run=server: the API server sends dryRun: true to the webhook.
-  const res = await https(`${apiUrl}/api/v1/namespaces/apps/pods?dryRun=All`, apiCa, 'POST', JSON.stringify(autoPod()), { authorization: `Bearer ${TOKEN}` })
-  t.equal(res.status, 201)
-  t.notOk((JSON.parse(res.text) as V1Pod).spec!.initContainers, 'nothing injected')
-  t.equal(managed(fake).length, 0)
-})
-
-t.test('an admission that fails after the identity exists deletes it again', async (t) => {
-  const { fake, api } = await world(t)
-  // The app declares the port postgres' proxy.v1 puts the sidecar's listener on.
-  const e = await api.create('pods', autoPod({}, { containers: [{ name: 'app', image: 'registry.example.com/app:1.0', ports: [{ containerPort: 15432 }], securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }] }) as never).catch((err: Error) => err)
-  t.match(String(e), /port 15432 is used by the Ziti sidecar/)
-  t.equal(managed(fake).length, 0, 'rolled back at once')
-  t.same(api.requests.filter((r) => r.method === 'DELETE' && r.path.includes('/secrets/')).map((r) => r.status), [200], 'and its Secret')
-})
-
-t.test('reconcile: rejected-after-admission and deleted pods lose their identity; spent tokens lose their Secret', async (t) => {
-  const { fake, api, rt } = await world(t)
-  t.ok(await rt.leader.tryAcquireOrRenew(), 'the only replica leads')
-  // 1. Another admission step refuses the pod after ours created the identity.
-  api.afterAdmission = () => 'pods "web" is forbidden: exceeded quota'
-  const e = await api.create('pods', autoPod() as never).catch((err: Error) => err)
-  t.match(String(e), /exceeded quota/)
-  api.afterAdmission = undefined
-  t.equal(managed(fake).length, 1, 'the webhook cannot know: the identity exists')
-  // 2. A pod that lives, and enrolls.
-  const live = await api.create('pods', autoPod() as never) as unknown as V1Pod
-  const liveId = live.metadata!.annotations!['cni.openziti.io/identity-id']!
-  delete fake.identities.get(liveId)!.enrollment // what enrollment does at the controller
-  const first = await reconcile(rt)
-  t.same(first?.deleteIdentities, [], 'within the grace period nothing is deleted (an admission may be in flight)')
-  t.equal(first?.deleteSecrets.length, 1, 'the spent token\'s Secret goes')
-  const liveSecret = live.spec!.initContainers!.find((c) => c.name === 'ziti-tunnel')!.env!.find((x) => x.name === 'ZITI_ENROLL_TOKEN')!.valueFrom!.secretKeyRef!.name!
-  t.notOk(api.get('secrets', 'apps', liveSecret), 'deleted')
-  await new Promise((r) => setTimeout(r, 3200))
-  const second = await reconcile(rt)
-  t.equal(second?.deleteIdentities.length, 1, 'the rejected pod\'s identity is deleted after the grace period')
-  t.same(managed(fake).map((i) => i.id), [liveId], 'the live pod keeps its identity')
-  t.equal(api.requests.filter((r) => r.method === 'GET' && r.path.includes('/secrets')).length, 0, 'the webhook never reads or lists Secrets')
-  // 3. The pod is deleted (the webhook need not be up for it).
-  api.delete('pods', 'apps', live.metadata!.name!)
-  await reconcile(rt)
-  t.equal(managed(fake).length, 0, 'gone with its pod')
-})
-
-t.test('reconcile with the controller down deletes nothing and tries again', async (t) => {
-  const { fake, api, rt } = await world(t, { graceSeconds: 3 })
-  await rt.leader.tryAcquireOrRenew()
-  const pod = await api.create('pods', autoPod() as never) as unknown as V1Pod
-  api.delete('pods', 'apps', pod.metadata!.name!)
-  await new Promise((r) => setTimeout(r, 3200))
-  fake.setDown(true)
-  t.equal(await reconcile(rt), undefined, 'the pass fails')
-  t.equal(managed(fake).length, 1)
+  api.delete('pods', 'apps', b.metadata!.name!)
+  await new Promise((r) => setTimeout(r, 500))
+  t.equal(managed(fake).length, 1, 'nothing can be deleted while the controller is down')
+  t.equal(await rt.controller.reconcile(), undefined, 'a reconcile pass fails and deletes nothing')
   fake.setDown(false)
-  t.equal((await reconcile(rt))?.deleteIdentities.length, 1, 'the next pass does it')
+  await new Promise((r) => setTimeout(r, 2100)) // graceSeconds
+  await rt.leader.tryAcquireOrRenew()
+  t.equal((await rt.controller.reconcile())?.delete.length, 1, 'the next pass deletes it')
   t.equal(managed(fake).length, 0)
 })
 
-t.test('two replicas: one reconciles; the other takes over when it stops renewing', async (t) => {
-  const { rt, kc } = await world(t)
-  const { LeaderElector } = await import('../src/leader.ts')
-  const other = new LeaderElector(kc, { namespace: 'ziti-cni-system', name: 'ziti-cni-identity-reconciler', identity: 'webhook-1', leaseSeconds: 2 }, pino({ level: 'silent' }))
-  const a = await rt.leader.tryAcquireOrRenew()
-  const b = await other.tryAcquireOrRenew()
-  t.same([a, b], [true, false], 'exactly one leader')
-  t.not(await rt.reconciler.runOnce(), undefined, 'the leader reconciles')
-  t.equal(await other.tryAcquireOrRenew(), false, 'still held')
-  await new Promise((r) => setTimeout(r, 2300)) // webhook-0 stops renewing (its pod died)
-  t.equal(rt.leader.isLeader(), false, 'the old leader steps down on its own clock')
-  t.equal(await rt.reconciler.runOnce(), undefined, 'and no longer reconciles')
-  t.equal(await other.tryAcquireOrRenew(), true, 'webhook-1 takes over the expired lease')
-  t.equal(await rt.leader.tryAcquireOrRenew(), false, 'webhook-0 cannot take it back while it is renewed')
+t.test('two clusters on one controller never delete each other\'s identities; the default tag is the kube-system uid', async (t) => {
+  const { api, fake, start, config } = await world(t, { cluster: '' })
+  const ks = api.get('namespaces', undefined, 'kube-system')!
+  const mine = await lead(await start('ic-0'))
+  t.equal(mine.cluster, `uid-${ks.metadata.uid}`, 'derived from the kube-system namespace uid')
+  const theirs = await lead(await start('ic-x', { ...config.controller, cluster: 'elsewhere', leaseName: 'other-lease' }))
+  const pod = await api.create('pods', autoPod('a') as never) as unknown as V1Pod
+  await mine.controller.onPod(pod)
+  // The other cluster's identity for a pod this cluster has never seen.
+  await theirs.controller.onPod({ ...pod, metadata: { ...pod.metadata!, uid: 'their-pod-uid', name: 'theirs' } })
+  api.delete('pods', 'apps', 'a')
+  await new Promise((r) => setTimeout(r, 2100))
+  await theirs.leader.tryAcquireOrRenew()
+  t.same((await theirs.controller.reconcile())?.delete.map((d) => d.podUid), ['their-pod-uid'], 'the other cluster deletes only its own (its pod is not in its list)')
+  await mine.leader.tryAcquireOrRenew()
+  t.same((await mine.controller.reconcile())?.delete.map((d) => d.podUid), [pod.metadata!.uid], 'this cluster deletes only its own')
+  t.equal(managed(fake).length, 0)
+})
+
+t.test('two replicas: one leads with a Lease the API server accepts; the other takes over when it stops', async (t) => {
+  const { api, start } = await world(t)
+  const a = await start('ic-0')
+  const b = await start('ic-1')
+  t.same([await a.leader.tryAcquireOrRenew(), await b.leader.tryAcquireOrRenew()], [true, false], 'exactly one leader')
+  const lease = api.get('leases', 'ziti-cni-identity', 'ziti-cni-identity-controller') as unknown as { spec: { renewTime: string; acquireTime: string; holderIdentity: string } }
+  t.match(lease.spec.renewTime, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/, 'renewTime is a MicroTime: six fractional digits (apimachinery micro_time.go)')
+  t.match(lease.spec.acquireTime, /\.\d{6}Z$/)
+  t.not(await a.controller.reconcile(), undefined, 'the leader reconciles')
+  t.equal(await b.controller.reconcile(), undefined, 'the other does not')
+  await new Promise((r) => setTimeout(r, 2300)) // ic-0 stops renewing
+  t.equal(a.leader.isLeader(), false, 'the old leader steps down on its own clock')
+  t.equal(await b.leader.tryAcquireOrRenew(), true, 'ic-1 takes the expired lease')
+  t.equal(await a.leader.tryAcquireOrRenew(), false, 'ic-0 cannot take it back while it is renewed')
+})
+
+t.test('least privilege: the prescribed credential does its job and cannot re-attribute identities', async (t) => {
+  const { fake, credential } = await world(t)
+  const { ControllerClient } = await import('../src/ziti/controller.ts')
+  const { parseCredential } = await import('../src/ziti/credential.ts')
+  const { createControllerMetrics } = await import('../src/ziti/metrics.ts')
+  const client = new ControllerClient({ url: fake.url, ca: fake.ca.certPem, credential: parseCredential(credential), metrics: createControllerMetrics(new Registry()), log: pino({ level: 'silent' }) })
+  t.teardown(() => client.close())
+  const id = await client.createIdentity({ name: 'probe', roleAttributes: ['x'], tags: {} }, Date.now() + 5000)
+  t.ok(await client.getIdentity(id, Date.now() + 5000))
+  // What identity.update would allow: re-attributing any identity (README blast radius). The
+  // same credential, by hand: log in with its certificate, then PATCH.
+  const cred = JSON.parse(credential) as { id: { cert: string; key: string } }
+  const call = (method: string, path: string, body: string, session?: string) => new Promise<{ status: number; text: string; session?: string }>((resolve, reject) => {
+    const req = request(`${fake.url}/edge/management/v1${path}`, { method, ca: fake.ca.certPem, cert: cred.id.cert, key: cred.id.key, headers: { 'content-type': 'application/json', ...(session ? { 'zt-session': session } : {}) } }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (c: Buffer) => chunks.push(c))
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8'), session: res.headers['zt-session'] as string | undefined }))
+    })
+    req.on('error', reject)
+    req.end(body)
+  })
+  const login = await call('POST', '/authenticate?method=cert', '{}')
+  const session = (JSON.parse(login.text) as { data: { token: string } }).data.token
+  const other = fake.addCertIdentity('other', [])
+  other.identity.roleAttributes = ['payments-admin']
+  const patch = await call('PATCH', `/identities/${other.identity.id}`, JSON.stringify({ roleAttributes: ['billing'] }), session)
+  t.equal(patch.status, 401, 'identity.update is not granted: 401, as the controller answers (appenv.go:1010)')
+  t.same(fake.identities.get(other.identity.id)!.roleAttributes, ['payments-admin'], 'unchanged')
+  const who = fake.identityByName('ziti-cni-identity-controller')!
+  t.same(who.permissions, LEAST)
+  t.throws(() => fake.addCertIdentity('typo', ['identity.everything']), /not one the controller knows/)
+  t.ok(await client.deleteIdentity(id, Date.now() + 5000))
+  t.ok(fake.identities.has(other.identity.id))
 })
 
 t.test('auto-drift: what a running pod intercepts against what its identity may dial now', async (t) => {
-  const { fake, api, apiUrl, apiCa, config } = await world(t)
-  const pod = await api.create('pods', autoPod() as never) as unknown as V1Pod
+  const { fake, api, start, config, whCa, apiUrl, apiCa } = await world(t)
+  const rt = await lead(await start('ic-0'))
+  fake.addService('postgres', ['db'], [fake.addConfig('pg-i', 'intercept.v1', { protocols: ['tcp'], addresses: ['pg.ziti'], portRanges: [{ low: 5432, high: 5432 }] })])
+  const policy = fake.addPolicy('billing-dials-db', 'Dial', ['#billing'], ['#db'])
+  const pod = await api.create('pods', autoPod('billing-0') as never) as unknown as V1Pod
+  await rt.controller.onPod(pod)
   const dir = mkdtempSync(join(tmpdir(), 'zcni-drift-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const admin = fake.addCertIdentity('drift-reader', ['service.read', 'config.read'])
-  writeFileSync(join(dir, 'config.yaml'), `controller:\n  url: ${config.controller.url}\n  credentialFile: ${join(dir, 'credential.json')}\n`)
-  writeFileSync(join(dir, 'credential.json'), JSON.stringify({ ztAPI: fake.url, id: { cert: admin.cert, key: admin.key, ca: fake.ca.certPem } }))
-  writeFileSync(join(dir, 'kubeconfig'), JSON.stringify({ apiVersion: 'v1', kind: 'Config', 'current-context': 'x', clusters: [{ name: 'c', cluster: { server: apiUrl, 'certificate-authority-data': Buffer.from(apiCa).toString('base64') } }], users: [{ name: 'u', user: { token: TOKEN } }], contexts: [{ name: 'x', context: { cluster: 'c', user: 'u' } }] }))
-  // Asynchronously: the API stand-in and the controller answer from this process.
+  const reader = fake.addCertIdentity('drift-reader', ['identity.read', 'service.read', 'config.read'])
+  writeFileSync(join(dir, 'config.yaml'), JSON.stringify({ controller: { url: config.controller.url, credentialFile: join(dir, 'credential.json'), enrollCa: whCa, enrollImage: 'ghcr.io/ziti-cni/webhook:0.1.0' } }))
+  writeFileSync(join(dir, 'credential.json'), JSON.stringify({ ztAPI: fake.url, id: { cert: reader.cert, key: reader.key, ca: fake.ca.certPem } }))
+  const kcFile = join(dir, 'kubeconfig')
+  writeFileSync(kcFile, JSON.stringify({ apiVersion: 'v1', kind: 'Config', 'current-context': 'x', clusters: [{ name: 'c', cluster: { server: apiUrl, 'certificate-authority-data': Buffer.from(apiCa).toString('base64') } }], users: [{ name: 'u', user: { token: TOKEN } }], contexts: [{ name: 'x', context: { cluster: 'c', user: 'u' } }] }))
   const drift = () => new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
-    const p = spawn(process.execPath, [new URL('../src/cli/auto-drift.ts', import.meta.url).pathname, '-n', 'apps', pod.metadata!.name!, '--config', join(dir, 'config.yaml'), '--kubeconfig', join(dir, 'kubeconfig')], { env: { ...process.env, NODE_OPTIONS: '' } })
+    const p = spawn(process.execPath, [new URL('../src/cli/auto-drift.ts', import.meta.url).pathname, '-n', 'apps', 'billing-0', '--config', join(dir, 'config.yaml'), '--kubeconfig', kcFile], { env: { ...process.env, NODE_OPTIONS: '' } })
     let stdout = ''
     let stderr = ''
     p.stdout.on('data', (d: Buffer) => { stdout += d })
@@ -244,14 +312,9 @@ t.test('auto-drift: what a running pod intercepts against what its identity may 
   })
   const same = await drift()
   t.equal(same.status, 0, same.stderr)
-  t.match(same.stdout, /intercepted and still granted: \n(  .*\n)*  pg\.ziti:5432\/tcp=postgres\n/)
-  t.match(same.stdout, /granted now, not intercepted \(recreate the pod to pick them up\): none/)
-  // The operator grants a new service and revokes postgres.
-  fake.addService('ledger', ['ledger'], [fake.addConfig('l-i', 'intercept.v1', { protocols: ['tcp'], addresses: ['ledger.ziti'], portRanges: [{ low: 7000, high: 7000 }] })])
-  fake.addPolicy('billing-ledger', 'Dial', ['#billing'], ['#ledger'])
-  for (const p of fake.policies.values()) if (p.name === 'billing-dials') p.serviceRoles = ['#web']
+  t.match(same.stdout, /intercepted and still granted: \n  pg\.ziti:5432\/tcp=postgres\n/)
+  policy.serviceRoles = []
   const changed = await drift()
   t.equal(changed.status, 3, 'exit 3: drift')
-  t.match(changed.stdout, /granted now, not intercepted \(recreate the pod to pick them up\): \n  ledger\.ziti:7000\/tcp=ledger\n/)
   t.match(changed.stdout, /intercepted, no longer granted \(dials fail at the controller\): \n  pg\.ziti:5432\/tcp=postgres\n/)
 })

@@ -3,8 +3,8 @@
 import t from 'tap'
 import { ValidationError } from '@ziti-cni/shared'
 import { autoServices, entryTarget } from '../src/ziti/services.ts'
-import { enrollmentSecretName, identityName, parseRoleAttributes } from '../src/ziti/identity.ts'
-import { planReconcile } from '../src/ziti/reconcile.ts'
+import { identityName, parseRoleAttributes } from '../src/ziti/identity.ts'
+import { planReconcile } from '../src/identity-controller/plan.ts'
 import type { DialableService } from '../src/ziti/controller.ts'
 
 const LIMITS = { maxPortsPerService: 16, maxEntries: 256 }
@@ -56,13 +56,12 @@ t.test('CIDRs: one interval entry, canonical, IPv4 only', async (t) => {
   t.match(r.warnings.join('\n'), /address fd00::\/64 is not intercepted: the proxy tunneler listens on IPv4 only/)
 })
 
-t.test('identity names: findable, unique per admission, bounded', async (t) => {
+t.test('identity names: findable, one per pod uid, bounded', async (t) => {
   const uid = '3f2a9c1e-aaaa-bbbb-cccc-000000000000'
-  t.equal(identityName('k8s', { namespace: 'apps', name: 'web-0', generateName: undefined, admissionUid: uid }), 'k8s-apps-web-0-3f2a9c1e')
-  t.equal(identityName('k8s', { namespace: 'apps', name: undefined, generateName: 'web-7d9f-', admissionUid: uid }), 'k8s-apps-web-7d9f-3f2a9c1e')
-  const long = identityName('k8s', { namespace: 'n'.repeat(63), name: 'p'.repeat(253), generateName: undefined, admissionUid: uid })
-  t.ok(long.length <= 100 && long.endsWith('-3f2a9c1e'))
-  t.equal(enrollmentSecretName(uid), `ziti-enroll-${uid}`)
+  t.equal(identityName('k8s', { namespace: 'apps', name: 'web-0', uid }), 'k8s-apps-web-0-3f2a9c1eaaaabbbbcccc000000000000')
+  const long = identityName('k8s', { namespace: 'n'.repeat(63), name: 'p'.repeat(253), uid })
+  t.ok(long.length <= 100 && long.endsWith('-3f2a9c1eaaaabbbbcccc000000000000'))
+  t.not(identityName('k8s', { namespace: 'apps', name: 'web-0', uid: uid.replace('3f', '4f') }), identityName('k8s', { namespace: 'apps', name: 'web-0', uid }), 'a recreated pod (same name, new uid) gets another identity')
 })
 
 t.test('role attributes: parsed, or refused naming the key and the entry', async (t) => {
@@ -81,18 +80,34 @@ t.test('role attributes: parsed, or refused naming the key and the entry', async
   }
 })
 
-t.test('reconcile plan: only this cluster\'s, only after the grace period, spent Secrets', async (t) => {
+t.test('reconcile plan: only this cluster\'s, matched by namespace and pod uid, after the grace period', async (t) => {
   const now = Date.parse('2026-11-28T10:00:00Z')
-  const tags = (cluster: string, ns = 'apps') => ({ 'ziti-cni.openziti.io/managed-by': 'ziti-cni', 'ziti-cni.openziti.io/cluster': cluster, 'ziti-cni.openziti.io/namespace': ns, 'ziti-cni.openziti.io/enrollment-secret': 'ziti-enroll-x' })
+  const tags = (cluster: string, ns: string, uid: string) => ({ 'ziti-cni.openziti.io/managed-by': 'ziti-cni', 'ziti-cni.openziti.io/cluster': cluster, 'ziti-cni.openziti.io/namespace': ns, 'ziti-cni.openziti.io/pod-uid': uid })
   const old = '2026-11-28T09:00:00Z'
   const plan = planReconcile([
-    { id: 'live', name: 'k8s-live', roleAttributes: [], tags: tags('c1'), createdAt: old, enrollment: {} },
-    { id: 'live-unenrolled', name: 'k8s-lu', roleAttributes: [], tags: tags('c1'), createdAt: old, enrollment: { ott: { jwt: 'x' } } },
-    { id: 'gone', name: 'k8s-gone', roleAttributes: [], tags: tags('c1'), createdAt: old },
-    { id: 'young', name: 'k8s-young', roleAttributes: [], tags: tags('c1'), createdAt: '2026-11-28T09:59:30Z' },
-    { id: 'other-cluster', name: 'k8s-other', roleAttributes: [], tags: tags('c2'), createdAt: old },
+    { id: 'live', name: 'k8s-live', roleAttributes: [], tags: tags('c1', 'apps', 'u1'), createdAt: old },
+    { id: 'gone', name: 'k8s-gone', roleAttributes: [], tags: tags('c1', 'apps', 'u9'), createdAt: old },
+    // Row 7: a pod of another namespace with the same uid tag cannot keep it alive.
+    { id: 'other-namespace', name: 'k8s-on', roleAttributes: [], tags: tags('c1', 'billing', 'u1'), createdAt: old },
+    { id: 'young', name: 'k8s-young', roleAttributes: [], tags: tags('c1', 'apps', 'u8'), createdAt: '2026-11-28T09:59:50Z' },
+    { id: 'other-cluster', name: 'k8s-other', roleAttributes: [], tags: tags('c2', 'apps', 'u7'), createdAt: old },
     { id: 'hand-made', name: 'k8s-hand', roleAttributes: [], tags: {}, createdAt: old },
-  ], [{ namespace: 'apps', name: 'p1', identityId: 'live' }, { namespace: 'apps', name: 'p2', identityId: 'live-unenrolled' }], now, { cluster: 'c1', graceSeconds: 120 })
-  t.same(plan.deleteIdentities.map((d) => d.id), ['gone'])
-  t.same(plan.deleteSecrets.map((d) => d.identity), ['k8s-live'])
+  ], [{ namespace: 'apps', uid: 'u1' }], now, 'c1', 30)
+  t.same(plan.delete.map((d) => d.id), ['gone', 'other-namespace'])
+})
+
+t.test('attribute policy: deny by default, namespace and ServiceAccount scoped, prefixes, platform attributes', async (t) => {
+  const { allowedBy, checkAttributes } = await import('../src/ziti/policy.ts')
+  const { platformAttributes } = await import('../src/ziti/identity.ts')
+  const policy = [{ namespace: 'apps', serviceAccount: 'billing', attributes: ['billing'] }, { namespace: '*', prefixes: ['team-a.'] }, { namespace: 'web', serviceAccount: '*', attributes: ['web'] }]
+  t.equal(allowedBy([], 'apps', 'billing', 'billing'), false, 'an empty policy allows nothing')
+  t.equal(allowedBy(policy, 'apps', 'billing', 'billing'), true)
+  t.equal(allowedBy(policy, 'apps', 'default', 'billing'), false, 'another ServiceAccount of the namespace')
+  t.equal(allowedBy(policy, 'other', 'billing', 'billing'), false, 'the same ServiceAccount name in another namespace')
+  t.equal(allowedBy(policy, 'any', 'x', 'team-a.db'), true, 'a prefix')
+  t.equal(allowedBy(policy, 'any', 'x', 'team-b.db'), false)
+  t.equal(allowedBy(policy, 'web', 'frontend', 'web'), true, '"*" ServiceAccount')
+  t.throws(() => checkAttributes(policy, 'apps', 'billing', ['billing', 'root']), /cni\.openziti\.io\/role-attributes: entry 2 "root": attribute "root" is not allowed for ServiceAccount apps\/billing by the platform's attribute policy \(webhook config controller\.attributePolicy/)
+  t.same(platformAttributes('c1', 'apps', 'billing'), ['k8s.cluster:c1', 'k8s.ns:c1/apps', 'k8s.sa:c1/apps/billing'])
+  t.throws(() => parseRoleAttributes('k8s.ns:c1/kube-system'), /entry 1 "k8s\.ns:c1\/kube-system": attributes starting with "k8s\." are the platform's/)
 })

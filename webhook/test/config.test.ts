@@ -58,12 +58,27 @@ t.test('tun and controller sections: each bad value named', async (t) => {
     'tun.resource: must be an extended resource name (domain/name)',
   ])
   t.same(problems({ tun: { dnsServer: '10.0.0.2' } }), ['tun.dnsServer: 10.0.0.2 is outside 100.64.0.1/10 (the tunneler answers DNS inside its device)'])
-  t.same(problems({ controller: { url: 'http://ctrl:1280', identityPrefix: 'K8S!', admissionBudgetMs: 100 } }), [
+  t.same(problems({ controller: { url: 'http://ctrl:1280', identityPrefix: 'K8S!', admissionBudgetMs: 100, enrollUrl: 'http://x', tokenSeconds: 60 } }), [
+    'controller.admissionBudgetMs: unknown key',
     'controller.url: must be an https:// URL with no path (the Edge API base), or empty',
     'controller.identityPrefix: must be 1-16 of a-z, 0-9, -',
-    'controller.admissionBudgetMs: must be an integer in 500-25000',
+    'controller.enrollUrl: must be an https:// URL with no path',
+    'controller.tokenSeconds: must be an integer in 600-86400',
   ])
-  t.same(problems({ controller: { url: 'https://ctrl:1280', graceSeconds: 1 } }), ['controller.graceSeconds: must cover controller.admissionBudgetMs (an identity of an admission in flight must not be reconciled away)'])
+  const CA = '-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n'
+  t.same(problems({ controller: { url: 'https://ctrl:1280' } }), [
+    'controller.enrollCa: is required when controller.url is set (the pods\' init step verifies the enrollment endpoint with it)',
+    'controller.enrollImage: is required when controller.url is set (the image of the pods\' enrollment init step)',
+  ], 'identity: auto is injected as a reference: it must be complete')
+  t.same(problems({ controller: { attributePolicy: [{ namespace: 'apps' }, { namespace: 'Bad!', attributes: ['x'] }, { namespace: '*', prefixes: ['k8s'] }, { namespace: 'a', attributes: 'x', team: 1 }] } }), [
+    'controller.attributePolicy[0]: names neither attributes nor prefixes (a rule that allows nothing)',
+    'controller.attributePolicy[1].namespace: must be a namespace name or "*"',
+    'controller.attributePolicy[2].prefixes: "k8s" would let pods request the platform\'s own "k8s." attributes',
+    'controller.attributePolicy[3].team: unknown key',
+    'controller.attributePolicy[3].attributes: must be a list of non-empty strings',
+  ])
+  const ok = validateConfig({ controller: { url: 'https://ctrl:1280', enrollCa: CA, enrollImage: 'ghcr.io/ziti-cni/webhook:0.1.0' } }, {})
+  t.equal(ok.controller.cluster, '', 'no shared default cluster tag: the identity controller derives one from the kube-system uid')
   t.same(problems({}, { ZITI_CONTROLLER_URL: 'ctrl' }), ['ZITI_CONTROLLER_URL: must be an https:// URL with no path (the Edge API base), or empty'])
-  t.equal(validateConfig({}, { ZITI_CONTROLLER_URL: 'https://ctrl.ziti:1280' }).controller.url, 'https://ctrl.ziti:1280')
+  t.equal(validateConfig({ controller: { enrollCa: CA, enrollImage: 'ghcr.io/ziti-cni/webhook:0.1.0' } }, { ZITI_CONTROLLER_URL: 'https://ctrl.ziti:1280' }).controller.url, 'https://ctrl.ziti:1280')
 })

@@ -14,6 +14,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import jsonpatch from 'fast-json-patch'
 import { KubeEvents } from './kube-events.ts'
+import { KubeTokens } from './kube-tokens.ts'
 import { loadShippedConfiguration, MutatingAdmission, warningHeaders, type MutatingWebhookConfiguration, type Resolver, type WebhookCall } from './kube-api/admission.ts'
 import { parseChaos, type Chaos } from './kube-api/chaos.ts'
 import { decodeError, defaultPod, invalid, metaErrors, podUpdateErrors, RESOURCES, StatusError, validatePod, type Obj, type Resource } from './kube-api/objects.ts'
@@ -96,6 +97,8 @@ export class KubeApiStandIn {
   readonly routes: Route[] = []
   /** core/v1 Events (create, list): kube-events.ts. */
   readonly eventsApi = new KubeEvents()
+  /** TokenRequest / TokenReview (kube-tokens.ts). */
+  readonly serviceAccountTokens = new KubeTokens((plural, ns, name) => this.get(plural, ns, name))
   /** Another admission step after ours that may refuse the object (returns the message). */
   afterAdmission: ((obj: Obj) => string | undefined) | undefined
   readonly requests: RequestRecord[] = []
@@ -348,6 +351,8 @@ export class KubeApiStandIn {
     let bodyRead: Promise<unknown> | undefined
     const body = () => (bodyRead ??= this.body(req))
     if (await this.eventsApi.handle(req, res, url)) return
+    const tokens = await this.serviceAccountTokens.route(req, url.pathname)
+    if (tokens) return this.json(res, tokens.status, tokens.body)
     for (const route of this.routes) {
       const out = await route({ method, url, user, body })
       if (out) return this.json(res, out.status, out.body)

@@ -208,6 +208,8 @@ export interface KubeletOptions {
   releaseDevices?: (pod: V1Pod) => void
   /** Container restart back-off (the kubelet's 10 s doubling to 5 min). */
   restartBackoff?: { initialMs: number; maxMs: number }
+  /** A projected serviceAccountToken source: the kubelet's TokenRequest bound to the pod. */
+  serviceAccountToken?: (pod: V1Pod, audience: string, expirationSeconds: number) => string
 }
 
 export interface RunPodOptions {
@@ -276,6 +278,15 @@ export class Kubelet {
   private volumes(pod: V1Pod, dir: string): Map<string, string> {
     const paths = new Map<string, string>()
     for (const v of pod.spec?.volumes ?? []) {
+      // pkg/volume/projected: one serviceAccountToken source, written with the volume's mode.
+      const sat = v.projected?.sources?.length === 1 ? v.projected.sources[0]!.serviceAccountToken : undefined
+      if (sat && this.opts.serviceAccountToken) {
+        const p = join(dir, 'volumes', 'kubernetes.io~projected', v.name)
+        mkdirSync(p, { recursive: true })
+        writeFileSync(join(p, sat.path), this.opts.serviceAccountToken(pod, sat.audience ?? '', sat.expirationSeconds ?? 3600), { mode: v.projected!.defaultMode ?? 0o644 })
+        paths.set(v.name, p)
+        continue
+      }
       if (!v.emptyDir) throw new Error(`volume ${v.name}: only emptyDir is supported by the harness`)
       const p = join(dir, 'volumes', 'kubernetes.io~empty-dir', v.name)
       mkdirSync(p, { recursive: true })

@@ -176,6 +176,7 @@ export class TestNode {
         if (stored && stored.metadata.uid === pod.metadata!.uid) this.api.put('pods', { ...stored, status })
       },
       netnsList: join(this.containerd.dirs.dir, NETNS_LIST),
+      serviceAccountToken: (pod, audience, seconds) => this.api.serviceAccountTokens.request(pod.metadata!.namespace!, pod.spec?.serviceAccountName || 'default', { audiences: [audience], expirationSeconds: seconds, pod: { name: pod.metadata!.name!, uid: pod.metadata!.uid! } }),
       // Extended resources in a container's limits: Allocate through the registered plugin.
       devices: async (pod, c) => {
         const out = []

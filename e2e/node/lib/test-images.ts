@@ -3,7 +3,8 @@
 //   tools        app containers and the "cluster" pod: busybox, bash, node, nft, ip, the stand-ins
 //   ziti-tunnel  stand-in for docker.io/openziti/ziti-tunnel under its real name, so the injected
 //                pod spec runs unchanged (entrypoint contract: standins/ziti-tunnel.ts)
-//   validator    the validator init container's image: node + cni-plugin/dist/validator.mjs
+//   validator    the validator init container's image: node + cni-plugin/dist/validator.mjs, and
+//                the identity: auto enrollment step (webhook/dist/enroll.mjs)
 //   tproxy       a tunneler honouring the tproxy contract (standins/tproxy-standin.c)
 //   tun          ziti-edge-tunnel on a pre-provisioned tun (standins/ziti-edge-tunnel.c, dynamically
 //                linked like the release binary) with the attach shim preloaded
@@ -62,6 +63,7 @@ export function buildTestImages(): { archive: string; work: string } {
     .binary('/usr/bin/ip', '/usr/bin/ip')
     .file(join(bin, 'pause'), '/pause')
     .file(join(REPO, 'cni-plugin/dist/validator.mjs'), '/opt/ziti-cni/validator.mjs', 0o644)
+    .file(join(REPO, 'webhook/dist/enroll.mjs'), '/app/enroll.mjs', 0o644)
     .directory('/tmp', 0o1777)
     .directory('/netfoundry', 0o755)
     .content('/etc/passwd', 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n')

@@ -154,6 +154,7 @@ export class FakeZitiController {
   // ---- seeding (what an operator does with the ziti CLI) ----
 
   addAdmin(username: string, password: string, permissions: string[] = [], isAdmin = true): FakeIdentity {
+    checkPermissions(permissions)
     const now = new Date().toISOString()
     const id: FakeIdentity = { id: shortId(), name: username, type: 'Default', isAdmin, roleAttributes: [], tags: {}, permissions, createdAt: now, updatedAt: now, updb: { username, password } }
     this.identities.set(id.id, id)
@@ -162,6 +163,7 @@ export class FakeZitiController {
 
   /** An identity with a client certificate signed by this controller (for cert logins). */
   addCertIdentity(name: string, permissions: string[], isAdmin = false): { identity: FakeIdentity; cert: string; key: string } {
+    checkPermissions(permissions)
     const now = new Date().toISOString()
     const identity: FakeIdentity = { id: shortId(), name, type: 'Default', isAdmin, roleAttributes: [], tags: {}, permissions, createdAt: now, updatedAt: now }
     const keys = forge.pki.rsa.generateKeyPair(2048)
@@ -257,7 +259,12 @@ export class FakeZitiController {
     return s
   }
 
-  /** HasOneOf(IsAdmin, entity permission, entity.action permission), else 401 (appenv.go:1010). */
+  /**
+   * HasOneOf(IsAdmin, entity permission, entity.action permission), else 401 (appenv.go:1010):
+   * the entity.action permission is "<entity>.<action>" (openziti/ziti @804f55a
+   * controller/response/context.go:100-105, checked by permissions/has_entity_action_access.go:27-30),
+   * and the bare entity permission grants every action of it.
+   */
   private allow(s: Session, entity: string, action: 'read' | 'create' | 'update' | 'delete'): FakeIdentity {
     const who = this.identities.get(s.identityId)
     if (!who) throw new ApiError(401, 'UNAUTHORIZED', 'The request could not be completed. The session is not authorized or the credentials are invalid')
@@ -325,6 +332,16 @@ export class FakeZitiController {
         this.allow(s, 'identity', 'read')
         if (!id) throw notFound('identity', match[1]!)
         return ok(this.identityJson(id), s)
+      }
+      if (method === 'PATCH' || method === 'PUT') {
+        // Re-attributing an identity: identity.update (or identity), which ziti-cni's
+        // credential does not hold.
+        this.allow(s, 'identity', 'update')
+        if (!id) throw notFound('identity', match[1]!)
+        const b = parseJson(body) as { roleAttributes?: unknown }
+        if (Array.isArray(b.roleAttributes)) id.roleAttributes = b.roleAttributes.map(String)
+        id.updatedAt = new Date().toISOString()
+        return ok({}, s)
       }
       if (method === 'DELETE') {
         this.allow(s, 'identity', 'delete')
@@ -548,6 +565,18 @@ function isPortRange(r: unknown): boolean {
 // would be identifiers); escapes \" \\ \n \r \t \f (ZitiQl.g4 STRING/ESC). ----
 
 type Pred = (o: Record<string, unknown>) => boolean
+
+/**
+ * The permissions an identity may be given, as openziti/ziti @804f55a
+ * controller/permissions/permissions.go:44-160 (AllPermissions) lists them for what this
+ * stand-in serves: each entity bare (every action) and as entity.read/create/update/delete,
+ * plus admin_readonly. Anything else is refused, as the controller refuses unknown names.
+ */
+const ENTITIES = ['auth-policy', 'ca', 'config', 'config-type', 'edge-router-policy', 'enrollment', 'external-jwt-signer', 'identity', 'posture-check', 'router', 'service', 'service-edge-router-policy', 'service-policy']
+export const ALL_PERMISSIONS = new Set(['admin_readonly', ...ENTITIES.flatMap((e) => [e, `${e}.read`, `${e}.create`, `${e}.update`, `${e}.delete`])])
+function checkPermissions(permissions: string[]): void {
+  for (const p of permissions) if (!ALL_PERMISSIONS.has(p)) throw new Error(`permission ${p} is not one the controller knows (controller/permissions/permissions.go)`)
+}
 
 export function compileFilter(text: string | null): Pred {
   if (text === null || text.trim() === '') return () => true

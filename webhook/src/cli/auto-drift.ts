@@ -1,13 +1,16 @@
 // `pnpm -s run auto-drift -n NAMESPACE POD [--config FILE] [--credential FILE] [--kubeconfig FILE]`:
 // for a pod with `identity: auto`, what it intercepts (fixed at admission) against what its
-// identity may dial now, from the controller the webhook uses. Exit 0: the same; 3: drift.
+// identity may dial now. The reader credential needs identity.read, service.read, config.read.
+// Exit 0: the same; 3: drift.
 import { KubeConfig, CoreV1Api, type V1Pod } from '@kubernetes/client-node'
 import { readFileSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { pino } from 'pino'
 import { Registry } from 'prom-client'
-import { ANNOTATION_IDENTITY_ID, ANNOTATION_IDENTITY_NAME, ANNOTATION_INTERCEPTION, LIMITS, SIDECAR_NAME, parseIntent } from '@ziti-cni/shared'
+import { ANNOTATION_IDENTITY, ANNOTATION_INTERCEPTION, AUTO, LIMITS, SIDECAR_NAME, parseIntent } from '@ziti-cni/shared'
+import { identityName } from '../ziti/identity.ts'
+import { quote } from '../ziti/zitiql.ts'
 import { ConfigError, validateConfig } from '../config.ts'
 import { loadConfig } from '../load-config.ts'
 import { ControllerClient } from '../ziti/controller.ts'
@@ -31,8 +34,8 @@ async function run(argv: string[]): Promise<number> {
   else kc.loadFromDefault()
   const pod: V1Pod = await kc.makeApiClient(CoreV1Api).readNamespacedPod({ namespace: values.namespace, name: positionals[0]! })
   const ann = pod.metadata?.annotations ?? {}
-  const id = ann[ANNOTATION_IDENTITY_ID]
-  if (!id) throw new UsageError(`pod ${values.namespace}/${positionals[0]} has no ${ANNOTATION_IDENTITY_ID}: it does not use identity: auto`)
+  if (ann[ANNOTATION_IDENTITY] !== AUTO || !pod.metadata?.uid) throw new UsageError(`pod ${values.namespace}/${positionals[0]} does not use ${ANNOTATION_IDENTITY}: auto`)
+  const name = identityName(config.controller.identityPrefix, { namespace: values.namespace, name: pod.metadata.name!, uid: pod.metadata.uid })
   const intent = parseIntent(ann[ANNOTATION_INTERCEPTION] ?? '')
   if (intent.mode !== 'proxy') throw new UsageError('only proxy-mode pods take their services from the controller')
   const credential = parseCredential(readFileSync(callerPath(values.credential ?? config.controller.credentialFile), 'utf8'))
@@ -40,13 +43,17 @@ async function run(argv: string[]): Promise<number> {
   if (!ca) throw new UsageError('no CA for the controller: set controller.caFile, or use an identity credential with id.ca')
   const client = new ControllerClient({ url: config.controller.url, ca, credential, metrics: createControllerMetrics(new Registry()), log: pino({ level: 'silent' }) })
   try {
+    // The identity controller names each identity after its pod's uid (ziti/identity.ts).
+    const found = (await client.listIdentities(`name = ${quote(name)}`, Date.now() + 15_000)).find((i) => i.name === name)
+    if (!found) throw new UsageError(`no identity ${name} at the controller (not created yet, or the pod is gone)`)
+    const id = found.id
     const now = autoServices(await client.dialableServices(id, Date.now() + 15_000), { maxPortsPerService: config.controller.maxPortsPerService, maxEntries: LIMITS.services })
     const sidecar = [...(pod.spec?.initContainers ?? []), ...(pod.spec?.containers ?? [])].find((c) => c.name === SIDECAR_NAME)
     const listeners = listenersFromArgs(sidecar?.args ?? [])
     for (const [service, port] of now.fixedPorts) if (!listeners.has(port)) listeners.set(port, service)
     const d = drift(podInterception(intent, pod.spec?.hostAliases ?? [], listeners), now)
     const out = process.stdout
-    out.write(`pod ${values.namespace}/${pod.metadata?.name}, identity ${ann[ANNOTATION_IDENTITY_NAME] ?? ''} (${id})\n`)
+    out.write(`pod ${values.namespace}/${pod.metadata?.name}, identity ${name} (${id})\n`)
     const section = (title: string, xs: string[]) => { out.write(`${title}: ${xs.length === 0 ? 'none' : ''}\n`); for (const x of xs) out.write(`  ${x}\n`) }
     section('intercepted and still granted', d.unchanged)
     section('granted now, not intercepted (recreate the pod to pick them up)', d.added)

@@ -3,7 +3,6 @@
 import type { FastifyPluginAsync } from 'fastify'
 import type { WebhookConfig } from '../config.ts'
 import { BadReview, admit, parseReview, type AdmissionReview } from '../admission.ts'
-import type { IdentityProvisioner } from '../ziti/provision.ts'
 import { InjectionCache } from '../inject/mutate.ts'
 import type { WebhookMetrics } from '../metrics.ts'
 
@@ -13,11 +12,9 @@ export const MUTATE_PATH = '/mutate'
 export interface MutateOptions {
   config: WebhookConfig
   metrics: WebhookMetrics
-  /** Present when a controller is configured (`identity: auto`). */
-  provisioner?: IdentityProvisioner
 }
 
-export const mutateRoutes: FastifyPluginAsync<MutateOptions> = async (app, { config, metrics, provisioner }) => {
+export const mutateRoutes: FastifyPluginAsync<MutateOptions> = async (app, { config, metrics }) => {
   const cache = new InjectionCache()
   app.post(MUTATE_PATH, async (request, reply) => {
     const started = process.hrtime.bigint()
@@ -38,7 +35,7 @@ export const mutateRoutes: FastifyPluginAsync<MutateOptions> = async (app, { con
     const log = request.log
     let result
     try {
-      result = await admit(req, config, cache, provisioner)
+      result = admit(req, config, cache)
     } catch (e) {
       log.error({ ...ctx, err: e }, 'admission failed unexpectedly')
       result = { response: { uid: req.uid, allowed: false, status: { code: 500, message: `ziti-cni: internal error: ${(e as Error).message}` } }, outcome: 'error' as const }

@@ -89,9 +89,9 @@ function planProxy(annotations: Record<string, string>, existingAliases: V1HostA
   } else if (auto) {
     source = { entries: auto.entries, fixedPorts: auto.fixedPorts, auto: true, warnings: auto.warnings }
   } else if (value === AUTO) {
-    throw new ValidationError(ANNOTATION_SERVICES, `"auto" takes the services from the controller for the pod's own identity; it needs ${ANNOTATION_IDENTITY}: auto`)
+    throw new ValidationError(ANNOTATION_SERVICES, `"auto" is no longer offered: admission never asks the OpenZiti controller what an identity may reach (README "Controller-driven identities"); list the services, or use mode tun, which intercepts every service the identity may dial`)
   } else {
-    throw new ValidationError(ANNOTATION_SERVICES, `is required in proxy mode (e.g. "pg.ziti:5432=postgres"), unless ${ANNOTATION_IDENTITY} is "auto"`)
+    throw new ValidationError(ANNOTATION_SERVICES, `is required in proxy mode (e.g. "pg.ziti:5432=postgres"), also with ${ANNOTATION_IDENTITY}: auto; mode tun needs no list`)
   }
   return buildProxyPlan(source, existingAliases, cfg)
 }

@@ -1,7 +1,7 @@
 // The pure core of injection: pod in, mutated pod (or a ValidationError naming the key and
 // the problem) out. Both /mutate and the offline `inject` command run exactly this.
 import {
-  ANNOTATION_DNS_CAPTURE, ANNOTATION_ENROLLMENT_SECRET, ANNOTATION_IDENTITY, ANNOTATION_IDENTITY_ID, ANNOTATION_IDENTITY_NAME, ANNOTATION_IDENTITY_SECRET, ANNOTATION_INTERCEPTION,
+  ANNOTATION_DNS_CAPTURE, ANNOTATION_ENROLLMENT_SECRET, ANNOTATION_IDENTITY, ANNOTATION_IDENTITY_SECRET, ANNOTATION_INTERCEPTION,
   ANNOTATION_MODE, ANNOTATION_ROLE_ATTRIBUTES, ANNOTATION_SERVICES, ANNOTATION_STATUS, AUTO, DOMAIN, LABEL_AUTO_IDENTITY, SIDECAR_NAME, SIDECAR_VOLUME,
   USER_ANNOTATIONS, VALIDATOR_NAME, ValidationError, parseIntent, parseSecretRef, serializeIntent,
 } from '@ziti-cni/shared'
@@ -14,20 +14,7 @@ import { buildSidecar, buildValidator, sidecarVolume, type IdentitySource } from
 import { checkPreconditions, type PreconditionContext } from './preconditions.ts'
 import { alreadyInjected } from './select.ts'
 import { parseRoleAttributes } from '../ziti/identity.ts'
-import type { AutoServices } from '../ziti/services.ts'
-
-/** What the controller gave a pod with `identity: auto`, for the pure mutation. */
-export interface ControllerGrant {
-  identityId: string
-  identityName: string
-  /** The per-pod Secret holding the enrollment JWT (key ENROLLMENT_TOKEN_KEY). */
-  secretName: string
-  /** The dialable services as proxy entries (undefined: the pod lists its own, or tproxy). */
-  services: AutoServices | undefined
-}
-
-/** The key of the per-pod enrollment Secret. */
-export const ENROLLMENT_TOKEN_KEY = 'token.jwt'
+import { autoIdentity, ENROLL_NAME, type AutoIdentity } from '../ziti/reference.ts'
 
 export const INJECTOR_VERSION = '0.1.0'
 
@@ -44,23 +31,16 @@ export function wantsAutoIdentity(annotations: Record<string, string>): boolean 
   return annotations[ANNOTATION_IDENTITY] !== undefined
 }
 
-/** True when an auto pod's services come from the controller (proxy mode, no list of its own). */
-export function wantsAutoServices(annotations: Record<string, string>, cfg: WebhookConfig): boolean {
-  const mode = annotations[ANNOTATION_MODE]?.trim() ?? cfg.defaultMode
-  const services = annotations[ANNOTATION_SERVICES]
-  return mode === 'proxy' && (services === undefined || services === AUTO)
-}
-
-function identitySource(annotations: Record<string, string>, grant: ControllerGrant | undefined): IdentitySource {
+function identitySource(annotations: Record<string, string>, reference: AutoIdentity | undefined): IdentitySource {
   const id = annotations[ANNOTATION_IDENTITY_SECRET]
   const enroll = annotations[ANNOTATION_ENROLLMENT_SECRET]
   const auto = annotations[ANNOTATION_IDENTITY]
   if (auto !== undefined) {
-    if (auto !== AUTO) throw new ValidationError(ANNOTATION_IDENTITY, `must be "auto" (the webhook creates the pod's identity through the OpenZiti controller); for an identity you enrolled yourself, use ${ANNOTATION_IDENTITY_SECRET}`)
+    if (auto !== AUTO) throw new ValidationError(ANNOTATION_IDENTITY, `must be "auto" (the identity controller creates the pod's identity through the OpenZiti controller); for an identity you enrolled yourself, use ${ANNOTATION_IDENTITY_SECRET}`)
     if (id !== undefined || enroll !== undefined) throw new ValidationError(ANNOTATION_IDENTITY, `set either ${ANNOTATION_IDENTITY}: auto or a Secret (${id !== undefined ? ANNOTATION_IDENTITY_SECRET : ANNOTATION_ENROLLMENT_SECRET}), not both`)
     parseRoleAttributes(annotations[ANNOTATION_ROLE_ATTRIBUTES])
-    if (!grant) throw new ValidationError(ANNOTATION_IDENTITY, 'needs the OpenZiti controller, and this webhook has none configured (webhook config controller.url)')
-    return { kind: 'auto', ref: { name: grant.secretName, key: ENROLLMENT_TOKEN_KEY } }
+    if (!reference) throw new ValidationError(ANNOTATION_IDENTITY, 'needs the OpenZiti controller, and this webhook has none configured (webhook config controller.url)')
+    return { kind: 'auto' }
   }
   if (annotations[ANNOTATION_ROLE_ATTRIBUTES] !== undefined) throw new ValidationError(ANNOTATION_ROLE_ATTRIBUTES, `only applies to ${ANNOTATION_IDENTITY}: auto (a Secret's identity has its role attributes already)`)
   if (id !== undefined && enroll !== undefined) {
@@ -158,8 +138,8 @@ interface Prepared {
   owned: Record<string, string>
 }
 
-function prepare(annotations: Record<string, string>, identity: IdentitySource, hostAliases: V1HostAlias[], cfg: WebhookConfig, grant?: ControllerGrant): Prepared {
-  const plan = planInterception(annotations, hostAliases, cfg, grant?.services)
+function prepare(annotations: Record<string, string>, identity: IdentitySource, hostAliases: V1HostAlias[], cfg: WebhookConfig): Prepared {
+  const plan = planInterception(annotations, hostAliases, cfg)
   const byIp = new Map<string, string[]>()
   for (const a of plan.aliases) byIp.set(a.ip, [...(byIp.get(a.ip) ?? []), a.hostname])
   const intentJson = serializeIntent(plan.intent)
@@ -172,7 +152,6 @@ function prepare(annotations: Record<string, string>, identity: IdentitySource, 
     owned: {
       [ANNOTATION_INTERCEPTION]: intentJson,
       [ANNOTATION_STATUS]: JSON.stringify({ version: INJECTOR_VERSION, mode: plan.mode, sidecar: SIDECAR_NAME }),
-      ...(grant ? { [ANNOTATION_IDENTITY_ID]: grant.identityId, [ANNOTATION_IDENTITY_NAME]: grant.identityName } : {}),
     },
   }
 }
@@ -218,16 +197,15 @@ export class InjectionCache {
  * Builds the JSON Patch by hand rather than diffing: an `add` at index 0 inserts the
  * sidecar in front of existing containers instead of rewriting every one of them.
  */
-export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: InjectionCache, grant?: ControllerGrant): MutationResult {
+export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: InjectionCache, auto?: AutoIdentity): MutationResult {
   const spec = original.spec ?? { containers: [] }
   const annotations = original.metadata?.annotations ?? {}
   const hostAliases = spec.hostAliases ?? []
   // Identity first: a pod without one is refused before anything else is looked at.
-  const identity = identitySource(annotations, grant)
+  const identity = identitySource(annotations, auto)
   checkSingleUseToken(original, identity)
-  checkPreconditions(original, preconditionContext(cfg, [identity.ref.name], false))
-  // A grant is one pod's own: nothing to share with other pods, so no cache.
-  const { plan, sidecar, validator, aliases, owned, encoded } = cache && !grant ? cache.get(annotations, identity, hostAliases, cfg) : prepare(annotations, identity, hostAliases, cfg, grant)
+  checkPreconditions(original, preconditionContext(cfg, identity.kind === 'auto' ? [] : [identity.ref.name], false))
+  const { plan, sidecar, validator, aliases, owned, encoded } = cache && !auto ? cache.get(annotations, identity, hostAliases, cfg) : prepare(annotations, identity, hostAliases, cfg)
   checkPorts(original, plan)
 
   const ops: Operation[] = []
@@ -237,20 +215,23 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: Injection
     if (!list) ops.push({ op: 'add', path, value: values })
     else for (const value of values) ops.push({ op: 'add', path: `${path}/-`, value })
   }
-  // Init order: validator, then the (native) sidecar, then the app's own init containers.
-  const inits = [...(validator ? [validator] : []), ...(cfg.nativeSidecar ? [sidecar] : [])]
+  // Init order: validator, the enrollment step (identity: auto), then the (native) sidecar,
+  // then the app's own init containers.
+  const enroll = identity.kind === 'auto' ? auto : undefined
+  const inits = [...(validator ? [validator] : []), ...(enroll ? [enroll.initContainer] : []), ...(cfg.nativeSidecar ? [sidecar] : [])]
   if (!spec.initContainers && inits.length) ops.push({ op: 'add', path: '/spec/initContainers', value: inits })
   else inits.forEach((c, i) => ops.push({ op: 'add', path: `/spec/initContainers/${i}`, value: c }))
   if (!cfg.nativeSidecar) prepend('/spec/containers', spec.containers, sidecar)
-  append('/spec/volumes', spec.volumes, [sidecarVolume()])
+  append('/spec/volumes', spec.volumes, [sidecarVolume(), ...(enroll ? [enroll.volume] : [])])
   if (aliases.length) append('/spec/hostAliases', spec.hostAliases, aliases)
   const dnsWarning = dnsOps(original, plan, cfg, ops)
   if (plan.mode === 'tproxy') lowPortOps(original, ops)
   // Owned by the webhook: whatever the user put there is replaced (`add` replaces a member).
   if (!original.metadata?.annotations) ops.push({ op: 'add', path: '/metadata/annotations', value: owned })
   else for (const [k, v] of Object.entries(owned)) ops.push({ op: 'add', path: `/metadata/annotations/${pointerEscape(k)}`, value: v })
-  // The reconciler lists pods with auto identities by this label (pods cannot be listed by annotation).
-  if (grant) {
+  // The identity controller watches pods with auto identities by this label (pods cannot be
+  // selected by annotation). A pod author can set it too: the controller checks the pod itself.
+  if (enroll) {
     if (!original.metadata?.labels) ops.push({ op: 'add', path: '/metadata/labels', value: { [LABEL_AUTO_IDENTITY]: 'true' } })
     else ops.push({ op: 'add', path: `/metadata/labels/${pointerEscape(LABEL_AUTO_IDENTITY)}`, value: 'true' })
   }
@@ -265,10 +246,10 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: Injection
   const shape = [spec.initContainers, spec.containers, spec.volumes, spec.hostAliases, original.metadata?.annotations, original.metadata].map((x) => (x ? 1 : 0)).join('') +
     (plan.dnsServer ? `/${original.metadata?.namespace ?? ''}/${spec.dnsPolicy ?? ''}/${spec.dnsConfig ? 1 : 0}` : '') +
     (plan.mode === 'tproxy' ? `/${spec.securityContext ? 1 : 0}${spec.securityContext?.sysctls ? 1 : 0}${spec.securityContext?.sysctls?.some((x) => x.name === UNPRIVILEGED_PORT_SYSCTL.name) ? 1 : 0}` : '')
-  let patch = grant ? undefined : encoded.get(shape)
+  let patch = auto ? undefined : encoded.get(shape)
   if (patch === undefined) {
     patch = Buffer.from(JSON.stringify(ops)).toString('base64')
-    if (!grant) encoded.set(shape, patch)
+    if (!auto) encoded.set(shape, patch)
   }
   return { ops, patch, plan, warnings }
 }
@@ -296,37 +277,35 @@ export function verifyInjected(pod: V1Pod, cfg: WebhookConfig): void {
   const secretNames = (sidecar.env ?? []).flatMap((e) => e.valueFrom?.secretKeyRef?.name ?? [])
   checkPreconditions(pod, preconditionContext(cfg, secretNames, true))
 
-  const auto = wantsAutoIdentity(annotations) && wantsAutoServices(annotations, cfg)
   const supplied = annotations[ANNOTATION_INTERCEPTION]
   if (supplied === undefined) throw forged(`${ANNOTATION_INTERCEPTION} is missing`)
-  let intent: ReturnType<typeof parseIntent>
   try {
-    intent = parseIntent(supplied)
+    parseIntent(supplied)
   } catch (e) {
     throw forged(`${ANNOTATION_INTERCEPTION} is not a valid intent (${(e as Error).message})`)
   }
-  const identity: IdentitySource = { kind: 'identity', ref: { name: secretNames[0] ?? '', key: undefined } }
-  let expected: V1Container
-  if (auto) {
-    if (intent.mode !== 'proxy' || intent.uid !== cfg.sidecarUid) throw forged(`${ANNOTATION_INTERCEPTION} is not a proxy intent for the sidecar's uid ${cfg.sidecarUid}`)
-    const fenced = new Set(intent.fence)
-    const open = intent.dnat.find((d) => !fenced.has(d.to))
-    if (open) throw forged(`${ANNOTATION_INTERCEPTION} maps to port ${open.to} without fencing it`)
-    expected = buildSidecar({ mode: 'proxy', intent, aliases: [], listeners: [], ports: [] }, identity, cfg)
-  } else {
-    // Our hostAliases are the ones naming a service's hostname (a pod's own are refused at
-    // injection), so plan against the rest and expect exactly those back.
-    const serviceHosts = new Set((annotations[ANNOTATION_SERVICES] ?? '').split(',').map((e) => e.trim().split(':')[0]))
-    const ourAliases = (spec.hostAliases ?? []).filter((a) => (a.hostnames ?? []).every((h) => serviceHosts.has(h)))
-    const own = (spec.hostAliases ?? []).filter((a) => !ourAliases.includes(a))
-    const plan = planInterception(annotations, own, cfg)
-    const want = serializeIntent(plan.intent)
-    if (supplied !== want) throw forged(`${ANNOTATION_INTERCEPTION} is not the intent the webhook writes for its annotations (expected ${want})`)
-    expected = buildSidecar(plan, identity, cfg)
-  }
-  const fields = auto ? (['image', 'command', 'securityContext', 'restartPolicy'] as const) : (['image', 'command', 'args', 'securityContext', 'restartPolicy', 'startupProbe', 'livenessProbe'] as const)
-  for (const f of fields) {
+  const auto = wantsAutoIdentity(annotations)
+  const identity: IdentitySource = auto ? { kind: 'auto' } : { kind: 'identity', ref: { name: secretNames[0] ?? '', key: undefined } }
+  // Our hostAliases are the ones naming a service's hostname (a pod's own are refused at
+  // injection), so plan against the rest and expect exactly those back.
+  const serviceHosts = new Set((annotations[ANNOTATION_SERVICES] ?? '').split(',').map((e) => e.trim().split(':')[0]))
+  const ourAliases = (spec.hostAliases ?? []).filter((a) => (a.hostnames ?? []).every((h) => serviceHosts.has(h)))
+  const own = (spec.hostAliases ?? []).filter((a) => !ourAliases.includes(a))
+  const plan = planInterception(annotations, own, cfg)
+  const want = serializeIntent(plan.intent)
+  if (supplied !== want) throw forged(`${ANNOTATION_INTERCEPTION} is not the intent the webhook writes for its annotations (expected ${want})`)
+  const expected = buildSidecar(plan, identity, cfg)
+  for (const f of ['image', 'command', 'args', 'securityContext', 'restartPolicy', 'startupProbe', 'livenessProbe'] as const) {
     if (!isDeepStrictEqual(sidecar[f], expected[f])) throw forged(`its ${SIDECAR_NAME} container's ${f} is not the one the webhook builds`)
+  }
+  // identity: auto: the enrollment step runs as the sidecar's uid on its volume, so it must be ours exactly.
+  const enroll = (spec.initContainers ?? []).find((c) => c.name === ENROLL_NAME)
+  if (auto || enroll) {
+    if (!auto || !enroll) throw forged(auto ? `its ${ENROLL_NAME} init container is missing` : `it has a ${ENROLL_NAME} init container without ${ANNOTATION_IDENTITY}: auto`)
+    const want = autoIdentity(cfg).initContainer
+    for (const f of ['image', 'command', 'args', 'env', 'securityContext', 'volumeMounts'] as const) {
+      if (!isDeepStrictEqual(enroll[f], want[f])) throw forged(`its ${ENROLL_NAME} container's ${f} is not the one the webhook builds`)
+    }
   }
   const validator = (spec.initContainers ?? []).find((c) => c.name === VALIDATOR_NAME)
   if (validator) {

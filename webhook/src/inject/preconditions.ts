@@ -4,6 +4,7 @@
 // rule with its reason; test/preconditions.test.ts holds one test per rule with its message.
 import { SIDECAR_NAME, SIDECAR_VOLUME, VALIDATOR_NAME, ValidationError } from '@ziti-cni/shared'
 import type { V1Container, V1EphemeralContainer, V1Pod } from '@kubernetes/client-node'
+import { ENROLL_NAME, ENROLL_TOKEN_VOLUME } from '../ziti/reference.ts'
 
 export interface PreconditionContext {
   uid: number
@@ -125,6 +126,7 @@ function checkPodLevel(pod: V1Pod, ctx: PreconditionContext): void {
   if (sc?.supplementalGroups?.includes(ctx.gid)) throw new ValidationError('spec.securityContext.supplementalGroups', `must not contain ${ctx.gid}, the Ziti sidecar's gid: every container would join the sidecar's group`)
   for (const [i, v] of (spec?.volumes ?? []).entries()) {
     if (v.name === SIDECAR_VOLUME && !ctx.injected) throw new ValidationError(`spec.volumes[${i}].name`, `"${SIDECAR_VOLUME}" is reserved for the Ziti sidecar's identity`)
+    if (v.name === ENROLL_TOKEN_VOLUME && !ctx.injected) throw new ValidationError(`spec.volumes[${i}].name`, `"${ENROLL_TOKEN_VOLUME}" is reserved for the enrollment step's ServiceAccount token`)
     const secret = v.secret?.secretName ?? v.projected?.sources?.find((s) => s.secret?.name && ctx.secretNames.includes(s.secret.name))?.secret?.name
     if (secret !== undefined && ctx.secretNames.includes(secret)) {
       throw new ValidationError(`spec.volumes[${i}]`, `must not mount Secret "${secret}": it holds the pod's Ziti identity, which only the injected sidecar may read`)
@@ -157,6 +159,7 @@ function checkContainer(pod: V1Pod, path: string, c: AnyContainer, ctx: Precondi
   }
   for (const [i, m] of (c.volumeMounts ?? []).entries()) {
     if (m.name === SIDECAR_VOLUME) throw new ValidationError(`${path}.volumeMounts[${i}]`, `container "${c.name}" must not mount "${SIDECAR_VOLUME}": it holds the sidecar's enrolled identity`)
+    if (m.name === ENROLL_TOKEN_VOLUME) throw new ValidationError(`${path}.volumeMounts[${i}]`, `container "${c.name}" must not mount "${ENROLL_TOKEN_VOLUME}": its token buys the pod's one-time enrollment JWT`)
   }
   for (const [i, d] of (c.volumeDevices ?? []).entries()) {
     if (d.name === SIDECAR_VOLUME) throw new ValidationError(`${path}.volumeDevices[${i}]`, `container "${c.name}" must not use "${SIDECAR_VOLUME}": it holds the sidecar's enrolled identity`)
@@ -184,7 +187,7 @@ function checkContainer(pod: V1Pod, path: string, c: AnyContainer, ctx: Precondi
 export function checkPreconditions(pod: V1Pod, ctx: PreconditionContext): void {
   checkPodLevel(pod, ctx)
   for (const [path, c] of containersOf(pod)) {
-    const ours = c.name === SIDECAR_NAME || c.name === VALIDATOR_NAME
+    const ours = c.name === SIDECAR_NAME || c.name === VALIDATOR_NAME || c.name === ENROLL_NAME
     if (ours && ctx.injected && !path.startsWith('spec.ephemeralContainers')) continue
     if (ours) throw new ValidationError(`${path}.name`, `"${c.name}" is reserved for the injected Ziti sidecar`)
     checkContainer(pod, path, c, ctx)

@@ -6,11 +6,8 @@ import type { V1Container, V1EnvVar, V1Volume } from '@kubernetes/client-node'
 import type { WebhookConfig } from '../config.ts'
 import type { InterceptionPlan } from './intent.ts'
 
-export interface IdentitySource {
-  /** auto: the per-pod Secret the webhook created with the identity's enrollment JWT. */
-  kind: 'identity' | 'enrollment' | 'auto'
-  ref: SecretRef
-}
+/** auto: the enrollment init step writes the JWT into the identity dir (ziti/reference.ts). */
+export type IdentitySource = { kind: 'identity' | 'enrollment'; ref: SecretRef } | { kind: 'auto' }
 
 /**
  * The validator runs first, as its own uid with nothing granted: it binds the listener port the
@@ -89,12 +86,11 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
     { name: 'HOME', value: cfg.identityDir },
     // The entrypoint's current name for it (NF_REG_NAME is deprecated, entrypoint.sh:42-50).
     { name: 'ZITI_IDENTITY_BASENAME', value: 'ziti-cni' },
-    identity.kind === 'identity'
-      ? { name: 'ZITI_IDENTITY_JSON', valueFrom: { secretKeyRef: { name: identity.ref.name, key: identity.ref.key ?? cfg.identitySecretKey } } }
-      // auto: optional, because the reconciler deletes the Secret once the token is spent; a
-      // restarted sidecar then finds the enrolled identity in its emptyDir (entrypoint.sh:110-114).
-      : { name: 'ZITI_ENROLL_TOKEN', valueFrom: { secretKeyRef: { name: identity.ref.name, key: identity.ref.key ?? cfg.enrollmentSecretKey, ...(identity.kind === 'auto' ? { optional: true } : {}) } } },
   ]
+  if (identity.kind === 'identity') env.push({ name: 'ZITI_IDENTITY_JSON', valueFrom: { secretKeyRef: { name: identity.ref.name, key: identity.ref.key ?? cfg.identitySecretKey } } })
+  else if (identity.kind === 'enrollment') env.push({ name: 'ZITI_ENROLL_TOKEN', valueFrom: { secretKeyRef: { name: identity.ref.name, key: identity.ref.key ?? cfg.enrollmentSecretKey } } })
+  // auto: no env; the entrypoint finds <dir>/ziti-cni.jwt, or after a restart the enrolled
+  // identity in the emptyDir (entrypoint.sh:110-127).
   let image: string
   let args: string[]
   // No capability in any profile: the eBPF datapath hands connections to plain listeners.

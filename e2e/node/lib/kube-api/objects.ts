@@ -26,6 +26,7 @@ export const RESOURCES: Resource[] = [
   { plural: 'pods', kind: 'Pod', apiVersion: 'v1', namespaced: true, base: '/api/v1', subresources: ['status'] },
   { plural: 'namespaces', kind: 'Namespace', apiVersion: 'v1', namespaced: false, base: '/api/v1' },
   { plural: 'secrets', kind: 'Secret', apiVersion: 'v1', namespaced: true, base: '/api/v1' },
+  { plural: 'serviceaccounts', kind: 'ServiceAccount', apiVersion: 'v1', namespaced: true, base: '/api/v1' },
   { plural: 'daemonsets', kind: 'DaemonSet', apiVersion: 'apps/v1', namespaced: true, base: '/apis/apps/v1' },
   { plural: 'leases', kind: 'Lease', apiVersion: 'coordination.k8s.io/v1', namespaced: true, base: '/apis/coordination.k8s.io/v1' },
   { plural: 'mutatingwebhookconfigurations', kind: 'MutatingWebhookConfiguration', apiVersion: 'admissionregistration.k8s.io/v1', namespaced: false, base: '/apis/admissionregistration.k8s.io/v1' },
