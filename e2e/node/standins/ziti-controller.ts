@@ -27,6 +27,7 @@ import type { AddressInfo, Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import forge from 'node-forge'
 import { createCa, createServingCert, serial, type KeyPair } from '../../../webhook/src/tls/certs.ts'
+import { ZitiClientApi } from './ziti-controller-client-api.ts'
 
 const M = '/edge/management/v1'
 const C = '/edge/client/v1'
@@ -60,7 +61,7 @@ export interface FakePolicy { id: string; name: string; type: 'Dial' | 'Bind'; s
 /** [§6] ZT controller/db/migration_initialize.go: the built-in config type ids. */
 export const CONFIG_TYPES: Record<string, string> = { 'intercept.v1': 'g7cIWbcGg', 'host.v1': 'NH5p4FpGR', 'proxy.v1': 'proxy.v1' }
 
-interface Session { token: string; identityId: string; lastActivity: number; configTypes: string[] }
+interface Session { token: string; id: string; identityId: string; lastActivity: number; configTypes: string[] }
 
 export interface FakeControllerOptions {
   /** Address to listen on and to put into `iss` (pods must reach it). */
@@ -96,6 +97,8 @@ export class FakeZitiController {
   readonly policies = new Map<string, FakePolicy>()
   private readonly sessions = new Map<string, Session>()
   readonly calls: FakeCall[] = []
+  /** The client-API routes the C SDK calls, and the edge routers it is told about. */
+  readonly clientApi = new ZitiClientApi(this)
   /** Failure injection: the next n requests get this status (429, 503). */
   private failures: Array<{ status: number; code: string }> = []
   /** Failure injection: refuse every connection (a controller that is down). */
@@ -270,7 +273,13 @@ export class FakeZitiController {
     const path = url.pathname.replace(/\/+$/, '')
     const ok = (data: unknown, s?: Session, extraMeta: Record<string, unknown> = {}) => ({ status: 200, body: { data, meta: extraMeta }, ...(s ? { session: s } : {}) })
     if (method === 'GET' && (path === '' || path === '/version' || path === `${M}/version` || path === `${C}/version`)) {
-      return ok({ version: 'v2.1.0-fake', revision: 'fake', buildDate: '', runtimeVersion: process.version, apiVersions: { 'edge-management': { v1: { path: M, apiBaseUrls: [`${this.url}${M}`] } }, 'edge-client': { v1: { path: C, apiBaseUrls: [`${this.url}${C}`] } } }, capabilities: ['HA_CONTROLLER'] })
+      // The C SDK takes its path prefix from apiVersions.edge.v1.path (ziti-sdk-c
+      // includes/ziti/ziti_model.h:89, library/ziti_ctrl.c:349-356): the real controller lists
+      // the `edge` binding beside edge-client [§1]. Capabilities: this fake serves no OIDC and
+      // is not a cluster, so it advertises neither OIDC_AUTH nor HA_CONTROLLER; the SDK then
+      // logs in the legacy way, zt-session (library/ziti.c:2172-2199).
+      const client = { v1: { path: C, apiBaseUrls: [`${this.url}${C}`] } }
+      return ok({ version: 'v2.1.0-fake', revision: 'fake', buildDate: '', runtimeVersion: process.version, apiVersions: { 'edge-management': { v1: { path: M, apiBaseUrls: [`${this.url}${M}`] } }, 'edge-client': client, edge: client }, capabilities: [] })
     }
     if (method === 'GET' && path === '/.well-known/est/cacerts') {
       // [§1] base64 (64-char lines) of a certs-only PKCS#7, application/pkcs7-mime (routes/enroll_router.go).
@@ -282,7 +291,7 @@ export class FakeZitiController {
     if (method === 'POST' && (path === `${M}/authenticate` || path === `${C}/authenticate`)) {
       const s = this.authenticate(req, url, body)
       const who = this.identities.get(s.identityId)!
-      return { status: 200, body: { data: { token: s.token, id: randomUUID(), identity: { id: who.id, name: who.name }, identityId: who.id, expiresAt: new Date(Date.now() + this.sessionTimeoutMs).toISOString(), expirationSeconds: Math.floor(this.sessionTimeoutMs / 1000), configTypes: s.configTypes, isMfaRequired: false, isMfaComplete: false, authQueries: [] }, meta: {} }, session: s, newToken: true }
+      return { status: 200, body: { data: { token: s.token, id: s.id, identity: { id: who.id, name: who.name }, identityId: who.id, expiresAt: new Date(Date.now() + this.sessionTimeoutMs).toISOString(), expirationSeconds: Math.floor(this.sessionTimeoutMs / 1000), configTypes: s.configTypes, isMfaRequired: false, isMfaComplete: false, authQueries: [] }, meta: {} }, session: s, newToken: true }
     }
     if (path === `${C}/enroll/ott` && method === 'POST') {
       const { token, clientCsr } = parseJson(body) as { token?: string; clientCsr?: string }
@@ -292,7 +301,11 @@ export class FakeZitiController {
       return ok({ cert: this.enroll(url.searchParams.get('token') ?? undefined, body.toString('utf8')) })
     }
 
+    const open = this.clientApi.public(method, path, url)
+    if (open) return open
     const s = this.session(req, call)
+    const client = this.clientApi.authed(method, path, url, body, s, req)
+    if (client) return { ...client, session: s }
     if (path === `${M}/current-api-session` || path === `${C}/current-api-session`) {
       if (method === 'DELETE') { this.sessions.delete(s.token); return ok({}) }
       return ok({ token: s.token, identityId: s.identityId, lastActivityAt: new Date(s.lastActivity).toISOString() }, s)
@@ -364,7 +377,7 @@ export class FakeZitiController {
     throw new ApiError(404, 'NOT_FOUND', `no route for ${method} ${path}`)
   }
 
-  private page(url: URL, items: unknown[], s: Session) {
+  page(url: URL, items: unknown[], s: Session) {
     // [§2] ZT controller/models/base_model.go
     const rawLimit = url.searchParams.get('limit')
     const rawOffset = url.searchParams.get('offset')
@@ -394,7 +407,7 @@ export class FakeZitiController {
       throw new ApiError(400, 'INVALID_AUTH_METHOD', 'The supplied authentication method is not valid')
     }
     if (!who) throw new ApiError(401, 'INVALID_AUTH', 'The authentication request failed')
-    const s: Session = { token: randomUUID(), identityId: who.id, lastActivity: Date.now(), configTypes: opts.configTypes ?? [] }
+    const s: Session = { token: randomUUID(), id: randomUUID(), identityId: who.id, lastActivity: Date.now(), configTypes: opts.configTypes ?? [] }
     this.sessions.set(s.token, s)
     return s
   }
