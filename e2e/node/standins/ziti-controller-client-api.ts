@@ -35,7 +35,7 @@ export interface ClientApiHost {
   readonly ca: { certPem: string }
   readonly sessionTimeoutMs: number
   readonly identities: Map<string, { id: string; name: string }>
-  readonly services: Map<string, { id: string; name: string }>
+  readonly services: Map<string, { id: string; name: string; encryptionRequired: boolean }>
   permissionsFor(identity: never, service: never): string[]
   page(url: URL, items: unknown[], s: never): { status: number; body: unknown }
 }
@@ -66,6 +66,16 @@ export class ZitiClientApi {
   /** The token's dial session, if the router is asked to connect with it. */
   dialSession(token: string): FakeDialSession | undefined {
     return [...this.dialSessions.values()].find((d) => d.token === token)
+  }
+
+  /** For the router stand-in: a live Dial session's service, if `dialToken` is one of `identityId`'s. */
+  dialService(dialToken: string, identityId: string): { name: string; encryptionRequired: boolean } | undefined {
+    const d = this.dialSession(dialToken)
+    if (!d || d.identityId !== identityId || d.type !== 'Dial') return undefined
+    const svc = this.host.services.get(d.serviceId)
+    const who = this.host.identities.get(identityId)
+    if (!svc || !who || !this.host.permissionsFor(who as never, svc as never).includes('Dial')) return undefined
+    return { name: svc.name, encryptionRequired: svc.encryptionRequired }
   }
 
   /** Routes needing no API session. */

@@ -97,6 +97,8 @@ export class FakeZitiController {
   readonly policies = new Map<string, FakePolicy>()
   private readonly sessions = new Map<string, Session>()
   readonly calls: FakeCall[] = []
+  /** This controller run's id (response header ziti-instance-id). */
+  readonly instanceId = randomUUID()
   /** The client-API routes the C SDK calls, and the edge routers it is told about. */
   readonly clientApi = new ZitiClientApi(this)
   /** Failure injection: the next n requests get this status (429, 503). */
@@ -198,6 +200,14 @@ export class FakeZitiController {
     return [...this.identities.values()].find((i) => i.name === name)
   }
 
+  /** For the edge-router stand-in: who holds this live API session token (the router's hello). */
+  apiSessionIdentity(token: string): { id: string; name: string } | undefined {
+    const s = this.sessions.get(token)
+    if (!s || Date.now() - s.lastActivity > this.sessionTimeoutMs) return undefined
+    const who = this.identities.get(s.identityId)
+    return who ? { id: who.id, name: who.name } : undefined
+  }
+
   // ---- policy evaluation [§4 Roles, ZT controller/db/util.go] ----
 
   private matches(roles: string[], semantic: 'AnyOf' | 'AllOf', id: string, attrs: string[]): boolean {
@@ -229,7 +239,9 @@ export class FakeZitiController {
       if (failure) throw new ApiError(failure.status, failure.code, failure.status === 429 ? 'The resource is rate limited' : 'The cluster has no leader')
       const body = await readBody(req)
       const out = await this.route(req, url, body, call)
-      const headers: Record<string, string> = { 'content-type': out.raw ?? 'application/json' }
+      // The controller names its run in every reply; ziti-sdk-c reads it (library/ziti_ctrl.c:224-230)
+      // and 1.18.1 crashes without it at its first dial (posture.c:201 strcmp of two NULLs).
+      const headers: Record<string, string> = { 'content-type': out.raw ?? 'application/json', 'ziti-instance-id': this.instanceId }
       if (out.session) {
         // [§2] authenticated replies carry the session's expiry.
         headers['expiration-seconds'] = String(Math.floor(this.sessionTimeoutMs / 1000))
