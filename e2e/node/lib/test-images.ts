@@ -92,6 +92,7 @@ export function buildTestImages(): { archive: string; work: string } {
   // /usr/local/bin/ziti-edge-tunnel, /docker-entrypoint.sh, /ziti-edge-tunnel mode 0777.
   const zet = zitiEdgeTunnel()
   tools.binary(zet.binary, '/usr/local/bin/ziti-edge-tunnel').file(zet.entrypoint, '/docker-entrypoint.sh').directory('/ziti-edge-tunnel', 0o777)
+    .link('/usr/bin/env', '/bin/busybox') // the entrypoint's #!/usr/bin/env bash
   for (const lib of DLOPENED.map((l) => `/lib/${process.arch === 'arm64' ? 'aarch64' : 'x86_64'}-linux-gnu/${l}`).filter((l) => existsSync(l))) tools.binary(lib, lib)
   // The stand-in tunneler's CSR for enrollment (node has no CSR API of its own): node-forge's
   // CommonJS sources, where `require('node-forge')` finds them from the stand-ins' dir.
