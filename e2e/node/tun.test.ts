@@ -8,6 +8,7 @@
 // the service behind the router; non-Ziti names still resolve.
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
+import { request } from 'node:https'
 import type { V1Pod } from '@kubernetes/client-node'
 import { parseIntent } from '@ziti-cni/shared'
 import { rootOnly } from '../../shared/testkit/root.ts'
@@ -123,6 +124,47 @@ t.test('tun mode on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 'conta
     t.notOk(notAService.ok, `an address that is no service is refused inside the device (${notAService.error})`)
     const direct = await app(node, rp, ['tcp', infra.ip, '8080'])
     t.equal(direct.reply, `direct server=${infra.ip}:8080 peer=${rp.ip}`, 'other traffic is untouched')
+  })
+
+  await t.test('enrollment by the real client: a one-time JWT from the controller, then the enrolled identity', async (t) => {
+    // The operator's way to a JWT: the management API (ziti edge create identity --jwt-output-file).
+    const api = (method: string, path: string, body?: object, session?: string) => new Promise<{ status: number; json: { data?: Record<string, unknown> } }>((resolve, reject) => {
+      const req = request(`${ctrl.url}${path}`, { method, ca: ctrl.ca.certPem, headers: { 'content-type': 'application/json', ...(session ? { 'zt-session': session } : {}) } }, (res) => {
+        let text = ''
+        res.on('data', (d) => { text += d })
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, json: JSON.parse(text || '{}') }))
+      })
+      req.on('error', reject)
+      req.end(body ? JSON.stringify(body) : undefined)
+    })
+    ctrl.addAdmin('operator', 'operator-password')
+    const login = await api('POST', '/edge/management/v1/authenticate?method=password', { username: 'operator', password: 'operator-password' })
+    const token = login.json.data!.token as string
+    const created = await api('POST', '/edge/management/v1/identities', { name: 'tunenroll-pod', type: 'Device', isAdmin: false, roleAttributes: ['tunapp'], enrollment: { ott: true } }, token)
+    t.equal(created.status, 201)
+    const id = created.json.data!.id as string
+    const jwt = ((await api('GET', `/edge/management/v1/identities/${id}`, undefined, token)).json.data!.enrollment as { ott: { jwt: string } }).ott.jwt
+    await node.createSecret('apps', 'tun-enroll', { 'token.jwt': jwt })
+    const epod = await node.createPod(appPod('tunenroll', 'apps', {
+      'cni.openziti.io/enrollment-secret': 'tun-enroll',
+      'cni.openziti.io/mode': 'tun',
+      'cni.openziti.io/intercept-cidrs': '100.64.0.0/10, 10.99.0.0/16',
+    }))
+    t.same(injected(epod, 'ziti-tunnel').env?.find((e) => e.name === 'ZITI_ENROLL_TOKEN')?.valueFrom?.secretKeyRef, { name: 'tun-enroll', key: 'token.jwt' }, 'the sidecar gets the JWT from the Secret, not the pod spec')
+    const erp = await node.runPod(epod)
+    const log = node.kubelet.logs(erp, 'ziti-tunnel')
+    t.match(log, /INFO: attempting enrollment with ZITI_ENROLL_TOKEN|INFO: enrolling \/netfoundry\/ziti-cni\.jwt/, 'upstream\'s entrypoint enrolls the token (docker-entrypoint.sh, ziti-edge-tunnel enroll)')
+    t.ok(ctrl.identities.get(id)?.certFingerprint, 'the controller issued a certificate for the CSR (an EC P-256 key, tlsuv keys.c:717-719)')
+    t.notOk(ctrl.identities.get(id)?.enrollment, 'the JWT is spent')
+    const enrolled = await node.exec(erp, 'ziti-tunnel', ['cat', '/netfoundry/ziti-cni.json'])
+    t.match(enrolled.stdout, /"ztAPI":\s*"https:\/\//, 'the enrolled identity file is in the emptyDir')
+    const calls = ctrl.calls.map((c) => `${c.method} ${c.path.split('?')[0]} ${c.status}`)
+    t.ok(calls.includes('GET /edge/client/v1/.well-known/est/cacerts 200') && calls.some((c) => /^POST \/edge\/client\/v1\/enroll 200$/.test(c)), 'EST CA bundle, then POST /enroll?method=ott with the CSR (ziti_enroll.c, ziti_ctrl.c:923)')
+    const pg = await app(node, erp, ['tcp', 'pg.ziti', '5432'])
+    t.equal(pg.reply, 'ziti-service=postgres caller=tunenroll-pod', `the enrolled identity logs in and dials (${pg.error ?? 'ok'})`)
+    const again = await api('POST', '/edge/client/v1/enroll?method=ott&token=' + encodeURIComponent(JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString()).jti), undefined)
+    t.equal(again.status, 400, 'the JWT cannot be enrolled a second time')
+    await node.removePod(erp)
   })
 
   await t.test('the app cannot change the pod\'s network', async (t) => {

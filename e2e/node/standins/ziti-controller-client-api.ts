@@ -9,16 +9,20 @@
 //   POST /authenticate?method=cert                        [legacy_auth.c:340-343] (controller's route)
 //   GET /current-api-session                              [legacy_auth.c:307, ziti_ctrl.c:751]
 //   GET /current-identity                                 [ziti_ctrl.c:742]
-//   GET /.well-known/est/cacerts (under the client path)  [ziti_ctrl.c:949]
+//   GET /.well-known/est/cacerts (under the client path)  [ziti_ctrl.c:949, ziti_enroll.c:391] (controller's route)
 //   GET /current-identity/edge-routers?limit&offset       [ziti_ctrl.c:816]
 //   GET /current-api-session/service-updates              [ziti_ctrl.c:797]
 //   GET /services?configTypes=all&limit&offset            [ziti_ctrl.c:806] (controller's route)
 //   POST /sessions {serviceId, type}                      [ziti_ctrl.c:886]
 // The SDK pages with limit=25 (ziti.c:105) and stops when total <= offset + limit
 // [ziti_ctrl.c:456]; the controller's own page() gives that shape.
-import { randomUUID } from 'node:crypto'
+import { createPrivateKey, randomUUID, webcrypto } from 'node:crypto'
 import type { IncomingMessage } from 'node:http'
-import forge from 'node-forge'
+import 'reflect-metadata' // @peculiar/x509's dependency injection needs it loaded first
+import * as x509 from '@peculiar/x509'
+import { serial } from '../../../webhook/src/tls/certs.ts'
+
+x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0])
 
 const C = '/edge/client/v1'
 
@@ -109,10 +113,6 @@ export class ZitiClientApi {
       // ZITI_IDENTITY_DATA_MODEL [internal_model.h:31-36]
       return ok({ id: who.id, name: who.name, appData: {}, defaultHostingPrecedence: 'default', defaultHostingCost: 0, serviceHostingPrecedences: {}, serviceHostingCosts: {} })
     }
-    if (method === 'GET' && path === `${C}/.well-known/est/cacerts`) {
-      // [ziti_ctrl.c:946-950] asked with Accept: application/pkcs7-mime under the client path.
-      return { status: 200, body: cacertsPkcs7(this.host.ca.certPem), raw: 'application/pkcs7-mime' }
-    }
     if (method === 'GET' && path === `${C}/current-identity/edge-routers`) {
       // ZITI_EDGE_ROUTER_MODEL [internal_model.h:42-44]: name, supportedProtocols.tls
       return this.host.page(url, this.routers.map((r) => ({ name: r.name, supportedProtocols: { tls: r.tls }, hostname: new URL(r.tls).hostname, isOnline: true })), s as never)
@@ -146,9 +146,34 @@ export class ZitiClientApi {
   }
 }
 
-/** base64 (64-char lines) of a certs-only PKCS#7 (ZT routes/enroll_router.go). */
-export function cacertsPkcs7(caPem: string): string {
-  const p7 = forge.pkcs7.createSignedData()
-  p7.addCertificate(forge.pki.certificateFromPem(caPem))
-  return forge.util.encode64(forge.asn1.toDer(p7.toAsn1()).getBytes(), 64)
+/**
+ * The client certificate for an enrollment CSR, signed by the controller's CA, or undefined when
+ * the CSR does not parse or its signature does not verify (MISSING_OR_INVALID_CSR). The C SDK's
+ * CSR carries an EC P-256 key (tlsuv src/openssl/keys.c:717-719, used by ziti_enroll.c:351),
+ * which the controller accepts as it accepts RSA (ZT model/enrollment_mod_ott.go); node-forge
+ * only handles RSA, so CSRs go through @peculiar/x509 on WebCrypto.
+ */
+export async function certFromCsr(csrPem: string, ca: { certPem: string; keyPem: string }, commonName: string): Promise<string | undefined> {
+  let csr: x509.Pkcs10CertificateRequest
+  try {
+    csr = new x509.Pkcs10CertificateRequest(csrPem)
+    if (!await csr.verify()) return undefined
+  } catch {
+    return undefined
+  }
+  const alg = { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' }
+  const der = createPrivateKey(ca.keyPem).export({ type: 'pkcs8', format: 'der' })
+  const signingKey = await webcrypto.subtle.importKey('pkcs8', der, alg, false, ['sign'])
+  const cert = await x509.X509CertificateGenerator.create({
+    serialNumber: serial(),
+    subject: `CN=${commonName}`,
+    issuer: new x509.X509Certificate(ca.certPem).subject,
+    notBefore: new Date(Date.now() - 60_000),
+    notAfter: new Date(Date.now() + 86_400_000),
+    signingAlgorithm: alg,
+    publicKey: csr.publicKey,
+    signingKey: signingKey as unknown as x509.X509CertificateCreateWithKeyParams['signingKey'],
+    extensions: [new x509.BasicConstraintsExtension(false, undefined, true), new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth])],
+  })
+  return `${cert.toString('pem')}\n`
 }

@@ -27,7 +27,7 @@ import type { AddressInfo, Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import forge from 'node-forge'
 import { createCa, createServingCert, serial, type KeyPair } from '../../../webhook/src/tls/certs.ts'
-import { ZitiClientApi } from './ziti-controller-client-api.ts'
+import { certFromCsr, ZitiClientApi } from './ziti-controller-client-api.ts'
 
 const M = '/edge/management/v1'
 const C = '/edge/client/v1'
@@ -282,7 +282,12 @@ export class FakeZitiController {
 
   private async route(req: IncomingMessage, url: URL, body: Buffer, call: FakeCall): Promise<{ status: number; body: unknown; session?: Session; newToken?: boolean; raw?: string }> {
     const method = req.method ?? 'GET'
-    const path = url.pathname.replace(/\/+$/, '')
+    // The client API's handler takes every path that is neither /edge nor /fabric, prefixing
+    // it with /edge/client/v1, and /edge/v1 is the client API too (openziti/edge
+    // controller/server/client_api.go, newHandler): an identity enrolled from a JWT whose iss has
+    // no path (the C SDK's ztAPI is that iss, ziti_enroll.c:279) logs in at /authenticate.
+    const raw = url.pathname.replace(/\/+$/, '')
+    const path = raw === '' || raw.startsWith('/edge/') || raw.startsWith('/fabric') ? raw.replace(/^\/edge\/v1(?=\/|$)/, C) : `${C}${raw}`
     const ok = (data: unknown, s?: Session, extraMeta: Record<string, unknown> = {}) => ({ status: 200, body: { data, meta: extraMeta }, ...(s ? { session: s } : {}) })
     if (method === 'GET' && (path === '' || path === '/version' || path === `${M}/version` || path === `${C}/version`)) {
       // The C SDK takes its path prefix from apiVersions.edge.v1.path (ziti-sdk-c
@@ -293,8 +298,9 @@ export class FakeZitiController {
       const client = { v1: { path: C, apiBaseUrls: [`${this.url}${C}`] } }
       return ok({ version: 'v2.1.0-fake', revision: 'fake', buildDate: '', runtimeVersion: process.version, apiVersions: { 'edge-management': { v1: { path: M, apiBaseUrls: [`${this.url}${M}`] } }, 'edge-client': client, edge: client }, capabilities: [] })
     }
-    if (method === 'GET' && path === '/.well-known/est/cacerts') {
+    if (method === 'GET' && path === `${C}/.well-known/est/cacerts`) {
       // [§1] base64 (64-char lines) of a certs-only PKCS#7, application/pkcs7-mime (routes/enroll_router.go).
+      // No session: the C SDK fetches it before enrolling (ziti-sdk-c library/ziti_enroll.c:391).
       const p7 = forge.pkcs7.createSignedData()
       p7.addCertificate(forge.pki.certificateFromPem(this.ca.certPem))
       const b64 = forge.util.encode64(forge.asn1.toDer(p7.toAsn1()).getBytes(), 64)
@@ -307,10 +313,10 @@ export class FakeZitiController {
     }
     if (path === `${C}/enroll/ott` && method === 'POST') {
       const { token, clientCsr } = parseJson(body) as { token?: string; clientCsr?: string }
-      return ok({ cert: this.enroll(token, clientCsr) })
+      return ok({ cert: await this.enroll(token, clientCsr) })
     }
     if (path === `${C}/enroll` && method === 'POST' && url.searchParams.get('method') === 'ott') {
-      return ok({ cert: this.enroll(url.searchParams.get('token') ?? undefined, body.toString('utf8')) })
+      return ok({ cert: await this.enroll(url.searchParams.get('token') ?? undefined, body.toString('utf8')) })
     }
 
     const open = this.clientApi.public(method, path, url)
@@ -453,18 +459,13 @@ export class FakeZitiController {
     return `${input}.${sign('sha256', Buffer.from(input), createPrivateKey(this.serving.keyPem)).toString('base64url')}`
   }
 
-  private enroll(token: string | undefined, csrPem: string | undefined): string {
+  private async enroll(token: string | undefined, csrPem: string | undefined): Promise<string> {
     const id = [...this.identities.values()].find((i) => i.enrollment && i.enrollment.token === token)
     if (!id || !id.enrollment) throw new ApiError(400, 'INVALID_ENROLLMENT_TOKEN', 'The supplied token is not valid')
     if (Date.parse(id.enrollment.expiresAt) < Date.now()) throw new ApiError(400, 'ENROLLMENT_EXPIRED', 'The window for this enrollment has expired')
-    let csr: forge.pki.CertificateSigningRequest
-    try {
-      csr = forge.pki.certificationRequestFromPem(csrPem ?? '')
-      if (!csr.verify()) throw new Error('signature')
-    } catch {
-      throw new ApiError(400, 'MISSING_OR_INVALID_CSR', 'The request requires a valid CSR')
-    }
-    const cert = this.issue(csr.publicKey as forge.pki.PublicKey, id.id)
+    // RSA and EC keys, as the controller takes them (the C SDK sends EC P-256).
+    const cert = await certFromCsr(csrPem ?? '', this.ca, id.id)
+    if (!cert) throw new ApiError(400, 'MISSING_OR_INVALID_CSR', 'The request requires a valid CSR')
     id.certFingerprint = fingerprint(cert)
     delete id.enrollment // single use
     id.updatedAt = new Date().toISOString()
