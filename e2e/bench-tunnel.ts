@@ -141,7 +141,7 @@ async function bench(rate: number, seconds: number): Promise<void> {
     const rss = samples.map((s) => s.rssMiB)
     const cpuPct = loadFrom ? (100 * (end.cpuS - loadFrom.cpuS)) / ((end.at - loadFrom.at) / 1000) : NaN
     process.stdout.write([
-      `ziti-edge-tunnel ${zet.sources.match(/ziti-tunnel-sdk-c\S*\s+(\S+)/)?.[1] ?? ''} (uid 2171, no capability, attach shim), fake controller + router stand-in over a veth`,
+      `ziti-edge-tunnel ${zet.sources.match(/^ziti-tunnel-sdk-c \S+ (\S+)/m)?.[1] ?? ''} (uid 2171, no capability, attach shim), fake controller + router stand-in over a veth`,
       `start -> first DNS answer (pg.ziti on 100.64.0.2): ${ready?.dnsMs} ms`,
       `start -> first intercepted TCP reply:            ${ready?.replyMs} ms`,
       `load: ${done?.attempted} TCP connections at ${rate}/s over ${done?.seconds.toFixed(1)} s through the tun, ${done?.ok} answered`,
