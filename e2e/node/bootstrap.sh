@@ -50,7 +50,8 @@ pnpm run typecheck
 pnpm run build
 # upstream's ziti-edge-tunnel for the tun-mode suites, cached by the hash of its SOURCES.txt;
 # a failed build stops here (set -e), so CI fails rather than skipping tun mode.
-echo "==> upstream ziti-edge-tunnel: $(bash e2e/node/build-ziti-edge-tunnel.sh)"
+zet=$(bash e2e/node/build-ziti-edge-tunnel.sh)
+echo "==> upstream ziti-edge-tunnel: $zet"
 
 run_tests() {
   local log
