@@ -9,8 +9,11 @@ cd "$(dirname "$0")/../.."
 readonly PNPM_VERSION=10.34.9
 # containerd + runc run the node suite's pods; busybox-static and gcc (static libc) build its
 # images; clang + libbpf-dev the eBPF object; nodejs + npm only start pnpm when the machine has
-# no Node at all (pnpm then installs Node 22 from the lockfile).
-readonly APT_PACKAGES=(nftables iproute2 containernetworking-plugins util-linux ca-certificates shellcheck clang libbpf-dev containerd runc busybox-static gcc libc6-dev)
+# no Node at all (pnpm then installs Node 22 from the lockfile). The rest build upstream's
+# ziti-edge-tunnel from ../shared/third-party/ziti-edge-tunnel (its build.sh's INSTALL_DEPS list)
+# for the tun-mode suites.
+readonly APT_PACKAGES=(nftables iproute2 containernetworking-plugins util-linux ca-certificates shellcheck clang libbpf-dev containerd runc busybox-static gcc libc6-dev
+  build-essential cmake ninja-build pkgconf git libssl-dev libjson-c-dev libsodium-dev libprotobuf-c-dev zlib1g-dev libsystemd-dev libpcap-dev)
 
 what=${1:-}
 case "$what" in
@@ -45,6 +48,10 @@ pnpm exec tap build
 echo "==> type-checking and building"
 pnpm run typecheck
 pnpm run build
+# upstream's ziti-edge-tunnel for the tun-mode suites, cached by the hash of its SOURCES.txt;
+# a failed build stops here (set -e), so CI fails rather than skipping tun mode.
+zet=$(bash e2e/node/build-ziti-edge-tunnel.sh)
+echo "==> upstream ziti-edge-tunnel: $zet"
 
 run_tests() {
   local log

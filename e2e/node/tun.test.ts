@@ -1,11 +1,14 @@
 // tun mode on the real-runtime tier: admission (mode tun) -> containerd's CNI ADD creates the
 // device in the pod netns, owned by the sidecar -> the kubelet asks the agent's device plugin
 // (real gRPC) for tun.openziti.io/tun and gives the container /dev/net/tun as a CRI device ->
-// the stand-in ziti-edge-tunnel, with the attach shim preloaded, opens it as upstream tun_open
-// does, with no capability -> the app resolves a Ziti service name through the tunneler's DNS
-// inside the device and exchanges TCP and UDP with it; non-Ziti names still resolve.
+// upstream's ziti-edge-tunnel v1.18.2 (built from ../shared/third-party/ziti-edge-tunnel), started
+// by upstream's docker-entrypoint.sh with the attach shim preloaded, attaches with no capability,
+// logs in to the fake controller and connects to the edge-router stand-in -> the app resolves a
+// Ziti service name through the tunneler's DNS inside the device and exchanges TCP and UDP with
+// the service behind the router; non-Ziti names still resolve.
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
+import { request } from 'node:https'
 import type { V1Pod } from '@kubernetes/client-node'
 import { parseIntent } from '@ziti-cni/shared'
 import { rootOnly } from '../../shared/testkit/root.ts'
@@ -14,6 +17,8 @@ import { app, appPod, infraPod, injected } from './lib/pods.ts'
 import { IMAGES } from './lib/test-images.ts'
 import { libcniFor } from './lib/cni-exec.ts'
 import { startWebhook } from './lib/webhook.ts'
+import { FakeZitiController } from './standins/ziti-controller.ts'
+import { FakeEdgeRouter } from './standins/ziti-router.ts'
 import { restrictedViolations } from '../../webhook/test/pss-restricted.ts'
 
 const RESOURCE = 'tun.openziti.io/tun'
@@ -22,7 +27,8 @@ t.test('tun mode on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 'conta
   sweepLeftovers()
   const node = new TestNode({ id: 5, tunDevicePlugin: true })
   let webhook: Awaited<ReturnType<typeof startWebhook>> | undefined
-  t.teardown(async () => { await node.teardown(); await webhook?.close() })
+  const closers: Array<() => Promise<unknown>> = []
+  t.teardown(async () => { await node.teardown(); await webhook?.close(); for (const c of closers) await c().catch(() => {}) })
   await node.start()
   await node.deviceManager!.ready(RESOURCE)
   t.pass('the agent\'s device plugin registered with the kubelet and lists healthy devices')
@@ -32,10 +38,28 @@ t.test('tun mode on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 'conta
   webhook = await startWebhook({ validator: { image: IMAGES.validator }, tun: { image: IMAGES.tun }, tproxy: { clusterDns: [infra.ip] } })
   node.api.admission = webhook.admission
 
-  // What this identity may dial, as the stand-in's controller answer (ziti-edge-tunnel.c).
+  // The controller and one edge router on the pod network's gateway, where sidecars reach them;
+  // what the pod's identity may dial comes from the controller (services, configs, a policy).
+  const ctrl = new FakeZitiController({ host: node.gateway })
+  await ctrl.listen()
+  closers.push(() => ctrl.close())
+  const router = new FakeEdgeRouter(ctrl.ca, { apiSessionIdentity: (tok) => ctrl.apiSessionIdentity(tok), dialService: (d, i) => ctrl.clientApi.dialService(d, i) }, node.gateway)
+  ctrl.clientApi.addRouter('er-node', await router.listen())
+  closers.push(() => router.close())
+  const svc = (name: string, attrs: string[], intercept: object) => {
+    const s = ctrl.addService(name, attrs, [ctrl.addConfig(`${name}-intercept`, 'intercept.v1', intercept as Record<string, unknown>)])
+    s.encryptionRequired = false // the router stand-in has no end-to-end encryption
+    return s
+  }
+  svc('postgres', ['db'], { protocols: ['tcp'], addresses: ['pg.ziti'], portRanges: [{ low: 5432, high: 5432 }] })
+  svc('logs', ['db'], { protocols: ['udp'], addresses: ['logs.ziti'], portRanges: [{ low: 514, high: 514 }] })
+  svc('billing-api', ['db'], { protocols: ['tcp'], addresses: ['10.99.0.7'], portRanges: [{ low: 443, high: 443 }] })
+  svc('vault', ['secrets'], { protocols: ['tcp'], addresses: ['vault.ziti'], portRanges: [{ low: 8200, high: 8200 }] })
+  const me = ctrl.addCertIdentity('tunapp-pod', [])
+  me.identity.roleAttributes.push('tunapp')
+  ctrl.addPolicy('tunapp-dials-db', 'Dial', ['#tunapp'], ['#db'])
   await node.createSecret('apps', 'tun-identity', { 'identity.json': JSON.stringify({
-    ztAPI: 'https://controller.ziti.invalid:1280', id: { cert: 'pem:x', key: 'pem:x', ca: 'pem:x' },
-    standinTunServices: 'postgres=pg.ziti:tcp:5432,logs=logs.ziti:udp:514,billing-api=10.99.0.7:tcp:443',
+    ztAPI: `${ctrl.url}/edge/client/v1`, id: { cert: `pem:${me.cert}`, key: `pem:${me.key}`, ca: `pem:${ctrl.ca.certPem}` },
   }) })
   const pod = await node.createPod(appPod('tunapp', 'apps', {
     'cni.openziti.io/identity-secret': 'tun-identity',
@@ -60,9 +84,14 @@ t.test('tun mode on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 'conta
     t.match(link, /tun type tun pi off .*user 2171 group 2171/, 'a tun owned by the sidecar')
     t.notMatch(link, /NO-CARRIER/, 'carrier: the tunneler holds it')
     const log = node.kubelet.logs(rp, 'ziti-tunnel')
+    t.match(log, /INFO: running: ziti-edge-tunnel run --identity \/netfoundry\/ziti-cni\.json --dns-ip-range 100\.64\.0\.1\/10/, 'upstream\'s entrypoint wrote the identity and started the tunneler')
     t.match(log, /TUNSETIFF "ziti%d": attaching to the pre-provisioned ziti0/, 'the shim attached upstream\'s template call to the CNI\'s device')
-    t.match(log, /tun device ziti0 attached, mtu 1500, address 100\.64\.0\.1/)
-    const status = (await node.exec(rp, 'ziti-tunnel', ['cat', '/proc/1/status'])).stdout
+    t.match(log, /route add 100\.64\.0\.0\/10 dev ziti0: already routed into ziti0 by the CNI/, 'its route for the DNS range: already the CNI\'s')
+    t.notMatch(log, /failed to open tun device|failed to set interface address|failed to set tun up|on_crash/)
+    // PID 1 is upstream's entrypoint (bash); the tunneler is its child.
+    const pid = (await node.exec(rp, 'ziti-tunnel', ['sh', '-c', 'for p in /proc/[0-9]*; do [ "$(cat $p/comm)" = ziti-edge-tunne ] && echo ${p#/proc/}; done'])).stdout.trim()
+    t.match(pid, /^\d+$/, `the tunneler runs (pid ${pid})`)
+    const status = (await node.exec(rp, 'ziti-tunnel', ['cat', `/proc/${pid}/status`])).stdout
     t.match(status, /^CapPrm:\s+0+$/m, 'sidecar CapPrm 0')
     t.match(status, /^CapEff:\s+0+$/m, 'sidecar CapEff 0')
     t.match(status, /^CapAmb:\s+0+$/m, 'sidecar CapAmb 0')
@@ -76,19 +105,66 @@ t.test('tun mode on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 'conta
 
   await t.test('the app resolves a Ziti service name through the tunneler and exchanges TCP and UDP with it', async (t) => {
     const name = await app(node, rp, ['resolve', 'pg.ziti'])
-    t.same(name.answers, ['100.64.0.3'], `pg.ziti resolved by the tunneler inside the device (${name.error ?? 'ok'})`)
+    t.ok(name.answers?.length === 1 && /^100\.(6[4-9]|[7-9]\d|1[01]\d|12[0-7])\./.test(name.answers[0]!) && name.answers[0] !== '100.64.0.1' && name.answers[0] !== '100.64.0.2',
+      `pg.ziti resolved by the tunneler inside the device, to an address of its range (${JSON.stringify(name)})`)
     const pg = await app(node, rp, ['tcp', 'pg.ziti', '5432'])
-    t.equal(pg.reply, 'ziti-service=postgres via=tun peer=100.64.0.1', `TCP through the device (${pg.error ?? 'ok'})`)
+    t.equal(pg.resolved, name.answers?.[0])
+    t.equal(pg.reply, 'ziti-service=postgres caller=tunapp-pod', `TCP through the device and the tunneler to the router (${pg.error ?? 'ok'})`)
     const logs = await app(node, rp, ['udp', 'logs.ziti', '514'])
-    t.equal(logs.reply, 'ziti-service=logs via=tun-udp got=ping', `UDP, reply to a connected socket (${logs.error ?? 'ok'})`)
+    t.equal(logs.reply, 'ziti-service=logs got=ping', `UDP, reply to a connected socket (${logs.error ?? 'ok'})`)
     const api = await app(node, rp, ['tcp', '10.99.0.7', '443'])
-    t.equal(api.reply, 'ziti-service=billing-api via=tun peer=100.64.0.1', `an intercept address outside the DNS range, routed by the CNI (${api.error ?? 'ok'})`)
+    t.equal(api.reply, 'ziti-service=billing-api caller=tunapp-pod', `an intercept address outside the DNS range, routed by the CNI (${api.error ?? 'ok'})`)
+    const vault = await app(node, rp, ['resolve', 'vault.ziti'])
+    t.same(vault.answers, ['192.0.2.53'], `vault.ziti (no Dial policy): REFUSED by the tunneler, answered by the cluster DNS (${vault.error ?? 'ok'})`)
+    t.same(router.events.filter((e) => e.kind === 'connect').map((e) => [e.identity, e.service]), [['tunapp-pod', 'postgres'], ['tunapp-pod', 'logs'], ['tunapp-pod', 'billing-api']], 'the router saw one Connect per flow, each with a Dial session of the pod\'s identity')
+    t.same(router.events.filter((e) => e.kind === 'data').map((e) => e.bytes), ['ping'], 'the bytes the app sent reached the router')
     const other = await app(node, rp, ['resolve', 'www.example.org'])
     t.same(other.answers, ['192.0.2.53'], 'a non-Ziti name: the tunneler says REFUSED, glibc asks the cluster DNS next')
     const notAService = await app(node, rp, ['tcp', '100.64.0.9', '80'])
     t.notOk(notAService.ok, `an address that is no service is refused inside the device (${notAService.error})`)
     const direct = await app(node, rp, ['tcp', infra.ip, '8080'])
     t.equal(direct.reply, `direct server=${infra.ip}:8080 peer=${rp.ip}`, 'other traffic is untouched')
+  })
+
+  await t.test('enrollment by the real client: a one-time JWT from the controller, then the enrolled identity', async (t) => {
+    // The operator's way to a JWT: the management API (ziti edge create identity --jwt-output-file).
+    const api = (method: string, path: string, body?: object, session?: string) => new Promise<{ status: number; json: { data?: Record<string, unknown> } }>((resolve, reject) => {
+      const req = request(`${ctrl.url}${path}`, { method, ca: ctrl.ca.certPem, headers: { 'content-type': 'application/json', ...(session ? { 'zt-session': session } : {}) } }, (res) => {
+        let text = ''
+        res.on('data', (d) => { text += d })
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, json: JSON.parse(text || '{}') }))
+      })
+      req.on('error', reject)
+      req.end(body ? JSON.stringify(body) : undefined)
+    })
+    ctrl.addAdmin('operator', 'operator-password')
+    const login = await api('POST', '/edge/management/v1/authenticate?method=password', { username: 'operator', password: 'operator-password' })
+    const token = login.json.data!.token as string
+    const created = await api('POST', '/edge/management/v1/identities', { name: 'tunenroll-pod', type: 'Device', isAdmin: false, roleAttributes: ['tunapp'], enrollment: { ott: true } }, token)
+    t.equal(created.status, 201)
+    const id = created.json.data!.id as string
+    const jwt = ((await api('GET', `/edge/management/v1/identities/${id}`, undefined, token)).json.data!.enrollment as { ott: { jwt: string } }).ott.jwt
+    await node.createSecret('apps', 'tun-enroll', { 'token.jwt': jwt })
+    const epod = await node.createPod(appPod('tunenroll', 'apps', {
+      'cni.openziti.io/enrollment-secret': 'tun-enroll',
+      'cni.openziti.io/mode': 'tun',
+      'cni.openziti.io/intercept-cidrs': '100.64.0.0/10, 10.99.0.0/16',
+    }))
+    t.same(injected(epod, 'ziti-tunnel').env?.find((e) => e.name === 'ZITI_ENROLL_TOKEN')?.valueFrom?.secretKeyRef, { name: 'tun-enroll', key: 'token.jwt' }, 'the sidecar gets the JWT from the Secret, not the pod spec')
+    const erp = await node.runPod(epod)
+    const log = node.kubelet.logs(erp, 'ziti-tunnel')
+    t.match(log, /INFO: attempting enrollment with ZITI_ENROLL_TOKEN|INFO: enrolling \/netfoundry\/ziti-cni\.jwt/, 'upstream\'s entrypoint enrolls the token (docker-entrypoint.sh, ziti-edge-tunnel enroll)')
+    t.ok(ctrl.identities.get(id)?.certFingerprint, 'the controller issued a certificate for the CSR (an EC P-256 key, tlsuv keys.c:717-719)')
+    t.notOk(ctrl.identities.get(id)?.enrollment, 'the JWT is spent')
+    const enrolled = await node.exec(erp, 'ziti-tunnel', ['cat', '/netfoundry/ziti-cni.json'])
+    t.match(enrolled.stdout, /"ztAPI":\s*"https:\/\//, 'the enrolled identity file is in the emptyDir')
+    const calls = ctrl.calls.map((c) => `${c.method} ${c.path.split('?')[0]} ${c.status}`)
+    t.ok(calls.includes('GET /edge/client/v1/.well-known/est/cacerts 200') && calls.some((c) => /^POST \/edge\/client\/v1\/enroll 200$/.test(c)), 'EST CA bundle, then POST /enroll?method=ott with the CSR (ziti_enroll.c, ziti_ctrl.c:923)')
+    const pg = await app(node, erp, ['tcp', 'pg.ziti', '5432'])
+    t.equal(pg.reply, 'ziti-service=postgres caller=tunenroll-pod', `the enrolled identity logs in and dials (${pg.error ?? 'ok'})`)
+    const again = await api('POST', '/edge/client/v1/enroll?method=ott&token=' + encodeURIComponent(JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString()).jti), undefined)
+    t.equal(again.status, 400, 'the JWT cannot be enrolled a second time')
+    await node.removePod(erp)
   })
 
   await t.test('the app cannot change the pod\'s network', async (t) => {
@@ -113,7 +189,13 @@ t.test('tun mode on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 'conta
   await t.test('no tunneler attached: nothing for the Ziti ranges leaves the pod', async (t) => {
     // The kubelet would restart the sidecar at once; hold it as a crash-looping one in back-off.
     node.kubelet.holdRestarts(rp, 'ziti-tunnel')
+    // The kubelet's stop: SIGTERM to PID 1 (upstream's entrypoint, which forwards it to the
+    // tunneler and waits, docker-entrypoint.sh:21-31), SIGKILL after the grace period.
+    const t0 = Date.now()
     await node.containerd.cri.stopContainer(rp.containers.get('ziti-tunnel')!, 5)
+    const stopped = await node.containerd.cri.containerStatus(rp.containers.get('ziti-tunnel')!)
+    t.ok(Date.now() - t0 < 5000 && ![134, 137].includes(Number(stopped.exit_code)), `one SIGTERM: it ended by itself, before the grace period, without an abort (exit ${stopped.exit_code} in ${Date.now() - t0} ms)`)
+    t.equal((node.kubelet.logs(rp, 'ziti-tunnel').match(/received signal: Terminated/g) ?? []).length, 1, 'the tunneler got one SIGTERM')
     const link = node.inNetns(rp, ['ip', 'link', 'show', 'dev', 'ziti0']).stdout
     t.match(link, /NO-CARRIER/, 'the device has no carrier once the tunneler is gone')
     // An independent witness in the pod netns: a counter at postrouting (after the CNI's guard)

@@ -6,12 +6,14 @@
 //   validator    the validator init container's image: node + cni-plugin/dist/validator.mjs, and
 //                the identity: auto enrollment step (webhook/dist/enroll.mjs)
 //   tproxy       a tunneler honouring the tproxy contract (standins/tproxy-standin.c)
-//   tun          ziti-edge-tunnel on a pre-provisioned tun (standins/ziti-edge-tunnel.c, dynamically
-//                linked like the release binary) with the attach shim preloaded
-//                (deploy/shim/ziti-tun-attach.c), as the derived sidecar image ships it
+//   tun          upstream's ziti-edge-tunnel v1.18.2, built from ../shared/third-party/ziti-edge-tunnel
+//                (e2e/node/build-ziti-edge-tunnel.sh), with its ldd closure and the libraries it
+//                dlopen()s, upstream's own docker-entrypoint.sh from the same source tarball, and
+//                the attach shim preloaded (deploy/shim/ziti-tun-attach.c), as
+//                deploy/docker/ziti-edge-tunnel-attach.Dockerfile ships it
 import { spawnSync } from 'node:child_process'
 import { createRequire } from 'node:module'
-import { mkdtempSync, readdirSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -31,14 +33,27 @@ export const IMAGES = {
   tun: 'localhost/zcni/ziti-edge-tunnel-attach:e2e',
 } as const
 
-/** Dynamically linked (glibc), so LD_PRELOAD applies, as to the release ziti-edge-tunnel. */
-const DYNAMIC = new Set(['ziti-edge-tunnel.c'])
 export const SHIM_PATH = '/usr/local/lib/ziti-tun-attach.so'
+
+/**
+ * Upstream's ziti-edge-tunnel, built once per source set (cached by the hash of SOURCES.txt);
+ * throws when it cannot be built, so a suite that needs it fails rather than skips.
+ * Beside it: upstream's docker-entrypoint.sh and the SOURCES.txt it was built from.
+ */
+export function zitiEdgeTunnel(): { binary: string; entrypoint: string; sources: string } {
+  const r = spawnSync('bash', [join(HERE, '../build-ziti-edge-tunnel.sh')], { encoding: 'utf8' })
+  if (r.status !== 0) throw new Error(`upstream ziti-edge-tunnel could not be built: ${r.stderr.trim()}`)
+  const binary = r.stdout.trim().split('\n').at(-1)!
+  return { binary, entrypoint: join(dirname(binary), 'docker-entrypoint.sh'), sources: readFileSync(join(dirname(binary), 'SOURCES.txt'), 'utf8') }
+}
+
+/** Libraries ziti-edge-tunnel dlopen()s (netif_driver/linux/resolvers.c:69), when this machine has them. */
+const DLOPENED = ['libsystemd.so.0']
 
 const PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
-function cc(source: string, out: string, link: 'static' | 'dynamic' | 'shared' = 'static'): void {
-  const mode = link === 'static' ? ['-static'] : link === 'shared' ? ['-shared', '-fPIC'] : []
+function cc(source: string, out: string, link: 'static' | 'shared' = 'static'): void {
+  const mode = link === 'static' ? ['-static'] : ['-shared', '-fPIC']
   const r = spawnSync('gcc', [...mode, '-O2', '-Wall', '-Werror', '-o', out, source, ...(link === 'shared' ? ['-ldl'] : [])], { encoding: 'utf8' })
   if (r.status !== 0) throw new Error(`gcc ${source}: ${r.stderr}`)
 }
@@ -49,14 +64,14 @@ export function buildTestImages(): { archive: string; work: string } {
   const bin = join(work, 'bin')
   spawnSync('mkdir', ['-p', bin])
   cc(join(HERE, '../images/pause.c'), join(bin, 'pause'))
-  for (const f of readdirSync(STANDINS).filter((n) => n.endsWith('.c'))) cc(join(STANDINS, f), join(bin, f.slice(0, -2)), DYNAMIC.has(f) ? 'dynamic' : 'static')
+  for (const f of readdirSync(STANDINS).filter((n) => n.endsWith('.c'))) cc(join(STANDINS, f), join(bin, f.slice(0, -2)))
   cc(join(REPO, 'deploy/shim/ziti-tun-attach.c'), join(bin, 'ziti-tun-attach.so'), 'shared')
 
   const pause = new Rootfs(join(work, 'pause-root')).file(join(bin, 'pause'), '/pause')
   const pauseLayer = pause.layer(join(work, 'pause.tar'))
 
   const tools = new Rootfs(join(work, 'tools-root'))
-    .busybox(['sh', 'cat', 'ls', 'sleep', 'echo', 'id', 'grep', 'true', 'false', 'env', 'wc', 'head', 'tail', 'printf', 'test', 'mkdir', 'rm'])
+    .busybox(['sh', 'cat', 'ls', 'sleep', 'echo', 'id', 'grep', 'true', 'false', 'env', 'wc', 'head', 'tail', 'printf', 'test', 'mkdir', 'rm', 'stat', 'dirname'])
     .binary('/bin/bash', '/bin/bash')
     .binary(process.execPath, '/usr/local/bin/node')
     .binary('/usr/sbin/nft', '/usr/sbin/nft')
@@ -67,13 +82,20 @@ export function buildTestImages(): { archive: string; work: string } {
     .directory('/tmp', 0o1777)
     .directory('/netfoundry', 0o755)
     .content('/etc/passwd', 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n')
-    .content('/etc/group', 'root:x:0:\nnogroup:x:65534:\n')
+    // `ziti` (2171): upstream's image adds it (docker/ziti-edge-tunnel.Dockerfile:33); the
+    // tunneler serves its IPC sockets only when the group exists (ziti-edge-tunnel.c:1039).
+    .content('/etc/group', 'root:x:0:\nnogroup:x:65534:\nziti:x:2171:\n')
   for (const f of readdirSync(STANDINS)) {
-    if (DYNAMIC.has(f)) tools.binary(join(bin, f.slice(0, -2)), `/usr/local/bin/${f.slice(0, -2)}`)
-    else if (f.endsWith('.c')) tools.file(join(bin, f.slice(0, -2)), `/opt/zcni/standins/${f.slice(0, -2)}`)
+    if (f.endsWith('.c')) tools.file(join(bin, f.slice(0, -2)), `/opt/zcni/standins/${f.slice(0, -2)}`)
     else tools.file(join(STANDINS, f), `/opt/zcni/standins/${f}`, f.endsWith('.sh') ? 0o755 : 0o644)
   }
   tools.binary(join(bin, 'ziti-tun-attach.so'), SHIM_PATH)
+  // The real tunneler as upstream's image lays it out (docker/ziti-edge-tunnel.Dockerfile:29-32):
+  // /usr/local/bin/ziti-edge-tunnel, /docker-entrypoint.sh, /ziti-edge-tunnel mode 0777.
+  const zet = zitiEdgeTunnel()
+  tools.binary(zet.binary, '/usr/local/bin/ziti-edge-tunnel').file(zet.entrypoint, '/docker-entrypoint.sh').directory('/ziti-edge-tunnel', 0o777)
+    .link('/usr/bin/env', '/bin/busybox') // the entrypoint's #!/usr/bin/env bash
+  for (const lib of DLOPENED.map((l) => `/lib/${process.arch === 'arm64' ? 'aarch64' : 'x86_64'}-linux-gnu/${l}`).filter((l) => existsSync(l))) tools.binary(lib, lib)
   // The stand-in tunneler's CSR for enrollment (node has no CSR API of its own): node-forge's
   // CommonJS sources, where `require('node-forge')` finds them from the stand-ins' dir.
   const forge = dirname(createRequire(import.meta.url).resolve('node-forge/package.json'))
@@ -90,8 +112,9 @@ export function buildTestImages(): { archive: string; work: string } {
     { name: IMAGES.tunnel, layers: [toolsLayer], entrypoint: ['/entrypoint.sh'], cmd: ['run'], workingDir: '/netfoundry', env: [PATH] },
     { name: IMAGES.validator, layers: [toolsLayer], env: [PATH] },
     { name: IMAGES.tproxy, layers: [toolsLayer], entrypoint: ['/opt/zcni/standins/tproxy-standin'], env: [PATH] },
-    // deploy/docker/ziti-edge-tunnel-attach.Dockerfile: ENV LD_PRELOAD, the upstream entrypoint, CMD run.
-    { name: IMAGES.tun, layers: [toolsLayer], entrypoint: ['/opt/zcni/standins/ziti-edge-tunnel-entrypoint.sh'], cmd: ['run'], env: [PATH, `LD_PRELOAD=${SHIM_PATH}`] },
+    // deploy/docker/ziti-edge-tunnel-attach.Dockerfile: upstream's ENTRYPOINT and CMD
+    // (docker/ziti-edge-tunnel.Dockerfile:38-39) plus ENV LD_PRELOAD and USER 2171.
+    { name: IMAGES.tun, layers: [toolsLayer], entrypoint: ['/docker-entrypoint.sh'], cmd: ['run'], env: [PATH, `LD_PRELOAD=${SHIM_PATH}`], user: '2171:2171' },
   ]
   const archive = join(work, 'images.tar')
   writeOciArchive(archive, images, work)

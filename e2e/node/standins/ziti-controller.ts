@@ -27,6 +27,7 @@ import type { AddressInfo, Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import forge from 'node-forge'
 import { createCa, createServingCert, serial, type KeyPair } from '../../../webhook/src/tls/certs.ts'
+import { certFromCsr, ZitiClientApi } from './ziti-controller-client-api.ts'
 
 const M = '/edge/management/v1'
 const C = '/edge/client/v1'
@@ -60,7 +61,7 @@ export interface FakePolicy { id: string; name: string; type: 'Dial' | 'Bind'; s
 /** [§6] ZT controller/db/migration_initialize.go: the built-in config type ids. */
 export const CONFIG_TYPES: Record<string, string> = { 'intercept.v1': 'g7cIWbcGg', 'host.v1': 'NH5p4FpGR', 'proxy.v1': 'proxy.v1' }
 
-interface Session { token: string; identityId: string; lastActivity: number; configTypes: string[] }
+interface Session { token: string; id: string; identityId: string; lastActivity: number; configTypes: string[] }
 
 export interface FakeControllerOptions {
   /** Address to listen on and to put into `iss` (pods must reach it). */
@@ -96,6 +97,10 @@ export class FakeZitiController {
   readonly policies = new Map<string, FakePolicy>()
   private readonly sessions = new Map<string, Session>()
   readonly calls: FakeCall[] = []
+  /** This controller run's id (response header ziti-instance-id). */
+  readonly instanceId = randomUUID()
+  /** The client-API routes the C SDK calls, and the edge routers it is told about. */
+  readonly clientApi = new ZitiClientApi(this)
   /** Failure injection: the next n requests get this status (429, 503). */
   private failures: Array<{ status: number; code: string }> = []
   /** Failure injection: refuse every connection (a controller that is down). */
@@ -197,6 +202,14 @@ export class FakeZitiController {
     return [...this.identities.values()].find((i) => i.name === name)
   }
 
+  /** For the edge-router stand-in: who holds this live API session token (the router's hello). */
+  apiSessionIdentity(token: string): { id: string; name: string } | undefined {
+    const s = this.sessions.get(token)
+    if (!s || Date.now() - s.lastActivity > this.sessionTimeoutMs) return undefined
+    const who = this.identities.get(s.identityId)
+    return who ? { id: who.id, name: who.name } : undefined
+  }
+
   // ---- policy evaluation [§4 Roles, ZT controller/db/util.go] ----
 
   private matches(roles: string[], semantic: 'AnyOf' | 'AllOf', id: string, attrs: string[]): boolean {
@@ -228,7 +241,9 @@ export class FakeZitiController {
       if (failure) throw new ApiError(failure.status, failure.code, failure.status === 429 ? 'The resource is rate limited' : 'The cluster has no leader')
       const body = await readBody(req)
       const out = await this.route(req, url, body, call)
-      const headers: Record<string, string> = { 'content-type': out.raw ?? 'application/json' }
+      // The controller names its run in every reply; ziti-sdk-c reads it (library/ziti_ctrl.c:224-230)
+      // and 1.18.1 crashes without it at its first dial (posture.c:201 strcmp of two NULLs).
+      const headers: Record<string, string> = { 'content-type': out.raw ?? 'application/json', 'ziti-instance-id': this.instanceId }
       if (out.session) {
         // [§2] authenticated replies carry the session's expiry.
         headers['expiration-seconds'] = String(Math.floor(this.sessionTimeoutMs / 1000))
@@ -274,13 +289,25 @@ export class FakeZitiController {
 
   private async route(req: IncomingMessage, url: URL, body: Buffer, call: FakeCall): Promise<{ status: number; body: unknown; session?: Session; newToken?: boolean; raw?: string }> {
     const method = req.method ?? 'GET'
-    const path = url.pathname.replace(/\/+$/, '')
+    // The client API's handler takes every path that is neither /edge nor /fabric, prefixing
+    // it with /edge/client/v1, and /edge/v1 is the client API too (openziti/edge
+    // controller/server/client_api.go, newHandler): an identity enrolled from a JWT whose iss has
+    // no path (the C SDK's ztAPI is that iss, ziti_enroll.c:279) logs in at /authenticate.
+    const raw = url.pathname.replace(/\/+$/, '')
+    const path = raw === '' || raw.startsWith('/edge/') || raw.startsWith('/fabric') ? raw.replace(/^\/edge\/v1(?=\/|$)/, C) : `${C}${raw}`
     const ok = (data: unknown, s?: Session, extraMeta: Record<string, unknown> = {}) => ({ status: 200, body: { data, meta: extraMeta }, ...(s ? { session: s } : {}) })
     if (method === 'GET' && (path === '' || path === '/version' || path === `${M}/version` || path === `${C}/version`)) {
-      return ok({ version: 'v2.1.0-fake', revision: 'fake', buildDate: '', runtimeVersion: process.version, apiVersions: { 'edge-management': { v1: { path: M, apiBaseUrls: [`${this.url}${M}`] } }, 'edge-client': { v1: { path: C, apiBaseUrls: [`${this.url}${C}`] } } }, capabilities: ['HA_CONTROLLER'] })
+      // The C SDK takes its path prefix from apiVersions.edge.v1.path (ziti-sdk-c
+      // includes/ziti/ziti_model.h:89, library/ziti_ctrl.c:349-356): the real controller lists
+      // the `edge` binding beside edge-client [§1]. Capabilities: this fake serves no OIDC and
+      // is not a cluster, so it advertises neither OIDC_AUTH nor HA_CONTROLLER; the SDK then
+      // logs in the legacy way, zt-session (library/ziti.c:2172-2199).
+      const client = { v1: { path: C, apiBaseUrls: [`${this.url}${C}`] } }
+      return ok({ version: 'v2.1.0-fake', revision: 'fake', buildDate: '', runtimeVersion: process.version, apiVersions: { 'edge-management': { v1: { path: M, apiBaseUrls: [`${this.url}${M}`] } }, 'edge-client': client, edge: client }, capabilities: [] })
     }
-    if (method === 'GET' && path === '/.well-known/est/cacerts') {
+    if (method === 'GET' && path === `${C}/.well-known/est/cacerts`) {
       // [§1] base64 (64-char lines) of a certs-only PKCS#7, application/pkcs7-mime (routes/enroll_router.go).
+      // No session: the C SDK fetches it before enrolling (ziti-sdk-c library/ziti_enroll.c:391).
       const p7 = forge.pkcs7.createSignedData()
       p7.addCertificate(forge.pki.certificateFromPem(this.ca.certPem))
       const b64 = forge.util.encode64(forge.asn1.toDer(p7.toAsn1()).getBytes(), 64)
@@ -289,17 +316,21 @@ export class FakeZitiController {
     if (method === 'POST' && (path === `${M}/authenticate` || path === `${C}/authenticate`)) {
       const s = this.authenticate(req, url, body)
       const who = this.identities.get(s.identityId)!
-      return { status: 200, body: { data: { token: s.token, id: randomUUID(), identity: { id: who.id, name: who.name }, identityId: who.id, expiresAt: new Date(Date.now() + this.sessionTimeoutMs).toISOString(), expirationSeconds: Math.floor(this.sessionTimeoutMs / 1000), configTypes: s.configTypes, isMfaRequired: false, isMfaComplete: false, authQueries: [] }, meta: {} }, session: s, newToken: true }
+      return { status: 200, body: { data: { token: s.token, id: s.id, identity: { id: who.id, name: who.name }, identityId: who.id, expiresAt: new Date(Date.now() + this.sessionTimeoutMs).toISOString(), expirationSeconds: Math.floor(this.sessionTimeoutMs / 1000), configTypes: s.configTypes, isMfaRequired: false, isMfaComplete: false, authQueries: [] }, meta: {} }, session: s, newToken: true }
     }
     if (path === `${C}/enroll/ott` && method === 'POST') {
       const { token, clientCsr } = parseJson(body) as { token?: string; clientCsr?: string }
-      return ok({ cert: this.enroll(token, clientCsr) })
+      return ok({ cert: await this.enroll(token, clientCsr) })
     }
     if (path === `${C}/enroll` && method === 'POST' && url.searchParams.get('method') === 'ott') {
-      return ok({ cert: this.enroll(url.searchParams.get('token') ?? undefined, body.toString('utf8')) })
+      return ok({ cert: await this.enroll(url.searchParams.get('token') ?? undefined, body.toString('utf8')) })
     }
 
+    const open = this.clientApi.public(method, path, url)
+    if (open) return open
     const s = this.session(req, call)
+    const client = this.clientApi.authed(method, path, url, body, s, req)
+    if (client) return { ...client, session: s }
     if (path === `${M}/current-api-session` || path === `${C}/current-api-session`) {
       if (method === 'DELETE') { this.sessions.delete(s.token); return ok({}) }
       return ok({ token: s.token, identityId: s.identityId, lastActivityAt: new Date(s.lastActivity).toISOString() }, s)
@@ -381,7 +412,7 @@ export class FakeZitiController {
     throw new ApiError(404, 'NOT_FOUND', `no route for ${method} ${path}`)
   }
 
-  private page(url: URL, items: unknown[], s: Session) {
+  page(url: URL, items: unknown[], s: Session) {
     // [§2] ZT controller/models/base_model.go
     const rawLimit = url.searchParams.get('limit')
     const rawOffset = url.searchParams.get('offset')
@@ -411,7 +442,7 @@ export class FakeZitiController {
       throw new ApiError(400, 'INVALID_AUTH_METHOD', 'The supplied authentication method is not valid')
     }
     if (!who) throw new ApiError(401, 'INVALID_AUTH', 'The authentication request failed')
-    const s: Session = { token: randomUUID(), identityId: who.id, lastActivity: Date.now(), configTypes: opts.configTypes ?? [] }
+    const s: Session = { token: randomUUID(), id: randomUUID(), identityId: who.id, lastActivity: Date.now(), configTypes: opts.configTypes ?? [] }
     this.sessions.set(s.token, s)
     return s
   }
@@ -445,18 +476,13 @@ export class FakeZitiController {
     return `${input}.${sign('sha256', Buffer.from(input), createPrivateKey(this.serving.keyPem)).toString('base64url')}`
   }
 
-  private enroll(token: string | undefined, csrPem: string | undefined): string {
+  private async enroll(token: string | undefined, csrPem: string | undefined): Promise<string> {
     const id = [...this.identities.values()].find((i) => i.enrollment && i.enrollment.token === token)
     if (!id || !id.enrollment) throw new ApiError(400, 'INVALID_ENROLLMENT_TOKEN', 'The supplied token is not valid')
     if (Date.parse(id.enrollment.expiresAt) < Date.now()) throw new ApiError(400, 'ENROLLMENT_EXPIRED', 'The window for this enrollment has expired')
-    let csr: forge.pki.CertificateSigningRequest
-    try {
-      csr = forge.pki.certificationRequestFromPem(csrPem ?? '')
-      if (!csr.verify()) throw new Error('signature')
-    } catch {
-      throw new ApiError(400, 'MISSING_OR_INVALID_CSR', 'The request requires a valid CSR')
-    }
-    const cert = this.issue(csr.publicKey as forge.pki.PublicKey, id.id)
+    // RSA and EC keys, as the controller takes them (the C SDK sends EC P-256).
+    const cert = await certFromCsr(csrPem ?? '', this.ca, id.id)
+    if (!cert) throw new ApiError(400, 'MISSING_OR_INVALID_CSR', 'The request requires a valid CSR')
     id.certFingerprint = fingerprint(cert)
     delete id.enrollment // single use
     id.updatedAt = new Date().toISOString()
