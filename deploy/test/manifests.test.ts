@@ -40,7 +40,7 @@ for (const overlay of ['kind', 'production']) {
 
     await t.test('RBAC is exactly what the components need', async (t) => {
       const rules = (kind: string, name: string) => find(docs, kind, name)?.rules
-      t.same(rules('ClusterRole', 'ziti-cni-webhook'), [{ apiGroups: ['admissionregistration.k8s.io'], resources: ['mutatingwebhookconfigurations'], resourceNames: ['ziti-cni-webhook'], verbs: ['get', 'patch'] }])
+      t.same(rules('ClusterRole', 'ziti-cni-webhook'), [{ apiGroups: ['admissionregistration.k8s.io'], resources: ['mutatingwebhookconfigurations'], resourceNames: ['ziti-cni-webhook'], verbs: ['get', 'patch'] }, { apiGroups: [''], resources: ['services'], resourceNames: ['kube-dns'], verbs: ['get', 'list', 'watch'] }])
       t.same(rules('Role', 'ziti-cni-webhook-tls'), [{ apiGroups: [''], resources: ['secrets'], resourceNames: ['ziti-cni-webhook-tls'], verbs: ['get', 'update'] }, { apiGroups: ['apps'], resources: ['daemonsets'], resourceNames: ['ziti-cni-agent'], verbs: ['get'] }])
       const repairByDeletion = find(docs, 'DaemonSet', 'ziti-cni-agent')!.spec.template.spec.containers[0].args.includes('--repair=delete')
       t.same(rules('ClusterRole', 'ziti-cni-agent'), [{ apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch', ...(repairByDeletion ? ['delete'] : [])] }], 'pods: read, and delete only with repair-by-deletion')
@@ -171,6 +171,7 @@ function agreement(t: Tap, docs: Doc[]): void {
   t.same(find(docs, 'Role', 'ziti-cni-webhook-tls')!.rules[0].resourceNames, [cfg.tls.secretName], 'the Role grants exactly that Secret')
   t.same(find(docs, 'Role', 'ziti-cni-webhook-tls')!.rules[1].resourceNames, [ds.metadata.name], 'and reading exactly the agent DaemonSet')
   t.same(find(docs, 'ClusterRole', 'ziti-cni-webhook')!.rules[0].resourceNames, [mwc.metadata.name], 'the ClusterRole grants exactly that configuration')
+  t.same(find(docs, 'ClusterRole', 'ziti-cni-webhook')!.rules[1].resourceNames, [cfg.tproxy.clusterDnsService.split('/')[1]], 'and watching exactly the cluster DNS Service')
   const np = find(docs, 'NetworkPolicy', 'ziti-cni-webhook')
   if (np) {
     t.same(np.spec.ingress.flatMap((i: Doc) => i.ports.map((p: Doc) => p.port)), [httpsPort?.containerPort], 'the NetworkPolicy admits the webhook\'s port')

@@ -1,6 +1,7 @@
 // The webhook's configuration: a file (the mounted ConfigMap, YAML or JSON) plus env
 // overrides, validated at start-up with one clear message per bad key. Pure: the caller
 // reads the file; `validateConfig` only looks at values.
+import { parseServiceRef } from './cluster-dns.ts'
 import { EXTENDED_RESOURCE_NAME, TUN_RESOURCE, ZITI_DNS_RANGE, cidrContains, isDnsName, parseAddress, parseCidr, parseInterfaceAddress, parsePort, formatCidr, tunDeviceProblem, type Cidr, type Mode } from '@ziti-cni/shared'
 
 export interface Resources {
@@ -35,7 +36,14 @@ export interface WebhookConfig {
      */
     dnsCapture: boolean
     dnsServer: string
+    /**
+     * The cluster DNS addresses pods fall back to after the tunneler (tun mode too). Set: an
+     * override. Empty (the default): the ClusterIP(s) of `clusterDnsService`, read and followed
+     * at run time (webhook/src/cluster-dns.ts); while unknown, pods that need it are refused.
+     */
     clusterDns: string[]
+    /** namespace/name of the cluster DNS Service (EKS, kubeadm, GKE: kube-system/kube-dns). */
+    clusterDnsService: string
     clusterDomain: string
     protocols: Array<'tcp' | 'udp'>
     /** Default for cni.openziti.io/datapath; ebpf is the only one a real pod can use. */
@@ -132,8 +140,9 @@ export const DEFAULT_CONFIG: WebhookConfig = {
     defaultCidrs: [parseCidr(ZITI_DNS_RANGE) as Cidr],
     dnsCapture: true,
     dnsServer: '100.64.0.2',
-    // kubeadm's and kind's default Service for kube-dns; EKS and GKE use others: set yours.
-    clusterDns: ['10.96.0.10'],
+    // Found, not assumed: kubeadm puts it at 10.96.0.10, EKS at 10.100.0.10 or 172.20.0.10.
+    clusterDns: [],
+    clusterDnsService: 'kube-system/kube-dns',
     clusterDomain: 'cluster.local',
     protocols: ['tcp', 'udp'],
     datapath: 'ebpf',
@@ -207,7 +216,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const known: Record<string, string[]> = {
     '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'tun', 'validator', 'controller', 'excludedNamespaces', 'listen', 'bodyLimitBytes', 'drainSeconds', 'tls', 'logLevel'],
     proxy: ['image', 'portBase', 'aliasRange', 'servicePollSeconds'],
-    tproxy: ['image', 'args', 'port', 'defaultCidrs', 'dnsCapture', 'dnsServer', 'clusterDns', 'clusterDomain', 'protocols', 'datapath'],
+    tproxy: ['image', 'args', 'port', 'defaultCidrs', 'dnsCapture', 'dnsServer', 'clusterDns', 'clusterDnsService', 'clusterDomain', 'protocols', 'datapath'],
     listen: ['host', 'port'],
     tls: ['mode', 'certFile', 'keyFile', 'secretName', 'namespace', 'serviceName', 'webhookConfigName', 'validityDays', 'renewBeforeDays'],
     resources: ['requests', 'limits'],
@@ -293,6 +302,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       dnsCapture: pick('tproxy.dnsCapture', tproxy.dnsCapture, d.tproxy.dnsCapture, bool),
       dnsServer: pick('tproxy.dnsServer', tproxy.dnsServer, d.tproxy.dnsServer, (v) => (typeof v === 'string' && typeof parseAddress(v) !== 'string' ? undefined : 'must be an IP address')),
       clusterDns: list('tproxy.clusterDns', tproxy.clusterDns, d.tproxy.clusterDns, (v) => (typeof v === 'string' && typeof parseAddress(v) !== 'string' ? undefined : 'must be an IP address')),
+      clusterDnsService: pick('tproxy.clusterDnsService', tproxy.clusterDnsService, d.tproxy.clusterDnsService, (v) => { const r = typeof v === 'string' ? parseServiceRef(v) : 'must be a string'; return typeof r === 'string' ? r : undefined }),
       clusterDomain: pick('tproxy.clusterDomain', tproxy.clusterDomain, d.tproxy.clusterDomain, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a DNS domain')),
       protocols: list('tproxy.protocols', tproxy.protocols, d.tproxy.protocols, (v) => (v === 'tcp' || v === 'udp' ? undefined : 'must be tcp or udp')),
       datapath: pick('tproxy.datapath', tproxy.datapath, d.tproxy.datapath, (v) => (v === 'ebpf' ? undefined : v === 'nftables' ? NFTABLES_REFUSED : 'must be ebpf')),

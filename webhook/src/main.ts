@@ -5,6 +5,7 @@ import type { Server } from 'node:https'
 import { parseArgs } from 'node:util'
 import { pino } from 'pino'
 import { ConfigError, type WebhookConfig } from './config.ts'
+import { followClusterDns } from './cluster-dns-watch.ts'
 import { loadConfig } from './load-config.ts'
 import { createWebhookMetrics } from './metrics.ts'
 import { buildServer } from './server.ts'
@@ -43,6 +44,7 @@ async function main(): Promise<void> {
     config.validator.image = await follower.resolve()
     stops.push(follower.follow((image) => { config.validator.image = image }))
   }
+  if (config.tproxy.clusterDns.length === 0) stops.push(await followClusterDns(kube(), config, log))
   if (config.tls.mode === 'self-managed') {
     const kc = kube()
     selfManaged = new SelfManagedTls(kc, config.tls, log)
