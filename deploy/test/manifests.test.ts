@@ -54,6 +54,19 @@ for (const overlay of ['kind', 'production']) {
       t.notMatch(JSON.stringify(docs.filter((d) => /Role$/.test(d.kind))), /"\*"/, 'no wildcards')
     })
 
+    await t.test('the agent lands on Linux nodes that are not Fargate, and only there', async (t) => {
+      const spec = find(docs, 'DaemonSet', 'ziti-cni-agent')!.spec.template.spec
+      // The scheduler's nodeSelector + required node affinity (terms ORed, expressions ANDed;
+      // NotIn matches a node without the label), as k8s.io/component-helpers nodeaffinity.
+      const schedulable = (labels: Record<string, string>) => Object.entries(spec.nodeSelector ?? {}).every(([k, v]) => labels[k] === v) &&
+        (spec.affinity?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution?.nodeSelectorTerms ?? [{}]).some((term: Doc) => (term.matchExpressions ?? []).every((e: Doc) =>
+          e.operator === 'NotIn' ? !e.values.includes(labels[e.key]) : e.operator === 'In' ? e.values.includes(labels[e.key]) : e.operator === 'Exists' ? e.key in labels : !(e.key in labels)))
+      t.ok(schedulable({ 'kubernetes.io/os': 'linux' }), 'a Linux node (kind, kubeadm)')
+      t.ok(schedulable({ 'kubernetes.io/os': 'linux', 'eks.amazonaws.com/compute-type': 'ec2' }), 'an EKS EC2 node')
+      t.notOk(schedulable({ 'kubernetes.io/os': 'linux', 'eks.amazonaws.com/compute-type': 'fargate' }), 'not a Fargate node, though the agent tolerates every taint')
+      t.notOk(schedulable({ 'kubernetes.io/os': 'windows' }), 'not a Windows node')
+    })
+
     await t.test('images are pinned, probes present', async (t) => {
       const workloads = docs.filter((d) => d.kind === 'Deployment' || d.kind === 'DaemonSet')
       t.equal(workloads.length, 2)

@@ -2,6 +2,7 @@
 // overrides, validated at start-up with one clear message per bad key. Pure: the caller
 // reads the file; `validateConfig` only looks at values.
 import { parseServiceRef } from './cluster-dns.ts'
+import type { UnservedPolicy } from './inject/platform.ts'
 import { EXTENDED_RESOURCE_NAME, TUN_RESOURCE, ZITI_DNS_RANGE, cidrContains, isDnsName, parseAddress, parseCidr, parseInterfaceAddress, parsePort, formatCidr, tunDeviceProblem, type Cidr, type Mode } from '@ziti-cni/shared'
 
 export interface Resources {
@@ -82,6 +83,12 @@ export interface WebhookConfig {
   /** The OpenZiti controller, for `identity: auto` pods (disabled while url is empty). */
   controller: ControllerConfig
   excludedNamespaces: string[]
+  /**
+   * Pods headed for nodes no agent serves (Fargate, Windows: inject/platform.ts): `skip` admits
+   * them without a sidecar and with a warning (they get no Ziti identity, so no access);
+   * `refuse` makes the mistake loud.
+   */
+  unservedNodes: UnservedPolicy
   listen: { host: string; port: number }
   bodyLimitBytes: number
   /** After SIGTERM, keep serving this long while the endpoint is removed (rollouts). */
@@ -172,6 +179,7 @@ export const DEFAULT_CONFIG: WebhookConfig = {
     leaseSeconds: 15,
   },
   excludedNamespaces: ['kube-system', 'kube-node-lease'],
+  unservedNodes: 'skip',
   listen: { host: '0.0.0.0', port: 9443 },
   bodyLimitBytes: 6 * 1024 * 1024,
   drainSeconds: 10,
@@ -214,7 +222,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const root = (raw ?? {}) as Raw
   if (typeof root !== 'object' || Array.isArray(root)) throw new ConfigError(['the configuration must be a mapping'])
   const known: Record<string, string[]> = {
-    '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'tun', 'validator', 'controller', 'excludedNamespaces', 'listen', 'bodyLimitBytes', 'drainSeconds', 'tls', 'logLevel'],
+    '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'tun', 'validator', 'controller', 'excludedNamespaces', 'unservedNodes', 'listen', 'bodyLimitBytes', 'drainSeconds', 'tls', 'logLevel'],
     proxy: ['image', 'portBase', 'aliasRange', 'servicePollSeconds'],
     tproxy: ['image', 'args', 'port', 'defaultCidrs', 'dnsCapture', 'dnsServer', 'clusterDns', 'clusterDnsService', 'clusterDomain', 'protocols', 'datapath'],
     listen: ['host', 'port'],
@@ -340,6 +348,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       leaseSeconds: pick('controller.leaseSeconds', controller.leaseSeconds, d.controller.leaseSeconds, int(2, 300)),
     },
     excludedNamespaces: list('excludedNamespaces', top.excludedNamespaces, d.excludedNamespaces, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a namespace name')),
+    unservedNodes: pick('unservedNodes', top.unservedNodes, d.unservedNodes, (v) => (v === 'skip' || v === 'refuse' ? undefined : 'must be skip or refuse')),
     listen: {
       host: pick('listen.host', listen.host, d.listen.host, str),
       port: envPort ?? pick('listen.port', listen.port, d.listen.port, port),
