@@ -12,6 +12,7 @@ import { createAgentMetrics } from './metrics.ts'
 import { createNetns } from './netns.ts'
 import { createPodSource } from './pods.ts'
 import { Programmer } from './programmer.ts'
+import { startDriftDetection } from './drift.ts'
 import { Repairer } from './repair.ts'
 import { createCniServer, createHealthServer } from './server.ts'
 import { StateStore } from './state.ts'
@@ -56,6 +57,9 @@ async function run(f: AgentFlags): Promise<void> {
     if (!netns.exists(s.netns)) { state.delete(s.containerId, s.ifName); log.info({ containerId: s.containerId }, 'dropped state of a vanished attachment') }
   }
 
+  const stopDrift = f.drift === 'off' ? () => {} : startDriftDetection({ netns, state, log, lookupDeadlineMs: f.lookupDeadlineMs, bpfObject: f.bpfObject, action: f.drift, nodeName: f.nodeName, minAgeMs: f.driftIntervalMs, registry: metrics.registry,
+    emitEvent: (event) => core.createNamespacedEvent({ namespace: event.metadata!.namespace!, body: event }) }, () => state.list(), f.driftIntervalMs)
+
   const cni = createCniServer(programmer, metrics, log)
   mkdirSync(dirname(f.socket), { recursive: true, mode: 0o700 })
   rmSync(f.socket, { force: true })
@@ -94,6 +98,7 @@ async function run(f: AgentFlags): Promise<void> {
   const shutdown = async (signal: string) => {
     log.info({ signal }, 'shutting down: finishing in-flight requests')
     installer?.stop()
+    stopDrift()
     await tunPlugin?.stop()
     // Stop accepting; in-flight requests finish (close waits for open connections).
     await new Promise<void>((resolve) => cni.close(() => resolve()))
