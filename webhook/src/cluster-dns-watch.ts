@@ -2,6 +2,8 @@
 import { CoreV1Api, Watch, type KubeConfig, type V1Service } from '@kubernetes/client-node'
 import type { Logger } from 'pino'
 import { clusterDnsAddresses, parseServiceRef, type ServiceRef } from './cluster-dns.ts'
+import { clusterDnsRanges, takenRanges, type WebhookConfig } from './config.ts'
+import { rangeClashes } from '../../shared/src/ranges.ts'
 
 /**
  * Follows the Service: one GET at start, then a watch on that one name (RBAC grants
@@ -91,9 +93,14 @@ export class ClusterDnsFollower {
 }
 
 /** main's hook: with no tproxy.clusterDns override, the config follows the Service. Returns stop. */
-export async function followClusterDns(kc: KubeConfig, config: { tproxy: { clusterDns: string[]; clusterDnsService: string } }, log: Logger): Promise<() => void> {
+export async function followClusterDns(kc: KubeConfig, config: WebhookConfig, log: Logger): Promise<() => void> {
   const ref = parseServiceRef(config.tproxy.clusterDnsService) as ServiceRef
-  const follower = new ClusterDnsFollower(kc, ref, log, (ips) => { config.tproxy.clusterDns = ips })
+  const follower = new ClusterDnsFollower(kc, ref, log, (ips) => {
+    // A DNS address inside a range pods intercept would be captured: refuse rather than use it.
+    const clashes = rangeClashes(takenRanges(config), clusterDnsRanges(ips, `Service ${config.tproxy.clusterDnsService}`))
+    if (clashes.length) log.error({ clashes }, 'the cluster DNS lies inside a range ziti-cni intercepts; DNS-using pods are refused until the config moves it')
+    config.tproxy.clusterDns = clashes.length ? [] : ips
+  })
   await follower.start()
   return () => follower.stop()
 }

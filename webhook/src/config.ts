@@ -3,6 +3,7 @@
 // reads the file; `validateConfig` only looks at values.
 import { parseServiceRef } from './cluster-dns.ts'
 import type { UnservedPolicy } from './inject/platform.ts'
+import { rangeClashes, type NamedRange } from '../../shared/src/ranges.ts'
 import { EXTENDED_RESOURCE_NAME, TUN_RESOURCE, ZITI_DNS_RANGE, cidrContains, isDnsName, parseAddress, parseCidr, parseInterfaceAddress, parsePort, formatCidr, tunDeviceProblem, type Cidr, type Mode } from '@ziti-cni/shared'
 
 export interface Resources {
@@ -89,6 +90,12 @@ export interface WebhookConfig {
    * `refuse` makes the mistake loud.
    */
   unservedNodes: UnservedPolicy
+  /**
+   * The cluster's pod and Service networks, when the operator states them (the webhook cannot
+   * read them: kube-apiserver keeps --service-cluster-ip-range to itself, and EKS's VPC CNI sets
+   * no Node podCIDRs). At start every range ziti-cni takes over is checked against them.
+   */
+  clusterNetworks: { podCidrs: Cidr[]; serviceCidrs: Cidr[] }
   listen: { host: string; port: number }
   bodyLimitBytes: number
   /** After SIGTERM, keep serving this long while the endpoint is removed (rollouts). */
@@ -180,6 +187,7 @@ export const DEFAULT_CONFIG: WebhookConfig = {
   },
   excludedNamespaces: ['kube-system', 'kube-node-lease'],
   unservedNodes: 'skip',
+  clusterNetworks: { podCidrs: [], serviceCidrs: [] },
   listen: { host: '0.0.0.0', port: 9443 },
   bodyLimitBytes: 6 * 1024 * 1024,
   drainSeconds: 10,
@@ -222,10 +230,11 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const root = (raw ?? {}) as Raw
   if (typeof root !== 'object' || Array.isArray(root)) throw new ConfigError(['the configuration must be a mapping'])
   const known: Record<string, string[]> = {
-    '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'tun', 'validator', 'controller', 'excludedNamespaces', 'unservedNodes', 'listen', 'bodyLimitBytes', 'drainSeconds', 'tls', 'logLevel'],
+    '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'tun', 'validator', 'controller', 'excludedNamespaces', 'unservedNodes', 'clusterNetworks', 'listen', 'bodyLimitBytes', 'drainSeconds', 'tls', 'logLevel'],
     proxy: ['image', 'portBase', 'aliasRange', 'servicePollSeconds'],
     tproxy: ['image', 'args', 'port', 'defaultCidrs', 'dnsCapture', 'dnsServer', 'clusterDns', 'clusterDnsService', 'clusterDomain', 'protocols', 'datapath'],
     listen: ['host', 'port'],
+    clusterNetworks: ['podCidrs', 'serviceCidrs'],
     tls: ['mode', 'certFile', 'keyFile', 'secretName', 'namespace', 'serviceName', 'webhookConfigName', 'validityDays', 'renewBeforeDays'],
     resources: ['requests', 'limits'],
     validator: ['enabled', 'image', 'daemonSet', 'uid'],
@@ -279,6 +288,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const validator = section('validator')
   const tun = section('tun')
   const controller = section('controller')
+  const clusterNetworks = section('clusterNetworks')
   const path = (v: unknown) => (typeof v === 'string' && (v === '' || v.startsWith('/')) ? undefined : 'must be an absolute path (or empty)')
   const envPort = env.WEBHOOK_PORT !== undefined ? Number(env.WEBHOOK_PORT) : undefined
   if (env.WEBHOOK_PORT !== undefined && port(envPort)) problems.push(`WEBHOOK_PORT: must be a port 1-65535`)
@@ -349,6 +359,10 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
     },
     excludedNamespaces: list('excludedNamespaces', top.excludedNamespaces, d.excludedNamespaces, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a namespace name')),
     unservedNodes: pick('unservedNodes', top.unservedNodes, d.unservedNodes, (v) => (v === 'skip' || v === 'refuse' ? undefined : 'must be skip or refuse')),
+    clusterNetworks: {
+      podCidrs: cidrList('clusterNetworks.podCidrs', clusterNetworks.podCidrs, d.clusterNetworks.podCidrs),
+      serviceCidrs: cidrList('clusterNetworks.serviceCidrs', clusterNetworks.serviceCidrs, d.clusterNetworks.serviceCidrs),
+    },
     listen: {
       host: pick('listen.host', listen.host, d.listen.host, str),
       port: envPort ?? pick('listen.port', listen.port, d.listen.port, port),
@@ -378,8 +392,34 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   if (cfg.proxy.aliasRange.family !== 4) problems.push('proxy.aliasRange: must be an IPv4 range (the proxy tunneler listens on 0.0.0.0 only)')
   if (cfg.validator.uid === cfg.sidecarUid) problems.push('validator.uid: must differ from sidecarUid (the sidecar\'s traffic is never captured)')
   if (cfg.controller.url && cfg.controller.graceSeconds * 1000 < cfg.controller.admissionBudgetMs) problems.push('controller.graceSeconds: must cover controller.admissionBudgetMs (an identity of an admission in flight must not be reconciled away)')
+  if (problems.length === 0) problems.push(...rangeClashes(takenRanges(cfg), clusterRanges(cfg)))
   if (problems.length) throw new ConfigError(problems)
   // The webhook's own namespace is never injected.
   if (!cfg.excludedNamespaces.includes(cfg.tls.namespace)) cfg.excludedNamespaces = [...cfg.excludedNamespaces, cfg.tls.namespace]
   return cfg
+}
+
+/** The ranges this config takes over in pods (address-range sanity, shared/src/ranges.ts). */
+export function takenRanges(cfg: WebhookConfig): NamedRange[] {
+  const tun = parseInterfaceAddress(cfg.tun.addr)
+  return [
+    { cidr: cfg.proxy.aliasRange, what: 'the proxy alias range', key: 'proxy.aliasRange' },
+    ...cfg.tproxy.defaultCidrs.map((c) => ({ cidr: c, what: 'a default tproxy intercept range', key: 'tproxy.defaultCidrs' })),
+    ...(typeof tun === 'string' ? [] : [{ cidr: tun.network, what: 'the tun device\'s network', key: 'tun.addr' }]),
+    ...cfg.tun.routes.map((c) => ({ cidr: c, what: 'a default route into the tun device', key: 'tun.routes' })),
+  ]
+}
+
+/** What of the cluster's networks the config knows: stated CIDRs and an explicit cluster DNS. */
+export function clusterRanges(cfg: WebhookConfig): NamedRange[] {
+  return [
+    ...cfg.clusterNetworks.podCidrs.map((c) => ({ cidr: c, what: 'the cluster\'s pod network', key: 'clusterNetworks.podCidrs' })),
+    ...cfg.clusterNetworks.serviceCidrs.map((c) => ({ cidr: c, what: 'the cluster\'s Service network', key: 'clusterNetworks.serviceCidrs' })),
+    ...clusterDnsRanges(cfg.tproxy.clusterDns, 'tproxy.clusterDns'),
+  ]
+}
+
+/** The cluster DNS addresses as ranges (explicit in the config, or read from its Service). */
+export function clusterDnsRanges(ips: string[], key: string): NamedRange[] {
+  return ips.flatMap((ip) => { const c = parseCidr(ip); return typeof c === 'string' ? [] : [{ cidr: c, what: 'the cluster DNS address', key }] })
 }

@@ -104,3 +104,27 @@ t.test('a cluster without the Service: the follower reports it, and picks it up 
   while (seen.length < 2 && Date.now() < end) await new Promise((r) => setTimeout(r, 20))
   t.same(seen[1], [['10.100.0.10'], undefined], 'created later: followed')
 })
+
+t.test('address-range sanity at start: our ranges against the stated pod and Service networks and the cluster DNS', async (t) => {
+  const problems = (raw: unknown) => { try { validateConfig(raw, {}) } catch (e) { if (e instanceof ConfigError) return e.problems; throw e } return [] }
+  // EKS custom networking: pods in the VPC's secondary 100.64.0.0/16.
+  t.same(problems({ clusterNetworks: { podCidrs: ['100.64.0.0/16'], serviceCidrs: ['172.20.0.0/16'] } }), [
+    'proxy.aliasRange: the proxy alias range 100.64.0.0/10 overlaps the cluster\'s pod network 100.64.0.0/16 (clusterNetworks.podCidrs); pods could not reach it. Choose a range outside it',
+    'tproxy.defaultCidrs: a default tproxy intercept range 100.64.0.0/10 overlaps the cluster\'s pod network 100.64.0.0/16 (clusterNetworks.podCidrs); pods could not reach it. Choose a range outside it',
+    'tun.addr: the tun device\'s network 100.64.0.0/10 overlaps the cluster\'s pod network 100.64.0.0/16 (clusterNetworks.podCidrs); pods could not reach it. Choose a range outside it',
+  ])
+  t.same(problems({ clusterNetworks: { podCidrs: ['100.64.0.0/16'] }, proxy: { aliasRange: '198.18.0.0/15' }, tproxy: { defaultCidrs: ['198.18.0.0/15'] }, tun: { addr: '198.18.0.1/15', dnsServer: '198.18.0.2' } }), [], 'moved out of the way: accepted')
+  t.match(problems({ tproxy: { clusterDns: ['100.64.0.10'] } }), [/^proxy\.aliasRange: .* overlaps the cluster DNS address 100\.64\.0\.10\/32 \(tproxy\.clusterDns\)/], 'an explicit DNS address inside the ranges')
+  t.match(problems({ clusterNetworks: { podCidrs: ['10.0.0.1/16'] } }), ['clusterNetworks.podCidrs[0]: host bits are set (did you mean 10.0.0.0/16?)'])
+
+  const { api, url, ca } = await startApiStandIn(t, 'tok')
+  api.put('services', kubeDnsService(['100.64.0.10']) as never)
+  const kc = new KubeConfig()
+  kc.loadFromOptions({ clusters: [{ name: 'c', server: url, caData: Buffer.from(ca.certPem).toString('base64') }], users: [{ name: 'u', token: 'tok' }], contexts: [{ name: 'x', cluster: 'c', user: 'u' }], currentContext: 'x' })
+  const cfg = validateConfig(TEST_CONFIG, {})
+  cfg.tproxy.clusterDns = []
+  const stop = await followClusterDns(kc, cfg, pino({ level: 'silent' }))
+  t.teardown(stop)
+  t.same(cfg.tproxy.clusterDns, [], 'a discovered DNS address inside the intercept range is not used (it would be captured)')
+  t.notOk(admit(cfg, tproxyPod()).response.allowed, 'DNS-using pods refused')
+})
