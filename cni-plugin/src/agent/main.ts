@@ -13,6 +13,7 @@ import { createNetns } from './netns.ts'
 import { createPodSource } from './pods.ts'
 import { Programmer } from './programmer.ts'
 import { startDriftDetection } from './drift.ts'
+import { startTaintRemoval } from './taint.ts'
 import { Repairer } from './repair.ts'
 import { createCniServer, createHealthServer } from './server.ts'
 import { StateStore } from './state.ts'
@@ -92,6 +93,7 @@ async function run(f: AgentFlags): Promise<void> {
       return { ready: true, reason: '' }
     },
   }, metrics, log)
+  const untaint = f.startupTaint ? startTaintRemoval(kc, f.nodeName, f.startupTaint, log, () => (!installer || installer.ready) && pods.synced()) : undefined
   await health.listen({ host: f.healthAddr.host, port: f.healthAddr.port })
   log.info({ socket: f.socket, health: `${f.healthAddr.host}:${f.healthAddr.port}` }, 'agent ready')
 
@@ -99,6 +101,7 @@ async function run(f: AgentFlags): Promise<void> {
     log.info({ signal }, 'shutting down: finishing in-flight requests')
     installer?.stop()
     stopDrift()
+    untaint?.stop()
     await tunPlugin?.stop()
     // Stop accepting; in-flight requests finish (close waits for open connections).
     await new Promise<void>((resolve) => cni.close(() => resolve()))

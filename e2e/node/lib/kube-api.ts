@@ -8,7 +8,7 @@ import { createServer, request, type Server } from 'node:https'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import jsonpatch from 'fast-json-patch'
-import { SERVICE_RESOURCE, seedServices } from './kube-services.ts'
+import { NODE_RESOURCE, SERVICE_RESOURCE, seedServices } from './kube-services.ts'
 
 type Obj = { apiVersion?: string; kind?: string; metadata: { name: string; namespace?: string; uid?: string; resourceVersion?: string; labels?: Record<string, string>; annotations?: Record<string, string>; generateName?: string; creationTimestamp?: string; [k: string]: unknown }; [k: string]: unknown }
 
@@ -26,7 +26,7 @@ const RESOURCES: Resource[] = [
   { plural: 'pods', kind: 'Pod', apiVersion: 'v1', namespaced: true, base: '/api/v1' },
   { plural: 'namespaces', kind: 'Namespace', apiVersion: 'v1', namespaced: false, base: '/api/v1' },
   { plural: 'secrets', kind: 'Secret', apiVersion: 'v1', namespaced: true, base: '/api/v1' },
-  SERVICE_RESOURCE,
+  SERVICE_RESOURCE, NODE_RESOURCE,
   { plural: 'daemonsets', kind: 'DaemonSet', apiVersion: 'apps/v1', namespaced: true, base: '/apis/apps/v1' },
   { plural: 'leases', kind: 'Lease', apiVersion: 'coordination.k8s.io/v1', namespaced: true, base: '/apis/coordination.k8s.io/v1' },
   { plural: 'mutatingwebhookconfigurations', kind: 'MutatingWebhookConfiguration', apiVersion: 'admissionregistration.k8s.io/v1', namespaced: false, base: '/apis/admissionregistration.k8s.io/v1' },

@@ -1,4 +1,4 @@
-// Services for the API stand-in (kube-api.ts): the resource, and the cluster DNS Service every
+// Services and Nodes for the API stand-in (kube-api.ts): the resources, and the cluster DNS Service every
 // cluster has. Its shape is kubeadm's CoreDNS addon (kubernetes/kubernetes
 // cmd/kubeadm/app/phases/addons/dns/manifests.go: kube-system/kube-dns, label
 // k8s-app=kube-dns, ports dns/53 UDP, dns-tcp/53 TCP, metrics/9153), and its address kubeadm's
@@ -6,6 +6,9 @@
 // the webhook reads it instead of assuming it.
 
 export const SERVICE_RESOURCE = { plural: 'services', kind: 'Service', apiVersion: 'v1', namespaced: true, base: '/api/v1' }
+
+/** Nodes too (cluster-scoped), for the agent's startup-taint removal. */
+export const NODE_RESOURCE = { plural: 'nodes', kind: 'Node', apiVersion: 'v1', namespaced: false, base: '/api/v1' }
 
 export const KUBEADM_CLUSTER_DNS = '10.96.0.10'
 
