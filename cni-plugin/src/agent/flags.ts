@@ -36,6 +36,8 @@ export interface AgentFlags {
   driftIntervalMs: number
   /** A startup taint this agent removes from its own node once ready (taint.ts); off when unset. */
   startupTaint: string | undefined
+  /** Skip the kernel minimums (kernel.ts) for distribution kernels that backport them. */
+  skipKernelCheck: boolean
   /** tun mode: the kubelet device plugin handing sidecars /dev/net/tun (off unless asked). */
   tunDevicePlugin: { dir: string; resource: string; node: string; uid: number; gid: number; devices: number } | undefined
 }
@@ -77,6 +79,8 @@ export const USAGE = `usage: ziti-cni-agent [run|uninstall] [flags]
   --startup-taint KEY         once the plugin is installed and the agent ready, remove this taint
                               (e.g. cni.openziti.io/agent-not-ready) from this node; needs the
                               startup-taint component's RBAC and admission policy (default: off)
+  --skip-kernel-check         install even on a kernel older than the datapaths need (5.6 for
+                              concatenated interval sets, 5.7 for bpf_sk_assign): for backports
   --tun-device-plugin         serve the kubelet device plugin for tun-mode sidecars (resource below)
   --device-plugin-dir PATH    the kubelet's device-plugin dir (default /var/lib/kubelet/device-plugins)
   --tun-resource NAME         extended resource (default tun.openziti.io/tun)
@@ -113,7 +117,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
         'api-server': { type: 'string' }, 'health-addr': { type: 'string' }, 'log-level': { type: 'string' },
         'check-interval': { type: 'string' }, 'lookup-deadline': { type: 'string' },
         'uninstall-on-exit': { type: 'boolean' }, 'no-install': { type: 'boolean' }, 'host-netns': { type: 'string' }, daemonset: { type: 'string' }, repair: { type: 'string' }, 'repair-per-minute': { type: 'string' }, 'bpf-object': { type: 'string' },
-        drift: { type: 'string' }, 'drift-interval': { type: 'string' }, 'startup-taint': { type: 'string' },
+        drift: { type: 'string' }, 'drift-interval': { type: 'string' }, 'startup-taint': { type: 'string' }, 'skip-kernel-check': { type: 'boolean' },
         'tun-device-plugin': { type: 'boolean' }, 'device-plugin-dir': { type: 'string' }, 'tun-resource': { type: 'string' }, 'tun-device-node': { type: 'string' }, 'tun-owner': { type: 'string' }, 'tun-devices': { type: 'string' },
         help: { type: 'boolean' },
       },
@@ -192,6 +196,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
     drift,
     driftIntervalMs: driftInterval * 1000,
     startupTaint,
+    skipKernelCheck: v['skip-kernel-check'] ?? false,
     tunDevicePlugin,
   }
 }

@@ -14,6 +14,8 @@ import { createPodSource } from './pods.ts'
 import { Programmer } from './programmer.ts'
 import { startDriftDetection } from './drift.ts'
 import { startTaintRemoval } from './taint.ts'
+import { kernelProblems } from './kernel.ts'
+import { release } from 'node:os'
 import { Repairer } from './repair.ts'
 import { createCniServer, createHealthServer } from './server.ts'
 import { StateStore } from './state.ts'
@@ -31,6 +33,9 @@ function pluginEntry(f: AgentFlags) {
 
 async function run(f: AgentFlags): Promise<void> {
   const log = pino({ level: f.logLevel, base: { component: 'agent', node: f.nodeName } })
+  // Refuse before anything is served or installed: the kubelet shows this as the crash reason.
+  const tooOld = f.install && !f.skipKernelCheck ? kernelProblems(release()) : []
+  if (tooOld.length) { for (const p of tooOld) log.fatal(p); throw new FlagError(tooOld.join('\n')) }
   let cachedCount = () => 0
   const metrics = createAgentMetrics(() => cachedCount())
   const kc = new KubeConfig()
