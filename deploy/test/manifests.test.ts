@@ -301,8 +301,9 @@ t.test('the kind suite and helper scripts pass shellcheck', { skip: spawnSync('s
 const PLATFORMS: Record<string, [bin: string, conf: string]> = {
   eks: ['/opt/cni/bin', '/etc/cni/net.d'],
   gke: ['/home/kubernetes/bin', '/etc/cni/net.d'],
-  k3s: ['/var/lib/rancher/k3s/data/current/bin', '/var/lib/rancher/k3s/agent/etc/cni/net.d'],
-  k3d: ['/bin', '/var/lib/rancher/k3s/agent/etc/cni/net.d'],
+  k3s: ['/var/lib/rancher/k3s/data/cni', '/var/lib/rancher/k3s/agent/etc/cni/net.d'],
+  rke2: ['/opt/cni/bin', '/etc/cni/net.d'],
+  k3d: ['/var/lib/rancher/k3s/data/cni', '/var/lib/rancher/k3s/agent/etc/cni/net.d'],
   microk8s: ['/var/snap/microk8s/current/opt/cni/bin', '/var/snap/microk8s/current/args/cni-network'],
   openshift: ['/var/lib/cni/bin', '/etc/cni/multus/net.d'],
 }
