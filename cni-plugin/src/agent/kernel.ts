@@ -3,9 +3,9 @@
 // or tc error far from the cause. Pure: `uname -r` text in, the problems out.
 //   - concatenated interval sets and maps (nftables: `ipv4_addr . inet_proto . inet_service`
 //     with `flags interval`): proxy-mode service ranges and the tproxy intercept sets; Linux
-//     5.6 (nft_set_pipapo, commit 3c4287f62044).
+//     5.6 (the pipapo set type, net/netfilter/nft_set_pipapo.c).
 //   - bpf_sk_assign from tc: the eBPF tproxy datapath, the only capability-free one; Linux 5.7
-//     (commit cf7fbe660f2d).
+//     (the "bpf: Add socket assign support" series, lore.kernel.org/bpf/20200329225342.16317-1-joe@wand.net.nz).
 // Distribution kernels may backport both (RHEL 8's 4.18 does): --skip-kernel-check says so.
 
 export interface KernelFeature { name: string; since: [number, number]; usedBy: string }
