@@ -145,6 +145,17 @@ t.test('drift pass on a real kernel', rootOnly(['nft', 'ip', 'nsenter', 'tc', 's
     t.same(await pass(), { checked: 1, drifted: 0, reprogrammed: 0, failed: 0 }, 'clean after each repair')
   })
 
+  await t.test('the pass waits while CNI requests are in flight', async (t) => {
+    let busy = true
+    const polite = new DriftDetector({ netns, state, log, lookupDeadlineMs: 1000, bpfObject: BPF_OBJECT, action: 'reprogram', nodeName: 'node-a', minAgeMs: 0, emitEvent: async () => {}, busy: () => busy })
+    let done = false
+    const pass = polite.pass(state.list()).then((r) => { done = true; return r })
+    await new Promise((r) => setTimeout(r, 300))
+    t.notOk(done, 'not while an ADD is being handled')
+    busy = false
+    t.equal((await pass).checked, state.list().length, 'then it runs')
+  })
+
   await t.test('attachments younger than the interval are left to their ADD; vanished netns are skipped', async (t) => {
     const young = new DriftDetector({ netns, state, log, lookupDeadlineMs: 1000, bpfObject: BPF_OBJECT, action: 'reprogram', nodeName: 'node-a', minAgeMs: 3_600_000, emitEvent: async () => {} })
     t.same(await counts(young.pass(state.list())), { checked: 0, drifted: 0, reprogrammed: 0, failed: 0 })

@@ -27,6 +27,8 @@ export interface DriftDeps extends Omit<ProgrammerDeps, 'pods'> {
   /** Creates the Warning Event (a failure is logged, never fatal). */
   emitEvent: (event: CoreV1Event) => Promise<unknown>
   registry?: Registry
+  /** True while CNI requests are in flight: the pass waits, pod start-up comes first. */
+  busy?: () => boolean
 }
 
 export interface DriftPass { checked: number; drifted: number; reprogrammed: number; failed: number; ms: number }
@@ -79,6 +81,7 @@ export class DriftDetector {
     this.running = true
     try {
       for (const s of attachments) {
+        while (this.d.busy?.()) await new Promise((r) => setTimeout(r, 100))
         if (Date.now() - Date.parse(s.createdAt) < this.d.minAgeMs) continue
         if (!this.d.netns.exists(s.netns)) continue // gone: DEL or GC cleans the record
         out.checked++

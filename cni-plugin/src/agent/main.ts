@@ -17,7 +17,7 @@ import { startTaintRemoval } from './taint.ts'
 import { kernelProblems } from './kernel.ts'
 import { release } from 'node:os'
 import { Repairer } from './repair.ts'
-import { createCniServer, createHealthServer } from './server.ts'
+import { cniInFlight, createCniServer, createHealthServer } from './server.ts'
 import { StateStore } from './state.ts'
 import { TunDevicePlugin } from '../deviceplugin/tun-plugin.ts'
 
@@ -63,7 +63,7 @@ async function run(f: AgentFlags): Promise<void> {
     if (!netns.exists(s.netns)) { state.delete(s.containerId, s.ifName); log.info({ containerId: s.containerId }, 'dropped state of a vanished attachment') }
   }
 
-  const stopDrift = f.drift === 'off' ? () => {} : startDriftDetection({ netns, state, log, lookupDeadlineMs: f.lookupDeadlineMs, bpfObject: f.bpfObject, action: f.drift, nodeName: f.nodeName, minAgeMs: f.driftIntervalMs, registry: metrics.registry,
+  const stopDrift = f.drift === 'off' ? () => {} : startDriftDetection({ netns, state, log, lookupDeadlineMs: f.lookupDeadlineMs, bpfObject: f.bpfObject, action: f.drift, nodeName: f.nodeName, minAgeMs: f.driftIntervalMs, registry: metrics.registry, busy: () => cniInFlight.count > 0,
     emitEvent: (event) => core.createNamespacedEvent({ namespace: event.metadata!.namespace!, body: event }) }, () => state.list(), f.driftIntervalMs)
 
   const cni = createCniServer(programmer, metrics, log)
