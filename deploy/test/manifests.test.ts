@@ -40,7 +40,7 @@ for (const overlay of ['kind', 'production']) {
 
     await t.test('RBAC is exactly what the components need', async (t) => {
       const rules = (kind: string, name: string) => find(docs, kind, name)?.rules
-      t.same(rules('ClusterRole', 'ziti-cni-webhook'), [{ apiGroups: ['admissionregistration.k8s.io'], resources: ['mutatingwebhookconfigurations'], resourceNames: ['ziti-cni-webhook'], verbs: ['get', 'patch'] }])
+      t.same(rules('ClusterRole', 'ziti-cni-webhook'), [{ apiGroups: ['admissionregistration.k8s.io'], resources: ['mutatingwebhookconfigurations'], resourceNames: ['ziti-cni-webhook'], verbs: ['get', 'patch'] }, { apiGroups: [''], resources: ['services'], resourceNames: ['kube-dns'], verbs: ['get', 'list', 'watch'] }])
       t.same(rules('Role', 'ziti-cni-webhook-tls'), [{ apiGroups: [''], resources: ['secrets'], resourceNames: ['ziti-cni-webhook-tls'], verbs: ['get', 'update'] }, { apiGroups: ['apps'], resources: ['daemonsets'], resourceNames: ['ziti-cni-agent'], verbs: ['get'] }])
       const repairByDeletion = find(docs, 'DaemonSet', 'ziti-cni-agent')!.spec.template.spec.containers[0].args.includes('--repair=delete')
       t.same(rules('ClusterRole', 'ziti-cni-agent'), [{ apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch', ...(repairByDeletion ? ['delete'] : [])] }, { apiGroups: [''], resources: ['events'], verbs: ['create'] }], 'pods: read, and delete only with repair-by-deletion; events: create only')
@@ -52,6 +52,19 @@ for (const overlay of ['kind', 'production']) {
         for (const s of b.subjects) t.ok(find(docs, 'ServiceAccount', s.name), `${b.metadata.name}: subject ${s.name} exists`)
       }
       t.notMatch(JSON.stringify(docs.filter((d) => /Role$/.test(d.kind))), /"\*"/, 'no wildcards')
+    })
+
+    await t.test('the agent lands on Linux nodes that are not Fargate, and only there', async (t) => {
+      const spec = find(docs, 'DaemonSet', 'ziti-cni-agent')!.spec.template.spec
+      // The scheduler's nodeSelector + required node affinity (terms ORed, expressions ANDed;
+      // NotIn matches a node without the label), as k8s.io/component-helpers nodeaffinity.
+      const schedulable = (labels: Record<string, string>) => Object.entries(spec.nodeSelector ?? {}).every(([k, v]) => labels[k] === v) &&
+        (spec.affinity?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution?.nodeSelectorTerms ?? [{}]).some((term: Doc) => (term.matchExpressions ?? []).every((e: Doc) =>
+          e.operator === 'NotIn' ? !e.values.includes(labels[e.key]) : e.operator === 'In' ? e.values.includes(labels[e.key]) : e.operator === 'Exists' ? e.key in labels : !(e.key in labels)))
+      t.ok(schedulable({ 'kubernetes.io/os': 'linux' }), 'a Linux node (kind, kubeadm)')
+      t.ok(schedulable({ 'kubernetes.io/os': 'linux', 'eks.amazonaws.com/compute-type': 'ec2' }), 'an EKS EC2 node')
+      t.notOk(schedulable({ 'kubernetes.io/os': 'linux', 'eks.amazonaws.com/compute-type': 'fargate' }), 'not a Fargate node, though the agent tolerates every taint')
+      t.notOk(schedulable({ 'kubernetes.io/os': 'windows' }), 'not a Windows node')
     })
 
     await t.test('images are pinned, probes present', async (t) => {
@@ -171,6 +184,7 @@ function agreement(t: Tap, docs: Doc[]): void {
   t.same(find(docs, 'Role', 'ziti-cni-webhook-tls')!.rules[0].resourceNames, [cfg.tls.secretName], 'the Role grants exactly that Secret')
   t.same(find(docs, 'Role', 'ziti-cni-webhook-tls')!.rules[1].resourceNames, [ds.metadata.name], 'and reading exactly the agent DaemonSet')
   t.same(find(docs, 'ClusterRole', 'ziti-cni-webhook')!.rules[0].resourceNames, [mwc.metadata.name], 'the ClusterRole grants exactly that configuration')
+  t.same(find(docs, 'ClusterRole', 'ziti-cni-webhook')!.rules[1].resourceNames, [cfg.tproxy.clusterDnsService.split('/')[1]], 'and watching exactly the cluster DNS Service')
   const np = find(docs, 'NetworkPolicy', 'ziti-cni-webhook')
   if (np) {
     t.same(np.spec.ingress.flatMap((i: Doc) => i.ports.map((p: Doc) => p.port)), [httpsPort?.containerPort], 'the NetworkPolicy admits the webhook\'s port')
@@ -250,8 +264,9 @@ t.test('the kind suite and helper scripts pass shellcheck', { skip: spawnSync('s
 const PLATFORMS: Record<string, [bin: string, conf: string]> = {
   eks: ['/opt/cni/bin', '/etc/cni/net.d'],
   gke: ['/home/kubernetes/bin', '/etc/cni/net.d'],
-  k3s: ['/var/lib/rancher/k3s/data/current/bin', '/var/lib/rancher/k3s/agent/etc/cni/net.d'],
-  k3d: ['/bin', '/var/lib/rancher/k3s/agent/etc/cni/net.d'],
+  k3s: ['/var/lib/rancher/k3s/data/cni', '/var/lib/rancher/k3s/agent/etc/cni/net.d'],
+  rke2: ['/opt/cni/bin', '/etc/cni/net.d'],
+  k3d: ['/var/lib/rancher/k3s/data/cni', '/var/lib/rancher/k3s/agent/etc/cni/net.d'],
   microk8s: ['/var/snap/microk8s/current/opt/cni/bin', '/var/snap/microk8s/current/args/cni-network'],
   openshift: ['/var/lib/cni/bin', '/etc/cni/multus/net.d'],
 }

@@ -81,7 +81,8 @@ export function review(req: AdmissionRequest, cfg: WebhookConfig, cache?: Inject
   if (req.operation && req.operation !== 'CREATE') return allow('skipped')
   if (!pod) return { response: { uid: req.uid, allowed: false, status: { code: 400, reason: 'BadRequest', message: 'ziti-cni: request.object (the pod) is missing' } }, outcome: 'error' }
   const namespace = req.namespace ?? pod.metadata?.namespace ?? 'default'
-  const sel = selectPod(pod, namespace, cfg.excludedNamespaces)
+  const sel = selectPod(pod, namespace, cfg.excludedNamespaces, cfg.unservedNodes)
+  if (!sel.inject && sel.refuse) return { response: { uid: req.uid, allowed: false, status: { code: 400, reason: 'BadRequest', message: `ziti-cni: ${sel.refuse}` } }, outcome: 'rejected' }
   if (!sel.inject) return allow('skipped', sel.warning ? [sel.warning] : undefined)
   try {
     // The marker skips re-mutation only: the pod is checked as closely as a fresh one.

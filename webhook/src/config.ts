@@ -2,6 +2,9 @@
 // overrides, validated at start-up with one clear message per bad key. Pure: the caller
 // reads the file; `validateConfig` only looks at values.
 import { attributePolicyProblems, type AttributeRule } from './ziti/policy.ts'
+import { parseServiceRef } from './cluster-dns.ts'
+import type { UnservedPolicy } from './inject/platform.ts'
+import { rangeClashes, type NamedRange } from '../../shared/src/ranges.ts'
 import { EXTENDED_RESOURCE_NAME, TUN_RESOURCE, ZITI_DNS_RANGE, cidrContains, isDnsName, parseAddress, parseCidr, parseInterfaceAddress, parsePort, formatCidr, tunDeviceProblem, type Cidr, type Mode } from '@ziti-cni/shared'
 
 export interface Resources {
@@ -36,7 +39,14 @@ export interface WebhookConfig {
      */
     dnsCapture: boolean
     dnsServer: string
+    /**
+     * The cluster DNS addresses pods fall back to after the tunneler (tun mode too). Set: an
+     * override. Empty (the default): the ClusterIP(s) of `clusterDnsService`, read and followed
+     * at run time (webhook/src/cluster-dns.ts); while unknown, pods that need it are refused.
+     */
     clusterDns: string[]
+    /** namespace/name of the cluster DNS Service (EKS, kubeadm, GKE: kube-system/kube-dns). */
+    clusterDnsService: string
     clusterDomain: string
     protocols: Array<'tcp' | 'udp'>
     /** Default for cni.openziti.io/datapath; ebpf is the only one a real pod can use. */
@@ -75,6 +85,18 @@ export interface WebhookConfig {
   /** The OpenZiti controller, for `identity: auto` pods (disabled while url is empty). */
   controller: ControllerConfig
   excludedNamespaces: string[]
+  /**
+   * Pods headed for nodes no agent serves (Fargate, Windows: inject/platform.ts): `skip` admits
+   * them without a sidecar and with a warning (they get no Ziti identity, so no access);
+   * `refuse` makes the mistake loud.
+   */
+  unservedNodes: UnservedPolicy
+  /**
+   * The cluster's pod and Service networks, when the operator states them (the webhook cannot
+   * read them: kube-apiserver keeps --service-cluster-ip-range to itself, and EKS's VPC CNI sets
+   * no Node podCIDRs). At start every range ziti-cni takes over is checked against them.
+   */
+  clusterNetworks: { podCidrs: Cidr[]; serviceCidrs: Cidr[] }
   listen: { host: string; port: number }
   bodyLimitBytes: number
   /** After SIGTERM, keep serving this long while the endpoint is removed (rollouts). */
@@ -152,8 +174,9 @@ export const DEFAULT_CONFIG: WebhookConfig = {
     defaultCidrs: [parseCidr(ZITI_DNS_RANGE) as Cidr],
     dnsCapture: true,
     dnsServer: '100.64.0.2',
-    // kubeadm's and kind's default Service for kube-dns; EKS and GKE use others: set yours.
-    clusterDns: ['10.96.0.10'],
+    // Found, not assumed: kubeadm puts it at 10.96.0.10, EKS at 10.100.0.10 or 172.20.0.10.
+    clusterDns: [],
+    clusterDnsService: 'kube-system/kube-dns',
     clusterDomain: 'cluster.local',
     protocols: ['tcp', 'udp'],
     datapath: 'ebpf',
@@ -191,6 +214,8 @@ export const DEFAULT_CONFIG: WebhookConfig = {
     enrollKeyFile: '/etc/ziti-cni/enroll-tls/tls.key',
   },
   excludedNamespaces: ['kube-system', 'kube-node-lease'],
+  unservedNodes: 'skip',
+  clusterNetworks: { podCidrs: [], serviceCidrs: [] },
   listen: { host: '0.0.0.0', port: 9443 },
   bodyLimitBytes: 6 * 1024 * 1024,
   drainSeconds: 10,
@@ -233,10 +258,11 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const root = (raw ?? {}) as Raw
   if (typeof root !== 'object' || Array.isArray(root)) throw new ConfigError(['the configuration must be a mapping'])
   const known: Record<string, string[]> = {
-    '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'tun', 'validator', 'controller', 'excludedNamespaces', 'listen', 'bodyLimitBytes', 'drainSeconds', 'tls', 'logLevel'],
+    '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'tun', 'validator', 'controller', 'excludedNamespaces', 'unservedNodes', 'clusterNetworks', 'listen', 'bodyLimitBytes', 'drainSeconds', 'tls', 'logLevel'],
     proxy: ['image', 'portBase', 'aliasRange', 'servicePollSeconds'],
-    tproxy: ['image', 'args', 'port', 'defaultCidrs', 'dnsCapture', 'dnsServer', 'clusterDns', 'clusterDomain', 'protocols', 'datapath'],
+    tproxy: ['image', 'args', 'port', 'defaultCidrs', 'dnsCapture', 'dnsServer', 'clusterDns', 'clusterDnsService', 'clusterDomain', 'protocols', 'datapath'],
     listen: ['host', 'port'],
+    clusterNetworks: ['podCidrs', 'serviceCidrs'],
     tls: ['mode', 'certFile', 'keyFile', 'secretName', 'namespace', 'serviceName', 'webhookConfigName', 'validityDays', 'renewBeforeDays'],
     resources: ['requests', 'limits'],
     validator: ['enabled', 'image', 'daemonSet', 'uid'],
@@ -290,6 +316,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const validator = section('validator')
   const tun = section('tun')
   const controller = section('controller')
+  const clusterNetworks = section('clusterNetworks')
   const path = (v: unknown) => (typeof v === 'string' && (v === '' || v.startsWith('/')) ? undefined : 'must be an absolute path (or empty)')
   const envPort = env.WEBHOOK_PORT !== undefined ? Number(env.WEBHOOK_PORT) : undefined
   if (env.WEBHOOK_PORT !== undefined && port(envPort)) problems.push(`WEBHOOK_PORT: must be a port 1-65535`)
@@ -321,6 +348,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       dnsCapture: pick('tproxy.dnsCapture', tproxy.dnsCapture, d.tproxy.dnsCapture, bool),
       dnsServer: pick('tproxy.dnsServer', tproxy.dnsServer, d.tproxy.dnsServer, (v) => (typeof v === 'string' && typeof parseAddress(v) !== 'string' ? undefined : 'must be an IP address')),
       clusterDns: list('tproxy.clusterDns', tproxy.clusterDns, d.tproxy.clusterDns, (v) => (typeof v === 'string' && typeof parseAddress(v) !== 'string' ? undefined : 'must be an IP address')),
+      clusterDnsService: pick('tproxy.clusterDnsService', tproxy.clusterDnsService, d.tproxy.clusterDnsService, (v) => { const r = typeof v === 'string' ? parseServiceRef(v) : 'must be a string'; return typeof r === 'string' ? r : undefined }),
       clusterDomain: pick('tproxy.clusterDomain', tproxy.clusterDomain, d.tproxy.clusterDomain, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a DNS domain')),
       protocols: list('tproxy.protocols', tproxy.protocols, d.tproxy.protocols, (v) => (v === 'tcp' || v === 'udp' ? undefined : 'must be tcp or udp')),
       datapath: pick('tproxy.datapath', tproxy.datapath, d.tproxy.datapath, (v) => (v === 'ebpf' ? undefined : v === 'nftables' ? NFTABLES_REFUSED : 'must be ebpf')),
@@ -368,6 +396,11 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       enrollKeyFile: pick('controller.enrollKeyFile', controller.enrollKeyFile, d.controller.enrollKeyFile, str),
     },
     excludedNamespaces: list('excludedNamespaces', top.excludedNamespaces, d.excludedNamespaces, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a namespace name')),
+    unservedNodes: pick('unservedNodes', top.unservedNodes, d.unservedNodes, (v) => (v === 'skip' || v === 'refuse' ? undefined : 'must be skip or refuse')),
+    clusterNetworks: {
+      podCidrs: cidrList('clusterNetworks.podCidrs', clusterNetworks.podCidrs, d.clusterNetworks.podCidrs),
+      serviceCidrs: cidrList('clusterNetworks.serviceCidrs', clusterNetworks.serviceCidrs, d.clusterNetworks.serviceCidrs),
+    },
     listen: {
       host: pick('listen.host', listen.host, d.listen.host, str),
       port: envPort ?? pick('listen.port', listen.port, d.listen.port, port),
@@ -401,8 +434,34 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
     if (!cfg.controller.enrollCa) problems.push('controller.enrollCa: is required when controller.url is set (the pods\' init step verifies the enrollment endpoint with it)')
     if (!cfg.controller.enrollImage) problems.push('controller.enrollImage: is required when controller.url is set (the image of the pods\' enrollment init step)')
   }
+  if (problems.length === 0) problems.push(...rangeClashes(takenRanges(cfg), clusterRanges(cfg)))
   if (problems.length) throw new ConfigError(problems)
   // The webhook's own namespace is never injected.
   if (!cfg.excludedNamespaces.includes(cfg.tls.namespace)) cfg.excludedNamespaces = [...cfg.excludedNamespaces, cfg.tls.namespace]
   return cfg
+}
+
+/** The ranges this config takes over in pods (address-range sanity, shared/src/ranges.ts). */
+export function takenRanges(cfg: WebhookConfig): NamedRange[] {
+  const tun = parseInterfaceAddress(cfg.tun.addr)
+  return [
+    { cidr: cfg.proxy.aliasRange, what: 'the proxy alias range', key: 'proxy.aliasRange' },
+    ...cfg.tproxy.defaultCidrs.map((c) => ({ cidr: c, what: 'a default tproxy intercept range', key: 'tproxy.defaultCidrs' })),
+    ...(typeof tun === 'string' ? [] : [{ cidr: tun.network, what: 'the tun device\'s network', key: 'tun.addr' }]),
+    ...cfg.tun.routes.map((c) => ({ cidr: c, what: 'a default route into the tun device', key: 'tun.routes' })),
+  ]
+}
+
+/** What of the cluster's networks the config knows: stated CIDRs and an explicit cluster DNS. */
+export function clusterRanges(cfg: WebhookConfig): NamedRange[] {
+  return [
+    ...cfg.clusterNetworks.podCidrs.map((c) => ({ cidr: c, what: 'the cluster\'s pod network', key: 'clusterNetworks.podCidrs' })),
+    ...cfg.clusterNetworks.serviceCidrs.map((c) => ({ cidr: c, what: 'the cluster\'s Service network', key: 'clusterNetworks.serviceCidrs' })),
+    ...clusterDnsRanges(cfg.tproxy.clusterDns, 'tproxy.clusterDns'),
+  ]
+}
+
+/** The cluster DNS addresses as ranges (explicit in the config, or read from its Service). */
+export function clusterDnsRanges(ips: string[], key: string): NamedRange[] {
+  return ips.flatMap((ip) => { const c = parseCidr(ip); return typeof c === 'string' ? [] : [{ cidr: c, what: 'the cluster DNS address', key }] })
 }

@@ -5,6 +5,7 @@ import type { Server } from 'node:https'
 import { parseArgs } from 'node:util'
 import { pino } from 'pino'
 import { ConfigError, type WebhookConfig } from './config.ts'
+import { followClusterDns } from './cluster-dns-watch.ts'
 import { loadConfig } from './load-config.ts'
 import { withIdentityConfig } from './identity-controller/config-file.ts'
 import { createWebhookMetrics } from './metrics.ts'
@@ -44,6 +45,7 @@ async function main(): Promise<void> {
     config.validator.image = await follower.resolve()
     stops.push(follower.follow((image) => { config.validator.image = image }))
   }
+  if (config.tproxy.clusterDns.length === 0) stops.push(await followClusterDns(kube(), config, log))
   if (config.tls.mode === 'self-managed') {
     const kc = kube()
     selfManaged = new SelfManagedTls(kc, config.tls, log)

@@ -46,7 +46,7 @@ t.test('with no tproxy tunneler configured, a tproxy pod is refused naming the m
   const { mutatePod } = await import('../src/inject/mutate.ts')
   const pod = { metadata: { name: 'tp', namespace: 'apps', annotations: { 'cni.openziti.io/identity-secret': 'id', 'cni.openziti.io/mode': 'tproxy' } }, spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1', securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }] } }
   t.throws(() => mutatePod(pod, validateConfig({}, {})), { message: /^cni\.openziti\.io\/mode: tproxy needs a tunneler that implements the ziti-cni tproxy contract \(README\), and none is configured \(webhook config tproxy\.image\)/ })
-  t.doesNotThrow(() => mutatePod(pod, validateConfig({ tproxy: { image: 'registry.example.com/t:1' } }, {})))
+  t.doesNotThrow(() => mutatePod(pod, validateConfig({ tproxy: { image: 'registry.example.com/t:1', clusterDns: ['10.96.0.10'] } }, {})))
 })
 
 t.test('tun and controller sections: each bad value named', async (t) => {

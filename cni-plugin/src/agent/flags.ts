@@ -31,6 +31,13 @@ export interface AgentFlags {
   /** --repair=delete: at most this many deletions a minute. */
   repairPerMinute: number
   bpfObject: string
+  /** Periodic CHECK of every recorded attachment (drift.ts): off, report only, or re-program. */
+  drift: 'off' | 'report' | 'reprogram'
+  driftIntervalMs: number
+  /** A startup taint this agent removes from its own node once ready (taint.ts); off when unset. */
+  startupTaint: string | undefined
+  /** Skip the kernel minimums (kernel.ts) for distribution kernels that backport them. */
+  skipKernelCheck: boolean
   /** tun mode: the kubelet device plugin handing sidecars /dev/net/tun (off unless asked). */
   tunDevicePlugin: { dir: string; resource: string; node: string; uid: number; gid: number; devices: number } | undefined
 }
@@ -64,6 +71,16 @@ export const USAGE = `usage: ziti-cni-agent [run|uninstall] [flags]
   --repair off|delete         pods whose validator found no interception: report only (default), or
                               delete them so their controller recreates them (needs RBAC delete on pods)
   --repair-per-minute N       with --repair=delete, at most N deletions a minute (default 5)
+  --drift reprogram|report|off  every --drift-interval, verify each programmed pod against what ADD
+                              recorded (CHECK is never sent by containerd 1.6 nor with the VPC CNI's
+                              disableCheck); on drift: a metric, a log line, a pod Event, and then
+                              re-program it from the record (default) or leave it (report)
+  --drift-interval SECONDS    time between drift passes (default 60)
+  --startup-taint KEY         once the plugin is installed and the agent ready, remove this taint
+                              (e.g. cni.openziti.io/agent-not-ready) from this node; needs the
+                              startup-taint component's RBAC and admission policy (default: off)
+  --skip-kernel-check         install even on a kernel older than the datapaths need (5.6 for
+                              concatenated interval sets, 5.7 for bpf_sk_assign): for backports
   --tun-device-plugin         serve the kubelet device plugin for tun-mode sidecars (resource below)
   --device-plugin-dir PATH    the kubelet's device-plugin dir (default /var/lib/kubelet/device-plugins)
   --tun-resource NAME         extended resource (default tun.openziti.io/tun)
@@ -100,6 +117,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
         'api-server': { type: 'string' }, 'health-addr': { type: 'string' }, 'log-level': { type: 'string' },
         'check-interval': { type: 'string' }, 'lookup-deadline': { type: 'string' },
         'uninstall-on-exit': { type: 'boolean' }, 'no-install': { type: 'boolean' }, 'host-netns': { type: 'string' }, daemonset: { type: 'string' }, repair: { type: 'string' }, 'repair-per-minute': { type: 'string' }, 'bpf-object': { type: 'string' },
+        drift: { type: 'string' }, 'drift-interval': { type: 'string' }, 'startup-taint': { type: 'string' }, 'skip-kernel-check': { type: 'boolean' },
         'tun-device-plugin': { type: 'boolean' }, 'device-plugin-dir': { type: 'string' }, 'tun-resource': { type: 'string' }, 'tun-device-node': { type: 'string' }, 'tun-owner': { type: 'string' }, 'tun-devices': { type: 'string' },
         help: { type: 'boolean' },
       },
@@ -125,6 +143,13 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
   if (repair !== 'off' && repair !== 'delete') throw new FlagError(`--repair: ${JSON.stringify(repair)} is not off or delete`)
   const repairPerMinute = v['repair-per-minute'] === undefined ? 5 : Number(v['repair-per-minute'])
   if (!Number.isInteger(repairPerMinute) || repairPerMinute < 1 || repairPerMinute > 600) throw new FlagError('--repair-per-minute must be an integer in 1-600')
+  const drift = v.drift ?? 'reprogram'
+  if (drift !== 'off' && drift !== 'report' && drift !== 'reprogram') throw new FlagError(`--drift: ${JSON.stringify(drift)} is not reprogram, report or off`)
+  const driftInterval = seconds('drift-interval', v['drift-interval'] ?? '60')
+  if (driftInterval < 5 || driftInterval > 86400) throw new FlagError('--drift-interval must be 5-86400 seconds')
+  const startupTaint = v['startup-taint']
+  // A taint key: an optional DNS-subdomain prefix and a name (apimachinery's qualified name).
+  if (startupTaint !== undefined && !/^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/.test(startupTaint)) throw new FlagError(`--startup-taint: ${JSON.stringify(startupTaint)} is not a taint key`)
   let tunDevicePlugin: AgentFlags['tunDevicePlugin']
   if (v['tun-device-plugin']) {
     const owner = /^([0-9]{1,10}):([0-9]{1,10})$/.exec(v['tun-owner'] ?? '2171:2171')
@@ -168,6 +193,10 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv): AgentFlags {
     repair,
     repairPerMinute,
     bpfObject: v['bpf-object'] ?? '/opt/ziti-cni/tproxy.bpf.o',
+    drift,
+    driftIntervalMs: driftInterval * 1000,
+    startupTaint,
+    skipKernelCheck: v['skip-kernel-check'] ?? false,
     tunDevicePlugin,
   }
 }

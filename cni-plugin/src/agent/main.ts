@@ -13,8 +13,12 @@ import { createAgentMetrics } from './metrics.ts'
 import { createNetns } from './netns.ts'
 import { createPodSource } from './pods.ts'
 import { Programmer } from './programmer.ts'
+import { startDriftDetection } from './drift.ts'
+import { startTaintRemoval } from './taint.ts'
+import { kernelProblems } from './kernel.ts'
+import { release } from 'node:os'
 import { Repairer } from './repair.ts'
-import { createCniServer, createHealthServer } from './server.ts'
+import { cniInFlight, createCniServer, createHealthServer } from './server.ts'
 import { StateStore } from './state.ts'
 import { TunDevicePlugin } from '../deviceplugin/tun-plugin.ts'
 
@@ -35,6 +39,9 @@ function snapshotPath(f: Pick<AgentFlags, 'socket'>): string {
 
 async function run(f: AgentFlags): Promise<void> {
   const log = pino({ level: f.logLevel, base: { component: 'agent', node: f.nodeName } })
+  // Refuse before anything is served or installed: the kubelet shows this as the crash reason.
+  const tooOld = f.install && !f.skipKernelCheck ? kernelProblems(release()) : []
+  if (tooOld.length) { for (const p of tooOld) log.fatal(p); throw new FlagError(tooOld.join('\n')) }
   let cachedCount = () => 0
   const metrics = createAgentMetrics(() => cachedCount())
   const kc = new KubeConfig()
@@ -69,6 +76,9 @@ async function run(f: AgentFlags): Promise<void> {
     if (!netns.exists(s.netns)) { state.delete(s.containerId, s.ifName); log.info({ containerId: s.containerId }, 'dropped state of a vanished attachment') }
   }
 
+  const stopDrift = f.drift === 'off' ? () => {} : startDriftDetection({ netns, state, log, lookupDeadlineMs: f.lookupDeadlineMs, bpfObject: f.bpfObject, action: f.drift, nodeName: f.nodeName, minAgeMs: f.driftIntervalMs, registry: metrics.registry, busy: () => cniInFlight.count > 0,
+    emitEvent: (ev) => events.record({ namespace: ev.involvedObject.namespace!, name: ev.involvedObject.name!, uid: ev.involvedObject.uid }, 'Warning', ev.reason!, ev.message!) }, () => state.list(), f.driftIntervalMs)
+
   const cni = createCniServer(withFailureEvents(programmer, events), metrics, log)
   rmSync(f.socket, { force: true })
   await new Promise<void>((resolve, reject) => { cni.once('error', reject); cni.listen(f.socket, () => resolve()) })
@@ -98,12 +108,15 @@ async function run(f: AgentFlags): Promise<void> {
       return { ready: true, reason: '' }
     },
   }, metrics, log)
+  const untaint = f.startupTaint ? startTaintRemoval(kc, f.nodeName, f.startupTaint, log, () => (!installer || installer.ready) && pods.synced()) : undefined
   await health.listen({ host: f.healthAddr.host, port: f.healthAddr.port })
   log.info({ socket: f.socket, health: `${f.healthAddr.host}:${f.healthAddr.port}` }, 'agent ready')
 
   const shutdown = async (signal: string) => {
     log.info({ signal }, 'shutting down: finishing in-flight requests')
     installer?.stop()
+    stopDrift()
+    untaint?.stop()
     await tunPlugin?.stop()
     // Stop accepting; in-flight requests finish (close waits for open connections).
     await new Promise<void>((resolve) => cni.close(() => resolve()))

@@ -2,6 +2,7 @@
 // apply it inside the pod's netns as one nft transaction plus policy routes, and record it.
 import { ANNOTATION_INTERCEPTION, NFT_FAMILY, NFT_TABLE, ValidationError, createOnly, ipCommands, parseIntent, renderDeleteTable, renderPlan, serializeIntent, tunCommands, tunDeleteCommands, type Plan, type TunSpec } from '@ziti-cni/shared'
 import { lineDiff, normaliseListing } from '@ziti-cni/shared'
+import { podAddressClash } from '../../../shared/src/ranges.ts'
 import type { Logger } from 'pino'
 import type { AgentRequest, AgentResponse } from '../cni/agent-protocol.ts'
 import { CniError, ErrorCode, type PodRef } from '../cni/spec.ts'
@@ -52,6 +53,8 @@ export class Programmer {
   private plan(pod: PodRef, text: string, podIps: string[] | undefined): { plan: Plan; canonical: string } {
     try {
       const intent = parseIntent(text)
+      const clash = podAddressClash(intent, podIps ?? [])
+      if (clash) throw new CniError(ErrorCode.InvalidIntent, `pod ${pod.namespace}/${pod.name}: ${clash}`, 'nothing was programmed')
       return { plan: renderPlan(intent, { podIps }), canonical: serializeIntent(intent) }
     } catch (e) {
       if (e instanceof ValidationError) {

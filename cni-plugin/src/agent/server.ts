@@ -12,6 +12,9 @@ import type { Programmer } from './programmer.ts'
  * The CNI socket: one JSON request line in, one JSON response line out, per connection.
  * Root-only (0600), on the node; the executable is its only client.
  */
+/** CNI requests being handled now: background work (the drift pass) yields to pod start-up. */
+export const cniInFlight = { count: 0 }
+
 export function createCniServer(programmer: Pick<Programmer, 'handle'>, metrics: AgentMetrics, log: Logger): Server {
   const cniLog = log.child({ component: 'cni-server' })
   const handle = async (line: string): Promise<AgentResponse> => {
@@ -32,7 +35,8 @@ export function createCniServer(programmer: Pick<Programmer, 'handle'>, metrics:
       if ((body.command === 'ADD' || body.command === 'CHECK') && !body.pod) {
         throw new CniError(ErrorCode.InvalidEnv, `${body.command} needs the pod's namespace and name`)
       }
-      res = await programmer.handle(body as AgentRequest & { command: 'ADD' | 'DEL' | 'CHECK' | 'GC' })
+      cniInFlight.count++
+      try { res = await programmer.handle(body as AgentRequest & { command: 'ADD' | 'DEL' | 'CHECK' | 'GC' }) } finally { cniInFlight.count-- }
     } catch (e) {
       const err = e instanceof CniError ? e : new CniError(ErrorCode.IoFailure, `agent error: ${(e as Error).message}`)
       res = { ok: false, code: err.code, msg: err.message, ...(err.details ? { details: err.details } : {}) }

@@ -19,6 +19,7 @@ import { loadShippedConfiguration, MutatingAdmission, warningHeaders, type Mutat
 import { parseChaos, type Chaos } from './kube-api/chaos.ts'
 import { decodeError, defaultPod, invalid, metaErrors, podUpdateErrors, RESOURCES, StatusError, validatePod, type Obj, type Resource } from './kube-api/objects.ts'
 import { parseFieldSelector, parseLabelSelector, labelsMatch, SelectorError, type Matcher } from './kube-api/selectors.ts'
+import { seedServices } from './kube-services.ts'
 
 export type { Obj } from './kube-api/objects.ts'
 export { loadShippedConfiguration } from './kube-api/admission.ts'
@@ -126,6 +127,7 @@ export class KubeApiStandIn {
         this.fail(res, new StatusError(500, 'InternalError', `Internal error occurred: ${(e as Error).message}`))
       })
     })
+    seedServices(this)
   }
 
   async listen(host = '127.0.0.1'): Promise<string> {

@@ -9,6 +9,7 @@ import type { V1Container, V1HostAlias, V1Pod } from '@kubernetes/client-node'
 import jsonpatch, { type Operation } from 'fast-json-patch'
 import { isDeepStrictEqual } from 'node:util'
 import type { WebhookConfig } from '../config.ts'
+import { clusterDnsUnknown } from '../cluster-dns.ts'
 import { planInterception, type InterceptionPlan } from './intent.ts'
 import { buildSidecar, buildValidator, sidecarVolume, type IdentitySource } from './sidecar.ts'
 import { checkPreconditions, type PreconditionContext } from './preconditions.ts'
@@ -92,6 +93,7 @@ function dnsOps(pod: V1Pod, plan: InterceptionPlan, cfg: WebhookConfig, ops: Ope
     if (plan.dnsExplicit) throw new ValidationError(ANNOTATION_DNS_CAPTURE, 'the pod sets its own dnsPolicy/dnsConfig; drop them, or set it to "false"')
     return `ziti-cni: the pod sets its own DNS (dnsPolicy/dnsConfig), so Ziti service names do not resolve through the tunneler; set ${ANNOTATION_DNS_CAPTURE}: "false" to silence this`
   }
+  if (cfg.tproxy.clusterDns.length === 0) throw new ValidationError(ANNOTATION_DNS_CAPTURE, clusterDnsUnknown(cfg.tproxy.clusterDnsService, 'is missing, headless or not read yet: see the webhook log'))
   const ns = pod.metadata?.namespace ?? 'default'
   const domain = cfg.tproxy.clusterDomain
   ops.push({ op: 'add', path: '/spec/dnsPolicy', value: 'None' })

@@ -1,5 +1,6 @@
 // Objects, Status errors, and the defaulting and validation the API server applies to what
 // this project writes. Pure: no I/O.
+import { NODE_RESOURCE, SERVICE_RESOURCE } from '../kube-services.ts'
 export type Obj = {
   apiVersion?: string
   kind?: string
@@ -27,6 +28,7 @@ export const RESOURCES: Resource[] = [
   { plural: 'namespaces', kind: 'Namespace', apiVersion: 'v1', namespaced: false, base: '/api/v1' },
   { plural: 'secrets', kind: 'Secret', apiVersion: 'v1', namespaced: true, base: '/api/v1' },
   { plural: 'serviceaccounts', kind: 'ServiceAccount', apiVersion: 'v1', namespaced: true, base: '/api/v1' },
+  SERVICE_RESOURCE, NODE_RESOURCE,
   { plural: 'daemonsets', kind: 'DaemonSet', apiVersion: 'apps/v1', namespaced: true, base: '/apis/apps/v1' },
   { plural: 'leases', kind: 'Lease', apiVersion: 'coordination.k8s.io/v1', namespaced: true, base: '/apis/coordination.k8s.io/v1' },
   { plural: 'mutatingwebhookconfigurations', kind: 'MutatingWebhookConfiguration', apiVersion: 'admissionregistration.k8s.io/v1', namespaced: false, base: '/apis/admissionregistration.k8s.io/v1' },
