@@ -31,7 +31,7 @@ t.test('ziti-tun-attach makes upstream tun_open work on a pre-provisioned device
   const provision = (up = true) => {
     spawnSync('ip', ['netns', 'del', ns])
     spawnSync('ip', ['netns', 'add', ns])
-    const cmds = tunCommands({ dev: 'ziti0', uid: 2171, gid: 2171, addr: '100.64.0.1/10', routes: [] }).filter((c) => up || !c.includes('up'))
+    const cmds = tunCommands({ dev: 'ziti0', uid: 2171, addr: '100.64.0.1/10', routes: [] }).filter((c) => up || !c.includes('up'))
     for (const c of cmds) { const r = spawnSync('ip', ['-n', ns, ...c], { encoding: 'utf8' }); if (r.status !== 0) throw new Error(r.stderr) }
   }
   // The same clone device, open to everyone: "even given the device".

@@ -63,16 +63,18 @@ export interface TproxyIntent extends IntentBase {
 export type Datapath = 'nftables' | 'ebpf'
 
 /**
- * tun: the CNI creates a tun device in the pod netns owned by the sidecar's uid/gid, with the
+ * tun: the CNI creates a tun device in the pod netns owned by the sidecar's uid (only), with the
  * tunneler's address and routes, and the sidecar (no capability) attaches to it by name; its
  * userspace stack carries every flow into the device, DNS included.
  */
 export interface TunIntent {
   v: 1
   mode: 'tun'
-  /** Owner of the device: only this uid (or gid) may attach (TUNSETIFF's owner check). */
+  /**
+   * Owner of the device: only this uid may attach (TUNSETIFF's owner check). No group: a gid
+   * is shared by whoever the pod spec puts in it (supplementalGroups, fsGroup).
+   */
   uid: number
-  gid: number
   /** Device name, e.g. ziti0. */
   dev: string
   /** The device's address and prefix: the connected route into the tun, e.g. 100.64.0.1/10. */
@@ -84,7 +86,7 @@ export interface TunIntent {
 export type Intent = ProxyIntent | TproxyIntent | TunIntent
 
 const KEYS = {
-  tun: ['v', 'mode', 'uid', 'gid', 'dev', 'addr', 'routes'],
+  tun: ['v', 'mode', 'uid', 'dev', 'addr', 'routes'],
   proxy: ['v', 'mode', 'uid', 'dnat', 'fence'],
   tproxy: ['v', 'mode', 'uid', 'cidrs', 'proto', 'to', 'dns', 'excludeCidrs', 'excludePorts', 'datapath', 'fence'],
 } as const
@@ -211,7 +213,7 @@ export function validateIntent(value: unknown): Intent {
   }
   c.object('$', value, [...new Set([...KEYS.tproxy, ...KEYS.proxy, ...KEYS.tun])], ['mode'])
   if (top.mode !== 'proxy' && top.mode !== 'tproxy' && top.mode !== 'tun') c.fail('mode', 'must be "proxy", "tproxy" or "tun"')
-  if (top.mode === 'tun') return validateTun(c, c.object('$', value, KEYS.tun, ['uid', 'gid', 'dev', 'addr']))
+  if (top.mode === 'tun') return validateTun(c, c.object('$', value, KEYS.tun, ['uid', 'dev', 'addr']))
   const mode = top.mode as 'proxy' | 'tproxy'
   const required = mode === 'proxy' ? ['uid', 'dnat', 'fence'] : ['uid', 'cidrs', 'proto', 'to', 'fence']
   const o = c.object('$', value, KEYS[mode], required)
@@ -296,7 +298,6 @@ export function tunDeviceProblem(dev: string): string | undefined {
 
 function validateTun(c: Checker, o: Record<string, unknown>): TunIntent {
   const uid = c.integer('uid', o.uid, 1, MAX_UID)
-  const gid = c.integer('gid', o.gid, 1, MAX_UID)
   const dev = c.string('dev', o.dev)
   const devProblem = tunDeviceProblem(dev)
   if (devProblem) c.fail('dev', devProblem)
@@ -313,7 +314,7 @@ function validateTun(c: Checker, o: Record<string, unknown>): TunIntent {
     if (rc.family !== 4) c.fail('routes', `${r}: IPv6 routes are not supported in tun mode`)
     if (cidrsOverlap(rc, net)) c.fail('routes', `${r} overlaps the device's own network ${formatCidr(net)}`)
   }
-  return { v: 1, mode: 'tun', uid, gid, dev, addr, routes }
+  return { v: 1, mode: 'tun', uid, dev, addr, routes }
 }
 
 /** Sort key: family, address, protocol, port (decorate once, then sort). */
@@ -346,7 +347,7 @@ export function parseIntent(text: string): Intent {
 export function serializeIntent(intent: Intent): string {
   const i = validateIntent(intent)
   if (i.mode === 'tun') {
-    return JSON.stringify({ v: i.v, mode: i.mode, uid: i.uid, gid: i.gid, dev: i.dev, addr: i.addr, ...(i.routes.length ? { routes: i.routes } : {}) })
+    return JSON.stringify({ v: i.v, mode: i.mode, uid: i.uid, dev: i.dev, addr: i.addr, ...(i.routes.length ? { routes: i.routes } : {}) })
   }
   if (i.mode === 'proxy') {
     return JSON.stringify({

@@ -1,6 +1,6 @@
 // ADD/DEL/CHECK/GC on the node: read the pod's intent, render it with the shared renderer,
 // apply it inside the pod's netns as one nft transaction plus policy routes, and record it.
-import { ANNOTATION_INTERCEPTION, NFT_FAMILY, NFT_TABLE, ValidationError, createOnly, ipCommands, parseIntent, renderDeleteTable, renderPlan, serializeIntent, tunCommands, tunDeleteCommands, type Plan, type TunSpec } from '@ziti-cni/shared'
+import { ANNOTATION_INTERCEPTION, NFT_FAMILY, NFT_TABLE, ValidationError, createOnly, ipCommands, parseIntent, podIngress, renderDeleteTable, renderPlan, serializeIntent, tunCommands, tunDeleteCommands, type IngressSpec, type Plan, type TunSpec } from '@ziti-cni/shared'
 import { lineDiff, normaliseListing } from '@ziti-cni/shared'
 import type { Logger } from 'pino'
 import type { AgentRequest, AgentResponse } from '../cni/agent-protocol.ts'
@@ -23,7 +23,7 @@ const LIST_TABLE = ['list', 'table', NFT_FAMILY, NFT_TABLE]
 
 export class Programmer {
   private readonly d: ProgrammerDeps
-  /** Normalised listing per canonical intent: pods of one template share it, saving a call per ADD. */
+  /** Normalised listing per canonical intent and ingress: pods of one template share it, saving a call per ADD. */
   private readonly listings = new Map<string, string>()
   constructor(deps: ProgrammerDeps) {
     this.d = deps
@@ -38,21 +38,27 @@ export class Programmer {
     }
   }
 
-  /** The pod's intent text, or undefined when the pod has none. */
-  private async intentOf(pod: PodRef): Promise<string | undefined> {
+  /**
+   * The pod's intent text (undefined when the pod has none) and its spec, whose declared
+   * ports are what the fence lets in.
+   */
+  private async intentOf(pod: PodRef): Promise<{ text: string | undefined; spec: IngressSpec | undefined }> {
     let found
     try {
       found = await this.d.pods.get(pod, this.d.lookupDeadlineMs)
     } catch (e) {
       throw new CniError(ErrorCode.PodLookupFailed, (e as Error).message)
     }
-    return found.pod?.metadata?.annotations?.[ANNOTATION_INTERCEPTION]
+    return { text: found.pod?.metadata?.annotations?.[ANNOTATION_INTERCEPTION], spec: found.pod?.spec as IngressSpec | undefined }
   }
 
-  private plan(pod: PodRef, text: string, podIps: string[] | undefined): { plan: Plan; canonical: string } {
+  /** `canonical` keys what the kernel lists back: the intent and the ports let in. */
+  private plan(pod: PodRef, text: string, spec: IngressSpec | undefined, podIps: string[] | undefined): { plan: Plan; canonical: string; listingKey: string } {
     try {
       const intent = parseIntent(text)
-      return { plan: renderPlan(intent, { podIps }), canonical: serializeIntent(intent) }
+      const ingress = podIngress(spec)
+      const canonical = serializeIntent(intent)
+      return { plan: renderPlan(intent, { podIps, ingress }), canonical, listingKey: `${canonical} ${JSON.stringify(ingress)}` }
     } catch (e) {
       if (e instanceof ValidationError) {
         throw new CniError(ErrorCode.InvalidIntent, `pod ${pod.namespace}/${pod.name}: ${e.message}`, 'nothing was programmed')
@@ -115,7 +121,7 @@ export class Programmer {
     const [info] = JSON.parse(link.stdout) as Array<{ flags?: string[]; linkinfo?: { info_kind?: string; info_data?: { type?: string; user?: number; group?: number; pi?: boolean } } }>
     const data = info?.linkinfo?.info_data
     if (info?.linkinfo?.info_kind !== 'tun' || data?.type !== 'tun') throw new CniError(ErrorCode.Drift, `${tun.dev} is not a tun device`, link.stdout)
-    if (data.user !== tun.uid || data.group !== tun.gid) throw new CniError(ErrorCode.Drift, `${tun.dev} is owned by ${data.user}:${data.group}, not the sidecar's ${tun.uid}:${tun.gid}`)
+    if (data.user !== tun.uid || (data.group !== undefined && data.group !== -1)) throw new CniError(ErrorCode.Drift, `${tun.dev} is owned by ${data.user}${data.group !== undefined ? `:${data.group}` : ''}, not by the sidecar's uid ${tun.uid} alone`)
     if (!info.flags?.includes('UP')) throw new CniError(ErrorCode.Drift, `${tun.dev} is down`)
     const addrs = await this.d.netns.ip(netns, ['-j', '-4', 'addr', 'show', 'dev', tun.dev])
     const have = (JSON.parse(addrs.stdout || '[]') as Array<{ addr_info?: Array<{ local: string; prefixlen: number }> }>).flatMap((l) => l.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`)
@@ -159,9 +165,9 @@ export class Programmer {
 
   async add(req: AgentRequest): Promise<AgentResponse> {
     const pod = req.pod!
-    const text = await this.intentOf(pod)
+    const { text, spec } = await this.intentOf(pod)
     if (text === undefined) return { ok: true, intercepted: false, detail: 'no interception intent' }
-    const { plan, canonical } = this.plan(pod, text, req.podIps)
+    const { plan, canonical, listingKey } = this.plan(pod, text, spec, req.podIps)
     this.assertPodNetns(req.netns)
     // Routing first (idempotent), then the table in one transaction; undo routing if nft fails.
     await this.removeRouting(req.netns, plan)
@@ -189,11 +195,11 @@ export class Programmer {
       throw e
     }
     // The kernel's own spelling of what was committed, once per distinct intent.
-    let listing = this.listings.get(canonical)
+    let listing = this.listings.get(listingKey)
     if (listing === undefined) {
       listing = normaliseListing(await this.nft(req.netns, LIST_TABLE))
       if (this.listings.size >= 1024) this.listings.delete(this.listings.keys().next().value!)
-      this.listings.set(canonical, listing)
+      this.listings.set(listingKey, listing)
     }
     this.d.state.put({
       containerId: req.containerId, ifName: req.ifName, netns: req.netns, pod,
@@ -222,7 +228,7 @@ export class Programmer {
 
   async check(req: AgentRequest): Promise<AgentResponse> {
     const pod = req.pod!
-    const text = await this.intentOf(pod)
+    const { text, spec } = await this.intentOf(pod)
     const saved = this.d.state.get(req.containerId, req.ifName)
     this.assertPodNetns(req.netns)
     const live = await this.d.netns.nft(req.netns, LIST_TABLE)
@@ -230,7 +236,7 @@ export class Programmer {
       if (live.code === 0) throw new CniError(ErrorCode.Drift, `pod ${pod.namespace}/${pod.name} has no intent but its netns has table ${NFT_TABLE}`)
       return { ok: true, intercepted: false }
     }
-    const { plan, canonical } = this.plan(pod, text, req.podIps ?? saved?.podIps)
+    const { plan, canonical } = this.plan(pod, text, spec, req.podIps ?? saved?.podIps)
     if (!saved) throw new CniError(ErrorCode.Drift, `no record of ADD for ${req.containerId}/${req.ifName}`)
     if (saved.intent !== canonical) throw new CniError(ErrorCode.Drift, `pod ${pod.namespace}/${pod.name}: the interception intent changed since ADD`)
     if (live.code !== 0) throw new CniError(ErrorCode.Drift, `table ${NFT_TABLE} is missing from ${req.netns}`, live.stderr.trim())

@@ -66,7 +66,7 @@ function planTun(annotations: Record<string, string>, cfg: WebhookConfig): Inter
   }
   const dnsAsked = annotations[ANNOTATION_DNS_CAPTURE] !== undefined ? parseDnsCapture(annotations[ANNOTATION_DNS_CAPTURE]!) : undefined
   const useDns = dnsAsked ?? true
-  const intent: Intent = { v: 1, mode: 'tun', uid: cfg.sidecarUid, gid: cfg.sidecarGid, dev: cfg.tun.dev, addr: cfg.tun.addr, routes }
+  const intent: Intent = { v: 1, mode: 'tun', uid: cfg.sidecarUid, dev: cfg.tun.dev, addr: cfg.tun.addr, routes }
   return { mode: 'tun', intent, aliases: [], listeners: [], ports: [], ...(useDns ? { dnsServer: cfg.tun.dnsServer, dnsExplicit: dnsAsked === true } : {}) }
 }
 
