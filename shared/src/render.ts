@@ -3,7 +3,7 @@
 // it, so applying it replaces whatever was there in one atomic step (nft 1.0.6 has no
 // `destroy`).
 import { formatCidr, parseAddress, parseCidr, parseInterfaceAddress, type Cidr } from './ip.ts'
-import type { Intent, ProxyIntent, TproxyIntent, TunIntent } from './intent.ts'
+import type { Egress, Intent, ProxyIntent, TproxyIntent, TunIntent } from './intent.ts'
 import type { IngressPort } from './ingress.ts'
 import { EBPF_BYPASS_MARK, EBPF_BYPASS_RULE_PRIORITY, EBPF_MARK_TAG, LOCAL_RULE_PRIORITY, NFT_FAMILY, NFT_TABLE, TPROXY_FWMARK, TPROXY_ROUTE_TABLE, TPROXY_RULE_PRIORITY } from './keys.ts'
 
@@ -124,6 +124,7 @@ function renderTun(intent: TunIntent, facts: AttachmentFacts): Plan {
   ])
   // What the tunneler writes into the device is its own (replies, hosted services): let in.
   fenceBlock(w, intent.uid, [], facts.ingress ?? [], intent.dev)
+  if (intent.egress) egressBlock(w, intent.uid, intent.egress, intent.dev)
   return { mode: 'tun', tun: { dev: intent.dev, uid: intent.uid, addr: intent.addr, routes: [...intent.routes] }, nft: w.done(), routes: [], rules: [], bpf: undefined, sysctls: [] }
 }
 
@@ -186,6 +187,45 @@ function fenceBlock(w: Writer, uid: number, listeners: number[], ingress: Ingres
   ])
 }
 
+/**
+ * The egress lockdown (README "Datapath"): what the app sends out of the pod is dropped unless
+ * it goes to lo (every Ziti intercept: the proxy DNAT and both tproxy datapaths re-route to
+ * lo before this hook), into the tun, is a reply or a connection already allowed, comes from
+ * the sidecar's uid (its controller and routers), is IPv6 neighbour discovery, DNS to the
+ * cluster DNS, or an exception. TCP is reset (connect() fails with ECONNREFUSED at once;
+ * measured: an ICMPv6 admin-prohibited never reached the local socket); anything else is
+ * dropped, which fails the app's send with EPERM.
+ */
+function egressBlock(w: Writer, uid: number, e: Egress, tunDev?: string, steered: string[] = []): void {
+  const fam = splitFamilies(e.cidrs)
+  const dns = { 4: e.dns.filter((a) => !a.includes(':')), 6: e.dns.filter((a) => a.includes(':')) }
+  for (const f of [4, 6] as const) {
+    if (dns[f].length) w.set(`egress_dns${f}`, f === 4 ? 'ipv4_addr' : 'ipv6_addr', dns[f])
+    if (fam[f].length) w.set(`egress_allow${f}`, f === 4 ? 'ipv4_addr' : 'ipv6_addr', fam[f], true)
+  }
+  if (e.ports.length) w.set('egress_ports', 'inet_service', e.ports, true)
+  const ip = (f: 4 | 6) => (f === 4 ? 'ip' : 'ip6')
+  w.block('chain egress_output', [
+    'type filter hook output priority filter; policy accept;',
+    'oifname "lo" accept',
+    // oifname is the route before the nat/route chains re-routed the packet (measured): the
+    // proxy DNAT is recognised by its loopback destination, the TPROXY steering by its mark.
+    'ip daddr 127.0.0.0/8 accept',
+    'ip6 daddr ::1 accept',
+    ...steered,
+    ...(tunDev ? [`oifname "${tunDev}" accept`] : []),
+    `meta skuid ${uid} accept`,
+    'ct state established,related accept',
+    'icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-report, mld2-listener-report } accept',
+    ...([4, 6] as const).filter((f) => dns[f].length).map((f) => `${ip(f)} daddr @egress_dns${f} meta l4proto { tcp, udp } th dport 53 accept`),
+    ...([4, 6] as const).filter((f) => fam[f].length).map((f) => `${ip(f)} daddr @egress_allow${f} accept`),
+    ...(e.ports.length ? ['meta l4proto { tcp, udp } th dport @egress_ports accept'] : []),
+    // A dropped SYN would leave connect() to time out; the rejection says why at once.
+    'meta l4proto tcp reject with tcp reset',
+    'drop',
+  ])
+}
+
 function renderProxy(intent: ProxyIntent, facts: AttachmentFacts): Plan {
   const w = new Writer()
   const byFamily = (f: 4 | 6) => intent.dnat.filter((d) => (parseCidr(d.dst) as Cidr).family === f)
@@ -217,6 +257,7 @@ function renderProxy(intent: ProxyIntent, facts: AttachmentFacts): Plan {
     w.block('chain proxy_postrouting', snat)
   }
   fenceBlock(w, intent.uid, intent.fence, facts.ingress ?? [])
+  if (intent.egress) egressBlock(w, intent.uid, intent.egress)
   return { mode: 'proxy', nft: w.done(), routes: [], rules: [], bpf: undefined, sysctls: [] }
 }
 
@@ -283,6 +324,7 @@ function renderTproxy(intent: TproxyIntent, facts: AttachmentFacts): Plan {
     ])
   }
   fenceBlock(w, intent.uid, intent.fence, facts.ingress ?? [])
+  if (intent.egress) egressBlock(w, intent.uid, intent.egress, undefined, ebpf ? [] : [`meta mark ${MARK} accept`])
   if (ebpf) {
     return {
       mode: 'tproxy',

@@ -30,7 +30,7 @@ if (cmd === 'listen') {
     const u = createSocket(host.includes(':') ? 'udp6' : 'udp4')
     u.on('message', () => done('ok'))
     u.on('error', (e) => done(`fail ${(e as NodeJS.ErrnoException).code}`))
-    u.send('x', port, host)
+    u.send('x', port, host, (e) => { if (e) done(`fail ${(e as NodeJS.ErrnoException).code}`) })
   }
 } else {
   process.stderr.write(`usage: fence-probe listen <port> | dial <tcp|udp> <host> <port>\n`)

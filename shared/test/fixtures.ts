@@ -72,6 +72,18 @@ export const FIXTURES: Record<string, Intent> = {
     ],
     fence: [15100, 15101, 15102],
   },
+  'proxy-egress-ziti-only': {
+    ...base, mode: 'proxy',
+    dnat: [{ dst: '100.64.0.2', proto: 'tcp', port: 5432, to: 15100 }],
+    fence: [15100],
+    egress: { dns: ['10.96.0.10', 'fd00:10:96::a'], cidrs: ['10.0.5.0/24', '2001:db8::/32'], ports: ['443', '8000-8100'] },
+  },
+  'tproxy-ebpf-egress': {
+    ...base, mode: 'tproxy', datapath: 'ebpf', cidrs: ['100.64.0.0/10'], proto: ['tcp', 'udp'], to: 15001,
+    dns: undefined, excludeCidrs: [], excludePorts: [], fence: [15001],
+    egress: { dns: ['10.96.0.10'], cidrs: [], ports: [] },
+  },
+  'tun-egress': { v: 1, mode: 'tun', uid: 2171, dev: 'ziti0', addr: '100.64.0.1/10', routes: [], egress: { dns: ['10.96.0.10'], cidrs: [], ports: [] } },
   'tun-default': { v: 1, mode: 'tun', uid: 2171, dev: 'ziti0', addr: '100.64.0.1/10', routes: [] },
   'tun-routes': { v: 1, mode: 'tun', uid: 2171, dev: 'ziti0', addr: '100.64.0.1/10', routes: ['10.99.0.0/16', '192.0.2.0/24'] },
 }

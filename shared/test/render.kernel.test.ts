@@ -94,6 +94,7 @@ t.test('the fence keeps every sidecar socket to the pod, whatever its port', roo
     execFileSync('ip', ['-n', ns, 'addr', 'add', v6, 'dev', dev, 'nodad'])
     execFileSync('ip', ['-n', ns, 'link', 'set', dev, 'up'])
   }
+  execFileSync('ip', ['-n', pod.name, 'route', 'add', 'default', 'via', '10.77.0.2']) // pods have one
   const probe = new URL('./fence-probe.ts', import.meta.url).pathname
   // Not tap's process hooks (it wraps spawn and sets NODE_OPTIONS): plain processes of another uid.
   const CLEAN_ENV = { PATH: process.env.PATH ?? '/usr/bin:/bin' }
@@ -134,6 +135,25 @@ t.test('the fence keeps every sidecar socket to the pod, whatever its port', roo
       ['tcp 127.0.0.1 ok', 'udp 127.0.0.1 ok', 'tcp ::1 ok', 'udp ::1 ok', 'tcp 10.77.0.1 ok', 'udp 10.77.0.1 ok'], `${name}: the pod's own containers reach the sidecar over lo`)
     t.same([2171, 1000].flatMap((uid) => ['tcp', 'udp'].map((p) => `${uid} ${p} ${dial(pod.name, uid, p, '10.77.0.2', 7000)}`)),
       ['2171 tcp ok', '2171 udp ok', '1000 tcp ok', '1000 udp ok'], `${name}: the pod's own connections out get their replies`)
+    nftIn(pod.name, ['-f', '-'], renderDeleteTable())
+  }
+
+  // The egress lockdown, as the app's shell user meets it (the same world: B is "the rest of
+  // the cluster", its 53 the cluster DNS, 7001 an allowed port).
+  await listen(other.name, 0, 53)
+  await listen(other.name, 1000, 7001)
+  for (const name of ['proxy-two-services', 'tproxy-ebpf-dualstack', 'tun-routes']) {
+    const intent = { ...FIXTURES[name]!, egress: { dns: ['10.77.0.2'], cidrs: [], ports: ['7001'] } } as typeof FIXTURES[string]
+    nftIn(pod.name, ['-f', '-'], renderPlan(intent).nft)
+    const out = (uid: number, proto: string, host: string, port: number) => `${uid} ${proto} ${host}:${port} ${dial(pod.name, uid, proto, host, port)}`
+    t.same([out(1000, 'tcp', '10.77.0.2', 7000), out(1000, 'udp', '10.77.0.2', 7000), out(1000, 'tcp', 'fd77::2', 7000), out(1000, 'udp', 'fd77::2', 7000)],
+      ['1000 tcp 10.77.0.2:7000 fail ECONNREFUSED', '1000 udp 10.77.0.2:7000 fail EPERM', '1000 tcp fd77::2:7000 fail ECONNREFUSED', '1000 udp fd77::2:7000 fail EPERM'],
+      `${name}: the app cannot reach the rest of the network directly (TCP reset, UDP EPERM), v4 and v6`)
+    t.same([out(1000, 'udp', '10.77.0.2', 53), out(1000, 'tcp', '10.77.0.2', 53), out(1000, 'tcp', '10.77.0.2', 7001), out(2171, 'tcp', '10.77.0.2', 7000), out(2171, 'udp', 'fd77::2', 7000)],
+      ['1000 udp 10.77.0.2:53 ok', '1000 tcp 10.77.0.2:53 ok', '1000 tcp 10.77.0.2:7001 ok', '2171 tcp 10.77.0.2:7000 ok', '2171 udp fd77::2:7000 ok'],
+      `${name}: the cluster DNS, the allowed port and the sidecar's own egress stay open`)
+    t.equal(out(1000, 'tcp', '127.0.0.1', 15100), '1000 tcp 127.0.0.1:15100 ok', `${name}: loopback stays open`)
+    if (intent.mode === 'proxy') t.equal(out(1000, 'tcp', '100.64.0.2', 5432), '1000 tcp 100.64.0.2:5432 ok', `${name}: a Ziti intercept (DNAT to the sidecar) still works`)
     nftIn(pod.name, ['-f', '-'], renderDeleteTable())
   }
 })
