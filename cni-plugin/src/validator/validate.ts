@@ -8,7 +8,7 @@ import { createSocket } from 'node:dgram'
 import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { networkInterfaces } from 'node:os'
-import { TPROXY_FWMARK, TPROXY_ROUTE_TABLE, formatAddress, nthAddress, parseCidr, parseInterfaceAddress, type Cidr, type Intent } from '@ziti-cni/shared'
+import { TPROXY_FWMARK, TPROXY_ROUTE_TABLE, cidrContains, formatAddress, nthAddress, parseAddress, parseCidr, parseInterfaceAddress, type Cidr, type Egress, type Intent } from '@ziti-cni/shared'
 
 export { EXIT_NOT_INTERCEPTED } from '@ziti-cni/shared'
 const TIMEOUT_MS = Number(process.env.ZITI_CNI_VALIDATOR_TIMEOUT_MS ?? 2000)
@@ -115,7 +115,28 @@ function firstHost(cidr: string): string {
 
 export async function validate(intent: Intent): Promise<string> {
   const fence = await checkFence(intent.mode === 'tun' ? intent.dev : undefined)
-  return `${await checkRedirect(intent)}; ${fence}`
+  const egress = intent.egress ? `; ${await checkEgress(intent.egress)}` : ''
+  return `${await checkRedirect(intent)}; ${fence}${egress}`
+}
+
+/**
+ * egress: ziti-only, from inside the pod: a datagram to a documentation address (nobody's,
+ * and no exception) must fail at once with EPERM, which only the lockdown's drop gives an
+ * unprivileged sender; without it the send succeeds.
+ */
+export function checkEgress(e: Egress): Promise<string> {
+  const allowed = (ip: string) => e.cidrs.some((c) => cidrContains(parseCidr(c) as Cidr, parseAddress(ip) as Exclude<ReturnType<typeof parseAddress>, string>))
+  const port = [9, 7, 13].find((p) => !e.ports.some((r) => { const [a, b = a] = r.split('-').map(Number); return p >= a! && p <= b! }))
+  const dst = ['192.0.2.1', '198.51.100.1', '203.0.113.1'].find((a) => !allowed(a))
+  if (port === undefined || dst === undefined) return Promise.resolve('egress lockdown not probed (every probe address or port is an exception)')
+  return new Promise((resolve, reject) => {
+    const tx = createSocket('udp4')
+    tx.send('ziti-cni-validator egress probe', port, dst, (err) => {
+      tx.close()
+      if ((err as NodeJS.ErrnoException | null)?.code === 'EPERM') resolve(`egress is locked down (udp ${dst}:${port}: EPERM)`)
+      else reject(new Error(`egress is not locked down: udp ${dst}:${port} ${err ? `failed with ${(err as NodeJS.ErrnoException).code}` : 'was sent'}, not EPERM`))
+    })
+  })
 }
 
 async function checkRedirect(intent: Intent): Promise<string> {
