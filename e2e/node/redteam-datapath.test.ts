@@ -22,7 +22,7 @@ t.test('datapath red team on containerd + runc', rootOnly(['nft', 'ip', 'nsenter
   await node.start()
   const infra = await node.runPod(await node.createPod(infraPod()))
   node.clusterDns.push(infra.ip)
-  webhook = await startWebhook({ validator: { image: IMAGES.validator }, tproxy: { image: IMAGES.tproxy, args: [], datapath: 'ebpf', clusterDns: [infra.ip] } })
+  webhook = await startWebhook({ validator: { image: IMAGES.validator }, tproxy: { image: IMAGES.tproxy, args: [], datapath: 'ebpf', clusterDns: [infra.ip] }, egress: { clusterDns: [infra.ip] } })
   node.api.admission = webhook.admission
 
   // The identity may dial "vault" too, whose proxy.v1 config asks for port 9000: the tunneler
@@ -100,5 +100,30 @@ t.test('datapath red team on containerd + runc', rootOnly(['nft', 'ip', 'nsenter
     t.match(tun.stderr, /Permission denied|Operation not permitted|nonexistent directory|No such file/, `/dev/net/tun: ${tun.stderr.trim()}`)
     t.ok(node.hasTable(victim), 'the table is still there')
     t.notOk((await app(node, infra, ['tcp', victim.ip, '9000'], 'echo')).ok, 'and the fence still holds')
+  })
+
+  await t.test('egress: ziti-only: the app shell reaches a Ziti name and the cluster DNS, nothing else directly', async (t) => {
+    const pod = await node.createPod(appPod('locked', 'apps', { 'cni.openziti.io/identity-secret': 'victim-identity', 'cni.openziti.io/services': 'pg.ziti:5432=postgres', 'cni.openziti.io/egress': 'ziti-only' }))
+    t.same(parseIntent(pod.metadata.annotations['cni.openziti.io/interception']!).egress, { dns: [infra.ip], cidrs: [], ports: [] }, 'the webhook wrote the lockdown with the cluster DNS')
+    const s = await node.runPod(pod)
+    t.equal(s.statuses.get('ziti-cni-validator')?.exit_code, 0, 'the validator passed')
+    t.match(node.kubelet.logs(s, 'ziti-cni-validator'), /egress is locked down \(udp 192\.0\.2\.1:9: EPERM\)/, 'the validator proved the lockdown')
+    const control = await app(node, victim, ['tcp', infra.ip, '8080'])
+    t.match(control.reply, /^direct /, 'control: a pod without the lockdown reaches the other pod directly')
+    const metadata = await app(node, s, ['tcp', '169.254.169.254', '80'])
+    t.notOk(metadata.ok, `app -> 169.254.169.254:80 fails at once: ${metadata.error}`)
+    t.equal(metadata.error, 'ECONNREFUSED', 'reset by the lockdown')
+    const direct = await app(node, s, ['tcp', infra.ip, '8080'])
+    t.equal(direct.error, 'ECONNREFUSED', `app -> another pod ${infra.ip}:8080 directly fails: ${direct.error}`)
+    const udp = await app(node, s, ['udp', infra.ip, '8080'])
+    t.equal(udp.error, 'EPERM', `app -> udp ${infra.ip}:8080 fails: ${udp.error}`)
+    if (v6) {
+      const infra6 = infra.ips.find((ip) => ip.includes(':'))
+      if (infra6) t.equal((await app(node, s, ['tcp', infra6, '8080'])).error, 'ECONNREFUSED', `app -> [${infra6}]:8080 (IPv6) fails too`)
+    }
+    t.match((await app(node, s, ['tcp', 'pg.ziti', '5432'])).reply, /^ziti-service=postgres /, 'a Ziti name still works')
+    t.same((await app(node, s, ['resolve', 'controller.example'])).answers, ['192.0.2.53'], 'the cluster DNS still answers')
+    t.match((await app(node, s, ['tcp', infra.ip, '8080'], 'ziti-tunnel')).reply, /^direct /, 'the sidecar\'s own egress is exempt (its controller and routers)')
+    await node.removePod(s)
   })
 })

@@ -216,6 +216,8 @@ function egressBlock(w: Writer, uid: number, e: Egress, tunDev?: string, steered
     ...(tunDev ? [`oifname "${tunDev}" accept`] : []),
     `meta skuid ${uid} accept`,
     'ct state established,related accept',
+    // Multicast with TTL 0 is only looped back, never sent (measured): the validator's fence probe.
+    'ip daddr 224.0.0.0/4 ip ttl 0 accept',
     'icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-report, mld2-listener-report } accept',
     ...([4, 6] as const).filter((f) => dns[f].length).map((f) => `${ip(f)} daddr @egress_dns${f} meta l4proto { tcp, udp } th dport 53 accept`),
     ...([4, 6] as const).filter((f) => fam[f].length).map((f) => `${ip(f)} daddr @egress_allow${f} accept`),

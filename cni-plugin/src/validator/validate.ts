@@ -71,8 +71,8 @@ function checkTun(intent: Extract<Intent, { mode: 'tun' }>): string {
 
 /**
  * The fence, from inside the pod: a datagram sent to a multicast group on the pod's interface
- * with loopback on comes back in through that interface (iif eth0, as if from another pod;
- * measured), to a port nobody declared. Without the fence it arrives; with it, it must not.
+ * with loopback on and TTL 0 comes back in through that interface (iif eth0, as if from
+ * another pod; measured) and never leaves the pod, to a port nobody declared. Without the fence it arrives; with it, it must not.
  * The send itself must work, or the check proves nothing and fails.
  */
 export function checkFence(exceptDev?: string): Promise<string> {
@@ -95,6 +95,8 @@ export function checkFence(exceptDev?: string): Promise<string> {
         tx.bind(0, src, () => {
           tx.setMulticastInterface(src)
           tx.setMulticastLoopback(true)
+          // TTL 0: the datagram is only looped back, never sent (and egress: ziti-only lets it by).
+          tx.setMulticastTTL(0)
           tx.send('ziti-cni-validator fence probe', port, group, (e) => {
             if (e) return done(new Error(`the fence cannot be probed: sending to ${group} on ${dev}: ${e.message}`))
             timer = setTimeout(() => done(undefined, `the fence drops what comes in on ${dev} to undeclared ports`), Math.min(TIMEOUT_MS, 500))
