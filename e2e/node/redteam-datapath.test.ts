@@ -115,8 +115,8 @@ t.test('datapath red team on containerd + runc', rootOnly(['nft', 'ip', 'nsenter
     t.equal(metadata.error, 'ECONNREFUSED', 'reset by the lockdown')
     const direct = await app(node, s, ['tcp', infra.ip, '8080'])
     t.equal(direct.error, 'ECONNREFUSED', `app -> another pod ${infra.ip}:8080 directly fails: ${direct.error}`)
-    const udp = await app(node, s, ['udp', infra.ip, '8080'])
-    t.equal(udp.error, 'EPERM', `app -> udp ${infra.ip}:8080 fails: ${udp.error}`)
+    // UDP: the validator above proved it (a datagram out fails with EPERM); the kernel test
+    // shows it against a real UDP listener.
     if (v6) {
       const infra6 = infra.ips.find((ip) => ip.includes(':'))
       if (infra6) t.equal((await app(node, s, ['tcp', infra6, '8080'])).error, 'ECONNREFUSED', `app -> [${infra6}]:8080 (IPv6) fails too`)
