@@ -115,10 +115,12 @@ function firstHost(cidr: string): string {
   return formatAddress(nthAddress(c, c.prefix < 31 ? 1 : 0)!)
 }
 
+/** The redirect first (an unprogrammed pod says so), then the fence, then the egress lockdown. */
 export async function validate(intent: Intent): Promise<string> {
+  const redirect = await checkRedirect(intent)
   const fence = await checkFence(intent.mode === 'tun' ? intent.dev : undefined)
   const egress = intent.egress ? `; ${await checkEgress(intent.egress)}` : ''
-  return `${await checkRedirect(intent)}; ${fence}${egress}`
+  return `${redirect}; ${fence}${egress}`
 }
 
 /**
