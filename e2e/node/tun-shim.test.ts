@@ -53,7 +53,7 @@ t.test('upstream ziti-edge-tunnel on a pre-provisioned device, unprivileged, wit
   must('ip', ['-n', ns, 'link', 'set', 'lo', 'up'])
   const provision = (opts: { up?: boolean; addr?: string; routes?: string[] } = {}) => {
     spawnSync('ip', ['-n', ns, 'link', 'del', 'ziti0'])
-    const cmds = tunCommands({ dev: 'ziti0', uid: UID, gid: UID, addr: opts.addr ?? '100.64.0.1/10', routes: opts.routes ?? [] }).filter((c) => opts.up !== false || !c.includes('up'))
+    const cmds = tunCommands({ dev: 'ziti0', uid: UID, addr: opts.addr ?? '100.64.0.1/10', routes: opts.routes ?? [] }).filter((c) => opts.up !== false || !c.includes('up'))
     for (const c of cmds) must('ip', ['-n', ns, ...c])
   }
 

@@ -5,6 +5,8 @@ import { compareCidrs, parseCidr, type Cidr } from './ip.ts'
 import {
   ANNOTATION_DATAPATH,
   ANNOTATION_DNS_CAPTURE,
+  ANNOTATION_EGRESS,
+  ANNOTATION_EGRESS_ALLOW,
   ANNOTATION_ENROLLMENT_SECRET,
   ANNOTATION_EXCLUDE_CIDRS,
   ANNOTATION_EXCLUDE_PORTS,
@@ -162,6 +164,29 @@ export function parseDatapath(value: string): 'nftables' | 'ebpf' {
   const v = value.trim()
   if (v === 'nftables' || v === 'ebpf') return v
   throw new ValidationError(ANNOTATION_DATAPATH, `unknown datapath ${JSON.stringify(v)} (expected nftables or ebpf)`)
+}
+
+export type EgressMode = 'open' | 'ziti-only'
+
+export function parseEgress(value: string): EgressMode {
+  const v = value.trim()
+  if (v === 'open' || v === 'ziti-only') return v
+  throw new ValidationError(ANNOTATION_EGRESS, `unknown egress mode ${JSON.stringify(v)} (expected ziti-only or open)`)
+}
+
+/** Exceptions to the egress lockdown: `10.0.0.0/8, 192.0.2.7, 443, 8000-8100`. */
+export function parseEgressAllow(value: string): { cidrs: Cidr[]; ports: PortRange[] } {
+  const cidrs: Cidr[] = []
+  const ports: PortRange[] = []
+  entries(ANNOTATION_EGRESS_ALLOW, value, LIMITS.excludeCidrs).forEach((text, i) => {
+    if (/^[0-9]+(-[0-9]+)?$/.test(text)) ports.push(...parsePortRanges(ANNOTATION_EGRESS_ALLOW, text).map((r) => r))
+    else {
+      const c = parseCidr(text)
+      if (typeof c === 'string') throw new ValidationError(ANNOTATION_EGRESS_ALLOW, `${c} (expected a CIDR, an address, a port or a range "from-to")`, { index: i + 1, text })
+      cidrs.push(c)
+    }
+  })
+  return { cidrs, ports }
 }
 
 export function parseDnsCapture(value: string): boolean {

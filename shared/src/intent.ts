@@ -28,12 +28,28 @@ export function formatDnatTarget(d: Pick<DnatEntry, 'dst' | 'port' | 'portTo' | 
   return `${d.dst}:${d.port}${d.portTo !== undefined ? `-${d.portTo}` : ''}/${d.proto}`
 }
 
+/**
+ * Egress lockdown (`cni.openziti.io/egress: ziti-only`): the app's egress is deny-by-default.
+ * Loopback (so the proxy DNAT and the tproxy datapaths), the tun, replies, the sidecar's uid
+ * and these stay open; everything else the app sends out of the pod is dropped (EPERM).
+ */
+export interface Egress {
+  /** The cluster DNS: TCP and UDP port 53 to these addresses. */
+  dns: string[]
+  /** Destinations allowed on any port. */
+  cidrs: string[]
+  /** Destination ports ("443", "8000-8100") allowed to any address. */
+  ports: string[]
+}
+
 interface IntentBase {
   v: 1
   /** The sidecar's uid: its own traffic is never captured. */
   uid: number
-  /** Ports only reachable through `lo`. */
+  /** The sidecar's known listener ports: never let in from outside, even when declared. */
   fence: number[]
+  /** Absent: egress is not locked down. */
+  egress?: Egress
 }
 
 export interface ProxyIntent extends IntentBase {
@@ -63,32 +79,38 @@ export interface TproxyIntent extends IntentBase {
 export type Datapath = 'nftables' | 'ebpf'
 
 /**
- * tun: the CNI creates a tun device in the pod netns owned by the sidecar's uid/gid, with the
+ * tun: the CNI creates a tun device in the pod netns owned by the sidecar's uid (only), with the
  * tunneler's address and routes, and the sidecar (no capability) attaches to it by name; its
  * userspace stack carries every flow into the device, DNS included.
  */
 export interface TunIntent {
   v: 1
   mode: 'tun'
-  /** Owner of the device: only this uid (or gid) may attach (TUNSETIFF's owner check). */
+  /**
+   * Owner of the device: only this uid may attach (TUNSETIFF's owner check). No group: a gid
+   * is shared by whoever the pod spec puts in it (supplementalGroups, fsGroup).
+   */
   uid: number
-  gid: number
   /** Device name, e.g. ziti0. */
   dev: string
   /** The device's address and prefix: the connected route into the tun, e.g. 100.64.0.1/10. */
   addr: string
   /** More CIDRs routed into the device (intercept addresses outside `addr`'s network). */
   routes: string[]
+  egress?: Egress
 }
 
 export type Intent = ProxyIntent | TproxyIntent | TunIntent
 
 const KEYS = {
-  tun: ['v', 'mode', 'uid', 'gid', 'dev', 'addr', 'routes'],
-  proxy: ['v', 'mode', 'uid', 'dnat', 'fence'],
-  tproxy: ['v', 'mode', 'uid', 'cidrs', 'proto', 'to', 'dns', 'excludeCidrs', 'excludePorts', 'datapath', 'fence'],
+  tun: ['v', 'mode', 'uid', 'dev', 'addr', 'routes', 'egress'],
+  proxy: ['v', 'mode', 'uid', 'dnat', 'fence', 'egress'],
+  tproxy: ['v', 'mode', 'uid', 'cidrs', 'proto', 'to', 'dns', 'excludeCidrs', 'excludePorts', 'datapath', 'fence', 'egress'],
 } as const
 const DNAT_KEYS = ['dst', 'proto', 'port', 'portTo', 'to'] as const
+const EGRESS_KEYS = ['dns', 'cidrs', 'ports'] as const
+/** Cluster DNS addresses (a resolv.conf holds at most 3 nameservers; a few more for dual stack). */
+const MAX_EGRESS_DNS = 8
 const DNAT_REQUIRED = ['dst', 'proto', 'port', 'to'] as const
 const MAX_UID = 2147483647
 
@@ -178,6 +200,17 @@ class Checker {
     return sorted
   }
 
+  egress(path: string, v: unknown): Egress {
+    const o = this.object(path, v, EGRESS_KEYS, [])
+    const dns = o.dns === undefined ? [] : this.array(`${path}.dns`, o.dns, 0, MAX_EGRESS_DNS).map((x, i) => this.address(`${path}.dns[${i}]`, x))
+    if (new Set(dns).size !== dns.length) this.fail(`${path}.dns`, 'lists an address twice')
+    return {
+      dns: [...dns].sort(),
+      cidrs: o.cidrs === undefined ? [] : this.cidrs(`${path}.cidrs`, o.cidrs, 0, LIMITS.excludeCidrs, false),
+      ports: o.ports === undefined ? [] : this.portRanges(`${path}.ports`, o.ports),
+    }
+  }
+
   portRanges(path: string, v: unknown): string[] {
     const list = this.array(path, v, 0, LIMITS.excludePorts).map((x, i) => {
       const at = `${path}[${i}]`
@@ -211,7 +244,7 @@ export function validateIntent(value: unknown): Intent {
   }
   c.object('$', value, [...new Set([...KEYS.tproxy, ...KEYS.proxy, ...KEYS.tun])], ['mode'])
   if (top.mode !== 'proxy' && top.mode !== 'tproxy' && top.mode !== 'tun') c.fail('mode', 'must be "proxy", "tproxy" or "tun"')
-  if (top.mode === 'tun') return validateTun(c, c.object('$', value, KEYS.tun, ['uid', 'gid', 'dev', 'addr']))
+  if (top.mode === 'tun') return withEgress(c, top, validateTun(c, c.object('$', value, KEYS.tun, ['uid', 'dev', 'addr'])))
   const mode = top.mode as 'proxy' | 'tproxy'
   const required = mode === 'proxy' ? ['uid', 'dnat', 'fence'] : ['uid', 'cidrs', 'proto', 'to', 'fence']
   const o = c.object('$', value, KEYS[mode], required)
@@ -249,7 +282,7 @@ export function validateIntent(value: unknown): Intent {
         c.fail(`dnat[${b}]`, same ? `${formatDnatTarget(y.d)} is mapped twice` : `${formatDnatTarget(y.d)} overlaps ${formatDnatTarget(x.d)}`)
       }
     }
-    return { v: 1, mode, uid, dnat: sortDnat(dnat), fence }
+    return withEgress(c, o, { v: 1, mode, uid, dnat: sortDnat(dnat), fence })
   }
 
   const proto = c.array('proto', o.proto, 1, 2).map((p, i) => c.proto(`proto[${i}]`, p))
@@ -269,7 +302,7 @@ export function validateIntent(value: unknown): Intent {
     // bpf_sk_assign handed to the catch-all are refused instead.
     c.fail('datapath', 'ebpf cannot be combined with DNS capture (its DNAT stops bpf_sk_assign delivery); use datapath nftables')
   }
-  return {
+  return withEgress(c, o, {
     v: 1,
     mode,
     uid,
@@ -281,7 +314,18 @@ export function validateIntent(value: unknown): Intent {
     excludeCidrs: o.excludeCidrs === undefined ? [] : c.cidrs('excludeCidrs', o.excludeCidrs, 0, LIMITS.excludeCidrs, false),
     excludePorts: o.excludePorts === undefined ? [] : c.portRanges('excludePorts', o.excludePorts),
     fence,
-  }
+  })
+}
+
+function withEgress<T extends Intent>(c: Checker, o: Record<string, unknown>, intent: T): T {
+  if (o.egress !== undefined) intent.egress = c.egress('egress', o.egress)
+  return intent
+}
+
+/** The canonical spelling: empty lists omitted. */
+function egressJson(e: Egress | undefined): { egress?: Record<string, string[]> } {
+  if (!e) return {}
+  return { egress: { ...(e.dns.length ? { dns: e.dns } : {}), ...(e.cidrs.length ? { cidrs: e.cidrs } : {}), ...(e.ports.length ? { ports: e.ports } : {}) } }
 }
 
 /** Linux interface names: at most 15 bytes (IFNAMSIZ - 1); ours are plain. */
@@ -296,7 +340,6 @@ export function tunDeviceProblem(dev: string): string | undefined {
 
 function validateTun(c: Checker, o: Record<string, unknown>): TunIntent {
   const uid = c.integer('uid', o.uid, 1, MAX_UID)
-  const gid = c.integer('gid', o.gid, 1, MAX_UID)
   const dev = c.string('dev', o.dev)
   const devProblem = tunDeviceProblem(dev)
   if (devProblem) c.fail('dev', devProblem)
@@ -313,7 +356,7 @@ function validateTun(c: Checker, o: Record<string, unknown>): TunIntent {
     if (rc.family !== 4) c.fail('routes', `${r}: IPv6 routes are not supported in tun mode`)
     if (cidrsOverlap(rc, net)) c.fail('routes', `${r} overlaps the device's own network ${formatCidr(net)}`)
   }
-  return { v: 1, mode: 'tun', uid, gid, dev, addr, routes }
+  return { v: 1, mode: 'tun', uid, dev, addr, routes }
 }
 
 /** Sort key: family, address, protocol, port (decorate once, then sort). */
@@ -346,13 +389,14 @@ export function parseIntent(text: string): Intent {
 export function serializeIntent(intent: Intent): string {
   const i = validateIntent(intent)
   if (i.mode === 'tun') {
-    return JSON.stringify({ v: i.v, mode: i.mode, uid: i.uid, gid: i.gid, dev: i.dev, addr: i.addr, ...(i.routes.length ? { routes: i.routes } : {}) })
+    return JSON.stringify({ v: i.v, mode: i.mode, uid: i.uid, dev: i.dev, addr: i.addr, ...(i.routes.length ? { routes: i.routes } : {}), ...egressJson(i.egress) })
   }
   if (i.mode === 'proxy') {
     return JSON.stringify({
       v: i.v, mode: i.mode, uid: i.uid,
       dnat: i.dnat.map((d) => ({ dst: d.dst, proto: d.proto, port: d.port, ...(d.portTo !== undefined ? { portTo: d.portTo } : {}), to: d.to })),
       fence: i.fence,
+      ...egressJson(i.egress),
     })
   }
   const out: Record<string, unknown> = { v: i.v, mode: i.mode, uid: i.uid, cidrs: i.cidrs, proto: i.proto, to: i.to }
@@ -361,6 +405,7 @@ export function serializeIntent(intent: Intent): string {
   if (i.excludePorts.length > 0) out.excludePorts = i.excludePorts
   if (i.datapath === 'ebpf') out.datapath = i.datapath
   out.fence = i.fence
+  Object.assign(out, egressJson(i.egress))
   const text = JSON.stringify(out)
   if (text.length > LIMITS.annotationBytes) {
     throw new ValidationError(ANNOTATION_INTERCEPTION, `serialized intent is ${text.length} bytes, more than the limit of ${LIMITS.annotationBytes}`)

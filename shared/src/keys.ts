@@ -16,6 +16,10 @@ export const ANNOTATION_EXCLUDE_CIDRS = `${DOMAIN}/exclude-cidrs`
 export const ANNOTATION_EXCLUDE_PORTS = `${DOMAIN}/exclude-ports`
 export const ANNOTATION_DNS_CAPTURE = `${DOMAIN}/dns-capture`
 export const ANNOTATION_DATAPATH = `${DOMAIN}/datapath`
+/** `ziti-only`: the app's egress is deny-by-default (README "Datapath"); `open`: not locked. */
+export const ANNOTATION_EGRESS = `${DOMAIN}/egress`
+/** Exceptions to `egress: ziti-only`: CIDRs (any port) and ports (any address). */
+export const ANNOTATION_EGRESS_ALLOW = `${DOMAIN}/egress-allow`
 /** `auto`: the webhook creates a Ziti identity for the pod through the controller. */
 export const ANNOTATION_IDENTITY = `${DOMAIN}/identity`
 /** Role attributes of the pod's auto identity: "billing, eu". */
@@ -42,6 +46,8 @@ export const USER_ANNOTATIONS = [
   ANNOTATION_EXCLUDE_PORTS,
   ANNOTATION_DNS_CAPTURE,
   ANNOTATION_DATAPATH,
+  ANNOTATION_EGRESS,
+  ANNOTATION_EGRESS_ALLOW,
   ANNOTATION_IDENTITY,
   ANNOTATION_ROLE_ATTRIBUTES,
 ] as const

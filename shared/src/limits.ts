@@ -14,6 +14,8 @@ export const LIMITS = {
   excludeCidrs: 1024,
   excludePorts: 256,
   fence: 512,
+  /** Inbound ports a pod declares (containerPorts and probe ports) that the fence lets in. */
+  ingress: 1024,
 } as const
 
 /** The size of an object's annotations as the API server counts it (UTF-8 bytes). */

@@ -3,7 +3,8 @@
 // it, so applying it replaces whatever was there in one atomic step (nft 1.0.6 has no
 // `destroy`).
 import { formatCidr, parseAddress, parseCidr, parseInterfaceAddress, type Cidr } from './ip.ts'
-import type { Intent, ProxyIntent, TproxyIntent, TunIntent } from './intent.ts'
+import type { Egress, Intent, ProxyIntent, TproxyIntent, TunIntent } from './intent.ts'
+import type { IngressPort } from './ingress.ts'
 import { EBPF_BYPASS_MARK, EBPF_BYPASS_RULE_PRIORITY, EBPF_MARK_TAG, LOCAL_RULE_PRIORITY, NFT_FAMILY, NFT_TABLE, TPROXY_FWMARK, TPROXY_ROUTE_TABLE, TPROXY_RULE_PRIORITY } from './keys.ts'
 
 export interface RouteSpec {
@@ -33,8 +34,8 @@ export interface RuleSpec {
 /** tun mode: the device the CNI creates in the pod netns, and what is routed into it. */
 export interface TunSpec {
   dev: string
+  /** The only owner: no group, so no other uid can attach whatever groups it is given. */
   uid: number
-  gid: number
   /** Address with prefix: its network is the connected route into the device. */
   addr: string
   routes: string[]
@@ -82,11 +83,13 @@ export function renderDeleteTable(): string {
 export interface AttachmentFacts {
   /** The pod's addresses on this interface (no prefix length). */
   podIps?: string[]
+  /** What the pod's own containers declare as inbound (podIngress): all the fence lets in. */
+  ingress?: IngressPort[]
 }
 
 export function renderPlan(intent: Intent, facts: AttachmentFacts = {}): Plan {
-  if (intent.mode === 'tun') return renderTun(intent)
-  return intent.mode === 'proxy' ? renderProxy(intent) : renderTproxy(intent, facts)
+  if (intent.mode === 'tun') return renderTun(intent, facts)
+  return intent.mode === 'proxy' ? renderProxy(intent, facts) : renderTproxy(intent, facts)
 }
 
 /**
@@ -96,7 +99,7 @@ export function renderPlan(intent: Intent, facts: AttachmentFacts = {}): Plan {
  */
 export function tunCommands(t: TunSpec): string[][] {
   return [
-    ['-4', 'tuntap', 'add', 'dev', t.dev, 'mode', 'tun', 'user', String(t.uid), 'group', String(t.gid)],
+    ['-4', 'tuntap', 'add', 'dev', t.dev, 'mode', 'tun', 'user', String(t.uid)],
     ['-4', 'addr', 'add', t.addr, 'dev', t.dev],
     ['-4', 'link', 'set', 'dev', t.dev, 'up'],
     ...t.routes.map((r) => ['-4', 'route', 'replace', r, 'dev', t.dev]),
@@ -108,7 +111,7 @@ export function tunDeleteCommands(t: Pick<TunSpec, 'dev'>): string[][] {
   return [['-4', 'tuntap', 'del', 'dev', t.dev, 'mode', 'tun']]
 }
 
-function renderTun(intent: TunIntent): Plan {
+function renderTun(intent: TunIntent, facts: AttachmentFacts): Plan {
   const w = new Writer()
   const net = formatCidr((parseInterfaceAddress(intent.addr) as { network: Cidr }).network)
   // Nothing for the tun's ranges may leave by another interface: should the device vanish or
@@ -119,7 +122,10 @@ function renderTun(intent: TunIntent): Plan {
     'type filter hook output priority filter; policy accept;',
     `ip daddr @tun_dst4 oifname != "${intent.dev}" drop`,
   ])
-  return { mode: 'tun', tun: { dev: intent.dev, uid: intent.uid, gid: intent.gid, addr: intent.addr, routes: [...intent.routes] }, nft: w.done(), routes: [], rules: [], bpf: undefined, sysctls: [] }
+  // What the tunneler writes into the device is its own (replies, hosted services): let in.
+  fenceBlock(w, intent.uid, [], facts.ingress ?? [], intent.dev)
+  if (intent.egress) egressBlock(w, intent.uid, intent.egress, intent.dev)
+  return { mode: 'tun', tun: { dev: intent.dev, uid: intent.uid, addr: intent.addr, routes: [...intent.routes] }, nft: w.done(), routes: [], rules: [], bpf: undefined, sysctls: [] }
 }
 
 /** Route/rule state as `ip` argv (no shell), for the agent and for humans. */
@@ -152,16 +158,77 @@ function elementLines(elements: string[]): string[] {
   return [`elements = {`, ...elements.map((e, i) => `\t${e}${i < elements.length - 1 ? ',' : ''}`), '}']
 }
 
-function fenceBlock(w: Writer, fence: number[]): void {
-  w.set('fence', 'inet_service', fence.map(String))
-  // The sidecar's listeners bind 0.0.0.0; only this pod (via lo) may reach them.
+/**
+ * The fence, independent of port numbers (README "Datapath"; measured on the kernel): from
+ * any interface but lo (and the tun), only replies to the pod's own connections, ICMP and the
+ * ports the pod's containers declare get in, so a listener the tunneler opens later (a
+ * dynamic proxy.v1 port, a service granted after admission) is unreachable from outside
+ * whatever its port. A declared port is never one of the sidecar's known listeners. Behind
+ * it, nothing owned by the sidecar's uid may answer a connection that came from outside
+ * (TCP SYN-ACKs from request socks carry the listener's uid, measured): if the tunneler ever
+ * binds a declared port, TCP still never completes. UDP to such a port would be delivered;
+ * only the input rule stops that, hence both.
+ */
+function fenceBlock(w: Writer, uid: number, listeners: number[], ingress: IngressPort[], tunDev?: string): void {
+  const open = ingress.filter((p) => !listeners.includes(p.port))
+  if (open.length) w.set('ingress', 'inet_proto . inet_service', open.map((p) => `${p.proto} . ${p.port}`))
   w.block('chain fence_input', [
     'type filter hook input priority filter; policy accept;',
-    'iifname != "lo" meta l4proto { tcp, udp } th dport @fence drop',
+    'iifname "lo" accept',
+    ...(tunDev ? [`iifname "${tunDev}" accept`] : []),
+    'ct state established,related accept',
+    'meta l4proto { icmp, ipv6-icmp } accept',
+    ...(open.length ? ['meta l4proto . th dport @ingress accept'] : []),
+    'drop',
+  ])
+  w.block('chain fence_output', [
+    'type filter hook output priority filter; policy accept;',
+    `oifname != "lo" meta skuid ${uid} ct direction reply drop`,
   ])
 }
 
-function renderProxy(intent: ProxyIntent): Plan {
+/**
+ * The egress lockdown (README "Datapath"): what the app sends out of the pod is dropped unless
+ * it goes to lo (every Ziti intercept: the proxy DNAT and both tproxy datapaths re-route to
+ * lo before this hook), into the tun, is a reply or a connection already allowed, comes from
+ * the sidecar's uid (its controller and routers), is IPv6 neighbour discovery, DNS to the
+ * cluster DNS, or an exception. TCP is reset (connect() fails with ECONNREFUSED at once;
+ * measured: an ICMPv6 admin-prohibited never reached the local socket); anything else is
+ * dropped, which fails the app's send with EPERM.
+ */
+function egressBlock(w: Writer, uid: number, e: Egress, tunDev?: string, steered: string[] = []): void {
+  const fam = splitFamilies(e.cidrs)
+  const dns = { 4: e.dns.filter((a) => !a.includes(':')), 6: e.dns.filter((a) => a.includes(':')) }
+  for (const f of [4, 6] as const) {
+    if (dns[f].length) w.set(`egress_dns${f}`, f === 4 ? 'ipv4_addr' : 'ipv6_addr', dns[f])
+    if (fam[f].length) w.set(`egress_allow${f}`, f === 4 ? 'ipv4_addr' : 'ipv6_addr', fam[f], true)
+  }
+  if (e.ports.length) w.set('egress_ports', 'inet_service', e.ports, true)
+  const ip = (f: 4 | 6) => (f === 4 ? 'ip' : 'ip6')
+  w.block('chain egress_output', [
+    'type filter hook output priority filter; policy accept;',
+    'oifname "lo" accept',
+    // oifname is the route before the nat/route chains re-routed the packet (measured): the
+    // proxy DNAT is recognised by its loopback destination, the TPROXY steering by its mark.
+    'ip daddr 127.0.0.0/8 accept',
+    'ip6 daddr ::1 accept',
+    ...steered,
+    ...(tunDev ? [`oifname "${tunDev}" accept`] : []),
+    `meta skuid ${uid} accept`,
+    'ct state established,related accept',
+    // Multicast with TTL 0 is only looped back, never sent (measured): the validator's fence probe.
+    'ip daddr 224.0.0.0/4 ip ttl 0 accept',
+    'icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-report, mld2-listener-report } accept',
+    ...([4, 6] as const).filter((f) => dns[f].length).map((f) => `${ip(f)} daddr @egress_dns${f} meta l4proto { tcp, udp } th dport 53 accept`),
+    ...([4, 6] as const).filter((f) => fam[f].length).map((f) => `${ip(f)} daddr @egress_allow${f} accept`),
+    ...(e.ports.length ? ['meta l4proto { tcp, udp } th dport @egress_ports accept'] : []),
+    // A dropped SYN would leave connect() to time out; the rejection says why at once.
+    'meta l4proto tcp reject with tcp reset',
+    'drop',
+  ])
+}
+
+function renderProxy(intent: ProxyIntent, facts: AttachmentFacts): Plan {
   const w = new Writer()
   const byFamily = (f: 4 | 6) => intent.dnat.filter((d) => (parseCidr(d.dst) as Cidr).family === f)
   // Exact keys need a plain map; a range (a CIDR, a port span) needs an interval map.
@@ -191,7 +258,8 @@ function renderProxy(intent: ProxyIntent): Plan {
     if (v6.length) snat.push('ct status dnat meta nfproto ipv6 ip6 daddr ::1 udp dport @udp_listeners snat ip6 to ::1')
     w.block('chain proxy_postrouting', snat)
   }
-  fenceBlock(w, intent.fence)
+  fenceBlock(w, intent.uid, intent.fence, facts.ingress ?? [])
+  if (intent.egress) egressBlock(w, intent.uid, intent.egress)
   return { mode: 'proxy', nft: w.done(), routes: [], rules: [], bpf: undefined, sysctls: [] }
 }
 
@@ -257,7 +325,8 @@ function renderTproxy(intent: TproxyIntent, facts: AttachmentFacts): Plan {
       `meta nfproto ipv6 meta l4proto { tcp, udp } th dport 53 dnat ip6 to [::1]:${intent.dns}`,
     ])
   }
-  fenceBlock(w, intent.fence)
+  fenceBlock(w, intent.uid, intent.fence, facts.ingress ?? [])
+  if (intent.egress) egressBlock(w, intent.uid, intent.egress, undefined, ebpf ? [] : [`meta mark ${MARK} accept`])
   if (ebpf) {
     return {
       mode: 'tproxy',

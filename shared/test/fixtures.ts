@@ -1,6 +1,6 @@
 // Representative intents for the golden and kernel tests. Each one is rendered to
 // golden/<name>.nft (the transaction) and golden/<name>.ip (the policy-routing argv).
-import type { Intent } from '../src/index.ts'
+import type { AttachmentFacts, Intent } from '../src/index.ts'
 
 function tenThousandCidrs(): string[] {
   const out: string[] = []
@@ -72,6 +72,28 @@ export const FIXTURES: Record<string, Intent> = {
     ],
     fence: [15100, 15101, 15102],
   },
-  'tun-default': { v: 1, mode: 'tun', uid: 2171, gid: 2171, dev: 'ziti0', addr: '100.64.0.1/10', routes: [] },
-  'tun-routes': { v: 1, mode: 'tun', uid: 2171, gid: 2172, dev: 'ziti0', addr: '100.64.0.1/10', routes: ['10.99.0.0/16', '192.0.2.0/24'] },
+  'proxy-egress-ziti-only': {
+    ...base, mode: 'proxy',
+    dnat: [{ dst: '100.64.0.2', proto: 'tcp', port: 5432, to: 15100 }],
+    fence: [15100],
+    egress: { dns: ['10.96.0.10', 'fd00:10:96::a'], cidrs: ['10.0.5.0/24', '2001:db8::/32'], ports: ['443', '8000-8100'] },
+  },
+  'tproxy-ebpf-egress': {
+    ...base, mode: 'tproxy', datapath: 'ebpf', cidrs: ['100.64.0.0/10'], proto: ['tcp', 'udp'], to: 15001,
+    dns: undefined, excludeCidrs: [], excludePorts: [], fence: [15001],
+    egress: { dns: ['10.96.0.10'], cidrs: [], ports: [] },
+  },
+  'tun-egress': { v: 1, mode: 'tun', uid: 2171, dev: 'ziti0', addr: '100.64.0.1/10', routes: [], egress: { dns: ['10.96.0.10'], cidrs: [], ports: [] } },
+  'tun-default': { v: 1, mode: 'tun', uid: 2171, dev: 'ziti0', addr: '100.64.0.1/10', routes: [] },
+  'tun-routes': { v: 1, mode: 'tun', uid: 2171, dev: 'ziti0', addr: '100.64.0.1/10', routes: ['10.99.0.0/16', '192.0.2.0/24'] },
+}
+
+/**
+ * What the agent learns from the pod spec for some fixtures: the fence lets these in (a port
+ * that is one of the sidecar's listeners, 15001 here, never).
+ */
+export const FIXTURE_FACTS: Record<string, AttachmentFacts> = {
+  'proxy-two-services': { ingress: [{ proto: 'tcp', port: 8080 }, { proto: 'udp', port: 5353 }] },
+  'tproxy-dualstack': { ingress: [{ proto: 'tcp', port: 8080 }, { proto: 'tcp', port: 15001 }] },
+  'tun-routes': { ingress: [{ proto: 'tcp', port: 8080 }] },
 }

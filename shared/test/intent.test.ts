@@ -63,11 +63,11 @@ t.test('everything else is refused with the field and the problem', async (t) =>
 t.test('tun intents: exact shape, canonical, and refused with the field named', async (t) => {
   const K = 'cni.openziti.io/interception'
   const p = (v: unknown) => message(() => parseIntent(JSON.stringify(v)))
-  const tun = { v: 1, mode: 'tun', uid: 2171, gid: 2171, dev: 'ziti0', addr: '100.64.0.1/10' }
+  const tun = { v: 1, mode: 'tun', uid: 2171, dev: 'ziti0', addr: '100.64.0.1/10' }
   t.equal(serializeIntent(parseIntent(JSON.stringify(tun)) as never), JSON.stringify(tun), 'routes omitted when empty')
   t.same(parseIntent(JSON.stringify({ ...tun, routes: ['192.0.2.0/24', '10.9.0.0/16'] })), { ...tun, routes: ['10.9.0.0/16', '192.0.2.0/24'] }, 'routes sorted')
   const bad: Array<[object, string]> = [
-    [{ ...tun, gid: undefined }, 'field gid: is required'],
+    [{ ...tun, gid: 2171 }, 'field "gid": unknown field'],
     [{ ...tun, dev: 'eth0' }, 'field dev: "eth0" is the pod\'s own interface name'],
     [{ ...tun, dev: 'Ziti0' }, 'field dev: "Ziti0" is not a device name'],
     [{ ...tun, dev: 'z'.repeat(16) }, 'field dev: "zzzzzzzzzzzzzzzz" is not a device name'],
@@ -93,4 +93,24 @@ t.test('dnat ranges: CIDRs and port spans, canonical, never overlapping', async 
   t.equal(p([{ dst: '10.9.0.0/24', proto: 'tcp', port: 80, portTo: 90, to: 15100 }, { dst: '10.9.0.7', proto: 'tcp', port: 85, to: 15101 }]), `${K}: field dnat[1]: 10.9.0.7:85/tcp overlaps 10.9.0.0/24:80-90/tcp`)
   t.equal(p([{ dst: '10.9.0.7', proto: 'tcp', port: 85, to: 15100 }, { dst: '10.9.0.7', proto: 'tcp', port: 85, to: 15101 }]), `${K}: field dnat[1]: 10.9.0.7:85/tcp is mapped twice`)
   t.doesNotThrow(() => validateIntent({ v: 1, mode: 'proxy', uid: 2171, fence: [15100, 15101], dnat: [{ dst: '10.9.0.0/24', proto: 'tcp', port: 80, portTo: 90, to: 15100 }, { dst: '10.9.0.7', proto: 'tcp', port: 91, to: 15101 }] }), 'adjacent ranges are fine')
+})
+
+t.test('egress: validated, canonical, in every mode', async (t) => {
+  const K = 'cni.openziti.io/interception'
+  const p = (v: unknown) => message(() => parseIntent(JSON.stringify(v)))
+  const proxy = { v: 1, mode: 'proxy', uid: 2171, dnat: [{ dst: '100.64.0.2', proto: 'tcp', port: 5432, to: 15100 }], fence: [15100] }
+  const e = { dns: ['10.96.0.10'], cidrs: ['192.0.2.0/24', '10.0.0.0/8'], ports: ['8000-8100', '443'] }
+  t.same(parseIntent(JSON.stringify({ ...proxy, egress: e })).egress, { dns: ['10.96.0.10'], cidrs: ['10.0.0.0/8', '192.0.2.0/24'], ports: ['443', '8000-8100'] }, 'sorted')
+  t.equal(serializeIntent(parseIntent(JSON.stringify({ ...proxy, egress: {} })) as never), JSON.stringify({ ...proxy, egress: {} }), 'a lockdown with no exceptions keeps its (empty) egress object')
+  const tun = { v: 1, mode: 'tun', uid: 2171, dev: 'ziti0', addr: '100.64.0.1/10', egress: { dns: ['10.96.0.10'] } }
+  t.equal(serializeIntent(parseIntent(JSON.stringify(tun)) as never), JSON.stringify(tun), 'tun mode carries it too')
+  const bad: Array<[object, string]> = [
+    [{ ...proxy, egress: [] }, 'field egress: must be an object'],
+    [{ ...proxy, egress: { allow: [] } }, 'field egress.allow: unknown field'],
+    [{ ...proxy, egress: { dns: ['kube-dns'] } }, 'field egress.dns[0]:'],
+    [{ ...proxy, egress: { dns: ['10.96.0.10', '10.96.0.10'] } }, 'field egress.dns: lists an address twice'],
+    [{ ...proxy, egress: { cidrs: ['10.0.0.1/8'] } }, 'field egress.cidrs[0]:'],
+    [{ ...proxy, egress: { ports: ['443', '400-500'] } }, 'field egress.ports: 400-500 and 443 overlap'],
+  ]
+  for (const [v, m] of bad) t.match(p(v), `${K}: ${m}`, m)
 })

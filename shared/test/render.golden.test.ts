@@ -1,7 +1,7 @@
 import t from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { ipCommands, tunCommands, parseIntent, renderPlan, serializeIntent } from '../src/index.ts'
-import { FIXTURES } from './fixtures.ts'
+import { FIXTURE_FACTS, FIXTURES } from './fixtures.ts'
 
 const dir = new URL('./golden/', import.meta.url)
 const update = process.env.UPDATE_GOLDEN === '1'
@@ -16,10 +16,10 @@ for (const [name, intent] of Object.entries(FIXTURES)) {
   t.test(name, async (t) => {
     // Rendering goes through the wire format, as the agent does.
     const wire = serializeIntent(intent)
-    const plan = renderPlan(parseIntent(wire))
+    const plan = renderPlan(parseIntent(wire), FIXTURE_FACTS[name])
     golden(t, `${name}.nft`, plan.nft)
     golden(t, `${name}.ip`, [...(plan.tun ? tunCommands(plan.tun) : []), ...ipCommands(plan)].map((a) => `ip ${a.join(' ')}\n`).join(''))
-    t.equal(renderPlan(parseIntent(wire)).nft, plan.nft, 'deterministic: same intent, same bytes')
+    t.equal(renderPlan(parseIntent(wire), FIXTURE_FACTS[name]).nft, plan.nft, 'deterministic: same intent, same bytes')
   })
 }
 

@@ -82,6 +82,11 @@ export interface WebhookConfig {
     daemonSet: string
     uid: number
   }
+  /**
+   * Egress lockdown (cni.openziti.io/egress): the cluster-wide default, the cluster DNS the
+   * locked-down app may still ask, and exceptions every locked-down pod gets (README "Datapath").
+   */
+  egress: { default: 'open' | 'ziti-only'; clusterDns: string[]; allowCidrs: Cidr[]; allowPorts: string[] }
   /** The OpenZiti controller, for `identity: auto` pods (disabled while url is empty). */
   controller: ControllerConfig
   excludedNamespaces: string[]
@@ -181,6 +186,7 @@ export const DEFAULT_CONFIG: WebhookConfig = {
     protocols: ['tcp', 'udp'],
     datapath: 'ebpf',
   },
+  egress: { default: 'open', clusterDns: ['10.96.0.10'], allowCidrs: [], allowPorts: [] },
   tun: {
     image: '',
     args: ['run'],
@@ -258,7 +264,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const root = (raw ?? {}) as Raw
   if (typeof root !== 'object' || Array.isArray(root)) throw new ConfigError(['the configuration must be a mapping'])
   const known: Record<string, string[]> = {
-    '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'tun', 'validator', 'controller', 'excludedNamespaces', 'unservedNodes', 'clusterNetworks', 'listen', 'bodyLimitBytes', 'drainSeconds', 'tls', 'logLevel'],
+    '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'tun', 'egress', 'validator', 'controller', 'excludedNamespaces', 'unservedNodes', 'clusterNetworks', 'listen', 'bodyLimitBytes', 'drainSeconds', 'tls', 'logLevel'],
     proxy: ['image', 'portBase', 'aliasRange', 'servicePollSeconds'],
     tproxy: ['image', 'args', 'port', 'defaultCidrs', 'dnsCapture', 'dnsServer', 'clusterDns', 'clusterDnsService', 'clusterDomain', 'protocols', 'datapath'],
     listen: ['host', 'port'],
@@ -267,6 +273,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
     resources: ['requests', 'limits'],
     validator: ['enabled', 'image', 'daemonSet', 'uid'],
     tun: ['image', 'args', 'dev', 'addr', 'dnsServer', 'routes', 'resource'],
+    egress: ['default', 'clusterDns', 'allowCidrs', 'allowPorts'],
     controller: ['url', 'caFile', 'credentialFile', 'cluster', 'identityPrefix', 'maxPortsPerService', 'reconcileSeconds', 'graceSeconds', 'namespace', 'leaseName', 'leaseSeconds', 'attributePolicy', 'enrollUrl', 'enrollCa', 'enrollImage', 'tokenAudience', 'tokenSeconds', 'enrollPort', 'enrollCertFile', 'enrollKeyFile'],
   }
   const section = (name: string): Raw => {
@@ -315,6 +322,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const resources = section('resources')
   const validator = section('validator')
   const tun = section('tun')
+  const egress = section('egress')
   const controller = section('controller')
   const clusterNetworks = section('clusterNetworks')
   const path = (v: unknown) => (typeof v === 'string' && (v === '' || v.startsWith('/')) ? undefined : 'must be an absolute path (or empty)')
@@ -364,6 +372,12 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       dnsServer: pick('tun.dnsServer', tun.dnsServer, d.tun.dnsServer, (v) => (typeof v === 'string' && typeof parseAddress(v) !== 'string' && v.includes('.') ? undefined : 'must be an IPv4 address')),
       routes: cidrList('tun.routes', tun.routes, d.tun.routes),
       resource: pick('tun.resource', tun.resource, d.tun.resource, (v) => (typeof v === 'string' && EXTENDED_RESOURCE_NAME.test(v) ? undefined : 'must be an extended resource name (domain/name)')),
+    },
+    egress: {
+      default: pick('egress.default', egress.default, d.egress.default, (v) => (v === 'open' || v === 'ziti-only' ? undefined : 'must be open or ziti-only')),
+      clusterDns: list('egress.clusterDns', egress.clusterDns, d.egress.clusterDns, (v) => (typeof v === 'string' && typeof parseAddress(v) !== 'string' ? undefined : 'must be an IP address')),
+      allowCidrs: cidrList('egress.allowCidrs', egress.allowCidrs, d.egress.allowCidrs),
+      allowPorts: list('egress.allowPorts', egress.allowPorts, d.egress.allowPorts, (v) => (typeof v === 'string' && /^[0-9]+(-[0-9]+)?$/.test(v) && v.split('-').every((p) => typeof parsePort(p) === 'number') ? undefined : 'must be a port or a range "from-to" (a string)')),
     },
     validator: {
       enabled: pick('validator.enabled', validator.enabled, d.validator.enabled, bool),

@@ -1,6 +1,8 @@
 // ADD/DEL/CHECK/GC on the node: read the pod's intent, render it with the shared renderer,
 // apply it inside the pod's netns as one nft transaction plus policy routes, and record it.
-import { ANNOTATION_INTERCEPTION, NFT_FAMILY, NFT_TABLE, ValidationError, createOnly, ipCommands, parseIntent, renderDeleteTable, renderPlan, serializeIntent, tunCommands, tunDeleteCommands, type Plan, type TunSpec } from '@ziti-cni/shared'
+// The flow only: each datapath's mechanics (tun device, routing, eBPF program, sysctls) live
+// in ./datapath/, one module each.
+import { ANNOTATION_INTERCEPTION, NFT_FAMILY, NFT_TABLE, ValidationError, createOnly, parseIntent, podIngress, renderDeleteTable, renderPlan, serializeIntent, type IngressPort, type IngressSpec, type Plan } from '@ziti-cni/shared'
 import { lineDiff, normaliseListing } from '@ziti-cni/shared'
 import { podAddressClash } from '../../../shared/src/ranges.ts'
 import type { Logger } from 'pino'
@@ -9,6 +11,10 @@ import { CniError, ErrorCode, type PodRef } from '../cni/spec.ts'
 import type { Netns } from './netns.ts'
 import type { PodSource } from './pods.ts'
 import type { StateStore } from './state.ts'
+import { attachBpf, checkBpf, detachBpf } from './datapath/ebpf.ts'
+import { addRouting, checkRouting, removeRouting } from './datapath/routing.ts'
+import { checkSysctls, resetSysctls, setSysctls } from './datapath/sysctl.ts'
+import { addTun, checkTun, removeTun } from './datapath/tun.ts'
 
 export interface ProgrammerDeps {
   netns: Netns
@@ -24,7 +30,7 @@ const LIST_TABLE = ['list', 'table', NFT_FAMILY, NFT_TABLE]
 
 export class Programmer {
   private readonly d: ProgrammerDeps
-  /** Normalised listing per canonical intent: pods of one template share it, saving a call per ADD. */
+  /** Normalised listing per canonical intent and ingress: pods of one template share it, saving a call per ADD. */
   private readonly listings = new Map<string, string>()
   constructor(deps: ProgrammerDeps) {
     this.d = deps
@@ -39,23 +45,29 @@ export class Programmer {
     }
   }
 
-  /** The pod's intent text, or undefined when the pod has none. */
-  private async intentOf(pod: PodRef): Promise<string | undefined> {
+  /**
+   * The pod's intent text (undefined when the pod has none) and its spec, whose declared
+   * ports are what the fence lets in.
+   */
+  private async intentOf(pod: PodRef): Promise<{ text: string | undefined; spec: IngressSpec | undefined }> {
     let found
     try {
       found = await this.d.pods.get(pod, this.d.lookupDeadlineMs)
     } catch (e) {
       throw new CniError(ErrorCode.PodLookupFailed, (e as Error).message)
     }
-    return found.pod?.metadata?.annotations?.[ANNOTATION_INTERCEPTION]
+    return { text: found.pod?.metadata?.annotations?.[ANNOTATION_INTERCEPTION], spec: found.pod?.spec as IngressSpec | undefined }
   }
 
-  private plan(pod: PodRef, text: string, podIps: string[] | undefined): { plan: Plan; canonical: string } {
+  /** `canonical` keys what the kernel lists back: the intent and the ports let in. */
+  private plan(pod: PodRef, text: string, spec: IngressSpec | undefined, podIps: string[] | undefined): { plan: Plan; canonical: string; ingress: IngressPort[]; listingKey: string } {
     try {
       const intent = parseIntent(text)
       const clash = podAddressClash(intent, podIps ?? [])
       if (clash) throw new CniError(ErrorCode.InvalidIntent, `pod ${pod.namespace}/${pod.name}: ${clash}`, 'nothing was programmed')
-      return { plan: renderPlan(intent, { podIps }), canonical: serializeIntent(intent) }
+      const ingress = podIngress(spec)
+      const canonical = serializeIntent(intent)
+      return { plan: renderPlan(intent, { podIps, ingress }), canonical, ingress, listingKey: `${canonical} ${JSON.stringify(ingress)}` }
     } catch (e) {
       if (e instanceof ValidationError) {
         throw new CniError(ErrorCode.InvalidIntent, `pod ${pod.namespace}/${pod.name}: ${e.message}`, 'nothing was programmed')
@@ -79,128 +91,44 @@ export class Programmer {
     return r.stdout
   }
 
-  private async attachBpf(netns: string): Promise<void> {
-    for (const args of [
-      ['qdisc', 'replace', 'dev', 'lo', 'clsact'],
-      ['filter', 'replace', 'dev', 'lo', 'ingress', 'pref', '1', 'handle', '1', 'bpf', 'direct-action', 'object-file', this.d.bpfObject, 'section', 'tc'],
-    ]) {
-      const r = await this.d.netns.tc(netns, args)
-      if (r.code !== 0) throw new CniError(ErrorCode.ProgrammingFailed, `tc ${args.slice(0, 2).join(' ')} in ${netns} failed`, r.stderr.trim())
-    }
-  }
-
-  /** Runs `ip` argv lists (each starting with -4/-6) as one batch per family. */
-  private async ipBatches(netns: string, argvs: string[][], force: boolean): Promise<void> {
-    for (const family of ['-4', '-6'] as const) {
-      const lines = argvs.filter((a) => a[0] === family).map((a) => a.slice(1))
-      if (lines.length === 0) continue
-      const r = await this.d.netns.ipBatch(netns, family, lines, force)
-      if (r.code !== 0 && !force) throw new CniError(ErrorCode.ProgrammingFailed, 'policy routing failed', r.stderr.trim())
-    }
-  }
-
-  /** Removes our routes and rules; "not found" is success, repeats catch duplicates. */
-  private async removeRouting(netns: string, plan: Pick<Plan, 'routes' | 'rules' | 'localRulePriority'>): Promise<void> {
-    const dels = ipCommands(plan).map((argv) => argv.map((a, i) => (i === 2 ? 'del' : a)))
-    await this.ipBatches(netns, [...dels, ...dels, ...dels], true)
-    if (plan.localRulePriority !== undefined) await this.placeLocalRule(netns, plan, 0)
-  }
-
-  /** tun: deletes the device (address and routes go with it); absent is success. */
-  private async removeTun(netns: string, tun: TunSpec | undefined): Promise<void> {
-    if (tun) await this.ipBatches(netns, tunDeleteCommands(tun), true)
-  }
-
-  /** tun: the device as ADD made it: a tun, owned by the sidecar, addressed, up, routed. */
-  private async checkTun(netns: string, tun: TunSpec): Promise<void> {
-    const link = await this.d.netns.ip(netns, ['-d', '-j', 'link', 'show', 'dev', tun.dev])
-    if (link.code !== 0) throw new CniError(ErrorCode.Drift, `tun device ${tun.dev} is missing from ${netns}`, link.stderr.trim())
-    const [info] = JSON.parse(link.stdout) as Array<{ flags?: string[]; linkinfo?: { info_kind?: string; info_data?: { type?: string; user?: number; group?: number; pi?: boolean } } }>
-    const data = info?.linkinfo?.info_data
-    if (info?.linkinfo?.info_kind !== 'tun' || data?.type !== 'tun') throw new CniError(ErrorCode.Drift, `${tun.dev} is not a tun device`, link.stdout)
-    if (data.user !== tun.uid || data.group !== tun.gid) throw new CniError(ErrorCode.Drift, `${tun.dev} is owned by ${data.user}:${data.group}, not the sidecar's ${tun.uid}:${tun.gid}`)
-    if (!info.flags?.includes('UP')) throw new CniError(ErrorCode.Drift, `${tun.dev} is down`)
-    const addrs = await this.d.netns.ip(netns, ['-j', '-4', 'addr', 'show', 'dev', tun.dev])
-    const have = (JSON.parse(addrs.stdout || '[]') as Array<{ addr_info?: Array<{ local: string; prefixlen: number }> }>).flatMap((l) => l.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`)
-    if (!have.includes(tun.addr)) throw new CniError(ErrorCode.Drift, `${tun.dev} lost its address ${tun.addr}`, have.join(', '))
-    const routes = (await this.d.netns.ip(netns, ['-4', 'route', 'show', 'dev', tun.dev])).stdout.split('\n').map((l) => l.split(' ')[0])
-    for (const r of tun.routes) if (!routes.includes(r)) throw new CniError(ErrorCode.Drift, `route ${r} dev ${tun.dev} is missing`)
-  }
-
-  /** Puts our sysctls back to their defaults (ADD's rollback and DEL). */
-  private async resetSysctls(netns: string, plan: Pick<Plan, 'sysctls'>): Promise<void> {
-    for (const x of plan.sysctls) await this.d.netns.sysctl(netns, ['-qw', `${x.name}=${x.reset}`])
-  }
-
-  /**
-   * ebpf: exactly one `lookup local` rule, at `priority` (ours, after the bypass rules; or 0,
-   * the kernel's default, to undo). Added before the old one is deleted, so there is never a
-   * moment without it; `ip rule add` happily duplicates, so the current rules are read first.
-   */
-  private async placeLocalRule(netns: string, plan: Pick<Plan, 'rules' | 'localRulePriority'>, priority: number): Promise<void> {
-    const other = priority === 0 ? plan.localRulePriority! : 0
-    for (const family of new Set(plan.rules.map((r) => r.family))) {
-      const before = (await this.d.netns.ip(netns, [`-${family}`, 'rule', 'show'])).stdout
-      const cmds: string[][] = []
-      const at = localRulesAt(before, priority)
-      if (at === 0) cmds.push([`-${family}`, 'rule', 'add', 'priority', String(priority), 'lookup', 'local'])
-      for (let i = 1; i < at; i++) cmds.push([`-${family}`, 'rule', 'del', 'priority', String(priority), 'lookup', 'local'])
-      for (let i = 0; i < localRulesAt(before, other); i++) cmds.push([`-${family}`, 'rule', 'del', 'priority', String(other), 'lookup', 'local'])
-      if (cmds.length) await this.ipBatches(netns, cmds, false)
-    }
-  }
-
-  /** ebpf: the local rule after our bypass rule, verified. */
-  private async moveLocalRule(netns: string, plan: Plan): Promise<void> {
-    if (plan.localRulePriority === undefined) return
-    await this.placeLocalRule(netns, plan, plan.localRulePriority)
-    for (const family of new Set(plan.rules.map((r) => r.family))) {
-      const r = await this.d.netns.ip(netns, [`-${family}`, 'rule', 'show'])
-      if (localRulesAt(r.stdout, plan.localRulePriority) !== 1 || localRulesAt(r.stdout, 0) !== 0) throw new CniError(ErrorCode.ProgrammingFailed, `IPv${family}: could not move the local rule to priority ${plan.localRulePriority}`, r.stdout)
-    }
-  }
-
   async add(req: AgentRequest): Promise<AgentResponse> {
     const pod = req.pod!
-    const text = await this.intentOf(pod)
+    const { text, spec } = await this.intentOf(pod)
     if (text === undefined) return { ok: true, intercepted: false, detail: 'no interception intent' }
-    const { plan, canonical } = this.plan(pod, text, req.podIps)
+    const { plan, canonical, ingress, listingKey } = this.plan(pod, text, spec, req.podIps)
     this.assertPodNetns(req.netns)
+    const { netns } = this.d
     // Routing first (idempotent), then the table in one transaction; undo routing if nft fails.
-    await this.removeRouting(req.netns, plan)
-    await this.removeTun(req.netns, plan.tun)
+    await removeRouting(netns, req.netns, plan)
+    await removeTun(netns, req.netns, plan.tun)
     try {
-      if (plan.tun) await this.ipBatches(req.netns, tunCommands(plan.tun), false)
-      await this.ipBatches(req.netns, ipCommands(plan), false)
-      await this.moveLocalRule(req.netns, plan)
-      for (const x of plan.sysctls) {
-        const r = await this.d.netns.sysctl(req.netns, ['-qw', `${x.name}=${x.value}`])
-        if (r.code !== 0) throw new CniError(ErrorCode.ProgrammingFailed, `sysctl ${x.name} in ${req.netns} failed`, r.stderr.trim())
-      }
+      if (plan.tun) await addTun(netns, req.netns, plan.tun)
+      await addRouting(netns, req.netns, plan)
+      await setSysctls(netns, req.netns, plan)
       const created = await this.d.netns.nft(req.netns, ['-f', '-'], createOnly(plan.nft))
       if (created.code !== 0) {
         if (!created.stderr.includes('File exists')) throw new CniError(ErrorCode.ProgrammingFailed, `nft -f in ${req.netns} failed`, created.stderr.trim())
         await this.nft(req.netns, ['-f', '-'], plan.nft) // a table is there (ADD again): replace it
       }
-      if (plan.bpf) await this.attachBpf(req.netns)
+      if (plan.bpf) await attachBpf(netns, req.netns, this.d.bpfObject)
     } catch (e) {
       // Nothing half-done: the table, the routing, the sysctls and the program go together.
-      await this.d.netns.nft(req.netns, ['-f', '-'], renderDeleteTable())
-      await this.removeRouting(req.netns, plan)
-      await this.removeTun(req.netns, plan.tun)
-      await this.resetSysctls(req.netns, plan)
+      await netns.nft(req.netns, ['-f', '-'], renderDeleteTable())
+      await removeRouting(netns, req.netns, plan)
+      await removeTun(netns, req.netns, plan.tun)
+      await resetSysctls(netns, req.netns, plan)
       throw e
     }
     // The kernel's own spelling of what was committed, once per distinct intent.
-    let listing = this.listings.get(canonical)
+    let listing = this.listings.get(listingKey)
     if (listing === undefined) {
       listing = normaliseListing(await this.nft(req.netns, LIST_TABLE))
       if (this.listings.size >= 1024) this.listings.delete(this.listings.keys().next().value!)
-      this.listings.set(canonical, listing)
+      this.listings.set(listingKey, listing)
     }
     this.d.state.put({
       containerId: req.containerId, ifName: req.ifName, netns: req.netns, pod,
-      mode: plan.mode, intent: canonical, ...(req.podIps ? { podIps: req.podIps } : {}), listing, createdAt: new Date().toISOString(),
+      mode: plan.mode, intent: canonical, ...(req.podIps ? { podIps: req.podIps } : {}), ...(ingress.length ? { ingress } : {}), listing, createdAt: new Date().toISOString(),
     })
     return { ok: true, intercepted: true, mode: plan.mode }
   }
@@ -213,10 +141,10 @@ export class Programmer {
       await this.nft(netns, ['-f', '-'], renderDeleteTable())
       if (saved) {
         const plan = renderPlan(parseIntent(saved.intent), { podIps: saved.podIps })
-        await this.removeRouting(netns, plan)
-        await this.removeTun(netns, plan.tun)
-        await this.resetSysctls(netns, plan)
-        if (plan.bpf) await this.d.netns.tc(netns, ['qdisc', 'del', 'dev', 'lo', 'clsact'])
+        await removeRouting(this.d.netns, netns, plan)
+        await removeTun(this.d.netns, netns, plan.tun)
+        await resetSysctls(this.d.netns, netns, plan)
+        if (plan.bpf) await detachBpf(this.d.netns, netns)
       }
     }
     this.d.state.delete(req.containerId, req.ifName)
@@ -225,7 +153,7 @@ export class Programmer {
 
   async check(req: AgentRequest): Promise<AgentResponse> {
     const pod = req.pod!
-    const text = await this.intentOf(pod)
+    const { text, spec } = await this.intentOf(pod)
     const saved = this.d.state.get(req.containerId, req.ifName)
     this.assertPodNetns(req.netns)
     const live = await this.d.netns.nft(req.netns, LIST_TABLE)
@@ -233,7 +161,7 @@ export class Programmer {
       if (live.code === 0) throw new CniError(ErrorCode.Drift, `pod ${pod.namespace}/${pod.name} has no intent but its netns has table ${NFT_TABLE}`)
       return { ok: true, intercepted: false }
     }
-    const { plan, canonical } = this.plan(pod, text, req.podIps ?? saved?.podIps)
+    const { plan, canonical } = this.plan(pod, text, spec, req.podIps ?? saved?.podIps)
     if (!saved) throw new CniError(ErrorCode.Drift, `no record of ADD for ${req.containerId}/${req.ifName}`)
     if (saved.intent !== canonical) throw new CniError(ErrorCode.Drift, `pod ${pod.namespace}/${pod.name}: the interception intent changed since ADD`)
     if (live.code !== 0) throw new CniError(ErrorCode.Drift, `table ${NFT_TABLE} is missing from ${req.netns}`, live.stderr.trim())
@@ -241,37 +169,10 @@ export class Programmer {
     if (liveListing !== saved.listing) {
       throw new CniError(ErrorCode.Drift, `table ${NFT_TABLE} in ${req.netns} differs from what ADD programmed`, lineDiff(saved.listing, liveListing))
     }
-    if (plan.tun) await this.checkTun(req.netns, plan.tun)
-    for (const rule of plan.rules) {
-      const r = await this.d.netns.ip(req.netns, [`-${rule.family}`, 'rule', 'show'])
-      if (!r.stdout.includes(`fwmark 0x${rule.fwmark.toString(16)} lookup ${rule.table}`)) {
-        throw new CniError(ErrorCode.Drift, `IPv${rule.family} policy rule for fwmark 0x${rule.fwmark.toString(16)} is missing`)
-      }
-      if (plan.localRulePriority !== undefined && (localRulesAt(r.stdout, plan.localRulePriority) !== 1 || localRulesAt(r.stdout, 0) !== 0)) {
-        throw new CniError(ErrorCode.Drift, `IPv${rule.family} local rule is not at priority ${plan.localRulePriority}`, r.stdout)
-      }
-    }
-    // `ip route show ... type local` lines: "local <dst> dev lo ... [src <ip>]", keyed by dst.
-    const routeTables = new Map<string, Map<string, string>>()
-    for (const route of plan.routes) {
-      const key = `-${route.family} ${route.table}`
-      if (!routeTables.has(key)) {
-        const r = await this.d.netns.ip(req.netns, [`-${route.family}`, 'route', 'show', 'table', String(route.table), 'type', 'local'])
-        routeTables.set(key, new Map(r.stdout.split('\n').map((l) => [l.split(' ')[1] ?? '', l] as const)))
-      }
-      const dst = route.dst === '0.0.0.0/0' || route.dst === '::/0' ? 'default' : route.dst.replace(/\/(32|128)$/, '')
-      const line = routeTables.get(key)!.get(dst)
-      if (line === undefined) throw new CniError(ErrorCode.Drift, `IPv${route.family} local route ${route.dst} in table ${route.table} is missing`)
-      if (route.src && !line.includes(` src ${route.src}`)) throw new CniError(ErrorCode.Drift, `IPv${route.family} local route ${route.dst} lost its source ${route.src}`, line)
-    }
-    for (const x of plan.sysctls) {
-      const r = await this.d.netns.sysctl(req.netns, ['-n', x.name])
-      if (r.stdout.trim() !== x.value) throw new CniError(ErrorCode.Drift, `${x.name} is ${r.stdout.trim() || '(unreadable)'}, not ${x.value}`)
-    }
-    if (plan.bpf) {
-      const r = await this.d.netns.tc(req.netns, ['filter', 'show', 'dev', 'lo', 'ingress'])
-      if (!r.stdout.includes('name ziti_tproxy')) throw new CniError(ErrorCode.Drift, 'the eBPF program is not attached to lo ingress')
-    }
+    if (plan.tun) await checkTun(this.d.netns, req.netns, plan.tun)
+    await checkRouting(this.d.netns, req.netns, plan)
+    await checkSysctls(this.d.netns, req.netns, plan)
+    if (plan.bpf) await checkBpf(this.d.netns, req.netns)
     return { ok: true, intercepted: true, mode: plan.mode }
   }
 
@@ -289,9 +190,4 @@ export class Programmer {
     }
     return { ok: true, intercepted: false, detail: `removed ${removed} stale attachment(s)` }
   }
-}
-
-/** How many `lookup local` rules `ip rule show` lists at this priority. */
-function localRulesAt(ruleShow: string, priority: number): number {
-  return ruleShow.match(new RegExp(`^${priority}:\\s+from all lookup local\\s*$`, 'gm'))?.length ?? 0
 }

@@ -13,6 +13,8 @@ export interface AttachmentState {
   intent: string
   /** The pod's addresses ADD was given (they shape the eBPF datapath's routes). */
   podIps?: string[]
+  /** The declared inbound ports ADD let through the fence (from the pod spec). */
+  ingress?: Array<{ proto: 'tcp' | 'udp'; port: number }>
   /** `nft list table` right after ADD: the kernel's own spelling, compared by CHECK. */
   listing: string
   createdAt: string

@@ -1,6 +1,6 @@
 // The admin CLI: `render` prints exactly what ADD would apply for a pod manifest; `inspect`
 // shows a live netns table and whether it matches the pod's intent. Same code as the agent.
-import { ANNOTATION_INTERCEPTION, NFT_FAMILY, NFT_TABLE, ValidationError, ipCommands, parseIntent, renderPlan } from '@ziti-cni/shared'
+import { ANNOTATION_INTERCEPTION, NFT_FAMILY, NFT_TABLE, ValidationError, ipCommands, parseIntent, podIngress, renderPlan, type IngressPort, type IngressSpec } from '@ziti-cni/shared'
 import { readFileSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -18,7 +18,8 @@ const USAGE = `usage:
 
 class UsageError extends Error {}
 
-function readPodIntent(file: string): string {
+/** The pod's intent and the ports its containers declare (what the fence lets in). */
+function readPodIntent(file: string): { intent: string; ingress: IngressPort[] } {
   const text = file === '-' ? readFileSync(0, 'utf8') : readFileSync(resolve(process.env.INIT_CWD ?? process.cwd(), file), 'utf8')
   let doc: unknown
   try {
@@ -30,7 +31,7 @@ function readPodIntent(file: string): string {
   const intent = annotations[ANNOTATION_INTERCEPTION]
   if (intent === undefined) throw new UsageError(`${file}: the pod has no ${ANNOTATION_INTERCEPTION} annotation (run it through the webhook first: pnpm -s run inject -f ${file})`)
   if (typeof intent !== 'string') throw new UsageError(`${file}: ${ANNOTATION_INTERCEPTION} must be a string`)
-  return intent
+  return { intent, ingress: podIngress((doc as { spec?: IngressSpec }).spec) }
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -46,19 +47,20 @@ async function main(argv: string[]): Promise<number> {
   if (cmd === 'render') {
     if (!values.file) throw new UsageError('render needs -f POD.yaml')
     if (values.format !== 'nft' && values.format !== 'json') throw new UsageError(`--format must be nft or json, not ${JSON.stringify(values.format)}`)
-    const plan = renderPlan(parseIntent(readPodIntent(values.file)))
+    const pod = readPodIntent(values.file)
+    const plan = renderPlan(parseIntent(pod.intent), { ingress: pod.ingress })
     if (values.format === 'nft') process.stdout.write(plan.nft)
     else process.stdout.write(JSON.stringify({ ...plan, ip: ipCommands(plan).map((a) => ['ip', ...a]) }, null, 2) + '\n')
     return 0
   }
   if (cmd === 'inspect') {
-    let expectedIntent: string | undefined = values.file ? readPodIntent(values.file) : undefined
+    let expected: { intent: string; ingress: IngressPort[] } | undefined = values.file ? readPodIntent(values.file) : undefined
     if (values.pod) {
       const [ns, name] = values.pod.split('/')
       const found = new StateStore(values['state-dir']).list().find((s) => s.pod.namespace === ns && s.pod.name === name)
       if (!found) throw new UsageError(`no attachment recorded for pod ${values.pod} in ${values['state-dir']} (not intercepted, or not on this node)`)
       values.netns = found.netns
-      expectedIntent ??= found.intent
+      expected ??= { intent: found.intent, ingress: found.ingress ?? [] }
       process.stdout.write(`pod ${values.pod}: container ${found.containerId.slice(0, 12)}, netns ${found.netns}, mode ${found.mode}\n`)
     }
     if (!values.netns) throw new UsageError('inspect needs --netns PATH or --pod NS/NAME')
@@ -67,13 +69,13 @@ async function main(argv: string[]): Promise<number> {
     const live = await netns.nft(values.netns, ['list', 'table', NFT_FAMILY, NFT_TABLE])
     if (live.code !== 0) {
       process.stdout.write(`no ${NFT_FAMILY} ${NFT_TABLE} table in ${values.netns}\n`)
-      return expectedIntent ? 1 : 0
+      return expected ? 1 : 0
     }
     process.stdout.write(live.stdout)
-    if (!expectedIntent) return 0
+    if (!expected) return 0
     // Same judge as CHECK: load the rendered plan into a throwaway netns and compare listings.
-    const expected = await renderedListing(renderPlan(parseIntent(expectedIntent)).nft)
-    const diff = lineDiff(normaliseListing(expected), normaliseListing(live.stdout))
+    const listing = await renderedListing(renderPlan(parseIntent(expected.intent), { ingress: expected.ingress }).nft)
+    const diff = lineDiff(normaliseListing(listing), normaliseListing(live.stdout))
     process.stdout.write(diff ? `\nDRIFT: live table differs from the pod's intent:\n${diff}\n` : '\nMATCH: live table equals the pod\'s intent\n')
     return diff ? 1 : 0
   }

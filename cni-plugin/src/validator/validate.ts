@@ -7,7 +7,8 @@ import { createServer, connect } from 'node:net'
 import { createSocket } from 'node:dgram'
 import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import { TPROXY_FWMARK, TPROXY_ROUTE_TABLE, formatAddress, nthAddress, parseCidr, parseInterfaceAddress, type Cidr, type Intent } from '@ziti-cni/shared'
+import { networkInterfaces } from 'node:os'
+import { TPROXY_FWMARK, TPROXY_ROUTE_TABLE, cidrContains, formatAddress, nthAddress, parseAddress, parseCidr, parseInterfaceAddress, type Cidr, type Egress, type Intent } from '@ziti-cni/shared'
 
 export { EXIT_NOT_INTERCEPTED } from '@ziti-cni/shared'
 const TIMEOUT_MS = Number(process.env.ZITI_CNI_VALIDATOR_TIMEOUT_MS ?? 2000)
@@ -57,7 +58,8 @@ function checkTun(intent: Extract<Intent, { mode: 'tun' }>): string {
   const sys = (f: string) => readFileSync(`/sys/class/net/${intent.dev}/${f}`, 'utf8').trim()
   let owner: string
   try { owner = `${sys('owner')}:${sys('group')}` } catch { throw new Error(`the tun device ${intent.dev} is missing`) }
-  if (owner !== `${intent.uid}:${intent.gid}`) throw new Error(`${intent.dev} is owned by ${owner}, not ${intent.uid}:${intent.gid}`)
+  // No group (-1): a gid is whatever the pod spec gives, so only the uid may attach.
+  if (owner !== `${intent.uid}:-1`) throw new Error(`${intent.dev} is owned by ${owner}, not by uid ${intent.uid} alone`)
   if ((Number.parseInt(sys('flags'), 16) & 1) === 0) throw new Error(`${intent.dev} is down`)
   // The tunneler's DNS address: the one after the device's own.
   const { address } = parseInterfaceAddress(intent.addr) as { address: { family: 4; value: bigint } }
@@ -67,13 +69,81 @@ function checkTun(intent: Extract<Intent, { mode: 'tun' }>): string {
   return `${intent.dev} is a tun owned by ${owner}, up, and ${dns} is routed into it`
 }
 
+/**
+ * The fence, from inside the pod: a datagram sent to a multicast group on the pod's interface
+ * with loopback on and TTL 0 comes back in through that interface (iif eth0, as if from
+ * another pod; measured) and never leaves the pod, to a port nobody declared. Without the fence it arrives; with it, it must not.
+ * The send itself must work, or the check proves nothing and fails.
+ */
+export function checkFence(exceptDev?: string): Promise<string> {
+  const nic = Object.entries(networkInterfaces()).find(([name, addrs]) => name !== 'lo' && name !== exceptDev && addrs?.some((a) => a.family === 'IPv4' && !a.internal))
+  if (!nic) return Promise.reject(new Error('the fence cannot be probed: the pod has no IPv4 interface but lo'))
+  const [dev, addrs] = nic
+  const src = addrs!.find((a) => a.family === 'IPv4')!.address
+  const group = '239.255.42.71'
+  return new Promise((resolve, reject) => {
+    const rx = createSocket({ type: 'udp4', reuseAddr: true })
+    const tx = createSocket('udp4')
+    let timer: NodeJS.Timeout | undefined
+    const done = (err?: Error, ok?: string) => { clearTimeout(timer); rx.close(); tx.close(); if (err) reject(err); else resolve(ok!) }
+    rx.on('message', () => done(new Error(`the fence is missing: a datagram from ${dev} reached an undeclared port`)))
+    rx.on('error', (e) => done(new Error(`the fence cannot be probed: ${e.message}`)))
+    rx.bind(0, '0.0.0.0', () => {
+      const port = rx.address().port
+      try {
+        rx.addMembership(group, src)
+        tx.bind(0, src, () => {
+          tx.setMulticastInterface(src)
+          tx.setMulticastLoopback(true)
+          // TTL 0: the datagram is only looped back, never sent (and egress: ziti-only lets it by).
+          tx.setMulticastTTL(0)
+          tx.send('ziti-cni-validator fence probe', port, group, (e) => {
+            if (e) return done(new Error(`the fence cannot be probed: sending to ${group} on ${dev}: ${e.message}`))
+            timer = setTimeout(() => done(undefined, `the fence drops what comes in on ${dev} to undeclared ports`), Math.min(TIMEOUT_MS, 500))
+          })
+        })
+      } catch (e) {
+        done(new Error(`the fence cannot be probed: joining ${group} on ${dev}: ${(e as Error).message}`))
+      }
+    })
+  })
+}
+
 /** The first host address of an IPv4 CIDR (the network address itself for a /31 or /32). */
 function firstHost(cidr: string): string {
   const c = parseCidr(cidr) as Cidr
   return formatAddress(nthAddress(c, c.prefix < 31 ? 1 : 0)!)
 }
 
+/** The redirect first (an unprogrammed pod says so), then the fence, then the egress lockdown. */
 export async function validate(intent: Intent): Promise<string> {
+  const redirect = await checkRedirect(intent)
+  const fence = await checkFence(intent.mode === 'tun' ? intent.dev : undefined)
+  const egress = intent.egress ? `; ${await checkEgress(intent.egress)}` : ''
+  return `${redirect}; ${fence}${egress}`
+}
+
+/**
+ * egress: ziti-only, from inside the pod: a datagram to a documentation address (nobody's,
+ * and no exception) must fail at once with EPERM, which only the lockdown's drop gives an
+ * unprivileged sender; without it the send succeeds.
+ */
+export function checkEgress(e: Egress): Promise<string> {
+  const allowed = (ip: string) => e.cidrs.some((c) => cidrContains(parseCidr(c) as Cidr, parseAddress(ip) as Exclude<ReturnType<typeof parseAddress>, string>))
+  const port = [9, 7, 13].find((p) => !e.ports.some((r) => { const [a, b = a] = r.split('-').map(Number); return p >= a! && p <= b! }))
+  const dst = ['192.0.2.1', '198.51.100.1', '203.0.113.1'].find((a) => !allowed(a))
+  if (port === undefined || dst === undefined) return Promise.resolve('egress lockdown not probed (every probe address or port is an exception)')
+  return new Promise((resolve, reject) => {
+    const tx = createSocket('udp4')
+    tx.send('ziti-cni-validator egress probe', port, dst, (err) => {
+      tx.close()
+      if ((err as NodeJS.ErrnoException | null)?.code === 'EPERM') resolve(`egress is locked down (udp ${dst}:${port}: EPERM)`)
+      else reject(new Error(`egress is not locked down: udp ${dst}:${port} ${err ? `failed with ${(err as NodeJS.ErrnoException).code}` : 'was sent'}, not EPERM`))
+    })
+  })
+}
+
+async function checkRedirect(intent: Intent): Promise<string> {
   if (intent.mode === 'tun') return checkTun(intent)
   if (intent.mode === 'proxy') {
     // An IPv4 entry; a range (a service's CIDR) is dialled at its first host address.

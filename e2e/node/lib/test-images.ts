@@ -76,6 +76,7 @@ export function buildTestImages(): { archive: string; work: string } {
     .binary(process.execPath, '/usr/local/bin/node')
     .binary('/usr/sbin/nft', '/usr/sbin/nft')
     .binary('/usr/bin/ip', '/usr/bin/ip')
+    .binary('/usr/sbin/tc', '/usr/sbin/tc')
     .file(join(bin, 'pause'), '/pause')
     .file(join(REPO, 'cni-plugin/dist/validator.mjs'), '/opt/ziti-cni/validator.mjs', 0o644)
     .file(join(REPO, 'webhook/dist/enroll.mjs'), '/app/enroll.mjs', 0o644)

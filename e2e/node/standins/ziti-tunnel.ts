@@ -153,8 +153,9 @@ for (let i = 0; i < argv.length; i++) {
 // ziti/tunnel/proxy.go:34 cobra.MinimumNArgs(1)
 if (positionals.length === 0) fail('requires at least 1 arg(s), only received 0')
 
-// ---- tunnel/intercept/proxy/proxy.go New() (:98-133): parse svc:port[:tcp|udp] ----
-interface Service { name: string; port: number; udp: boolean }
+// ---- tunnel/intercept/proxy/proxy.go New() (:98-141): parse svc:port[:tcp|udp] ----
+/** `binding`: a proxy.v1 config's bind address (:170); absent, the interceptor's 0.0.0.0. */
+interface Service { name: string; port: number; udp: boolean; binding?: string }
 const services = new Map<string, Service>()
 for (const arg of positionals) {
   const parts = arg.split(':') // :102
@@ -179,7 +180,7 @@ if (flags['cli-agent'] !== 'false') {
 
 // The controller's answer for this identity: dialable services and their proxy.v1 configs.
 let dialable: Set<string> | undefined
-let proxyV1: Record<string, { port: number; protocols: string[] }> = {}
+let proxyV1: Record<string, { port: number; protocols: string[]; binding?: string }> = {}
 interface IdentityFile { ztAPI?: string; id?: { cert?: string; key?: string; ca?: string }; standinDialable?: string[]; standinProxyV1?: typeof proxyV1 }
 let identity: IdentityFile = {}
 try {
@@ -206,7 +207,7 @@ async function fetchServices(): Promise<void> {
   for (let offset = 0; ; offset += 500) {
     const r = await https(`${api}/services?limit=500&offset=${offset}`, { ...tls, headers: { 'zt-session': token } })
     if (r.status !== 200) throw new Error(`service list failed: ${r.status} ${r.body}`)
-    const page = JSON.parse(r.body) as { data: Array<{ name: string; permissions: string[]; config: Record<string, { port: number; protocols: string[] }> }>; meta: { pagination: { totalCount: number } } }
+    const page = JSON.parse(r.body) as { data: Array<{ name: string; permissions: string[]; config: Record<string, { port: number; protocols: string[]; binding?: string }> }>; meta: { pagination: { totalCount: number } } }
     for (const svc of page.data) {
       if (!svc.permissions.includes('Dial')) continue // intercept/svcpoll.go: only dialable services are intercepted
       names.add(svc.name)
@@ -227,15 +228,20 @@ function intercept(s: Service): void {
   const key = `${s.name}/${s.udp ? 'udp' : 'tcp'}`
   if (listening.has(key)) return
   listening.add(key)
+  // proxy.go:225-244 / :279-296 the bind address: the interceptor's IP, net.IPv4zero
+  // (ziti/tunnel/proxy.go:48), unless proxy.v1 names a binding. (Upstream also resolves an
+  // interface name through transport.ResolveLocalBinding; the stand-in takes IPv4 literals.)
+  const host = s.binding ?? '0.0.0.0'
+  if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(host)) { log('ERROR', `unable to resolve binding '${host}' on service '${s.name}' for ${s.udp ? 'udp' : 'tcp'} proxy`); return }
   if (!s.udp) {
-    // proxy.go:246-247 net.Listen("tcp4", 0.0.0.0:port)
+    // proxy.go:246-247 net.Listen("tcp4", <binding>:port)
     // Per-connection errors (a probe's reset) end that connection only, as in Go.
     createTcpServer((c) => { c.on('error', () => c.destroy()); c.end(`ziti-service=${s.name} listener=${s.port} peer=${c.remoteAddress}\n`) })
       .on('error', (e) => log('ERROR', `failed to intercept service: ${e.message}`))
-      .listen(s.port, '0.0.0.0', () => log('INFO', `service ${s.name} is listening addr=0.0.0.0:${s.port}`))
+      .listen(s.port, host, () => log('INFO', `service ${s.name} is listening addr=${host}:${s.port}`))
     return
   }
-  // proxy.go:299-300 net.ListenUDP("udp4", 0.0.0.0:port)
+  // proxy.go:299-300 net.ListenUDP("udp4", <binding>:port)
   const sock: Socket = createSocket('udp4')
   sock.on('message', (msg, rinfo) => {
     // udp_vconn/conn.go Write(): replies go out with WriteTo on the unconnected listener. (Since
@@ -243,18 +249,21 @@ function intercept(s: Service): void {
     sock.send(`ziti-service=${s.name} listener=${s.port} via=udp got=${msg.toString().trim()}\n`, rinfo.port, rinfo.address)
   })
   sock.on('error', (e) => log('ERROR', `failed to intercept service: ${e.message}`))
-  sock.bind(s.port, '0.0.0.0', () => log('INFO', `service ${s.name} is listening addr=0.0.0.0:${s.port}`))
+  sock.bind(s.port, host, () => log('INFO', `service ${s.name} is listening addr=${host}:${s.port}`))
 }
 
 // intercept/svcpoll.go addService: a listener only for services the identity may Dial, after
 // login and the first service list (a short delay here stands for the controller round trips).
-// proxy.go:149-184 a service's proxy.v1 config replaces the command line's port and protocols.
+// proxy.go:143-197 Intercept() runs for every dialable service: one with a proxy.v1 config
+// gets a listener whether or not the command line names it (:157-184, the config replaces the
+// command line's port and protocols); one with neither is skipped (:186-189). So the ports
+// that are open are not the ports admission knew of: the fence must not depend on them.
 function poll(): void {
   const names = new Set([...services.keys(), ...Object.keys(proxyV1)])
   for (const name of names) {
     if (dialable && !dialable.has(name)) continue
     const v1 = proxyV1[name]
-    if (v1) for (const p of v1.protocols) intercept({ name, port: v1.port, udp: p === 'udp' })
+    if (v1) for (const p of v1.protocols) intercept({ name, port: v1.port, udp: p === 'udp', ...(v1.binding ? { binding: v1.binding } : {}) })
     else intercept(services.get(name)!)
   }
 }

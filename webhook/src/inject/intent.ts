@@ -1,7 +1,7 @@
 // From the user's annotations and the webhook config to the interception intent (schema v1)
 // plus what the sidecar needs to match it: hostAliases, proxy listeners, env.
 import {
-  ANNOTATION_DATAPATH, ANNOTATION_DNS_CAPTURE, ANNOTATION_IDENTITY, AUTO, ANNOTATION_EXCLUDE_CIDRS, ANNOTATION_EXCLUDE_PORTS, ANNOTATION_INTERCEPT_CIDRS, ANNOTATION_MODE, ANNOTATION_SERVICES,
+  ANNOTATION_DATAPATH, ANNOTATION_DNS_CAPTURE, ANNOTATION_EGRESS, ANNOTATION_EGRESS_ALLOW, parseEgress, parseEgressAllow, parsePortRanges, type Egress, ANNOTATION_IDENTITY, AUTO, ANNOTATION_EXCLUDE_CIDRS, ANNOTATION_EXCLUDE_PORTS, ANNOTATION_INTERCEPT_CIDRS, ANNOTATION_MODE, ANNOTATION_SERVICES,
   ValidationError, cidrContains, cidrsOverlap, formatAddress, formatCidr, formatPortRange, mergeCidrs, nthAddress, parseAddress, parseDatapath, parseDnsCapture, parseExcludeCidrs, parseExcludePorts,
   parseCidr, parseInterceptCidrs, parseInterfaceAddress, parseMode, parseServices, type Cidr, type Intent, type Mode, type Proto,
 } from '@ziti-cni/shared'
@@ -43,8 +43,35 @@ export function planInterception(annotations: Record<string, string>, existingAl
   for (const [key, modes] of Object.entries(ONLY_IN)) {
     if (annotations[key] !== undefined && !modes.includes(mode)) throw new ValidationError(key, `only applies to ${modes.join(' and ')} mode, but the pod's mode is ${mode}`)
   }
-  if (mode === 'tun') return planTun(annotations, cfg)
-  return mode === 'proxy' ? planProxy(annotations, existingAliases, cfg, auto) : planTproxy(annotations, cfg)
+  const plan = mode === 'tun' ? planTun(annotations, cfg) : mode === 'proxy' ? planProxy(annotations, existingAliases, cfg, auto) : planTproxy(annotations, cfg)
+  const egress = planEgress(annotations, cfg)
+  if (egress) plan.intent.egress = egress
+  return plan
+}
+
+/**
+ * `egress: ziti-only` (or the config's default): the cluster DNS and the exceptions of the
+ * config and the annotation, merged into the canonical lists the schema wants.
+ */
+function planEgress(annotations: Record<string, string>, cfg: WebhookConfig): Egress | undefined {
+  const mode = annotations[ANNOTATION_EGRESS] !== undefined ? parseEgress(annotations[ANNOTATION_EGRESS]!) : cfg.egress.default
+  const allow = annotations[ANNOTATION_EGRESS_ALLOW] !== undefined ? parseEgressAllow(annotations[ANNOTATION_EGRESS_ALLOW]!) : { cidrs: [], ports: [] }
+  if (mode === 'open') {
+    if (annotations[ANNOTATION_EGRESS_ALLOW] !== undefined) throw new ValidationError(ANNOTATION_EGRESS_ALLOW, `only applies with ${ANNOTATION_EGRESS}: ziti-only, but the pod's egress is open`)
+    return undefined
+  }
+  const ports = [...cfg.egress.allowPorts.flatMap((p) => parsePortRanges('egress.allowPorts', p)), ...allow.ports].sort((a, b) => a.from - b.from)
+  const merged: typeof ports = []
+  for (const r of ports) {
+    const last = merged.at(-1)
+    if (last && r.from <= last.to + 1) last.to = Math.max(last.to, r.to)
+    else merged.push({ ...r })
+  }
+  return {
+    dns: [...new Set(cfg.egress.clusterDns.map((a) => formatAddress(parseAddress(a) as Exclude<ReturnType<typeof parseAddress>, string>)))],
+    cidrs: mergeCidrs([...cfg.egress.allowCidrs, ...allow.cidrs]).map(formatCidr),
+    ports: merged.map(formatPortRange),
+  }
 }
 
 /**
@@ -66,7 +93,7 @@ function planTun(annotations: Record<string, string>, cfg: WebhookConfig): Inter
   }
   const dnsAsked = annotations[ANNOTATION_DNS_CAPTURE] !== undefined ? parseDnsCapture(annotations[ANNOTATION_DNS_CAPTURE]!) : undefined
   const useDns = dnsAsked ?? true
-  const intent: Intent = { v: 1, mode: 'tun', uid: cfg.sidecarUid, gid: cfg.sidecarGid, dev: cfg.tun.dev, addr: cfg.tun.addr, routes }
+  const intent: Intent = { v: 1, mode: 'tun', uid: cfg.sidecarUid, dev: cfg.tun.dev, addr: cfg.tun.addr, routes }
   return { mode: 'tun', intent, aliases: [], listeners: [], ports: [], ...(useDns ? { dnsServer: cfg.tun.dnsServer, dnsExplicit: dnsAsked === true } : {}) }
 }
 
