@@ -75,7 +75,7 @@ async function bench(rate: number, seconds: number): Promise<void> {
     must('ip', ['-n', ns, 'addr', 'add', `${nsIp}/30`, 'dev', nsIf])
     must('ip', ['-n', ns, 'link', 'set', nsIf, 'up'])
     must('ip', ['-n', ns, 'link', 'set', 'lo', 'up'])
-    for (const c of tunCommands({ dev: 'ziti0', uid: 2171, gid: 2171, addr: '100.64.0.1/10', routes: [] })) must('ip', ['-n', ns, ...c])
+    for (const c of tunCommands({ dev: 'ziti0', uid: 2171, addr: '100.64.0.1/10', routes: [] })) must('ip', ['-n', ns, ...c])
 
     const ctrl = new FakeZitiController({ host: hostIp })
     await ctrl.listen()
