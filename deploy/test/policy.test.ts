@@ -67,7 +67,8 @@ function admit(r: Request): string[] {
   return failures
 }
 
-const CFG: WebhookConfig = { ...DEFAULT_CONFIG, tun: { ...DEFAULT_CONFIG.tun, image: 'docker.io/openziti/ziti-edge-tunnel:1.18.2' } }
+// The cluster DNS as the webhook would have read it from kube-system/kube-dns (tun mode needs one).
+const CFG: WebhookConfig = { ...DEFAULT_CONFIG, tproxy: { ...DEFAULT_CONFIG.tproxy, clusterDns: ['10.96.0.10'] }, tun: { ...DEFAULT_CONFIG.tun, image: 'docker.io/openziti/ziti-edge-tunnel:1.18.2' } }
 const restrictedApp = { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } }
 function appPod(annotations: Record<string, string>, extra: Partial<V1Pod['spec']> = {}): V1Pod {
   return {

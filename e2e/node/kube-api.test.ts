@@ -393,10 +393,12 @@ t.test('admission with the real webhook: pod-label opt-in in a namespace that di
   t.teardown(() => webhook.close())
   api.admission = webhook.admission
   await api.create('secrets', { metadata: { name: 'id', namespace: 'plain' } })
-  const p = await core.createNamespacedPod({ namespace: 'plain', body: pod('opted', { namespace: 'plain', labels: { 'cni.openziti.io/inject': 'enabled' }, annotations: { 'cni.openziti.io/identity-secret': 'id', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' } }) as V1Pod })
+  // An app the preconditions admit: no capability it could use against the sidecar.
+  const spec = { containers: [{ name: 'app', image: 'registry.example.com/app:1.0', securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }] }
+  const p = await core.createNamespacedPod({ namespace: 'plain', body: pod('opted', { namespace: 'plain', spec, labels: { 'cni.openziti.io/inject': 'enabled' }, annotations: { 'cni.openziti.io/identity-secret': 'id', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' } }) as V1Pod })
   t.ok(p.metadata?.annotations?.['cni.openziti.io/interception'], 'injected: the intent annotation')
   t.ok([...(p.spec?.initContainers ?? []), ...(p.spec?.containers ?? [])].some((c) => c.name === 'ziti-tunnel'), 'and the sidecar')
-  const plain = await core.createNamespacedPod({ namespace: 'plain', body: pod('not-opted', { namespace: 'plain', annotations: { 'cni.openziti.io/identity-secret': 'id', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' } }) as V1Pod })
+  const plain = await core.createNamespacedPod({ namespace: 'plain', body: pod('not-opted', { namespace: 'plain', spec, annotations: { 'cni.openziti.io/identity-secret': 'id', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' } }) as V1Pod })
   t.notOk(plain.metadata?.annotations?.['cni.openziti.io/interception'], 'without the label: not called, not injected')
 })
 

@@ -2,7 +2,7 @@
 // Secret named by the pod (the webhook never reads it), and a startup probe run from inside
 // the pod (the fence drops kubelet probes from the node's address by design).
 import { SIDECAR_NAME, SIDECAR_VOLUME, VALIDATOR_NAME, type SecretRef } from '@ziti-cni/shared'
-import type { V1Container, V1EnvVar, V1Volume } from '@kubernetes/client-node'
+import type { V1Container, V1EnvVar, V1SecurityContext, V1Volume } from '@kubernetes/client-node'
 import type { WebhookConfig } from '../config.ts'
 import type { InterceptionPlan } from './intent.ts'
 
@@ -74,6 +74,23 @@ export const TUN_PROBE = [
   '[[ $carrier == 1 ]] || { echo "ziti-edge-tunnel has not attached to $1 yet"; exit 1; }',
 ].join('\n')
 
+/**
+ * The sidecar's uid and nothing else: no capability in any profile (the eBPF datapath hands
+ * connections to plain listeners), Pod Security restricted. The enrollment step shares it.
+ */
+export function sidecarSecurityContext(cfg: WebhookConfig): V1SecurityContext {
+  return {
+    runAsUser: cfg.sidecarUid,
+    runAsGroup: cfg.sidecarGid,
+    runAsNonRoot: true,
+    allowPrivilegeEscalation: false,
+    readOnlyRootFilesystem: true,
+    privileged: false,
+    capabilities: { drop: ['ALL'] },
+    seccompProfile: { type: 'RuntimeDefault' },
+  }
+}
+
 export function sidecarVolume(): V1Volume {
   return { name: SIDECAR_VOLUME, emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } }
 }
@@ -93,8 +110,6 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
   // identity in the emptyDir (entrypoint.sh:110-127).
   let image: string
   let args: string[]
-  // No capability in any profile: the eBPF datapath hands connections to plain listeners.
-  const capabilities = { drop: ['ALL'] }
   if (plan.mode === 'proxy') {
     image = cfg.proxy.image
     // --svcPollRate: without it proxy mode never re-polls (ziti/tunnel/proxy.go:41-43), so a
@@ -143,16 +158,7 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
       ...(cfg.resources.requests ? { requests: { ...cfg.resources.requests } } : {}),
       ...(cfg.resources.limits || plan.mode === 'tun' ? { limits: { ...cfg.resources.limits, ...(plan.mode === 'tun' ? { [cfg.tun.resource]: '1' } : {}) } } : {}),
     },
-    securityContext: {
-      runAsUser: cfg.sidecarUid,
-      runAsGroup: cfg.sidecarGid,
-      runAsNonRoot: true,
-      allowPrivilegeEscalation: false,
-      readOnlyRootFilesystem: true,
-      privileged: false,
-      capabilities,
-      seccompProfile: { type: 'RuntimeDefault' },
-    },
+    securityContext: sidecarSecurityContext(cfg),
     // The app starts only once every listener is up (native sidecars gate later containers on
     // their startup probe); kubelet probes come from the node and the fence drops them.
     startupProbe: {

@@ -8,6 +8,7 @@
 import type { V1Container, V1Volume } from '@kubernetes/client-node'
 import { SIDECAR_VOLUME } from '@ziti-cni/shared'
 import type { WebhookConfig } from '../config.ts'
+import { sidecarSecurityContext } from '../inject/sidecar.ts'
 
 export const ENROLL_NAME = 'ziti-enroll'
 export const ENROLL_TOKEN_VOLUME = 'ziti-enroll-token'
@@ -42,16 +43,7 @@ export function autoIdentity(cfg: WebhookConfig): AutoIdentity {
         { name: ENROLL_TOKEN_VOLUME, mountPath: ENROLL_TOKEN_DIR, readOnly: true },
       ],
       resources: { requests: { cpu: '10m', memory: '32Mi' }, limits: { memory: '96Mi' } },
-      securityContext: {
-        runAsUser: cfg.sidecarUid,
-        runAsGroup: cfg.sidecarGid,
-        runAsNonRoot: true,
-        allowPrivilegeEscalation: false,
-        readOnlyRootFilesystem: true,
-        privileged: false,
-        capabilities: { drop: ['ALL'] },
-        seccompProfile: { type: 'RuntimeDefault' },
-      },
+      securityContext: sidecarSecurityContext(cfg),
     },
     // Mounted into the init step only: no other container of the pod sees this token. 0444
     // because the kubelet owns the file by root unless every container shares one uid.
