@@ -6,7 +6,7 @@ import { interceptRanges, podAddressClash, rangeClashes } from '../src/ranges.ts
 
 const PROXY = parseIntent('{"v":1,"mode":"proxy","uid":2171,"dnat":[{"dst":"100.64.0.2","proto":"tcp","port":5432,"to":15100},{"dst":"10.0.0.0/8","proto":"tcp","port":443,"to":15101}],"fence":[15100,15101]}')
 const TPROXY = parseIntent('{"v":1,"mode":"tproxy","uid":2171,"cidrs":["100.64.0.0/10","fd00:ffff::/64"],"proto":["tcp"],"to":15001,"datapath":"ebpf","fence":[15001]}')
-const TUN = parseIntent('{"v":1,"mode":"tun","uid":2171,"gid":2171,"dev":"ziti0","addr":"100.64.0.1/10","routes":["10.99.0.0/16"]}')
+const TUN = parseIntent('{"v":1,"mode":"tun","uid":2171,"dev":"ziti0","addr":"100.64.0.1/10","routes":["10.99.0.0/16"]}')
 const c = (s: string) => parseCidr(s) as Cidr
 
 t.test('what each mode takes over', async (t) => {
