@@ -13,7 +13,7 @@ import { startApiStandIn, TEST_CONFIG } from './helpers.ts'
 
 const tproxyPod = (annotations: Record<string, string> = {}) => ({
   metadata: { name: 'tp', namespace: 'apps', annotations: { 'cni.openziti.io/identity-secret': 'id', 'cni.openziti.io/mode': 'tproxy', ...annotations } },
-  spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1' }] },
+  spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1', securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }] },
 })
 const admit = (cfg: ReturnType<typeof validateConfig>, pod: object) => review({ uid: 'u', kind: { group: '', version: 'v1', kind: 'Pod' }, operation: 'CREATE', namespace: 'apps', object: pod as never }, cfg)
 const nameservers = (cfg: ReturnType<typeof validateConfig>, pod: object) => {
@@ -50,7 +50,7 @@ t.test('admission while the cluster DNS is unknown: DNS-using tproxy and tun pod
   t.equal(r.response.status?.message, 'ziti-cni: cni.openziti.io/dns-capture: the cluster DNS is unknown (Service kube-system/kube-dns is missing, headless or not read yet: see the webhook log); the pod\'s resolver would have no server for names that are not Ziti services. Set tproxy.clusterDns in the webhook config, or tproxy.clusterDnsService to the Service your cluster uses')
   t.notOk(admit(cfg, { ...tproxyPod(), metadata: { ...tproxyPod().metadata, annotations: { ...tproxyPod().metadata.annotations, 'cni.openziti.io/mode': 'tun' } } }).response.allowed, 'tun too')
   t.ok(admit(cfg, tproxyPod({ 'cni.openziti.io/dns-capture': 'false' })).response.allowed, 'a pod that keeps its own DNS does not need it')
-  t.ok(admit(cfg, { metadata: { name: 'p', namespace: 'apps', annotations: { 'cni.openziti.io/identity-secret': 'id', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' } }, spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1' }] } }).response.allowed, 'proxy pods never need it')
+  t.ok(admit(cfg, { metadata: { name: 'p', namespace: 'apps', annotations: { 'cni.openziti.io/identity-secret': 'id', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' } }, spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1', securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }] } }).response.allowed, 'proxy pods never need it')
   cfg.tproxy.clusterDns = ['10.100.0.10']
   t.same(nameservers(cfg, tproxyPod()), ['100.64.0.2', '10.100.0.10'], 'once known: the tunneler first, then the cluster DNS')
 })

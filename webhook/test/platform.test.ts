@@ -12,7 +12,7 @@ import { TEST_CONFIG } from './helpers.ts'
 const pod = (spec: Partial<V1Pod['spec']> = {}, labels: Record<string, string> = {}): V1Pod => ({
   apiVersion: 'v1', kind: 'Pod',
   metadata: { name: 'p', namespace: 'apps', labels, annotations: { 'cni.openziti.io/identity-secret': 'id', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' } },
-  spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1' }], ...spec } as V1Pod['spec'],
+  spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1', securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }], ...spec } as V1Pod['spec'],
 })
 const required = (...terms: Array<Array<{ key: string; operator: string; values?: string[] }>>) => ({ affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: terms.map((matchExpressions) => ({ matchExpressions })) } } } })
 const admit = (cfg: ReturnType<typeof validateConfig>, p: V1Pod) => review({ uid: 'u', kind: { group: '', version: 'v1', kind: 'Pod' }, operation: 'CREATE', namespace: 'apps', object: p }, cfg)
