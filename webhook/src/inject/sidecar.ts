@@ -21,16 +21,7 @@ export function buildValidator(intentJson: string, cfg: WebhookConfig): V1Contai
     command: ['node', '/opt/ziti-cni/validator.mjs'],
     env: [{ name: 'ZITI_CNI_INTERCEPTION', value: intentJson }],
     resources: { requests: { cpu: '10m', memory: '32Mi' }, limits: { memory: '96Mi' } },
-    securityContext: {
-      runAsUser: cfg.validator.uid,
-      runAsGroup: cfg.validator.uid,
-      runAsNonRoot: true,
-      allowPrivilegeEscalation: false,
-      readOnlyRootFilesystem: true,
-      privileged: false,
-      capabilities: { drop: ['ALL'] },
-      seccompProfile: { type: 'RuntimeDefault' },
-    },
+    securityContext: restrictedSecurityContext(cfg.validator.uid, cfg.validator.uid),
   }
 }
 
@@ -75,13 +66,13 @@ export const TUN_PROBE = [
 ].join('\n')
 
 /**
- * The sidecar's uid and nothing else: no capability in any profile (the eBPF datapath hands
- * connections to plain listeners), Pod Security restricted. The enrollment step shares it.
+ * One uid and nothing else: no capability (the eBPF datapath hands connections to plain
+ * listeners, so not even the sidecar needs one), Pod Security restricted.
  */
-export function sidecarSecurityContext(cfg: WebhookConfig): V1SecurityContext {
+function restrictedSecurityContext(uid: number, gid: number): V1SecurityContext {
   return {
-    runAsUser: cfg.sidecarUid,
-    runAsGroup: cfg.sidecarGid,
+    runAsUser: uid,
+    runAsGroup: gid,
     runAsNonRoot: true,
     allowPrivilegeEscalation: false,
     readOnlyRootFilesystem: true,
@@ -89,6 +80,11 @@ export function sidecarSecurityContext(cfg: WebhookConfig): V1SecurityContext {
     capabilities: { drop: ['ALL'] },
     seccompProfile: { type: 'RuntimeDefault' },
   }
+}
+
+/** The sidecar's; the enrollment step (identity: auto) runs with it too. */
+export function sidecarSecurityContext(cfg: WebhookConfig): V1SecurityContext {
+  return restrictedSecurityContext(cfg.sidecarUid, cfg.sidecarGid)
 }
 
 export function sidecarVolume(): V1Volume {
