@@ -55,7 +55,8 @@ const hostArch = (Object.keys(ARCHES) as Arch[]).find((a) => ARCHES[a].node === 
  * package (the same Node version: a SEA blob must be injected into the Node that made it, and
  * only code cache and snapshots are platform-specific) and Debian's cross toolchain.
  */
-function toolchain(arch: Arch): { node: string; cc: string; libDirs: string[]; codeCache: boolean } {
+interface Toolchain { node: string; cc: string; libDirs: string[]; codeCache: boolean }
+function toolchain(arch: Arch): Toolchain {
   const { node, triple } = ARCHES[arch]
   if (arch === hostArch) return { node: process.execPath, cc: 'gcc', libDirs: [`/lib/${triple}`, `/usr/lib/${triple}`], codeCache: true }
   const pkg = fileURLToPath(new URL(`../node_modules/node-linux-${node}/`, import.meta.url))
@@ -70,6 +71,7 @@ function toolchain(arch: Arch): { node: string; cc: string; libDirs: string[]; c
 function targetArches(): Arch[] {
   const wanted = process.env.ZITI_CNI_ARCHES?.split(',').map((a) => a.trim()).filter(Boolean)
   if (wanted) {
+    if (!wanted.length) throw new Error('ZITI_CNI_ARCHES is set but names no arch (amd64, arm64)')
     const bad = wanted.filter((a) => !(a in ARCHES))
     if (bad.length) throw new Error(`ZITI_CNI_ARCHES: unknown arch ${bad.join(', ')} (known: ${Object.keys(ARCHES).join(', ')})`)
     return [...new Set(wanted as Arch[])]
@@ -82,9 +84,8 @@ function targetArches(): Arch[] {
  * dist/<arch>/ziti-cni (the static front end) and dist/<arch>/ziti-cni.d/ (the Node SEA as
  * ziti-cni-node, its loader as ld.so and the libraries it needs): the same names on every arch.
  */
-function buildPlugin(arch: Arch): void {
+function buildPlugin(arch: Arch, tc: Toolchain): void {
   const started = Date.now()
-  const tc = toolchain(arch)
   const out = `${dist}/${arch}`
   const runtime = `${out}/ziti-cni.d`
   rmSync(out, { recursive: true, force: true })
@@ -121,10 +122,10 @@ function buildPlugin(arch: Arch): void {
 }
 
 if (process.env.SKIP_SEA !== '1') {
+  const arches = targetArches().map((arch) => ({ arch, tc: toolchain(arch) })) // every refusal before any change
   // dist/ziti-cni and dist/ziti-cni.d name the host's build (what this host's tests install).
   for (const link of ['ziti-cni', 'ziti-cni.d']) rmSync(`${dist}/${link}`, { recursive: true, force: true })
-  const arches = targetArches()
-  for (const arch of arches) buildPlugin(arch)
-  if (hostArch && arches.includes(hostArch)) for (const link of ['ziti-cni', 'ziti-cni.d']) symlinkSync(`${hostArch}/${link}`, `${dist}/${link}`)
+  for (const { arch, tc } of arches) buildPlugin(arch, tc)
+  if (arches.some((a) => a.arch === hostArch)) for (const link of ['ziti-cni', 'ziti-cni.d']) symlinkSync(`${hostArch}/${link}`, `${dist}/${link}`)
 }
 process.stderr.write(`built ${dist}\n`)
