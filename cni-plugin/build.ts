@@ -53,7 +53,9 @@ const hostArch = (Object.keys(ARCHES) as Arch[]).find((a) => ARCHES[a].node === 
  * The Node binary, C compiler and library dirs for one target. The host's own arch uses this
  * very node and the host's gcc and libraries; another arch uses the `node-linux-<arch>` npm
  * package (the same Node version: a SEA blob must be injected into the Node that made it, and
- * only code cache and snapshots are platform-specific) and Debian's cross toolchain.
+ * only code cache and snapshots are platform-specific) and Debian's cross toolchain. Both npm
+ * packages have a `node` bin; pnpm links the one of the package named `node` (@pnpm/package-bins
+ * pkgOwnsBin), so the Node running this is still the host's.
  */
 interface Toolchain { node: string; cc: string; libDirs: string[]; codeCache: boolean }
 function toolchain(arch: Arch): Toolchain {
