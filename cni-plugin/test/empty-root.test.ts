@@ -6,17 +6,27 @@
 // that the executable starts, speaks the agent protocol and prints the spec's answers with no
 // host library, not that a netns is programmed (the containerd tier does that). With the fake
 // agent gone, the agent-down path reads the intent snapshot inside the root.
+// Every target arch's build runs it (dist/<arch>/): the host's natively, another arch's under
+// qemu-user through a binfmt_misc entry with the F flag (the kernel opens qemu when the entry
+// is registered, so nothing of qemu is needed inside the root). Every installed file is also
+// read as ELF: built for that arch, the front end static, every DT_NEEDED inside ziti-cni.d.
 import t from 'tap'
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 import { rootOnly } from '../../shared/testkit/root.ts'
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { ensureConflist, installBinary } from '../src/install/installer.ts'
 import { renderSnapshot } from '../src/cni/intent-snapshot.ts'
+import { ELF_MACHINE, readElf } from '../frontend/elf.ts'
 
-const FRONT_END = new URL('../dist/ziti-cni', import.meta.url).pathname
+type Arch = keyof typeof ELF_MACHINE
+type Tap = Parameters<Parameters<typeof t.test>[0]>[0]
+/** qemu-user's name for each arch (Debian qemu-user-static: /usr/bin/qemu-<name>-static). */
+const QEMU: Record<Arch, string> = { amd64: 'x86_64', arm64: 'aarch64' }
+const HOST_ARCH: Arch | undefined = process.arch === 'x64' ? 'amd64' : process.arch === 'arm64' ? 'arm64' : undefined
+const BINFMT = '/proc/sys/fs/binfmt_misc'
 const BIN = '/opt/cni/bin'
 const SOCKET = '/var/run/ziti-cni/agent.sock'
 const SNAPSHOT = '/var/run/ziti-cni/intents.json'
@@ -43,8 +53,34 @@ function walk(dir: string, root = dir): string[] {
   })
 }
 
-t.test('the installed plugin runs in an empty root', rootOnly(['chroot']), async (t) => {
-  if (!existsSync(FRONT_END) || !existsSync(`${FRONT_END}.d`)) return t.fail('cni-plugin is not built with its runtime dir (pnpm build, without SKIP_SEA)')
+/**
+ * Makes the kernel run `arch`'s ELF executables through qemu-user until the test ends: a
+ * binfmt_misc entry (magic: the ELF64 LSB header of an ET_EXEC/ET_DYN for that e_machine, as
+ * qemu's scripts/qemu-binfmt-conf.sh registers it) with the F flag, so the interpreter is
+ * opened now and need not exist inside the chroot. Entries added last are matched first.
+ */
+function emulate(t: Tap, arch: Arch): void {
+  const qemu = `/usr/bin/qemu-${QEMU[arch]}-static`
+  if (!existsSync(qemu)) throw new Error(`no ${qemu} (Debian qemu-user-static) to run the ${arch} build`)
+  if (!existsSync(`${BINFMT}/register`)) {
+    const mount = spawnSync('mount', ['-t', 'binfmt_misc', 'binfmt_misc', BINFMT], { encoding: 'utf8' })
+    if (mount.status !== 0) throw new Error(`cannot mount binfmt_misc on ${BINFMT}: ${mount.stderr.trim()}`)
+    t.teardown(() => { spawnSync('umount', [BINFMT]) })
+  }
+  const hex = (bytes: number[]) => bytes.map((b) => `\\x${b.toString(16).padStart(2, '0')}`).join('')
+  const magic = hex([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, ELF_MACHINE[arch] & 0xff, ELF_MACHINE[arch] >> 8])
+  const mask = hex([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe, 0xff, 0xff, 0xff])
+  const name = `zcni-test-${QEMU[arch]}-${process.pid}`
+  writeFileSync(`${BINFMT}/register`, `:${name}:M::${magic}:${mask}:${qemu}:F`)
+  t.teardown(() => writeFileSync(`${BINFMT}/${name}`, '-1'))
+  t.match(readFileSync(`${BINFMT}/${name}`, 'utf8'), /^enabled\n[^]*flags: F/, `binfmt_misc runs ${arch} executables through ${qemu}`)
+}
+
+// Outside CI, a host without qemu-user skips the other arch; in CI it must run (rootOnly).
+for (const arch of Object.keys(ELF_MACHINE) as Arch[]) t.test(`the installed ${arch} plugin runs in an empty root`, rootOnly(arch === HOST_ARCH ? ['chroot'] : ['chroot', `qemu-${QEMU[arch]}-static`]), async (t) => {
+  const FRONT_END = new URL(`../dist/${arch}/ziti-cni`, import.meta.url).pathname
+  if (!existsSync(FRONT_END) || !existsSync(`${FRONT_END}.d`)) return t.fail(`cni-plugin is not built for ${arch} with its runtime dir (pnpm build, without SKIP_SEA or ZITI_CNI_ARCHES)`)
+  if (arch !== HOST_ARCH) emulate(t, arch)
   const root = mkdtempSync(join(tmpdir(), 'zcni-root-'))
   t.teardown(() => rmSync(root, { recursive: true, force: true }))
   // Exactly what the installer writes: the executable and its dir, our conflist entry.
@@ -60,7 +96,18 @@ t.test('the installed plugin runs in an empty root', rootOnly(['chroot']), async
   t.notOk(files.some((f) => /^(proc|dev|lib|lib64|usr|bin|sbin)\//.test(f)), 'no /proc, /dev, /lib*, /usr or shell')
   const installed = files.filter((f) => f.startsWith('opt/cni/bin/') && !f.endsWith('/'))
   const bytes = installed.reduce((n, f) => n + statSync(join(root, f)).size, 0)
-  t.comment(`installed: ${installed.length} files, ${(bytes / 2 ** 20).toFixed(1)} MiB: ${installed.map((f) => f.slice('opt/cni/bin/'.length)).join(', ')}`)
+  t.comment(`installed (${arch}): ${installed.length} files, ${(bytes / 2 ** 20).toFixed(1)} MiB: ${installed.map((f) => f.slice('opt/cni/bin/'.length)).join(', ')}`)
+
+  // As ELF: all for this arch; the front end static; the rest needing nothing outside ziti-cni.d.
+  const elf = new Map(installed.map((f) => [f.slice('opt/cni/bin/'.length), readElf(join(root, f))]))
+  t.same([...elf].filter(([, e]) => e.machine !== ELF_MACHINE[arch]).map(([f]) => f), [], `every installed file is an ${arch} ELF (e_machine ${ELF_MACHINE[arch]})`)
+  t.same(elf.get('ziti-cni'), { machine: ELF_MACHINE[arch], interpreter: undefined, needed: [] }, 'the front end is static: no loader, no libraries')
+  const inside = new Set([...elf.keys()].filter((f) => f.startsWith('ziti-cni.d/')).map((f) => f.slice('ziti-cni.d/'.length)))
+  const loaderSoname = elf.get('ziti-cni.d/ld.so')?.soname
+  t.ok(loaderSoname, 'ziti-cni.d/ld.so is the loader (has a soname)')
+  const outside = [...elf].flatMap(([f, e]) => e.needed.filter((n) => n !== loaderSoname && !inside.has(n)).map((n) => `${f} needs ${n}`))
+  t.same(outside, [], 'every DT_NEEDED is in ziti-cni.d (or is the loader itself)')
+  t.ok(elf.get('ziti-cni.d/ziti-cni-node')?.needed.includes('libc.so.6'), '(the SEA is dynamic: the check above has something to check)')
 
   // The stdin libcni builds for our entry: the list's name and version, prevResult from bridge.
   const list = JSON.parse(readFileSync(join(root, 'etc/cni/net.d/10-bridge.conflist'), 'utf8')) as { name: string; plugins: Array<Record<string, unknown>> }
