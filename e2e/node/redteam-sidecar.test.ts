@@ -150,6 +150,22 @@ t.test('sidecar red team on containerd + runc', rootOnly(['nft', 'ip', 'nsenter'
     const probe = injected(pod, 'ziti-tunnel').startupProbe!.exec!.command!
     t.same(probe.slice(-3), ['2171', 'tcp:15001', 'udp:15001'], 'the probe checks the catch-all is the sidecar uid\'s, TCP and UDP')
     const rp = await node.runPod(pod)
+    // First the neighbour's attack of the tun case, on this mode: the intercept range routed to
+    // the pod. Its own traffic reaches the catch-all; the neighbour's never gets past the fence.
+    t.match((await app(node, rp, ['tcp', '100.64.3.7', '443'])).reply, /^tproxy proto=tcp orig_dst=100\.64\.3\.7:443/, 'control: the pod\'s own connection reaches the catch-all')
+    t.equal(node.inNetns(infra, ['ip', 'route', 'replace', '100.64.0.0/10', 'via', rp.ip]).status, 0, 'attacker netns: 100.64.0.0/10 via the victim')
+    const seen = witness(node, rp, [
+      '\tcounter arrived {}', '\tcounter after_fence {}',
+      '\tchain pre { type filter hook prerouting priority -300; policy accept; iifname "eth0" ip daddr 100.64.0.0/10 counter name "arrived"; }',
+      '\tchain in_after { type filter hook input priority 1; policy accept; iifname "eth0" ip daddr 100.64.0.0/10 counter name "after_fence"; }',
+    ].join('\n'))
+    for (const proto of ['tcp', 'udp']) {
+      const r = await app(node, infra, [proto, '100.64.3.7', '443'], 'echo')
+      t.notOk(r.ok, `other pod -> ${proto} 100.64.3.7:443 routed to the tproxy pod fails: ${r.error ?? r.reply}`)
+    }
+    t.ok(seen('arrived') > 0, `the packets arrived on eth0 (${seen('arrived')})`)
+    t.equal(seen('after_fence'), 0, 'none reached a local socket past the fence')
+    node.inNetns(infra, ['ip', 'route', 'del', '100.64.0.0/10'])
     await squatAfterRestart(t, rp, 15001)
     // The contract's tunneler cannot bind its catch-all and exits: the kubelet's startup probe
     // never passes, the container crash-loops, and its log says why.
