@@ -59,22 +59,16 @@ async function bench(rate: number, seconds: number): Promise<void> {
   const { FakeEdgeRouter } = await import('./node/standins/ziti-router.ts')
   const zet = zitiEdgeTunnel()
   const dir = mkdtempSync(join(tmpdir(), 'zcni-bench-'))
-  const ns = `zcnibench${process.pid}`
+  const { createVethNetns, must, removeVethNetns } = await import('./node/lib/veth-netns.ts')
   const n = process.pid % 10000
-  const [hostIf, nsIf, hostIp, nsIp] = [`zbh${n}a`, `zbh${n}b`, `198.19.${n % 250}.1`, `198.19.${n % 250}.2`]
-  const must = (cmd: string, args: string[]) => { const r = spawnSync(cmd, args, { encoding: 'utf8' }); if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`); return r.stdout }
+  const net = { ns: `zcnibench${process.pid}`, hostIf: `zbh${n}a`, nsIf: `zbh${n}b`, hostIp: `198.19.${n % 250}.1`, nsIp: `198.19.${n % 250}.2` }
+  const { ns, hostIp } = net
   const procs: Array<ReturnType<typeof spawn>> = []
-  const cleanup = () => { for (const p of procs) p.kill('SIGKILL'); spawnSync('ip', ['netns', 'del', ns]); spawnSync('ip', ['link', 'del', hostIf]); rmSync(dir, { recursive: true, force: true }) }
+  const cleanup = () => { for (const p of procs) p.kill('SIGKILL'); removeVethNetns(net); rmSync(dir, { recursive: true, force: true }) }
   try {
     const shim = join(dir, 'ziti-tun-attach.so')
     must('gcc', ['-shared', '-fPIC', '-O2', '-o', shim, new URL('../deploy/shim/ziti-tun-attach.c', import.meta.url).pathname, '-ldl'])
-    must('ip', ['netns', 'add', ns])
-    must('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', nsIf, 'netns', ns])
-    must('ip', ['addr', 'add', `${hostIp}/30`, 'dev', hostIf])
-    must('ip', ['link', 'set', hostIf, 'up'])
-    must('ip', ['-n', ns, 'addr', 'add', `${nsIp}/30`, 'dev', nsIf])
-    must('ip', ['-n', ns, 'link', 'set', nsIf, 'up'])
-    must('ip', ['-n', ns, 'link', 'set', 'lo', 'up'])
+    createVethNetns(net)
     for (const c of tunCommands({ dev: 'ziti0', uid: 2171, addr: '100.64.0.1/10', routes: [] })) must('ip', ['-n', ns, ...c])
 
     const ctrl = new FakeZitiController({ host: hostIp })

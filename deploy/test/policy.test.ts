@@ -8,7 +8,8 @@ import t from 'tap'
 import { spawnSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { parseAllDocuments } from 'yaml'
-import { evaluate } from '@marcbachmann/cel-js'
+import { Environment, evaluate } from '@marcbachmann/cel-js'
+import { createRequire } from 'node:module'
 import { DEFAULT_CONFIG, type WebhookConfig } from '../../webhook/src/config.ts'
 import { applyMutation, mutatePod } from '../../webhook/src/inject/mutate.ts'
 import { REFUSED_CAPABILITIES, RUNTIME_DEFAULT_CAPABILITIES } from '../../webhook/src/inject/preconditions.ts'
@@ -189,4 +190,72 @@ t.test('the policy\'s idea of "the webhook saw this pod" matches the webhook con
     { key: 'cni.openziti.io/inject', operator: 'DoesNotExist' },
   ], 'namespace opt-in, or no namespace label and the pod label (as webhookSelected reads them)')
   t.same(mwc.webhooks.map((w: Doc) => w.rules), [0, 1].map(() => [{ apiGroups: [''], apiVersions: ['v1'], operations: ['CREATE'], resources: ['pods'], scope: 'Namespaced' }]), 'the webhook stays CREATE-only; the policy has UPDATE')
+})
+
+/**
+ * The API server type-checks every expression at policy creation against the declared types
+ * (object/oldObject: the Pod's OpenAPI schema; request: AdmissionRequest; namespaceObject:
+ * Namespace; variables: each its expression's type, in order). Here cel-js's checker does it
+ * with the Pod and Namespace schemas built from @kubernetes/client-node's model type maps
+ * (generated from the same OpenAPI). What it cannot do is the cost estimate (no cel-js API),
+ * README "Security model".
+ */
+// The webhook's dependency (the deploy tree has no package.json of its own).
+const k8s = createRequire(new URL('../../webhook/package.json', import.meta.url))('@kubernetes/client-node') as Record<string, any>
+
+function celTypes(env: InstanceType<typeof Environment>, roots: string[]): void {
+  const done = new Set<string>()
+  const typeOf = (ts: string, format: string): string => {
+    const list = /^Array<(.+)>$/.exec(ts)
+    if (list) return `list<${typeOf(list[1]!, '')}>`
+    const map = /^\{ \[key: string\]: (.+); \}$/.exec(ts)
+    if (map) return `map<string, ${typeOf(map[1]!, '')}>`
+    if (ts === 'string') return 'string'
+    if (ts === 'boolean') return 'bool'
+    if (ts === 'number') return format === 'double' ? 'double' : 'int'
+    // The API server types date-time fields as timestamp; cel-js 8.0.0 cannot declare a
+    // timestamp field in a registered type (registry.js:1039-1042 dereferences an undefined
+    // message declaration). No shipped expression reads one: dyn.
+    if (ts === 'Date') return 'dyn'
+    const model = k8s[ts]
+    if (typeof model?.getAttributeTypeMap !== 'function') return 'dyn' // IntOrString, any, object
+    register(ts)
+    return ts
+  }
+  const register = (name: string) => {
+    if (done.has(name)) return
+    done.add(name)
+    const attrs = k8s[name].getAttributeTypeMap() as Array<{ baseName: string; type: string; format: string }>
+    const fields: Record<string, string> = {}
+    for (const a of attrs) fields[a.baseName] = typeOf(a.type, a.format)
+    env.registerType(name, { fields })
+  }
+  for (const r of roots) register(r)
+}
+
+t.test('every shipped expression type-checks against the declared variable types', async (t) => {
+  const base = new Environment({ unlistedVariablesAreDyn: false })
+  celTypes(base, ['V1Pod', 'V1Namespace'])
+  const [pod, ns] = ['V1Pod', 'V1Namespace']
+  const request = { operation: 'string', subResource: 'string', namespace: 'string', name: 'string', dryRun: 'bool', kind: { group: 'string', version: 'string', kind: 'string' }, resource: { group: 'string', version: 'string', resource: 'string' }, userInfo: { username: 'string', uid: 'string', groups: 'list<string>' } }
+  base.registerVariable('object', pod).registerVariable('oldObject', pod).registerVariable('namespaceObject', ns).registerVariable({ name: 'request', schema: request })
+  // variables.<name>: the type its expression checks to, declared before the next one uses it.
+  const variableTypes: Record<string, string> = {}
+  for (const v of policy.spec.variables as Array<{ name: string; expression: string }>) {
+    const env = base.clone().registerVariable({ name: 'variables', schema: { ...variableTypes } })
+    const r = env.check(v.expression)
+    t.ok(r.valid, `variables.${v.name}: ${r.valid ? r.type : r.error?.message}`)
+    variableTypes[v.name] = r.valid ? String(r.type) : 'dyn'
+  }
+  const env = base.clone().registerVariable({ name: 'variables', schema: variableTypes })
+  for (const [i, val] of (policy.spec.validations as Array<{ expression: string; messageExpression: string }>).entries()) {
+    const r = env.check(val.expression)
+    t.ok(r.valid && r.type === 'bool', `validation ${i}: ${r.valid ? r.type : r.error?.message}`)
+    const m = env.check(val.messageExpression)
+    t.ok(m.valid && m.type === 'string', `validation ${i} messageExpression: ${m.valid ? m.type : m.error?.message}`)
+  }
+  // The checker is not a rubber stamp: a field the Pod schema lacks, and a type mismatch.
+  t.notOk(env.check('object.spec.containerz.size() > 0').valid, 'an unknown Pod field is refused')
+  t.notOk(env.check('object.spec.securityContext.runAsUser == "2171"').valid, 'int compared with string is refused')
+  t.notOk(env.check('params.uid == 2171').valid, 'an undeclared variable is refused (the policy has no paramKind)')
 })

@@ -13,6 +13,7 @@ import { join } from 'node:path'
 import { tunCommands } from '@ziti-cni/shared'
 import { rootOnly } from '../../shared/testkit/root.ts'
 import { zitiEdgeTunnel } from './lib/test-images.ts'
+import { createVethNetns, must, removeVethNetns, type VethNetns } from './lib/veth-netns.ts'
 import { FakeZitiController } from './standins/ziti-controller.ts'
 import { FakeEdgeRouter } from './standins/ziti-router.ts'
 
@@ -27,30 +28,21 @@ t.test('upstream ziti-edge-tunnel on a pre-provisioned device, unprivileged, wit
   t.match(zet.sources, /ziti-tunnel-sdk-c\b.*v1\.18\.2/, 'the binary is built from upstream v1.18.2 (SOURCES.txt)')
   const dir = mkdtempSync(join(tmpdir(), 'zcni-shim-'))
   const n = process.pid % 10000
-  const ns = `zcnishim${process.pid}`
-  const [hostIf, nsIf] = [`zsh${n}a`, `zsh${n}b`]
-  const [hostIp, nsIp] = [`198.18.${n % 250}.1`, `198.18.${n % 250}.2`]
+  const net: VethNetns = { ns: `zcnishim${process.pid}`, hostIf: `zsh${n}a`, nsIf: `zsh${n}b`, hostIp: `198.18.${n % 250}.1`, nsIp: `198.18.${n % 250}.2` }
+  const { ns, hostIp } = net
   const closers: Array<() => Promise<unknown>> = []
   t.teardown(async () => {
     for (const c of closers) await c().catch(() => {})
-    spawnSync('ip', ['netns', 'del', ns])
-    spawnSync('ip', ['link', 'del', hostIf])
+    removeVethNetns(net)
     rmSync(dir, { recursive: true, force: true })
   })
-  const must = (cmd: string, args: string[]) => { const r = spawnSync(cmd, args, { encoding: 'utf8' }); if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`); return r.stdout }
   const shim = join(dir, 'ziti-tun-attach.so')
   must('gcc', ['-shared', '-fPIC', '-O2', '-Wall', '-Werror', '-o', shim, join(REPO, 'deploy/shim/ziti-tun-attach.c'), '-ldl'])
   t.match(spawnSync('ldd', [zet.binary], { encoding: 'utf8' }).stdout, /libc\.so\.6/, 'upstream\'s binary is dynamically linked against glibc: LD_PRELOAD applies')
 
   // The network: a veth to this process's controller and router; the device as the CNI makes it.
-  spawnSync('ip', ['link', 'del', hostIf])
-  must('ip', ['netns', 'add', ns])
-  must('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', nsIf, 'netns', ns])
-  must('ip', ['addr', 'add', `${hostIp}/30`, 'dev', hostIf])
-  must('ip', ['link', 'set', hostIf, 'up'])
-  must('ip', ['-n', ns, 'addr', 'add', `${nsIp}/30`, 'dev', nsIf])
-  must('ip', ['-n', ns, 'link', 'set', nsIf, 'up'])
-  must('ip', ['-n', ns, 'link', 'set', 'lo', 'up'])
+  removeVethNetns(net)
+  createVethNetns(net)
   const provision = (opts: { up?: boolean; addr?: string; routes?: string[] } = {}) => {
     spawnSync('ip', ['-n', ns, 'link', 'del', 'ziti0'])
     const cmds = tunCommands({ dev: 'ziti0', uid: UID, addr: opts.addr ?? '100.64.0.1/10', routes: opts.routes ?? [] }).filter((c) => opts.up !== false || !c.includes('up'))

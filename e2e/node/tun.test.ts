@@ -12,55 +12,13 @@ import { request } from 'node:https'
 import type { V1Pod } from '@kubernetes/client-node'
 import { parseIntent } from '@ziti-cni/shared'
 import { rootOnly } from '../../shared/testkit/root.ts'
-import { TestNode, sweepLeftovers } from './lib/node.ts'
-import { app, appPod, infraPod, injected } from './lib/pods.ts'
-import { IMAGES } from './lib/test-images.ts'
+import { app, appPod, injected } from './lib/pods.ts'
 import { libcniFor } from './lib/cni-exec.ts'
-import { startWebhook } from './lib/webhook.ts'
-import { FakeZitiController } from './standins/ziti-controller.ts'
-import { FakeEdgeRouter } from './standins/ziti-router.ts'
+import { startTunWorld, TUN_RESOURCE as RESOURCE } from './lib/tun-world.ts'
 import { restrictedViolations } from '../../webhook/test/pss-restricted.ts'
 
-const RESOURCE = 'tun.openziti.io/tun'
-
 t.test('tun mode on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 'containerd', 'runc', 'ctr', 'gcc']), async (t) => {
-  sweepLeftovers()
-  const node = new TestNode({ id: 5, tunDevicePlugin: true })
-  let webhook: Awaited<ReturnType<typeof startWebhook>> | undefined
-  const closers: Array<() => Promise<unknown>> = []
-  t.teardown(async () => { await node.teardown(); await webhook?.close(); for (const c of closers) await c().catch(() => {}) })
-  await node.start()
-  await node.deviceManager!.ready(RESOURCE)
-  t.pass('the agent\'s device plugin registered with the kubelet and lists healthy devices')
-
-  const infra = await node.runPod(await node.createPod(infraPod()))
-  node.clusterDns.push(infra.ip)
-  webhook = await startWebhook({ validator: { image: IMAGES.validator }, tun: { image: IMAGES.tun }, tproxy: { clusterDns: [infra.ip] } })
-  node.api.admission = webhook.admission
-
-  // The controller and one edge router on the pod network's gateway, where sidecars reach them;
-  // what the pod's identity may dial comes from the controller (services, configs, a policy).
-  const ctrl = new FakeZitiController({ host: node.gateway })
-  await ctrl.listen()
-  closers.push(() => ctrl.close())
-  const router = new FakeEdgeRouter(ctrl.ca, { apiSessionIdentity: (tok) => ctrl.apiSessionIdentity(tok), dialService: (d, i) => ctrl.clientApi.dialService(d, i) }, node.gateway)
-  ctrl.clientApi.addRouter('er-node', await router.listen())
-  closers.push(() => router.close())
-  const svc = (name: string, attrs: string[], intercept: object) => {
-    const s = ctrl.addService(name, attrs, [ctrl.addConfig(`${name}-intercept`, 'intercept.v1', intercept as Record<string, unknown>)])
-    s.encryptionRequired = false // the router stand-in has no end-to-end encryption
-    return s
-  }
-  svc('postgres', ['db'], { protocols: ['tcp'], addresses: ['pg.ziti'], portRanges: [{ low: 5432, high: 5432 }] })
-  svc('logs', ['db'], { protocols: ['udp'], addresses: ['logs.ziti'], portRanges: [{ low: 514, high: 514 }] })
-  svc('billing-api', ['db'], { protocols: ['tcp'], addresses: ['10.99.0.7'], portRanges: [{ low: 443, high: 443 }] })
-  svc('vault', ['secrets'], { protocols: ['tcp'], addresses: ['vault.ziti'], portRanges: [{ low: 8200, high: 8200 }] })
-  const me = ctrl.addCertIdentity('tunapp-pod', [])
-  me.identity.roleAttributes.push('tunapp')
-  ctrl.addPolicy('tunapp-dials-db', 'Dial', ['#tunapp'], ['#db'])
-  await node.createSecret('apps', 'tun-identity', { 'identity.json': JSON.stringify({
-    ztAPI: `${ctrl.url}/edge/client/v1`, id: { cert: `pem:${me.cert}`, key: `pem:${me.key}`, ca: `pem:${ctrl.ca.certPem}` },
-  }) })
+  const { node, infra, ctrl, router } = await startTunWorld(t, { id: 5, identity: 'tunapp-pod', attribute: 'tunapp', secret: 'tun-identity' })
   const pod = await node.createPod(appPod('tunapp', 'apps', {
     'cni.openziti.io/identity-secret': 'tun-identity',
     'cni.openziti.io/mode': 'tun',

@@ -185,6 +185,11 @@ function fenceBlock(w: Writer, uid: number, listeners: number[], ingress: Ingres
     'type filter hook output priority filter; policy accept;',
     `oifname != "lo" meta skuid ${uid} ct direction reply drop`,
   ])
+  // A pod netns forwards IPv4 (it inherits the node's ip_forward=1): a neighbour that routes
+  // the tun's networks to this pod would have its packets forwarded into the tun and dialed
+  // with this pod's identity (measured: e2e/node/redteam-sidecar.test.ts). Nothing but the
+  // pod's own sockets may send into the tun.
+  if (tunDev) w.block('chain fence_forward', ['type filter hook forward priority filter; policy accept;', `oifname "${tunDev}" drop`])
 }
 
 /**

@@ -87,10 +87,10 @@ export function review(req: AdmissionRequest, cfg: WebhookConfig, cache?: Inject
   try {
     // The marker skips re-mutation only: the pod is checked as closely as a fresh one.
     if (alreadyInjected(pod)) {
-      verifyInjected(pod, cfg)
+      verifyInjected(pod, cfg, namespace)
       return allow('already-injected')
     }
-    const { ops, patch, warnings, plan } = mutatePod(pod, cfg, cache, auto)
+    const { ops, patch, warnings, plan } = mutatePod(pod, cfg, cache, auto, namespace)
     // The API server refuses the mutated pod (422) when its annotations exceed the total; say why here.
     const tooBig = annotationsTotalProblem(jsonpatch.applyPatch(structuredClone(pod), ops, false, true).newDocument.metadata?.annotations)
     if (tooBig) throw new ValidationError('metadata.annotations', tooBig)

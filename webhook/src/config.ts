@@ -5,7 +5,7 @@ import { attributePolicyProblems, type AttributeRule } from './ziti/policy.ts'
 import { parseServiceRef } from './cluster-dns.ts'
 import type { UnservedPolicy } from './inject/platform.ts'
 import { rangeClashes, type NamedRange } from '../../shared/src/ranges.ts'
-import { EXTENDED_RESOURCE_NAME, TUN_RESOURCE, ZITI_DNS_RANGE, cidrContains, isDnsName, parseAddress, parseCidr, parseInterfaceAddress, parsePort, formatCidr, tunDeviceProblem, type Cidr, type Mode } from '@ziti-cni/shared'
+import { EXTENDED_RESOURCE_NAME, TUN_RESOURCE, ZITI_DNS_RANGE, cidrContains, isDnsName, parseAddress, parseCidr, parseInterfaceAddress, parsePort, formatCidr, tunDeviceProblem, type Cidr, type EgressMode, type Mode } from '@ziti-cni/shared'
 
 export interface Resources {
   requests?: Record<string, string>
@@ -83,10 +83,13 @@ export interface WebhookConfig {
     uid: number
   }
   /**
-   * Egress lockdown (cni.openziti.io/egress): the cluster-wide default, the cluster DNS the
-   * locked-down app may still ask, and exceptions every locked-down pod gets (README "Datapath").
+   * Egress lockdown (cni.openziti.io/egress): the platform's floor, cluster-wide (`default`)
+   * and per namespace (`namespaces`, which wins for its namespace); the cluster DNS the
+   * locked-down app may still ask, and exceptions every locked-down pod gets (README "Datapath",
+   * "Security model"). A floor of ziti-only is one a pod cannot lower: only the platform, which
+   * owns this config, can.
    */
-  egress: { default: 'open' | 'ziti-only'; clusterDns: string[]; allowCidrs: Cidr[]; allowPorts: string[] }
+  egress: { default: EgressMode; namespaces: Record<string, NamespaceEgress>; clusterDns: string[]; allowCidrs: Cidr[]; allowPorts: string[] }
   /** The OpenZiti controller, for `identity: auto` pods (disabled while url is empty). */
   controller: ControllerConfig
   excludedNamespaces: string[]
@@ -186,7 +189,7 @@ export const DEFAULT_CONFIG: WebhookConfig = {
     protocols: ['tcp', 'udp'],
     datapath: 'ebpf',
   },
-  egress: { default: 'open', clusterDns: ['10.96.0.10'], allowCidrs: [], allowPorts: [] },
+  egress: { default: 'open', namespaces: {}, clusterDns: ['10.96.0.10'], allowCidrs: [], allowPorts: [] },
   tun: {
     image: '',
     args: ['run'],
@@ -252,6 +255,9 @@ export class ConfigError extends Error {
 export const RELEASE_AGENT_IMAGE = 'ghcr.io/ziti-cni/agent:0.1.0'
 
 /** Why the nftables TPROXY datapath is not offered (measured on containerd + runc). */
+/** One namespace's egress floor, and exceptions its pods get on top of the cluster's. */
+export interface NamespaceEgress { default: EgressMode; allowCidrs: Cidr[]; allowPorts: string[] }
+
 export const NFTABLES_REFUSED = 'nftables TPROXY only delivers to IP_TRANSPARENT sockets, which need CAP_NET_RAW in the effective set; Kubernetes gives a non-root container added capabilities only in its bounding set (no ambient set), so no injected sidecar can hold it. Use ebpf'
 
 const PINNED_IMAGE = /^[a-z0-9.-]+(:[0-9]+)?(\/[a-z0-9._-]+)+(:[A-Za-z0-9._-]{1,128}|@sha256:[a-f0-9]{64})$/
@@ -273,7 +279,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
     resources: ['requests', 'limits'],
     validator: ['enabled', 'image', 'daemonSet', 'uid'],
     tun: ['image', 'args', 'dev', 'addr', 'dnsServer', 'routes', 'resource'],
-    egress: ['default', 'clusterDns', 'allowCidrs', 'allowPorts'],
+    egress: ['default', 'namespaces', 'clusterDns', 'allowCidrs', 'allowPorts'],
     controller: ['url', 'caFile', 'credentialFile', 'cluster', 'identityPrefix', 'maxPortsPerService', 'reconcileSeconds', 'graceSeconds', 'namespace', 'leaseName', 'leaseSeconds', 'attributePolicy', 'enrollUrl', 'enrollCa', 'enrollImage', 'tokenAudience', 'tokenSeconds', 'enrollPort', 'enrollCertFile', 'enrollKeyFile'],
   }
   const section = (name: string): Raw => {
@@ -314,6 +320,28 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       const c = typeof x === 'string' ? parseCidr(x, false) : 'must be a CIDR string'
       return typeof c === 'string' ? c : undefined
     }).map((x) => (typeof x === 'string' ? parseCidr(x, false) : x) as Cidr)
+
+  const egressMode = (v: unknown) => (v === 'open' || v === 'ziti-only' ? undefined : 'must be open or ziti-only')
+  const portSpan = (v: unknown) => (typeof v === 'string' && /^[0-9]+(-[0-9]+)?$/.test(v) && v.split('-').every((p) => typeof parsePort(p) === 'number') ? undefined : 'must be a port or a range "from-to" (a string)')
+  const egressNamespaces = (v: unknown): Record<string, NamespaceEgress> => {
+    if (v === undefined) return {}
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) { problems.push('egress.namespaces: must be a mapping of namespace name to { default, allowCidrs, allowPorts }'); return {} }
+    const out: Record<string, NamespaceEgress> = {}
+    for (const [ns, entry] of Object.entries(v as Raw)) {
+      const key = `egress.namespaces.${ns}`
+      if (!isDnsName(ns)) { problems.push(`${key}: not a namespace name`); continue }
+      if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) { problems.push(`${key}: must be a mapping { default, allowCidrs, allowPorts }`); continue }
+      const e = entry as Raw
+      for (const k of Object.keys(e)) if (!['default', 'allowCidrs', 'allowPorts'].includes(k)) problems.push(`${key}.${k}: unknown key`)
+      if (e.default === undefined) problems.push(`${key}.default: required (open or ziti-only)`)
+      out[ns] = {
+        default: pick(`${key}.default`, e.default, 'ziti-only', egressMode),
+        allowCidrs: cidrList(`${key}.allowCidrs`, e.allowCidrs, []),
+        allowPorts: list(`${key}.allowPorts`, e.allowPorts, [], portSpan),
+      }
+    }
+    return out
+  }
 
   const proxy = section('proxy')
   const tproxy = section('tproxy')
@@ -374,10 +402,11 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       resource: pick('tun.resource', tun.resource, d.tun.resource, (v) => (typeof v === 'string' && EXTENDED_RESOURCE_NAME.test(v) ? undefined : 'must be an extended resource name (domain/name)')),
     },
     egress: {
-      default: pick('egress.default', egress.default, d.egress.default, (v) => (v === 'open' || v === 'ziti-only' ? undefined : 'must be open or ziti-only')),
+      default: pick('egress.default', egress.default, d.egress.default, egressMode),
+      namespaces: egressNamespaces(egress.namespaces),
       clusterDns: list('egress.clusterDns', egress.clusterDns, d.egress.clusterDns, (v) => (typeof v === 'string' && typeof parseAddress(v) !== 'string' ? undefined : 'must be an IP address')),
       allowCidrs: cidrList('egress.allowCidrs', egress.allowCidrs, d.egress.allowCidrs),
-      allowPorts: list('egress.allowPorts', egress.allowPorts, d.egress.allowPorts, (v) => (typeof v === 'string' && /^[0-9]+(-[0-9]+)?$/.test(v) && v.split('-').every((p) => typeof parsePort(p) === 'number') ? undefined : 'must be a port or a range "from-to" (a string)')),
+      allowPorts: list('egress.allowPorts', egress.allowPorts, d.egress.allowPorts, portSpan),
     },
     validator: {
       enabled: pick('validator.enabled', validator.enabled, d.validator.enabled, bool),

@@ -59,6 +59,9 @@ export const FIXTURES: Fixture[] = [
   },
   { name: 'tproxy-ebpf-no-capability', pod: pod('tpe', { ...ID, 'cni.openziti.io/mode': 'tproxy', 'cni.openziti.io/datapath': 'ebpf' }), expect: 'inject' },
   { name: 'user-supplied-intent-replaced', pod: pod('sneaky', { ...SERVICES, 'cni.openziti.io/interception': '{"v":1,"mode":"proxy","uid":1000}' }), expect: 'inject', warning: /replaced the user-supplied/ },
+  // The platform's egress floor for namespace payments (TEST_CONFIG egress.namespaces), taken
+  // from the request's namespace: a pod a controller creates carries none itself.
+  { name: 'namespace-egress-ziti-only', pod: pod('pay', SERVICES, {}, { namespace: undefined }), namespace: 'payments', expect: 'inject' },
   // Skips
   { name: 'pod-opt-out', pod: pod('optout', SERVICES, {}, { labels: { 'cni.openziti.io/inject': 'disabled' } }), expect: 'skip' },
   { name: 'host-network', pod: pod('hostnet', SERVICES, { hostNetwork: true }), expect: 'skip', warning: /hostNetwork.*impossible/ },
@@ -72,6 +75,8 @@ export const FIXTURES: Fixture[] = [
   { name: 'no-services', pod: pod('nosvc', ID), expect: { reject: 'ziti-cni: cni.openziti.io/services: is required in proxy mode (e.g. "pg.ziti:5432=postgres"), also with cni.openziti.io/identity: auto; mode tun needs no list' } },
   { name: 'bad-mode', pod: pod('badmode', { ...SERVICES, 'cni.openziti.io/mode': 'tap' }), expect: { reject: 'ziti-cni: cni.openziti.io/mode: unknown mode "tap" (expected proxy, tproxy or tun)' } },
   { name: 'wrong-mode-annotation', pod: pod('wrongmode', { ...SERVICES, 'cni.openziti.io/intercept-cidrs': '10.0.0.0/8' }), expect: { reject: 'ziti-cni: cni.openziti.io/intercept-cidrs: only applies to tproxy and tun mode, but the pod\'s mode is proxy' } },
+  { name: 'namespace-egress-open-refused', pod: pod('payopen', { ...SERVICES, 'cni.openziti.io/egress': 'open' }, {}, { namespace: undefined }), namespace: 'payments', expect: { reject: 'ziti-cni: cni.openziti.io/egress: the platform locks the egress of namespace payments (webhook config egress.namespaces.payments: ziti-only); a pod may tighten its egress, never open it' } },
+  { name: 'namespace-egress-pod-exception-refused', pod: pod('payallow', { ...SERVICES, 'cni.openziti.io/egress-allow': '0.0.0.0/0' }, {}, { namespace: undefined }), namespace: 'payments', expect: { reject: 'ziti-cni: cni.openziti.io/egress-allow: the platform locks the egress of namespace payments (webhook config egress.namespaces.payments: ziti-only); a pod cannot add exceptions to it (the platform adds them: egress.namespaces.payments.allowCidrs/allowPorts)' } },
   { name: 'tun-profile', pod: pod('tun', { ...ID, 'cni.openziti.io/mode': 'tun' }), expect: 'inject' },
   { name: 'tun-extra-routes', pod: pod('tunr', { ...ID, 'cni.openziti.io/mode': 'tun', 'cni.openziti.io/intercept-cidrs': '100.64.0.0/10, 10.99.0.0/16' }), expect: 'inject' },
   { name: 'tun-exclusions-refused', pod: pod('tunx', { ...ID, 'cni.openziti.io/mode': 'tun', 'cni.openziti.io/exclude-ports': '22' }), expect: { reject: 'ziti-cni: cni.openziti.io/exclude-ports: only applies to tproxy mode, but the pod\'s mode is tun' } },

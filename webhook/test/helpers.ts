@@ -15,8 +15,11 @@ export function testCerts(): { ca: KeyPair; serving: KeyPair } {
   return cached
 }
 
-/** The tests' config: the defaults plus a tproxy tunneler (none is configured by default). */
-export const TEST_CONFIG = { tproxy: { image: 'registry.example.com/ziti-cni/tproxy-tunneler:1.0', clusterDns: ['10.96.0.10'] }, tun: { image: 'ghcr.io/ziti-cni/ziti-edge-tunnel-attach:1.7.12' }, validator: { image: 'ghcr.io/ziti-cni/agent:0.1.0' } }
+/**
+ * The tests' config: the defaults plus a tproxy tunneler (none is configured by default) and
+ * one namespace the platform locks down (egress.namespaces).
+ */
+export const TEST_CONFIG = { tproxy: { image: 'registry.example.com/ziti-cni/tproxy-tunneler:1.0', clusterDns: ['10.96.0.10'] }, tun: { image: 'ghcr.io/ziti-cni/ziti-edge-tunnel-attach:1.7.12' }, validator: { image: 'ghcr.io/ziti-cni/agent:0.1.0' }, egress: { namespaces: { payments: { default: 'ziti-only', allowCidrs: ['10.0.9.0/24'], allowPorts: ['8443'] } } } }
 
 export async function startWebhook(config: WebhookConfig = validateConfig(TEST_CONFIG, {})) {
   const { ca, serving } = testCerts()

@@ -1,7 +1,7 @@
 // From the user's annotations and the webhook config to the interception intent (schema v1)
 // plus what the sidecar needs to match it: hostAliases, proxy listeners, env.
 import {
-  ANNOTATION_DATAPATH, ANNOTATION_DNS_CAPTURE, ANNOTATION_EGRESS, ANNOTATION_EGRESS_ALLOW, parseEgress, parseEgressAllow, parsePortRanges, type Egress, ANNOTATION_IDENTITY, AUTO, ANNOTATION_EXCLUDE_CIDRS, ANNOTATION_EXCLUDE_PORTS, ANNOTATION_INTERCEPT_CIDRS, ANNOTATION_MODE, ANNOTATION_SERVICES,
+  ANNOTATION_DATAPATH, ANNOTATION_DNS_CAPTURE, ANNOTATION_EGRESS, ANNOTATION_EGRESS_ALLOW, parseEgress, parseEgressAllow, parsePortRanges, type Egress, type EgressMode, ANNOTATION_IDENTITY, AUTO, ANNOTATION_EXCLUDE_CIDRS, ANNOTATION_EXCLUDE_PORTS, ANNOTATION_INTERCEPT_CIDRS, ANNOTATION_MODE, ANNOTATION_SERVICES,
   ValidationError, cidrContains, cidrsOverlap, formatAddress, formatCidr, formatPortRange, mergeCidrs, nthAddress, parseAddress, parseDatapath, parseDnsCapture, parseExcludeCidrs, parseExcludePorts,
   parseCidr, parseInterceptCidrs, parseInterfaceAddress, parseMode, parseServices, type Cidr, type Intent, type Mode, type Proto,
 } from '@ziti-cni/shared'
@@ -38,29 +38,54 @@ const ONLY_IN: Record<string, Mode[]> = {
   [ANNOTATION_DATAPATH]: ['tproxy'],
 }
 
-export function planInterception(annotations: Record<string, string>, existingAliases: V1HostAlias[], cfg: WebhookConfig, auto?: AutoServices): InterceptionPlan {
+/** `namespace`: the pod's (the admission request's), for its egress floor (egressFloor). */
+export function planInterception(annotations: Record<string, string>, existingAliases: V1HostAlias[], cfg: WebhookConfig, auto?: AutoServices, namespace?: string): InterceptionPlan {
   const mode = annotations[ANNOTATION_MODE] !== undefined ? parseMode(annotations[ANNOTATION_MODE]) : cfg.defaultMode
   for (const [key, modes] of Object.entries(ONLY_IN)) {
     if (annotations[key] !== undefined && !modes.includes(mode)) throw new ValidationError(key, `only applies to ${modes.join(' and ')} mode, but the pod's mode is ${mode}`)
   }
   const plan = mode === 'tun' ? planTun(annotations, cfg) : mode === 'proxy' ? planProxy(annotations, existingAliases, cfg, auto) : planTproxy(annotations, cfg)
-  const egress = planEgress(annotations, cfg)
+  const egress = planEgress(annotations, cfg, namespace)
   if (egress) plan.intent.egress = egress
   return plan
 }
 
+/** The platform's egress floor for a namespace, and the config key it comes from. */
+export interface EgressFloor { mode: EgressMode; key: string; allowCidrs: Cidr[]; allowPorts: string[] }
+
 /**
- * `egress: ziti-only` (or the config's default): the cluster DNS and the exceptions of the
- * config and the annotation, merged into the canonical lists the schema wants.
+ * Pure: the namespace's entry in `egress.namespaces`, else the cluster's `egress.default`, with
+ * the exceptions of both. The key names the config entry, so it also tells apart the cache
+ * entries of namespaces whose floor differs.
  */
-function planEgress(annotations: Record<string, string>, cfg: WebhookConfig): Egress | undefined {
-  const mode = annotations[ANNOTATION_EGRESS] !== undefined ? parseEgress(annotations[ANNOTATION_EGRESS]!) : cfg.egress.default
-  const allow = annotations[ANNOTATION_EGRESS_ALLOW] !== undefined ? parseEgressAllow(annotations[ANNOTATION_EGRESS_ALLOW]!) : { cidrs: [], ports: [] }
+export function egressFloor(cfg: WebhookConfig, namespace: string | undefined): EgressFloor {
+  const ns = namespace !== undefined ? cfg.egress.namespaces[namespace] : undefined
+  if (!ns) return { mode: cfg.egress.default, key: 'egress.default', allowCidrs: cfg.egress.allowCidrs, allowPorts: cfg.egress.allowPorts }
+  return { mode: ns.default, key: `egress.namespaces.${namespace}`, allowCidrs: [...cfg.egress.allowCidrs, ...ns.allowCidrs], allowPorts: [...cfg.egress.allowPorts, ...ns.allowPorts] }
+}
+
+/**
+ * `egress: ziti-only` (the pod's annotation, or the platform's floor): the cluster DNS and the
+ * exceptions of the config and the annotation, merged into the canonical lists the schema
+ * wants. A pod may tighten the floor, never loosen it: under a ziti-only floor `egress: open`
+ * and pod exceptions (`egress-allow`) are refused, naming the config entry that set it.
+ */
+function planEgress(annotations: Record<string, string>, cfg: WebhookConfig, namespace: string | undefined): Egress | undefined {
+  const floor = egressFloor(cfg, namespace)
+  const asked = annotations[ANNOTATION_EGRESS] !== undefined ? parseEgress(annotations[ANNOTATION_EGRESS]!) : undefined
+  const podAllow = annotations[ANNOTATION_EGRESS_ALLOW]
+  if (floor.mode === 'ziti-only') {
+    const where = namespace !== undefined && floor.key !== 'egress.default' ? `namespace ${namespace}` : 'this cluster'
+    if (asked === 'open') throw new ValidationError(ANNOTATION_EGRESS, `the platform locks the egress of ${where} (webhook config ${floor.key}: ziti-only); a pod may tighten its egress, never open it`)
+    if (podAllow !== undefined) throw new ValidationError(ANNOTATION_EGRESS_ALLOW, `the platform locks the egress of ${where} (webhook config ${floor.key}: ziti-only); a pod cannot add exceptions to it (the platform adds them: ${floor.key === 'egress.default' ? 'egress.allowCidrs/allowPorts' : `${floor.key}.allowCidrs/allowPorts`})`)
+  }
+  const mode = asked ?? floor.mode
   if (mode === 'open') {
-    if (annotations[ANNOTATION_EGRESS_ALLOW] !== undefined) throw new ValidationError(ANNOTATION_EGRESS_ALLOW, `only applies with ${ANNOTATION_EGRESS}: ziti-only, but the pod's egress is open`)
+    if (podAllow !== undefined) throw new ValidationError(ANNOTATION_EGRESS_ALLOW, `only applies with ${ANNOTATION_EGRESS}: ziti-only, but the pod's egress is open`)
     return undefined
   }
-  const ports = [...cfg.egress.allowPorts.flatMap((p) => parsePortRanges('egress.allowPorts', p)), ...allow.ports].sort((a, b) => a.from - b.from)
+  const allow = podAllow !== undefined ? parseEgressAllow(podAllow) : { cidrs: [], ports: [] }
+  const ports = [...floor.allowPorts.flatMap((p) => parsePortRanges(floor.key === 'egress.default' ? 'egress.allowPorts' : `${floor.key}.allowPorts`, p)), ...allow.ports].sort((a, b) => a.from - b.from)
   const merged: typeof ports = []
   for (const r of ports) {
     const last = merged.at(-1)
@@ -69,7 +94,7 @@ function planEgress(annotations: Record<string, string>, cfg: WebhookConfig): Eg
   }
   return {
     dns: [...new Set(cfg.egress.clusterDns.map((a) => formatAddress(parseAddress(a) as Exclude<ReturnType<typeof parseAddress>, string>)))],
-    cidrs: mergeCidrs([...cfg.egress.allowCidrs, ...allow.cidrs]).map(formatCidr),
+    cidrs: mergeCidrs([...floor.allowCidrs, ...allow.cidrs]).map(formatCidr),
     ports: merged.map(formatPortRange),
   }
 }

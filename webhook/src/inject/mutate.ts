@@ -10,7 +10,7 @@ import jsonpatch, { type Operation } from 'fast-json-patch'
 import { isDeepStrictEqual } from 'node:util'
 import type { WebhookConfig } from '../config.ts'
 import { clusterDnsUnknown } from '../cluster-dns.ts'
-import { planInterception, type InterceptionPlan } from './intent.ts'
+import { egressFloor, planInterception, type InterceptionPlan } from './intent.ts'
 import { buildSidecar, buildValidator, sidecarVolume, type IdentitySource } from './sidecar.ts'
 import { checkPreconditions, type PreconditionContext } from './preconditions.ts'
 import { alreadyInjected } from './select.ts'
@@ -140,8 +140,8 @@ interface Prepared {
   owned: Record<string, string>
 }
 
-function prepare(annotations: Record<string, string>, identity: IdentitySource, hostAliases: V1HostAlias[], cfg: WebhookConfig): Prepared {
-  const plan = planInterception(annotations, hostAliases, cfg)
+function prepare(annotations: Record<string, string>, identity: IdentitySource, hostAliases: V1HostAlias[], cfg: WebhookConfig, namespace: string): Prepared {
+  const plan = planInterception(annotations, hostAliases, cfg, undefined, namespace)
   const byIp = new Map<string, string[]>()
   for (const a of plan.aliases) byIp.set(a.ip, [...(byIp.get(a.ip) ?? []), a.hostname])
   const intentJson = serializeIntent(plan.intent)
@@ -177,9 +177,10 @@ export class InjectionCache {
   constructor(max = 512) {
     this.max = max
   }
-  get(annotations: Record<string, string>, identity: IdentitySource, hostAliases: V1HostAlias[], cfg: WebhookConfig): Prepared {
-    // The validator image follows the agent DaemonSet at run time: part of the key.
-    const key = JSON.stringify([USER_ANNOTATIONS.map((k) => annotations[k] ?? null), hostAliases, cfg.validator.image])
+  get(annotations: Record<string, string>, identity: IdentitySource, hostAliases: V1HostAlias[], cfg: WebhookConfig, namespace: string): Prepared {
+    // The validator image follows the agent DaemonSet at run time: part of the key. So is the
+    // namespace's egress floor (its config key: namespaces without an entry share entries).
+    const key = JSON.stringify([USER_ANNOTATIONS.map((k) => annotations[k] ?? null), hostAliases, cfg.validator.image, egressFloor(cfg, namespace).key])
     const hit = this.entries.get(key)
     if (hit) {
       this.hits++
@@ -187,7 +188,7 @@ export class InjectionCache {
       this.entries.set(key, hit)
       return hit
     }
-    const { encoded, ...rest } = prepare(annotations, identity, hostAliases, cfg)
+    const { encoded, ...rest } = prepare(annotations, identity, hostAliases, cfg, namespace)
     const fresh = { ...deepFreeze(rest), encoded }
     this.entries.set(key, fresh)
     if (this.entries.size > this.max) this.entries.delete(this.entries.keys().next().value!)
@@ -199,7 +200,8 @@ export class InjectionCache {
  * Builds the JSON Patch by hand rather than diffing: an `add` at index 0 inserts the
  * sidecar in front of existing containers instead of rewriting every one of them.
  */
-export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: InjectionCache, auto?: AutoIdentity): MutationResult {
+/** `namespace`: the admission request's (a pod created by a controller may carry none itself). */
+export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: InjectionCache, auto?: AutoIdentity, namespace = original.metadata?.namespace ?? 'default'): MutationResult {
   const spec = original.spec ?? { containers: [] }
   const annotations = original.metadata?.annotations ?? {}
   const hostAliases = spec.hostAliases ?? []
@@ -207,7 +209,7 @@ export function mutatePod(original: V1Pod, cfg: WebhookConfig, cache?: Injection
   const identity = identitySource(annotations, auto)
   checkSingleUseToken(original, identity)
   checkPreconditions(original, preconditionContext(cfg, identity.kind === 'auto' ? [] : [identity.ref.name], false))
-  const { plan, sidecar, validator, aliases, owned, encoded } = cache && !auto ? cache.get(annotations, identity, hostAliases, cfg) : prepare(annotations, identity, hostAliases, cfg)
+  const { plan, sidecar, validator, aliases, owned, encoded } = cache && !auto ? cache.get(annotations, identity, hostAliases, cfg, namespace) : prepare(annotations, identity, hostAliases, cfg, namespace)
   checkPorts(original, plan)
 
   const ops: Operation[] = []
@@ -269,7 +271,7 @@ export function applyMutation(original: V1Pod, ops: Operation[]): V1Pod {
  * Pods whose services come from the controller cannot be planned again without it; for
  * those the intent must still name the sidecar's uid and fence every listener it maps to.
  */
-export function verifyInjected(pod: V1Pod, cfg: WebhookConfig): void {
+export function verifyInjected(pod: V1Pod, cfg: WebhookConfig, namespace = pod.metadata?.namespace ?? 'default'): void {
   const annotations = pod.metadata?.annotations ?? {}
   const spec = pod.spec ?? { containers: [] }
   const forged = (what: string) => new ValidationError(ANNOTATION_STATUS, `the pod is marked as injected, but ${what}; remove ${ANNOTATION_STATUS}, ${ANNOTATION_INTERCEPTION} and the ${SIDECAR_NAME} container and let the webhook inject it`)
@@ -293,7 +295,7 @@ export function verifyInjected(pod: V1Pod, cfg: WebhookConfig): void {
   const serviceHosts = new Set((annotations[ANNOTATION_SERVICES] ?? '').split(',').map((e) => e.trim().split(':')[0]))
   const ourAliases = (spec.hostAliases ?? []).filter((a) => (a.hostnames ?? []).every((h) => serviceHosts.has(h)))
   const own = (spec.hostAliases ?? []).filter((a) => !ourAliases.includes(a))
-  const plan = planInterception(annotations, own, cfg)
+  const plan = planInterception(annotations, own, cfg, undefined, namespace)
   const want = serializeIntent(plan.intent)
   if (supplied !== want) throw forged(`${ANNOTATION_INTERCEPTION} is not the intent the webhook writes for its annotations (expected ${want})`)
   const expected = buildSidecar(plan, identity, cfg)
