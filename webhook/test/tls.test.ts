@@ -124,3 +124,11 @@ t.test('the running server swaps its certificate without a restart', async (t) =
   ;(wh.app.server as import('node:https').Server).setSecureContext({ cert: next.certPem, key: next.keyPem })
   t.equal(await peerCn(), 'renewed', 'new connections get the new certificate')
 })
+
+t.test('TLS_MODE (what the self-managed component sets) overrides the file, and is validated by its name', async (t) => {
+  const { validateConfig } = await import('../src/config.ts')
+  t.equal(validateConfig({ tls: { mode: 'files' } }, { TLS_MODE: 'self-managed' }).tls.mode, 'self-managed')
+  t.equal(validateConfig({ tls: { mode: 'files' } }, {}).tls.mode, 'files')
+  t.throws(() => validateConfig({}, { TLS_MODE: 'cert-manager' }), /TLS_MODE: must be self-managed or files/)
+  t.equal(validateConfig({}, {}).tls.certFile, '/etc/ziti-cni-tls/tls.crt', 'beside the config mount, where the base mounts the Secret')
+})
