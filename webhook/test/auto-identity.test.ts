@@ -235,7 +235,7 @@ t.test('an /enroll flood gets 429 before any TokenReview; the API server sees a 
   })
   const reviews = () => api.requests.filter((r) => r.method === 'POST' && r.path.endsWith('/tokenreviews')).length
   const started = Date.now()
-  // One source, 60 forged requests at once; then 60 more spread over 30 sources.
+  // One source, 60 forged requests at once; then 60 more from 60 other sources.
   const oneSource = await Promise.all(Array.from({ length: 60 }, () => post('127.0.0.2', 'forged')))
   const manySources = await Promise.all(Array.from({ length: 60 }, (_, i) => post(`127.0.1.${i + 1}`, 'forged')))
   const elapsed = (Date.now() - started) / 1000
