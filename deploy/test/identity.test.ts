@@ -80,8 +80,10 @@ t.test('controller-identities: the identity controller alone holds the credentia
   // The webhook: the same rights as without the component (no Secret verbs for identities, no
   // pod list, no Lease), and the shared controller section.
   const roles = docs.filter((d) => (d.kind === 'Role' || d.kind === 'ClusterRole') && JSON.stringify(docs.filter((b) => b.kind.endsWith('RoleBinding') && b.roleRef.name === d.metadata.name)).includes('"ziti-cni-webhook"')).map((d) => `${d.kind}/${d.metadata.name}`).sort()
-  t.same(roles, ['ClusterRole/ziti-cni-webhook', 'Role/ziti-cni-webhook-tls'], 'the webhook gains no role')
-  t.same(rules('Role', 'ziti-cni-webhook-tls')!.filter((r: Doc) => r.resources.includes('secrets')), [{ apiGroups: [''], resources: ['secrets'], resourceNames: ['ziti-cni-webhook-tls'], verbs: ['get', 'update'] }], 'Secrets: its own TLS Secret only (self-managed TLS), never a pod\'s')
+  t.same(roles, ['ClusterRole/ziti-cni-webhook', 'Role/ziti-cni-webhook'], 'the webhook gains no role')
+  const webhookRules = roles.flatMap((r) => find(docs, r.split('/')[0]!, r.split('/')[1]!)!.rules as Doc[])
+  t.same(webhookRules.filter((r) => r.resources.includes('secrets')), [], 'no Secret verbs at all: neither a pod\'s nor a TLS Secret (production: tls.mode files)')
+  t.same(webhookRules.filter((r) => r.resources.includes('mutatingwebhookconfigurations')), [], 'and no right on its webhook configuration (cainjector sets caBundle)')
   const wh = find(docs, 'Deployment', 'ziti-cni-webhook')!.spec.template.spec
   t.same(wh.containers[0].args, ['--config', '/etc/ziti-cni/config.yaml', '--identity-config', '/etc/ziti-cni-identity/identity.yaml'])
   t.ok(wh.volumes.some((v: Doc) => v.configMap?.name === 'ziti-cni-identity'), 'the webhook mounts the shared section')

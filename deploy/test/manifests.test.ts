@@ -31,6 +31,9 @@ function renderWithComponent(t: Tap, component: string): Doc[] {
 }
 const find = (docs: Doc[], kind: string, name: string) => docs.find((d) => d.kind === kind && d.metadata.name === name)
 const matches = (selector: Record<string, string>, labels: Record<string, string>) => Object.entries(selector).every(([k, v]) => labels?.[k] === v)
+/** Every rule any (Cluster)RoleBinding grants the ServiceAccount `sa` of ziti-cni-system. */
+const rulesOf = (docs: Doc[], sa: string): Doc[] => docs.filter((b) => b.kind.endsWith('RoleBinding') && b.subjects.some((s: Doc) => s.kind === 'ServiceAccount' && s.name === sa && s.namespace === 'ziti-cni-system'))
+  .flatMap((b) => find(docs, b.roleRef.kind, b.roleRef.name)?.rules ?? [])
 
 for (const overlay of ['kind', 'production']) {
   t.test(`overlay ${overlay}`, opts, async (t) => {
@@ -40,13 +43,23 @@ for (const overlay of ['kind', 'production']) {
 
     await t.test('RBAC is exactly what the components need', async (t) => {
       const rules = (kind: string, name: string) => find(docs, kind, name)?.rules
-      t.same(rules('ClusterRole', 'ziti-cni-webhook'), [{ apiGroups: ['admissionregistration.k8s.io'], resources: ['mutatingwebhookconfigurations'], resourceNames: ['ziti-cni-webhook'], verbs: ['get', 'patch'] }, { apiGroups: [''], resources: ['services'], resourceNames: ['kube-dns'], verbs: ['get', 'list', 'watch'] }])
-      t.same(rules('Role', 'ziti-cni-webhook-tls'), [{ apiGroups: [''], resources: ['secrets'], resourceNames: ['ziti-cni-webhook-tls'], verbs: ['get', 'update'] }, { apiGroups: ['apps'], resources: ['daemonsets'], resourceNames: ['ziti-cni-agent'], verbs: ['get'] }])
+      // The base (tls.mode files): the webhook reads the agent DaemonSet and the DNS Service.
+      t.same(rules('ClusterRole', 'ziti-cni-webhook'), [{ apiGroups: [''], resources: ['services'], resourceNames: ['kube-dns'], verbs: ['get', 'list', 'watch'] }])
+      t.same(rules('Role', 'ziti-cni-webhook'), [{ apiGroups: ['apps'], resources: ['daemonsets'], resourceNames: ['ziti-cni-agent'], verbs: ['get'] }])
+      // Self-managed TLS (kind): its own Secret and its own webhook configuration, and only there.
+      const selfManaged = overlay === 'kind'
+      t.same(rules('Role', 'ziti-cni-webhook-tls'), selfManaged ? [{ apiGroups: [''], resources: ['secrets'], resourceNames: ['ziti-cni-webhook-tls'], verbs: ['get', 'update'] }] : undefined)
+      t.same(rules('ClusterRole', 'ziti-cni-webhook-tls'), selfManaged ? [{ apiGroups: ['admissionregistration.k8s.io'], resources: ['mutatingwebhookconfigurations'], resourceNames: ['ziti-cni-webhook'], verbs: ['get', 'patch'] }] : undefined)
+      const webhookRules = rulesOf(docs, 'ziti-cni-webhook')
+      if (!selfManaged) {
+        t.same(webhookRules.filter((r) => r.resources.includes('secrets')), [], 'production: the webhook has no Secret verb at all')
+        t.same(webhookRules.filter((r) => r.apiGroups.includes('admissionregistration.k8s.io') && r.verbs.some((v: string) => !['get', 'list', 'watch'].includes(v))), [], 'production: no write on any webhook configuration')
+      }
       const repairByDeletion = find(docs, 'DaemonSet', 'ziti-cni-agent')!.spec.template.spec.containers[0].args.includes('--repair=delete')
       t.same(rules('ClusterRole', 'ziti-cni-agent'), [{ apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch', ...(repairByDeletion ? ['delete'] : [])] }, { apiGroups: [''], resources: ['events'], verbs: ['create'] }], 'pods: read, and delete only with repair-by-deletion; events: create only')
       t.same(rules('Role', 'ziti-cni-agent-lifecycle'), [{ apiGroups: ['apps'], resources: ['daemonsets'], resourceNames: ['ziti-cni-agent'], verbs: ['get'] }])
       const roles = docs.filter((d) => d.kind === 'Role' || d.kind === 'ClusterRole').map((d) => `${d.kind}/${d.metadata.name}`).sort()
-      t.same(roles, ['ClusterRole/ziti-cni-agent', 'ClusterRole/ziti-cni-webhook', 'Role/ziti-cni-agent-lifecycle', 'Role/ziti-cni-webhook-tls'], 'no other roles')
+      t.same(roles, ['ClusterRole/ziti-cni-agent', 'ClusterRole/ziti-cni-webhook', ...(selfManaged ? ['ClusterRole/ziti-cni-webhook-tls'] : []), 'Role/ziti-cni-agent-lifecycle', 'Role/ziti-cni-webhook', ...(selfManaged ? ['Role/ziti-cni-webhook-tls'] : [])], 'no other roles')
       for (const b of docs.filter((d) => d.kind.endsWith('RoleBinding'))) {
         t.ok(find(docs, b.roleRef.kind, b.roleRef.name), `${b.metadata.name} binds an existing role`)
         for (const s of b.subjects) t.ok(find(docs, 'ServiceAccount', s.name), `${b.metadata.name}: subject ${s.name} exists`)
@@ -162,9 +175,10 @@ function agreement(t: Tap, docs: Doc[]): void {
   const mwc = find(docs, 'MutatingWebhookConfiguration', 'ziti-cni-webhook')!
   const cm = docs.find((d) => d.kind === 'ConfigMap' && d.data?.['config.yaml'])!
   const wc = dep.spec.template.spec.containers[0]
-  // Env from ConfigMaps resolved as the kubelet would.
+  // Env (values, and ConfigMaps) resolved as the kubelet would.
   const env: Record<string, string> = { POD_NAMESPACE: dep.metadata.namespace }
   for (const e of wc.env ?? []) {
+    if (typeof e.value === 'string') env[e.name] = e.value
     const ref = e.valueFrom?.configMapKeyRef
     if (ref) {
       const source = find(docs, 'ConfigMap', ref.name)
@@ -180,11 +194,9 @@ function agreement(t: Tap, docs: Doc[]): void {
   for (const w of mwc.webhooks) t.equal(w.clientConfig.service.path, MUTATE_PATH, `${w.name}: path is the server's route`)
   t.equal(mwc.metadata.name, cfg.tls.webhookConfigName, 'config tls.webhookConfigName names this MutatingWebhookConfiguration')
   t.equal(svc.metadata.name, cfg.tls.serviceName, 'config tls.serviceName names the Service (certificate SANs)')
-  t.ok(find(docs, 'Secret', cfg.tls.secretName), `the TLS Secret ${cfg.tls.secretName} exists`)
-  t.same(find(docs, 'Role', 'ziti-cni-webhook-tls')!.rules[0].resourceNames, [cfg.tls.secretName], 'the Role grants exactly that Secret')
-  t.same(find(docs, 'Role', 'ziti-cni-webhook-tls')!.rules[1].resourceNames, [ds.metadata.name], 'and reading exactly the agent DaemonSet')
-  t.same(find(docs, 'ClusterRole', 'ziti-cni-webhook')!.rules[0].resourceNames, [mwc.metadata.name], 'the ClusterRole grants exactly that configuration')
-  t.same(find(docs, 'ClusterRole', 'ziti-cni-webhook')!.rules[1].resourceNames, [cfg.tproxy.clusterDnsService.split('/')[1]], 'and watching exactly the cluster DNS Service')
+  webhookTls(t, docs, cfg)
+  t.same(find(docs, 'Role', 'ziti-cni-webhook')!.rules[0].resourceNames, [ds.metadata.name], 'the Role grants reading exactly the agent DaemonSet')
+  t.same(find(docs, 'ClusterRole', 'ziti-cni-webhook')!.rules[0].resourceNames, [cfg.tproxy.clusterDnsService.split('/')[1]], 'and watching exactly the cluster DNS Service')
   const np = find(docs, 'NetworkPolicy', 'ziti-cni-webhook')
   if (np) {
     t.same(np.spec.ingress.flatMap((i: Doc) => i.ports.map((p: Doc) => p.port)), [httpsPort?.containerPort], 'the NetworkPolicy admits the webhook\'s port')
@@ -213,6 +225,51 @@ function agreement(t: Tap, docs: Doc[]): void {
   t.equal(cfg.validator.image, '', 'validator.image is not pinned separately')
   t.equal(cfg.validator.daemonSet, ds.metadata.name, 'validator.daemonSet names the agent DaemonSet')
   t.equal(ds.metadata.namespace, dep.metadata.namespace, 'in the webhook\'s namespace')
+}
+
+/**
+ * The webhook's TLS as configured is the TLS deployed. files: the configured files are the items
+ * of a whole (not subPath) Secret volume, that Secret is a cert-manager Certificate's for the
+ * Service's name, and caBundle is injected from that Certificate. self-managed: the Secret it
+ * writes exists and the rights it needs name exactly that Secret and that configuration.
+ */
+function webhookTls(t: Tap, docs: Doc[], cfg: ReturnType<typeof validateConfig>): void {
+  const dep = find(docs, 'Deployment', 'ziti-cni-webhook')!
+  const pod = dep.spec.template.spec
+  const c = pod.containers[0]
+  const mwc = find(docs, 'MutatingWebhookConfiguration', 'ziti-cni-webhook')!
+  const svc = find(docs, 'Service', cfg.tls.serviceName)!
+  const secretVolumes = pod.volumes.filter((v: Doc) => v.secret)
+  if (cfg.tls.mode === 'self-managed') {
+    t.ok(find(docs, 'Secret', cfg.tls.secretName), `self-managed: the TLS Secret ${cfg.tls.secretName} ships (empty: no create needed)`)
+    t.same(find(docs, 'Role', 'ziti-cni-webhook-tls')!.rules[0].resourceNames, [cfg.tls.secretName], 'self-managed: the Role grants exactly that Secret')
+    t.same(find(docs, 'ClusterRole', 'ziti-cni-webhook-tls')!.rules[0].resourceNames, [mwc.metadata.name], 'self-managed: and exactly this webhook configuration')
+    t.same(secretVolumes, [], 'self-managed: no Secret is mounted')
+    t.notOk(mwc.metadata.annotations?.['cert-manager.io/inject-ca-from'], 'self-managed: caBundle is the webhook\'s, not cainjector\'s')
+    return
+  }
+  const mountOf = (file: string) => c.volumeMounts.filter((m: Doc) => file.startsWith(`${m.mountPath}/`)).sort((a: Doc, b: Doc) => b.mountPath.length - a.mountPath.length)[0]
+  const names = new Set<string>()
+  for (const file of [cfg.tls.certFile, cfg.tls.keyFile]) {
+    const m = mountOf(file)
+    const v = pod.volumes.find((x: Doc) => x.name === m?.name)
+    t.ok(v?.secret?.items?.some((i: Doc) => `${m.mountPath}/${i.path}` === file), `files: ${file} is an item of a Secret volume`)
+    t.notOk(m?.subPath, 'files: the whole volume is mounted (a subPath is never updated on rotation)')
+    t.equal(v?.secret?.defaultMode, 0o440, 'files: owner and group only')
+    names.add(v?.secret?.secretName)
+  }
+  t.equal(pod.securityContext.fsGroup, pod.securityContext.runAsGroup, 'files: read through the fsGroup')
+  t.equal(names.size, 1, 'files: certificate and key come from one Secret')
+  const [secretName] = [...names]
+  const cert = docs.find((d) => d.kind === 'Certificate' && d.spec.secretName === secretName && d.metadata.namespace === dep.metadata.namespace)
+  t.ok(cert, `files: a cert-manager Certificate writes ${secretName}`)
+  t.ok(cert?.spec.dnsNames.includes(`${svc.metadata.name}.${svc.metadata.namespace}.svc`), 'files: for the name the API server calls (<service>.<namespace>.svc)')
+  t.equal(mwc.metadata.annotations?.['cert-manager.io/inject-ca-from'], `${cert?.metadata.namespace}/${cert?.metadata.name}`, 'files: cainjector fills caBundle from that Certificate')
+  const issuer = find(docs, cert?.spec.issuerRef.kind, cert?.spec.issuerRef.name)
+  t.ok(issuer?.spec.ca, 'files: signed by a CA issuer (renewals keep caBundle)')
+  const caCert = docs.find((d) => d.kind === 'Certificate' && d.spec.secretName === issuer?.spec.ca?.secretName)
+  t.equal(caCert?.spec.isCA, true, 'files: that issuer\'s CA is a Certificate of its own')
+  t.equal(issuer?.kind, 'Issuer', 'files: a namespaced Issuer, not a ClusterIssuer others could use')
 }
 
 t.test('every shipped webhook config passes the webhook\'s own validation', opts, async (t) => {

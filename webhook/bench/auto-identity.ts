@@ -2,7 +2,8 @@
 // a Secret identity, interleaved in the same run. Admission is pure now (the identity controller
 // creates the identity later, README "Controller-driven identities"), so this measures what the
 // attribute policy and the injected reference cost: no controller, no API server in the path.
-// The webhook and this sequential client share CPU 0.
+// The webhook and this sequential client share CPU 0. The whole path (identity created,
+// enrolled, first intercepted reply, a burst, leaks) is e2e/bench-auto-identity.ts (root).
 import { spawnSync } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { request } from 'node:https'

@@ -230,8 +230,9 @@ export const DEFAULT_CONFIG: WebhookConfig = {
   drainSeconds: 10,
   tls: {
     mode: 'self-managed',
-    certFile: '/etc/ziti-cni/tls/tls.crt',
-    keyFile: '/etc/ziti-cni/tls/tls.key',
+    // Beside, not under, the config mount (/etc/ziti-cni is a ConfigMap volume).
+    certFile: '/etc/ziti-cni-tls/tls.crt',
+    keyFile: '/etc/ziti-cni-tls/tls.key',
     secretName: 'ziti-cni-webhook-tls',
     namespace: 'ziti-cni-system',
     serviceName: 'ziti-cni-webhook',
@@ -451,7 +452,8 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
     bodyLimitBytes: pick('bodyLimitBytes', top.bodyLimitBytes, d.bodyLimitBytes, int(64 * 1024, 64 * 1024 * 1024)),
     drainSeconds: env.DRAIN_SECONDS !== undefined ? Number(env.DRAIN_SECONDS) : pick('drainSeconds', top.drainSeconds, d.drainSeconds, int(0, 120)),
     tls: {
-      mode: pick('tls.mode', tls.mode, d.tls.mode, (v) => (v === 'self-managed' || v === 'files' ? undefined : 'must be self-managed or files')),
+      // env TLS_MODE: what deploy/components/webhook-tls-self-managed sets, whatever the file says.
+      mode: pick(env.TLS_MODE !== undefined ? 'TLS_MODE' : 'tls.mode', env.TLS_MODE ?? tls.mode, d.tls.mode, (v) => (v === 'self-managed' || v === 'files' ? undefined : 'must be self-managed or files')),
       certFile: pick('tls.certFile', tls.certFile, d.tls.certFile, str),
       keyFile: pick('tls.keyFile', tls.keyFile, d.tls.keyFile, str),
       secretName: pick('tls.secretName', tls.secretName, d.tls.secretName, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a Secret name')),

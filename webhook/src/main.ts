@@ -10,7 +10,7 @@ import { loadConfig } from './load-config.ts'
 import { withIdentityConfig } from './identity-controller/config-file.ts'
 import { createWebhookMetrics } from './metrics.ts'
 import { buildServer } from './server.ts'
-import { readPair, watchPair } from './tls/files.ts'
+import { readPair, TlsFilesError, watchPair, type PairFiles } from './tls/files.ts'
 import { SelfManagedTls } from './tls/self-managed.ts'
 import { ValidatorImage } from './validator-image.ts'
 
@@ -31,6 +31,8 @@ async function main(): Promise<void> {
 
   let pair: { cert: string; key: string }
   let selfManaged: SelfManagedTls | undefined
+  // files mode: no Kubernetes call for TLS at all (the Secret is mounted, caBundle injected).
+  const files: PairFiles = { certFile: config.tls.certFile, keyFile: config.tls.keyFile, serverName: `${config.tls.serviceName}.${config.tls.namespace}.svc` }
   let kc: KubeConfig | undefined
   const kube = () => {
     if (!kc) {
@@ -52,7 +54,14 @@ async function main(): Promise<void> {
     const m = await selfManaged.ensure()
     pair = { cert: m.serving.certPem, key: m.serving.keyPem }
   } else {
-    pair = readPair(config.tls.certFile, config.tls.keyFile)
+    try {
+      const first = readPair(files)
+      pair = first
+      log.info({ ...first.info, certFile: files.certFile }, 'serving the mounted certificate')
+    } catch (e) {
+      if (e instanceof TlsFilesError) { process.stderr.write(`ziti-cni-webhook: ${e.message}\n`); process.exit(2) }
+      throw e
+    }
   }
   metrics.certRenewals.inc()
 
@@ -60,12 +69,12 @@ async function main(): Promise<void> {
   // Deployment) holds the controller credential.
   if (config.controller.url) log.info({ enrollUrl: config.controller.enrollUrl }, 'identity: auto enabled (references the identity controller)')
   const app = buildServer({ config, metrics, log, tls: pair, ready: () => !draining })
-  const swap = (next: { cert: string; key: string }) => {
-    if (next.cert === pair.cert) return
+  const swap = (next: { cert: string; key: string; info?: object }) => {
+    if (next.cert === pair.cert && next.key === pair.key) return
     pair = next
     ;(app.server as Server).setSecureContext({ cert: next.cert, key: next.key, minVersion: 'TLSv1.2' })
     metrics.certRenewals.inc()
-    log.info('serving certificate reloaded without restart')
+    log.info({ ...next.info }, 'serving certificate reloaded without restart')
   }
   if (selfManaged) {
     const everyMs = Number(process.env.TLS_CHECK_INTERVAL_SECONDS ?? '3600') * 1000
@@ -75,7 +84,7 @@ async function main(): Promise<void> {
     timer.unref()
     stops.push(() => clearInterval(timer))
   } else {
-    stops.push(watchPair(config.tls.certFile, config.tls.keyFile, swap, (e) => log.error({ err: e }, 'cannot reload certificate files')))
+    stops.push(watchPair(files, swap, (e) => log.error({ err: e.message }, 'the mounted certificate changed but cannot be served; keeping the current one')))
   }
 
   await app.listen({ host: config.listen.host, port: config.listen.port })

@@ -16,7 +16,7 @@ import { validateConfig } from '../src/config.ts'
 import { createWebhookMetrics } from '../src/metrics.ts'
 import { buildServer } from '../src/server.ts'
 import { startIdentityController, type IdentityRuntime } from '../src/identity-controller/runtime.ts'
-import { enrollServer } from '../src/identity-controller/enroll-server.ts'
+import { EnrollLimiter, enrollServer, type EnrollLimits } from '../src/identity-controller/enroll-server.ts'
 import { FakeZitiController } from '../../e2e/node/standins/ziti-controller.ts'
 import { https, startApiStandIn, testCerts, TEST_CONFIG } from './helpers.ts'
 
@@ -191,6 +191,72 @@ t.test('the enrollment endpoint over HTTPS', async (t) => {
   t.equal(r.status, 200)
   t.match(JSON.parse(r.text), { jwt: /^ey/ })
   t.equal((await https(`${url}/enroll`, whCa, 'GET')).status, 404)
+})
+
+t.test('EnrollLimiter: per source, global, in flight; Retry-After says when a token is back', async (t) => {
+  const limits: EnrollLimits = { perSource: { burst: 2, perSecond: 0.5 }, global: { burst: 3, perSecond: 1 }, maxInFlight: 2, maxSources: 3 }
+  const l = new EnrollLimiter(limits, 0)
+  const a1 = l.admit('10.0.0.1', 0)
+  const a2 = l.admit('10.0.0.1', 0)
+  t.ok(a1.ok && a2.ok, 'a source gets its burst')
+  t.same(l.admit('10.0.0.2', 0), { ok: false, scope: 'in-flight', retryAfterSeconds: 1 }, 'two in flight: the third waits, whoever it is')
+  if (a1.ok) { a1.release(); a1.release() } // released once only
+  t.same(l.admit('10.0.0.1', 0), { ok: false, scope: 'source', retryAfterSeconds: 2 }, 'the source\'s bucket is empty: one token in 2 s')
+  const b = l.admit('10.0.0.2', 0)
+  t.ok(b.ok, 'another source is not held back by the first')
+  if (a2.ok) a2.release()
+  if (b.ok) b.release()
+  t.same(l.admit('10.0.0.3', 0), { ok: false, scope: 'global', retryAfterSeconds: 1 }, 'the global bucket (3) is spent')
+  t.ok(l.admit('10.0.0.3', 1000).ok, 'a second later the global bucket has a token again')
+  t.same(l.admit('10.0.0.1', 1000), { ok: false, scope: 'source', retryAfterSeconds: 1 }, 'half a token after 1 s: 1 s more')
+  for (let i = 0; i < 10; i++) l.admit(`10.1.0.${i}`, 5000)
+  t.equal(l.sourcesTracked, 3, 'memory is bounded by maxSources')
+})
+
+t.test('an /enroll flood gets 429 before any TokenReview; the API server sees a bounded number; a real pod still enrolls', async (t) => {
+  const { api, start, whCa } = await world(t)
+  const rt = await start('ic-0')
+  const { serving } = testCerts()
+  const limits: EnrollLimits = { perSource: { burst: 3, perSecond: 1 }, global: { burst: 10, perSecond: 5 }, maxInFlight: 4, maxSources: 1000 }
+  const registry = new Registry()
+  const server = enrollServer(rt.enrollment, { cert: serving.certPem, key: serving.keyPem }, registry, pino({ level: 'silent' }), limits)
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  t.teardown(() => new Promise((r) => { server.closeAllConnections(); server.close(r) }))
+  const port = (server.address() as AddressInfo).port
+  // Each request on its own connection from a chosen loopback address (any pod IP would do).
+  const post = (from: string, token: string) => new Promise<{ status: number; retryAfter?: string; body: string }>((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path: '/enroll', method: 'POST', ca: whCa, servername: 'localhost', localAddress: from, agent: false, headers: { authorization: `Bearer ${token}`, 'content-length': 0 } }, (res) => {
+      let body = ''
+      res.on('data', (c) => { body += c })
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, retryAfter: res.headers['retry-after'], body }))
+    })
+    req.on('error', reject)
+    req.end()
+  })
+  const reviews = () => api.requests.filter((r) => r.method === 'POST' && r.path.endsWith('/tokenreviews')).length
+  const started = Date.now()
+  // One source, 60 forged requests at once; then 60 more from 60 other sources.
+  const oneSource = await Promise.all(Array.from({ length: 60 }, () => post('127.0.0.2', 'forged')))
+  const manySources = await Promise.all(Array.from({ length: 60 }, (_, i) => post(`127.0.1.${i + 1}`, 'forged')))
+  const elapsed = (Date.now() - started) / 1000
+  const throttled = [...oneSource, ...manySources].filter((r) => r.status === 429)
+  t.ok(oneSource.filter((r) => r.status !== 429).length <= limits.perSource.burst + Math.ceil(elapsed * limits.perSource.perSecond), 'one source gets its burst and no more')
+  t.ok(throttled.length >= 100, `the flood is mostly throttled (${throttled.length} of 120)`)
+  t.ok(throttled.every((r) => Number(r.retryAfter) >= 1 && /too many enrollment requests \((source|global|in-flight) limit\)/.test(r.body)), 'every 429 carries Retry-After and names the limit')
+  const bound = limits.global.burst + Math.ceil(elapsed * limits.global.perSecond)
+  t.ok(reviews() <= bound, `TokenReviews stay bounded: ${reviews()} <= ${bound} (burst + rate x ${elapsed.toFixed(1)} s)`)
+  t.equal(reviews(), 120 - throttled.length, 'a throttled request made no TokenReview')
+  t.match(await registry.metrics(), /ziti_cni_enroll_throttled_total\{scope="(source|global|in-flight)"\} \d+/)
+
+  // After the flood: a legitimate pod enrolls, honouring Retry-After while the buckets refill.
+  const pod = await api.create('pods', autoPod('billing-0') as never) as unknown as V1Pod
+  let r = await post('127.0.2.1', projected(api, pod))
+  for (let i = 0; r.status === 429 && i < 10; i++) {
+    await new Promise((res) => setTimeout(res, Number(r.retryAfter) * 1000))
+    r = await post('127.0.2.1', projected(api, pod))
+  }
+  t.equal(r.status, 200, 'the pod got its JWT')
+  t.match(JSON.parse(r.body), { jwt: /^ey/ })
 })
 
 t.test('deleted pods lose their identity: by the watch, and by the reconcile when the controller was down', async (t) => {

@@ -10,7 +10,8 @@ import { pino } from 'pino'
 import { certExpiry, createCa, createServingCert, signedBy } from '../src/tls/certs.ts'
 import { decideMaterial, fromSecretData, toSecretData } from '../src/tls/material.ts'
 import { SelfManagedTls } from '../src/tls/self-managed.ts'
-import { watchPair } from '../src/tls/files.ts'
+import { readPair, TlsFilesError, watchPair } from '../src/tls/files.ts'
+import { X509Certificate } from 'node:crypto'
 import { startApiStandIn } from './helpers.ts'
 
 const policy = { serviceName: 'ziti-cni-webhook', namespace: 'ziti-cni-system', validityDays: 30, renewBeforeDays: 7 }
@@ -58,22 +59,55 @@ t.test('self-managed mode against the API stand-in', async (t) => {
   t.not(later.serving.certPem, stored.serving.certPem, 'renewed before expiry')
 })
 
-t.test('files mode: a swapped pair is picked up', async (t) => {
+t.test('files mode: a swapped pair is picked up; an inconsistent one is reported and not used', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'zcni-tls-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const ca = createCa({ commonName: 'cm', validDays: 1 })
-  const one = createServingCert(ca, { commonName: 'one', validDays: 1 })
-  const two = createServingCert(ca, { commonName: 'two', validDays: 1 })
-  writeFileSync(join(dir, 'tls.crt'), one.certPem)
-  writeFileSync(join(dir, 'tls.key'), one.keyPem)
+  const names = { dnsNames: ['ziti-cni-webhook.ziti-cni-system.svc'], validDays: 1 }
+  const one = createServingCert(ca, { commonName: 'one', ...names })
+  const two = createServingCert(ca, { commonName: 'two', ...names })
+  const f = { certFile: join(dir, 'tls.crt'), keyFile: join(dir, 'tls.key'), serverName: 'ziti-cni-webhook.ziti-cni-system.svc' }
+  writeFileSync(f.certFile, one.certPem)
+  writeFileSync(f.keyFile, one.keyPem)
   const seen: string[] = []
-  const stop = watchPair(join(dir, 'tls.crt'), join(dir, 'tls.key'), (p) => seen.push(p.cert), () => {})
+  const errors: string[] = []
+  const stop = watchPair(f, (p) => seen.push(p.cert), (e) => errors.push(e.message))
   t.teardown(stop)
-  writeFileSync(join(dir, 'tls.key'), two.keyPem)
-  writeFileSync(join(dir, 'tls.crt'), two.certPem)
+  // Written by hand, one file after the other: the half-way state (two's cert, one's key) is
+  // refused, the complete pair is taken.
+  writeFileSync(f.certFile, two.certPem)
+  await new Promise((r) => setTimeout(r, 400))
+  t.same(seen, [], 'a certificate without its key is not served')
+  t.match(errors.at(-1), /tls\.keyFile .*: is not the key of the certificate/)
+  writeFileSync(f.keyFile, two.keyPem)
   const end = Date.now() + 3000
   while (!seen.includes(two.certPem) && Date.now() < end) await new Promise((r) => setTimeout(r, 50))
-  t.equal(seen.at(-1), two.certPem)
+  t.same(seen, [two.certPem])
+})
+
+t.test('files mode: readPair names the key and the file for every unusable pair', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'zcni-tls-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const ca = createCa({ commonName: 'cm', validDays: 1 })
+  const good = createServingCert(ca, { commonName: 'x', dnsNames: ['wh.ns.svc'], validDays: 1 })
+  const other = createServingCert(ca, { commonName: 'y', dnsNames: ['wh.ns.svc'], validDays: 1 })
+  const wrongName = createServingCert(ca, { commonName: 'z', dnsNames: ['elsewhere.ns.svc'], validDays: 1 })
+  const f = { certFile: join(dir, 'tls.crt'), keyFile: join(dir, 'tls.key'), serverName: 'wh.ns.svc' }
+  const write = (cert: string, key: string) => { writeFileSync(f.certFile, cert); writeFileSync(f.keyFile, key) }
+  t.throws(() => readPair(f), /^tls\.certFile .*tls\.crt: cannot be read \(ENOENT\)/)
+  t.ok((() => { try { readPair(f) } catch (e) { return e instanceof TlsFilesError } })(), 'a TlsFilesError: main.ts exits 2 with its message, no stack')
+  write('not a certificate', good.keyPem)
+  t.throws(() => readPair(f), /^tls\.certFile .*: not a PEM certificate/)
+  write(good.certPem, 'not a key')
+  t.throws(() => readPair(f), /^tls\.keyFile .*: not a PEM private key/)
+  write(good.certPem, other.keyPem)
+  t.throws(() => readPair(f), /^tls\.keyFile .*: is not the key of the certificate/)
+  write(wrongName.certPem, wrongName.keyPem)
+  t.throws(() => readPair(f), /does not cover wh\.ns\.svc, the name the API server calls \(its names: DNS:elsewhere\.ns\.svc\)/)
+  write(good.certPem, good.keyPem)
+  t.throws(() => readPair(f, new Date(Date.now() + 3 * DAY)), /the certificate expired at/)
+  const ok = readPair(f)
+  t.equal(ok.info.serial.toLowerCase(), new X509Certificate(good.certPem).serialNumber.toLowerCase())
 })
 
 t.test('the running server swaps its certificate without a restart', async (t) => {
@@ -89,4 +123,12 @@ t.test('the running server swaps its certificate without a restart', async (t) =
   const next = createServingCert(testCerts().ca, { commonName: 'renewed', ipAddresses: ['127.0.0.1'], validDays: 2 })
   ;(wh.app.server as import('node:https').Server).setSecureContext({ cert: next.certPem, key: next.keyPem })
   t.equal(await peerCn(), 'renewed', 'new connections get the new certificate')
+})
+
+t.test('TLS_MODE (what the self-managed component sets) overrides the file, and is validated by its name', async (t) => {
+  const { validateConfig } = await import('../src/config.ts')
+  t.equal(validateConfig({ tls: { mode: 'files' } }, { TLS_MODE: 'self-managed' }).tls.mode, 'self-managed')
+  t.equal(validateConfig({ tls: { mode: 'files' } }, {}).tls.mode, 'files')
+  t.throws(() => validateConfig({}, { TLS_MODE: 'cert-manager' }), /TLS_MODE: must be self-managed or files/)
+  t.equal(validateConfig({}, {}).tls.certFile, '/etc/ziti-cni-tls/tls.crt', 'beside the config mount, where the base mounts the Secret')
 })
