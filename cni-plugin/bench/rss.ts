@@ -4,18 +4,21 @@
 // from /proc/PID/status (VmRSS now, VmHWM the peak, RssAnon: heap and malloc, RssFile: the
 // node binary's pages) and the agent's own prom-client gauges
 // (V8 heap used/total, external), so the report says where the memory is.
-//   node cni-plugin/bench/rss.ts [N]   (default 500; extra agent flags: BENCH_NODE_FLAGS)
-import { spawn } from 'node:child_process'
+// The agent runs with the NODE_OPTIONS the shipped DaemonSet sets (deploy/base/agent).
+//   node cni-plugin/bench/rss.ts [N]   (default 500; BENCH_NODE_OPTIONS overrides NODE_OPTIONS,
+//   BENCH_SETTLE_MS the wait before each reading, default 2000)
+import { spawn, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { parse as parseYaml } from 'yaml'
 import { createCa, createServingCert } from '../../webhook/src/tls/certs.ts'
 import { KubeApiStandIn } from '../../e2e/node/lib/kube-api.ts'
 import { AGENT_BUNDLE, freePort } from '../../e2e/node/lib/node.ts'
 
 export interface MemoryFigures { rssMiB: number; hwmMiB: number; anonMiB: number; fileMiB: number; heapUsedMiB: number; heapTotalMiB: number; externalMiB: number }
-export interface RssResult { empty: MemoryFigures; full: MemoryFigures; cached: number; podJsonBytes: number }
+export interface RssResult { empty: MemoryFigures; full: MemoryFigures; listed: MemoryFigures; cached: number; listedCached: number; podJsonBytes: number }
 
 const MiB = 1024 * 1024
 const NODE = 'bench-node'
@@ -71,8 +74,18 @@ export function realisticPod(i: number, nodeName: string, intent: string | undef
   }
 }
 
-/** Starts the agent against the stand-in, measures, feeds `pods` pods, measures again. */
-export async function measureAgentRss(pods: number, opts: { intent: string; nodeFlags?: string[]; settleMs?: number } ): Promise<RssResult> {
+/**
+ * Starts the agent against the stand-in and measures it with an empty cache; feeds `pods` pods
+ * (watch events) and measures again; then starts a second agent while they exist (its first
+ * list: 500 pods in one page, the peak a restart or a node with a full cache sees).
+ */
+/** NODE_OPTIONS of the agent container in the shipped DaemonSet ('' when it sets none). */
+export function shippedNodeOptions(): string {
+  const ds = parseYaml(readFileSync(new URL('../../deploy/base/agent/daemonset.yaml', import.meta.url), 'utf8')) as { spec: { template: { spec: { containers: Array<{ name: string; env?: Array<{ name: string; value?: string }> }> } } } }
+  return ds.spec.template.spec.containers.find((c) => c.name === 'agent')?.env?.find((e) => e.name === 'NODE_OPTIONS')?.value ?? ''
+}
+
+export async function measureAgentRss(pods: number, opts: { intent: string; nodeOptions: string; settleMs?: number }): Promise<RssResult> {
   const dir = mkdtempSync(join(tmpdir(), 'zcni-bench-rss-'))
   const ca = createCa({ commonName: 'bench-ca', validDays: 1 })
   const serving = createServingCert(ca, { commonName: 'kube-apiserver', ipAddresses: ['127.0.0.1'], dnsNames: ['localhost'], validDays: 1 })
@@ -85,26 +98,32 @@ export async function measureAgentRss(pods: number, opts: { intent: string; node
     clusters: [{ name: 'b', cluster: { server: url, 'certificate-authority-data': Buffer.from(ca.certPem).toString('base64') } }],
     users: [{ name: 'b', user: { token } }], contexts: [{ name: 'b', context: { cluster: 'b', user: 'b' } }],
   }))
-  const port = await freePort()
   const settle = (ms: number) => new Promise((r) => setTimeout(r, ms))
-  const agent = spawn(process.execPath, [...(opts.nodeFlags ?? []), AGENT_BUNDLE, 'run', '--no-install', '--node-name', NODE, '--kubeconfig', kubeconfig,
-    '--socket', join(dir, 'run/agent.sock'), '--state-dir', join(dir, 'state'), '--health-addr', `127.0.0.1:${port}`, '--log-level', 'warn', '--drift', 'off'], { stdio: ['ignore', 'ignore', 'pipe'] })
-  let stderr = ''
-  agent.stderr!.on('data', (c: Buffer) => { stderr += c.toString() })
-  const metrics = async () => (await fetch(`http://127.0.0.1:${port}/metrics`)).text()
-  const figures = async (): Promise<MemoryFigures> => {
-    const m = await metrics()
-    const p = procStatus(agent.pid!)
-    return { ...p, heapUsedMiB: gauge(m, 'ziti_cni_agent_nodejs_heap_size_used_bytes') / MiB, heapTotalMiB: gauge(m, 'ziti_cni_agent_nodejs_heap_size_total_bytes') / MiB, externalMiB: gauge(m, 'ziti_cni_agent_nodejs_external_memory_bytes') / MiB }
-  }
-  try {
+  const agents: ChildProcess[] = []
+  const startAgent = async (n: number) => {
+    const port = await freePort()
+    const agent = spawn(process.execPath, [AGENT_BUNDLE, 'run', '--no-install', '--node-name', NODE, '--kubeconfig', kubeconfig,
+      '--socket', join(dir, `run${n}/agent.sock`), '--state-dir', join(dir, `state${n}`), '--health-addr', `127.0.0.1:${port}`, '--log-level', 'warn', '--drift', 'off'], { stdio: ['ignore', 'ignore', 'pipe'], env: { PATH: process.env.PATH, NODE_OPTIONS: opts.nodeOptions } })
+    agents.push(agent)
+    let stderr = ''
+    agent.stderr!.on('data', (c: Buffer) => { stderr += c.toString() })
+    const metrics = async () => (await fetch(`http://127.0.0.1:${port}/metrics`)).text()
     for (let t = Date.now(); ; await settle(100)) {
       if (agent.exitCode !== null) throw new Error(`agent exited ${agent.exitCode}: ${stderr}`)
       if (Date.now() - t > 20_000) throw new Error(`agent not ready in 20 s: ${stderr}`)
       if ((await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => undefined))?.status === 200) break
     }
-    await settle(opts.settleMs ?? 2000)
-    const empty = await figures()
+    const cached = async () => gauge(await metrics(), 'ziti_cni_cached_pods')
+    const figures = async (): Promise<MemoryFigures> => {
+      await settle(opts.settleMs ?? 2000)
+      const m = await metrics()
+      return { ...procStatus(agent.pid!), heapUsedMiB: gauge(m, 'ziti_cni_agent_nodejs_heap_size_used_bytes') / MiB, heapTotalMiB: gauge(m, 'ziti_cni_agent_nodejs_heap_size_total_bytes') / MiB, externalMiB: gauge(m, 'ziti_cni_agent_nodejs_external_memory_bytes') / MiB }
+    }
+    return { cached, figures }
+  }
+  try {
+    const first = await startAgent(1)
+    const empty = await first.figures()
     let podJsonBytes = 0
     for (let i = 0; i < pods; i++) {
       const pod = realisticPod(i, NODE, i % 2 === 0 ? opts.intent : undefined)
@@ -112,14 +131,13 @@ export async function measureAgentRss(pods: number, opts: { intent: string; node
       api.put('pods', pod as never)
     }
     let cached = 0
-    for (const t = Date.now(); Date.now() - t < 30_000; await settle(200)) {
-      cached = gauge(await metrics(), 'ziti_cni_cached_pods')
-      if (cached >= pods) break
-    }
-    await settle(opts.settleMs ?? 2000)
-    return { empty, full: await figures(), cached, podJsonBytes: podJsonBytes / Math.max(pods, 1) }
+    for (const t = Date.now(); Date.now() - t < 30_000 && cached < pods; await settle(200)) cached = await first.cached()
+    const full = await first.figures()
+    const second = await startAgent(2)
+    const listed = await second.figures()
+    return { empty, full, listed, cached, listedCached: await second.cached(), podJsonBytes: podJsonBytes / Math.max(pods, 1) }
   } finally {
-    agent.kill('SIGKILL')
+    for (const a of agents) a.kill('SIGKILL')
     await api.close()
     rmSync(dir, { recursive: true, force: true })
   }
@@ -132,6 +150,8 @@ export function formatMemory(f: MemoryFigures): string {
 if (import.meta.url === `file://${process.argv[1]}`) {
   const n = Number(process.argv[2] ?? 500)
   const intent = '{"v":1,"mode":"proxy","uid":2171,"dnat":[{"dst":"100.64.0.2","proto":"tcp","port":5432,"to":15100}],"fence":[15100]}'
-  const r = await measureAgentRss(n, { intent, nodeFlags: (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean) })
-  process.stdout.write(`agent, empty cache:      ${formatMemory(r.empty)}\nagent, ${r.cached} pods cached: ${formatMemory(r.full)} (pods ~${(r.podJsonBytes / 1024).toFixed(1)} KiB of JSON each)\n`)
+  const nodeOptions = process.env.BENCH_NODE_OPTIONS ?? shippedNodeOptions()
+  const r = await measureAgentRss(n, { intent, nodeOptions, settleMs: Number(process.env.BENCH_SETTLE_MS ?? 2000) })
+  process.stdout.write(`NODE_OPTIONS=${JSON.stringify(nodeOptions)}\n`)
+  process.stdout.write(`agent, empty cache:             ${formatMemory(r.empty)}\nagent, ${r.cached} pods watched in:    ${formatMemory(r.full)} (pods ~${(r.podJsonBytes / 1024).toFixed(1)} KiB of JSON each)\nagent started with ${r.listedCached} listed: ${formatMemory(r.listed)}\n`)
 }
