@@ -96,6 +96,9 @@ export function createHealthServer(probe: HealthProbe, metrics: AgentMetrics, lo
     }
     json(404, { error: 'Not Found', path })
   })
+  // fastify's default (72 s), longer than a scrape interval: node's own 5 s closes idle
+  // keep-alive sockets under clients that are about to reuse them ("socket hang up").
+  server.keepAliveTimeout = 72_000
   return {
     listen: ({ host, port }) => new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(port, host, () => { server.off('error', reject); resolve() }) }),
     close: () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()) }),
