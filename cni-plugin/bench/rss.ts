@@ -6,7 +6,8 @@
 // (V8 heap used/total, external), so the report says where the memory is.
 // The agent runs with the NODE_OPTIONS the shipped DaemonSet sets (deploy/base/agent).
 //   node cni-plugin/bench/rss.ts [N]   (default 500; BENCH_NODE_OPTIONS overrides NODE_OPTIONS,
-//   BENCH_SETTLE_MS the wait before each reading, default 2000)
+//   BENCH_SETTLE_MS the wait before each reading, default 2000; BENCH_AGENT_BUNDLE another
+//   agent bundle, e.g. an older build to compare)
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -85,7 +86,7 @@ export function shippedNodeOptions(): string {
   return ds.spec.template.spec.containers.find((c) => c.name === 'agent')?.env?.find((e) => e.name === 'NODE_OPTIONS')?.value ?? ''
 }
 
-export async function measureAgentRss(pods: number, opts: { intent: string; nodeOptions: string; settleMs?: number }): Promise<RssResult> {
+export async function measureAgentRss(pods: number, opts: { intent: string; nodeOptions: string; settleMs?: number; bundle?: string }): Promise<RssResult> {
   const dir = mkdtempSync(join(tmpdir(), 'zcni-bench-rss-'))
   const ca = createCa({ commonName: 'bench-ca', validDays: 1 })
   const serving = createServingCert(ca, { commonName: 'kube-apiserver', ipAddresses: ['127.0.0.1'], dnsNames: ['localhost'], validDays: 1 })
@@ -102,7 +103,7 @@ export async function measureAgentRss(pods: number, opts: { intent: string; node
   const agents: ChildProcess[] = []
   const startAgent = async (n: number) => {
     const port = await freePort()
-    const agent = spawn(process.execPath, [AGENT_BUNDLE, 'run', '--no-install', '--node-name', NODE, '--kubeconfig', kubeconfig,
+    const agent = spawn(process.execPath, [opts.bundle ?? AGENT_BUNDLE, 'run', '--no-install', '--node-name', NODE, '--kubeconfig', kubeconfig,
       '--socket', join(dir, `run${n}/agent.sock`), '--state-dir', join(dir, `state${n}`), '--health-addr', `127.0.0.1:${port}`, '--log-level', 'warn', '--drift', 'off'], { stdio: ['ignore', 'ignore', 'pipe'], env: { PATH: process.env.PATH, NODE_OPTIONS: opts.nodeOptions } })
     agents.push(agent)
     let stderr = ''
@@ -151,7 +152,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   const n = Number(process.argv[2] ?? 500)
   const intent = '{"v":1,"mode":"proxy","uid":2171,"dnat":[{"dst":"100.64.0.2","proto":"tcp","port":5432,"to":15100}],"fence":[15100]}'
   const nodeOptions = process.env.BENCH_NODE_OPTIONS ?? shippedNodeOptions()
-  const r = await measureAgentRss(n, { intent, nodeOptions, settleMs: Number(process.env.BENCH_SETTLE_MS ?? 2000) })
+  const r = await measureAgentRss(n, { intent, nodeOptions, settleMs: Number(process.env.BENCH_SETTLE_MS ?? 2000), ...(process.env.BENCH_AGENT_BUNDLE ? { bundle: process.env.BENCH_AGENT_BUNDLE } : {}) })
   process.stdout.write(`NODE_OPTIONS=${JSON.stringify(nodeOptions)}\n`)
   process.stdout.write(`agent, empty cache:             ${formatMemory(r.empty)}\nagent, ${r.cached} pods watched in:    ${formatMemory(r.full)} (pods ~${(r.podJsonBytes / 1024).toFixed(1)} KiB of JSON each)\nagent started with ${r.listedCached} listed: ${formatMemory(r.listed)}\n`)
 }
