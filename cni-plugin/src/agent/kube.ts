@@ -99,8 +99,6 @@ export interface RequestBody { body: unknown; contentType?: string }
 
 export interface KubeClient {
   readonly server: string
-  /** One request; the response whatever its status. */
-  request(method: string, pathAndQuery: string, body?: RequestBody, signal?: AbortSignal): Promise<IncomingMessage>
   /** The JSON body of a 2xx answer; an ApiError (status, reason, message) otherwise. */
   json<T>(method: string, pathAndQuery: string, body?: RequestBody): Promise<T>
   /** GET, for the reflector's list+watch. */
@@ -139,7 +137,6 @@ export function createKubeClient(c: KubeConnection): KubeClient {
   })
   return {
     server: c.server,
-    request: send,
     async json<T>(method: string, pathAndQuery: string, body?: RequestBody): Promise<T> {
       const res = await checkResponse(await send(method, pathAndQuery, body))
       const chunks: Buffer[] = []
