@@ -9,10 +9,11 @@ cd "$(dirname "$0")/../.."
 readonly PNPM_VERSION=10.34.9
 # containerd + runc run the node suite's pods; busybox-static and gcc (static libc) build its
 # images; clang + libbpf-dev the eBPF object; nodejs + npm only start pnpm when the machine has
-# no Node at all (pnpm then installs Node 22 from the lockfile). The rest build upstream's
+# no Node at all (pnpm then installs Node 22 from the lockfile); musl-tools builds the musl DNS
+# client (an Alpine app's resolver) for e2e/node/dns-libc.test.ts. The rest build upstream's
 # ziti-edge-tunnel from ../shared/third-party/ziti-edge-tunnel (its build.sh's INSTALL_DEPS list)
 # for the tun-mode suites.
-readonly APT_PACKAGES=(nftables iproute2 containernetworking-plugins util-linux ca-certificates shellcheck clang libbpf-dev containerd runc busybox-static gcc libc6-dev
+readonly APT_PACKAGES=(nftables iproute2 containernetworking-plugins util-linux ca-certificates shellcheck clang libbpf-dev containerd runc busybox-static gcc libc6-dev musl-tools
   build-essential cmake ninja-build pkgconf git libssl-dev libjson-c-dev libsodium-dev libprotobuf-c-dev zlib1g-dev libsystemd-dev libpcap-dev)
 
 what=${1:-}

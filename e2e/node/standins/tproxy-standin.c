@@ -125,8 +125,13 @@ static void *udp_loop(void *arg) {
 }
 
 /* DNS (contract item 5): a query to $ZITI_CNI_DNS_SERVER:53 arrives at the catch-all like any
- * intercepted flow. A queries for *.ziti get 100.64.0.7; anything else gets REFUSED, which
- * sends glibc to the next nameserver and which musl ignores while it waits for the others.
+ * intercepted flow. Answered the way ziti-edge-tunnel v1.18.2 answers (ziti-tunnel-sdk-c
+ * lib/ziti-tunnel-cbs/ziti_dns.c:648-664, process_host_req): for a name it serves (*.ziti here),
+ * an A query gets 100.64.0.7 and an AAAA query NOERROR with no answer (an A record there was
+ * ziti-tunnel-sdk-c #237, fixed by PR #240: musl 1.2.3 takes it as an address; an error rcode
+ * there makes musl drop the A answer, openziti/ziti #3075); anything else gets REFUSED (its
+ * dns_miss_status, programs/ziti-edge-tunnel/ziti-edge-tunnel.c:85), which sends glibc to the
+ * next nameserver and which musl ignores while it waits for the others.
  * Returns the answer's length, 0 if the query is unusable. */
 static size_t dns_answer(const unsigned char *q, size_t n, unsigned char *out) {
   if (n < 17 || n > 512) return 0;
@@ -142,12 +147,14 @@ static size_t dns_answer(const unsigned char *q, size_t n, unsigned char *out) {
   size_t qend = i + 5;
   if (qend > n) return 0;
   size_t nl = strlen(name);
-  int ziti = nl > 5 && strcmp(name + nl - 5, ".ziti") == 0;
+  int qtype = q[i + 1] << 8 | q[i + 2];
+  int ziti = nl > 5 && strcmp(name + nl - 5, ".ziti") == 0 && (qtype == 1 || qtype == 28);
+  int a = ziti && qtype == 1;
   memcpy(out, q, qend);
   out[2] = 0x81; out[3] = ziti ? 0x80 : 0x85; /* response, RD, RA; NOERROR or REFUSED */
-  out[6] = 0; out[7] = ziti ? 1 : 0; out[8] = out[9] = out[10] = out[11] = 0;
+  out[6] = 0; out[7] = a ? 1 : 0; out[8] = out[9] = out[10] = out[11] = 0;
   size_t len = qend;
-  if (ziti) {
+  if (a) {
     unsigned char ans[16] = { 0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4, 100, 64, 0, 7 };
     memcpy(out + len, ans, sizeof ans);
     len += sizeof ans;
