@@ -96,6 +96,21 @@ t.test('musl and glibc resolvers in proxy, tun and tproxy pods', rootOnly(['nft'
   const tproxyPod = await node.createPod(withClients(appPod('dns-tproxy', 'apps', { 'cni.openziti.io/identity-secret': 'standin-identity', 'cni.openziti.io/mode': 'tproxy', 'cni.openziti.io/datapath': 'ebpf' })))
   const pods = { proxy: await node.runPod(proxyPod), tun: await node.runPod(tunPod), tproxy: await node.runPod(tproxyPod) }
 
+  // The race's fix, run with upstream's binary as is: the tunneler as the pod's only nameserver,
+  // forwarding other names to the cluster DNS (ziti-edge-tunnel --dns-upstream,
+  // ziti-edge-tunnel.c:1006-1011, ziti_dns.c query_upstream). Today a pod gets there only with
+  // its own dnsConfig (the webhook then warns and leaves it) and a tun.args override.
+  const forwarding = await startWebhook({ validator: { image: IMAGES.validator }, tun: { image: IMAGES.tun, args: ['run', '--dns-upstream', infra.ip] }, tproxy: { clusterDns: [infra.ip] } })
+  closers.push(() => forwarding.close())
+  node.api.admission = forwarding.admission
+  const fwd = ctrl.addCertIdentity('dnsfwd-pod', [])
+  fwd.identity.roleAttributes.push('dnsapp')
+  await node.createSecret('apps', 'fwd-identity', { 'identity.json': JSON.stringify({ ztAPI: `${ctrl.url}/edge/client/v1`, id: { cert: `pem:${fwd.cert}`, key: `pem:${fwd.key}`, ca: `pem:${ctrl.ca.certPem}` } }) })
+  const fwdManifest = withClients(appPod('dns-tun-fwd', 'apps', { 'cni.openziti.io/identity-secret': 'fwd-identity', 'cni.openziti.io/mode': 'tun', 'cni.openziti.io/intercept-cidrs': '100.64.0.0/10' }))
+  Object.assign((fwdManifest as V1Pod).spec!, { dnsPolicy: 'None', dnsConfig: { nameservers: ['100.64.0.2'], searches: ['apps.svc.cluster.local', 'svc.cluster.local', 'cluster.local'], options: [{ name: 'ndots', value: '5' }] } })
+  const fwdPod = await node.runPod(await node.createPod(fwdManifest))
+  node.api.admission = webhook.admission
+
   const alias = proxyPod.spec?.hostAliases?.find((a) => a.hostnames?.includes(ZITI_NAME))?.ip
   t.ok(alias, `proxy: the webhook maps ${ZITI_NAME} to an alias address (${alias})`)
 
@@ -178,5 +193,28 @@ t.test('musl and glibc resolvers in proxy, tun and tproxy pods', rootOnly(['nft'
       }
     }
     t.comment(`musl ${ZITI_NAME} lost to the cluster DNS's NXDOMAIN: ${rates.join('; ')}`)
+  })
+
+  await t.test('the tunneler as the only nameserver, forwarding the rest: musl gets every answer right', async (t) => {
+    const counts: string[] = []
+    const addr = (await resolve(node, fwdPod, 'glibc', ZITI_NAME, '4'))[0]!.addresses[0] ?? ''
+    t.match(addr, /^100\.(6[4-9]|[7-9]\d|1[01]\d|12[0-7])\.\d+\.\d+$/, `the tunneler answers ${ZITI_NAME} (${addr})`)
+    for (const libc of LIBCS) {
+      for (const family of ['4', 'unspec'] as const) {
+        const r = await node.exec(fwdPod, 'app', [`/usr/local/bin/resolve-${libc}`, ZITI_NAME, family, String(RACE_RUNS)], 60)
+        const runs = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Lookup)
+        t.same(runs.map(show), Array(RACE_RUNS).fill(addr), `${libc} ${family}: ${addr} in all ${RACE_RUNS} lookups`)
+        const ms = runs.map((x) => x.ms).sort((a, b) => a - b)
+        t.ok(ms.at(-1)! < STALL_MS, `${libc} ${family}: slowest ${ms.at(-1)!.toFixed(1)} ms`)
+        counts.push(`${libc} AF_${family === '4' ? 'INET' : 'UNSPEC'} median ${ms[RACE_RUNS >> 1]!.toFixed(2)} ms, max ${ms.at(-1)!.toFixed(2)} ms`)
+      }
+      for (const family of FAMILIES) {
+        const runs = await resolve(node, fwdPod, libc, OTHER_NAME, family)
+        const want = 'addresses' in other[family] ? sorted((other[family] as { addresses: string[] }).addresses).join(' ') : ''
+        t.same(runs.map((x) => sorted(x.addresses).join(' ')), Array(RUNS).fill(want), `${libc} ${OTHER_NAME} ${family}: forwarded to the cluster DNS, ${want}`)
+        t.ok(runs.every((x) => x.ms < STALL_MS), `${libc} ${OTHER_NAME} ${family}: no stall`)
+      }
+    }
+    t.comment(`forwarding tunneler, ${ZITI_NAME} x${RACE_RUNS}: ${counts.join('; ')}`)
   })
 })
