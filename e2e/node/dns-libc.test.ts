@@ -12,7 +12,9 @@
 //           the cluster DNS (the webhook's dnsConfig: same search path and ndots:5)
 //   tproxy  the contract stand-in answers at 100.64.0.2 through the catch-all, then the cluster DNS
 // The cluster DNS stand-in forwards other names "upstream", which knows no `.ziti` (NXDOMAIN),
-// and answers www.example.org with one A and one AAAA record.
+// and answers www.example.org with one A and one AAAA record. musl in tun and tproxy pods races
+// the two nameservers (counted, see README "Compatibility"); a fourth pod runs the way out:
+// the tunneler as the only nameserver, forwarding the rest (--dns-upstream).
 import t from 'tap'
 import type { V1Pod } from '@kubernetes/client-node'
 import { rootOnly } from '../../shared/testkit/root.ts'
@@ -96,7 +98,7 @@ t.test('musl and glibc resolvers in proxy, tun and tproxy pods', rootOnly(['nft'
   const tproxyPod = await node.createPod(withClients(appPod('dns-tproxy', 'apps', { 'cni.openziti.io/identity-secret': 'standin-identity', 'cni.openziti.io/mode': 'tproxy', 'cni.openziti.io/datapath': 'ebpf' })))
   const pods = { proxy: await node.runPod(proxyPod), tun: await node.runPod(tunPod), tproxy: await node.runPod(tproxyPod) }
 
-  // The race's fix, run with upstream's binary as is: the tunneler as the pod's only nameserver,
+  // The race's way out, run with upstream's binary as is: the tunneler as the pod's only nameserver,
   // forwarding other names to the cluster DNS (ziti-edge-tunnel --dns-upstream,
   // ziti-edge-tunnel.c:1006-1011, ziti_dns.c query_upstream). Today a pod gets there only with
   // its own dnsConfig (the webhook then warns and leaves it) and a tun.args override.
@@ -196,6 +198,9 @@ t.test('musl and glibc resolvers in proxy, tun and tproxy pods', rootOnly(['nft'
   })
 
   await t.test('the tunneler as the only nameserver, forwarding the rest: musl gets every answer right', async (t) => {
+    const conf = (await node.exec(fwdPod, 'ziti-tunnel', ['cat', '/etc/resolv.conf'])).stdout
+    t.same(conf.split('\n').filter((l) => l.startsWith('nameserver ')), ['nameserver 100.64.0.2'], 'one nameserver: the tunneler')
+    t.match(node.kubelet.logs(fwdPod, 'ziti-tunnel'), new RegExp(`DNS upstream\\[\\d\\] is set to ${infra.ip.replace(/\./g, '\\.')}:53`), 'the tunneler forwards to the cluster DNS (ziti_dns.c ziti_dns_set_upstream)')
     const counts: string[] = []
     const addr = (await resolve(node, fwdPod, 'glibc', ZITI_NAME, '4'))[0]!.addresses[0] ?? ''
     t.match(addr, /^100\.(6[4-9]|[7-9]\d|1[01]\d|12[0-7])\.\d+\.\d+$/, `the tunneler answers ${ZITI_NAME} (${addr})`)
