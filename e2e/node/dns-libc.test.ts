@@ -8,13 +8,18 @@
 // name_from_dns). glibc asks one nameserver at a time and moves on after REFUSED.
 //   proxy   ClusterFirst resolv.conf (the kubelet's: search path, ndots:5); Ziti names are the
 //           webhook's hostAliases in /etc/hosts
-//   tun     upstream's ziti-edge-tunnel v1.18.2 answers at 100.64.0.2 inside the device, then
-//           the cluster DNS (the webhook's dnsConfig: same search path and ndots:5)
-//   tproxy  the contract stand-in answers at 100.64.0.2 through the catch-all, then the cluster DNS
+//   tun     upstream's ziti-edge-tunnel v1.18.2 answers at 100.64.0.2 inside the device, the
+//           pod's only nameserver (tun.dns: forward), and relays other names to the cluster DNS
+//           (--dns-upstream; ziti_dns.c query_upstream)
+//   tproxy  the contract stand-in answers at 100.64.0.2 through the catch-all, the only
+//           nameserver too, and relays the rest to $ZITI_CNI_DNS_UPSTREAM (contract item 5)
 // The cluster DNS stand-in forwards other names "upstream", which knows no `.ziti` (NXDOMAIN),
-// and answers www.example.org with one A and one AAAA record. musl in tun and tproxy pods races
-// the two nameservers (counted, see README "Compatibility"); a fourth pod runs the way out:
-// the tunneler as the only nameserver, forwarding the rest (--dns-upstream).
+// and answers www.example.org with one A and one AAAA record, big.example.org with 40 A records
+// (cut to 512 bytes with TC over UDP, all of them over TCP). Two more pods run the old layout
+// (tun.dns/tproxy.dns: parallel: the tunneler, then the cluster DNS), where musl races the two
+// nameservers: counted and printed, the figures in README "Compatibility".
+// DNS_LIBC_PATH=parallel runs the main pods with the old layout too: the zero-failure
+// assertions then fail (that is the race this test exists for).
 import t from 'tap'
 import type { V1Pod } from '@kubernetes/client-node'
 import { rootOnly } from '../../shared/testkit/root.ts'
@@ -34,6 +39,10 @@ const STALL_MS = 2500
 const ZITI_NAME = 'pg.ziti'
 const OTHER_NAME = 'www.example.org'
 const OTHER_ADDRS = ['192.0.2.53', '2001:db8::53']
+const BIG_NAME = 'big.example.org'
+const BIG_RECORDS = 40 // dns-server.ts BIG_RECORDS
+const BIG_UDP_RECORDS = 29 // as many 16-byte A records as fit 512 bytes after a 33-byte header and question
+const PATH = (process.env.DNS_LIBC_PATH ?? 'forward') as 'forward' | 'parallel'
 const TPROXY_ZITI_ADDR = '100.64.0.7' // tproxy-standin.c dns_answer
 const LIBCS = ['musl', 'glibc'] as const
 const FAMILIES = ['4', '6', 'unspec'] as const
@@ -74,7 +83,7 @@ t.test('musl and glibc resolvers in proxy, tun and tproxy pods', rootOnly(['nft'
   dnsContainer.command = ['node', `${STANDINS}/dns-server.ts`, '0.0.0.0', '53', OTHER_ADDRS.join(','), 'cluster.local', 'ziti']
   const infra = await node.runPod(await node.createPod(infraManifest))
   node.clusterDns.push(infra.ip)
-  webhook = await startWebhook({ validator: { image: IMAGES.validator }, tun: { image: IMAGES.tun }, tproxy: { image: IMAGES.tproxy, args: [], datapath: 'ebpf', clusterDns: [infra.ip] } })
+  webhook = await startWebhook({ validator: { image: IMAGES.validator }, tun: { image: IMAGES.tun, dns: PATH }, tproxy: { image: IMAGES.tproxy, args: [], datapath: 'ebpf', clusterDns: [infra.ip], dns: PATH } })
   node.api.admission = webhook.admission
 
   // tun: the controller and an edge router on the gateway (as in tun.test.ts), one dialable service.
@@ -98,19 +107,17 @@ t.test('musl and glibc resolvers in proxy, tun and tproxy pods', rootOnly(['nft'
   const tproxyPod = await node.createPod(withClients(appPod('dns-tproxy', 'apps', { 'cni.openziti.io/identity-secret': 'standin-identity', 'cni.openziti.io/mode': 'tproxy', 'cni.openziti.io/datapath': 'ebpf' })))
   const pods = { proxy: await node.runPod(proxyPod), tun: await node.runPod(tunPod), tproxy: await node.runPod(tproxyPod) }
 
-  // The race's way out, run with upstream's binary as is: the tunneler as the pod's only nameserver,
-  // forwarding other names to the cluster DNS (ziti-edge-tunnel --dns-upstream,
-  // ziti-edge-tunnel.c:1006-1011, ziti_dns.c query_upstream). Today a pod gets there only with
-  // its own dnsConfig (the webhook then warns and leaves it) and a tun.args override.
-  const forwarding = await startWebhook({ validator: { image: IMAGES.validator }, tun: { image: IMAGES.tun, args: ['run', '--dns-upstream', infra.ip] }, tproxy: { clusterDns: [infra.ip] } })
-  closers.push(() => forwarding.close())
-  node.api.admission = forwarding.admission
-  const fwd = ctrl.addCertIdentity('dnsfwd-pod', [])
-  fwd.identity.roleAttributes.push('dnsapp')
-  await node.createSecret('apps', 'fwd-identity', { 'identity.json': JSON.stringify({ ztAPI: `${ctrl.url}/edge/client/v1`, id: { cert: `pem:${fwd.cert}`, key: `pem:${fwd.key}`, ca: `pem:${ctrl.ca.certPem}` } }) })
-  const fwdManifest = withClients(appPod('dns-tun-fwd', 'apps', { 'cni.openziti.io/identity-secret': 'fwd-identity', 'cni.openziti.io/mode': 'tun', 'cni.openziti.io/intercept-cidrs': '100.64.0.0/10' }))
-  Object.assign((fwdManifest as V1Pod).spec!, { dnsPolicy: 'None', dnsConfig: { nameservers: ['100.64.0.2'], searches: ['apps.svc.cluster.local', 'svc.cluster.local', 'cluster.local'], options: [{ name: 'ndots', value: '5' }] } })
-  const fwdPod = await node.runPod(await node.createPod(fwdManifest))
+  // The old layout, for the figures: the tunneler, then the cluster DNS.
+  const parallel = await startWebhook({ validator: { image: IMAGES.validator }, tun: { image: IMAGES.tun, dns: 'parallel' }, tproxy: { image: IMAGES.tproxy, args: [], datapath: 'ebpf', clusterDns: [infra.ip], dns: 'parallel' } })
+  closers.push(() => parallel.close())
+  node.api.admission = parallel.admission
+  const par = ctrl.addCertIdentity('dnspar-pod', [])
+  par.identity.roleAttributes.push('dnsapp')
+  await node.createSecret('apps', 'par-identity', { 'identity.json': JSON.stringify({ ztAPI: `${ctrl.url}/edge/client/v1`, id: { cert: `pem:${par.cert}`, key: `pem:${par.key}`, ca: `pem:${ctrl.ca.certPem}` } }) })
+  const parPods = {
+    tun: await node.runPod(await node.createPod(withClients(appPod('dns-tun-par', 'apps', { 'cni.openziti.io/identity-secret': 'par-identity', 'cni.openziti.io/mode': 'tun', 'cni.openziti.io/intercept-cidrs': '100.64.0.0/10' })))),
+    tproxy: await node.runPod(await node.createPod(withClients(appPod('dns-tproxy-par', 'apps', { 'cni.openziti.io/identity-secret': 'standin-identity', 'cni.openziti.io/mode': 'tproxy', 'cni.openziti.io/datapath': 'ebpf' })))),
+  }
   node.api.admission = webhook.admission
 
   const alias = proxyPod.spec?.hostAliases?.find((a) => a.hostnames?.includes(ZITI_NAME))?.ip
@@ -118,12 +125,17 @@ t.test('musl and glibc resolvers in proxy, tun and tproxy pods', rootOnly(['nft'
 
   await t.test('each pod has the resolv.conf a kubelet writes for it', async (t) => {
     const search = 'search apps.svc.cluster.local svc.cluster.local cluster.local'
-    for (const [mode, servers] of [['proxy', [infra.ip]], ['tun', ['100.64.0.2', infra.ip]], ['tproxy', ['100.64.0.2', infra.ip]]] as const) {
+    const ours = PATH === 'forward' ? ['100.64.0.2'] : ['100.64.0.2', infra.ip]
+    for (const [mode, servers, rp] of [['proxy', [infra.ip], pods.proxy], ['tun', ours, pods.tun], ['tproxy', ours, pods.tproxy], ['tun (parallel)', ['100.64.0.2', infra.ip], parPods.tun], ['tproxy (parallel)', ['100.64.0.2', infra.ip], parPods.tproxy]] as const) {
       // Every container of the pod mounts the sandbox's resolv.conf; the sidecar's image has cat.
-      const text = (await node.exec(pods[mode], 'ziti-tunnel', ['cat', '/etc/resolv.conf'])).stdout
+      const text = (await node.exec(rp, 'ziti-tunnel', ['cat', '/etc/resolv.conf'])).stdout
       t.same(text.split('\n').filter((l) => l.startsWith('nameserver ')).map((l) => l.slice(11).trim()), servers, `${mode}: nameservers ${servers.join(', ')}`)
       t.match(text, new RegExp(`^${search}$`, 'm'), `${mode}: the pod's search path`)
       t.match(text, /^options ndots:5$/m, `${mode}: ndots:5`)
+    }
+    if (PATH === 'forward') {
+      t.match(node.kubelet.logs(pods.tun, 'ziti-tunnel'), new RegExp(`DNS upstream\\[\\d\\] is set to ${infra.ip.replace(/\./g, '\\.')}:53`), 'tun: the tunneler forwards to the cluster DNS (ziti_dns.c ziti_dns_set_upstream)')
+      t.match(node.kubelet.logs(pods.tproxy, 'ziti-tunnel'), `forwarding to ${infra.ip}`, 'tproxy: the stand-in forwards to the cluster DNS')
     }
   })
 
@@ -149,13 +161,9 @@ t.test('musl and glibc resolvers in proxy, tun and tproxy pods', rootOnly(['nft'
     tun: { [ZITI_NAME]: ziti(tunAddr), [OTHER_NAME]: both(other) },
     tproxy: { [ZITI_NAME]: ziti(TPROXY_ZITI_ADDR), [OTHER_NAME]: both(other) },
   }
-  // musl asks both nameservers at once and keeps the first acceptable answer to each query
-  // (res_msend.c): for a Ziti name that is the tunneler's, or the cluster DNS's NXDOMAIN when
-  // that one arrives first, and then no address at all (lookup_name.c name_from_dns). A race
-  // the pod's nameserver list [tunneler, cluster DNS] sets up; measured below, not asserted
-  // per lookup. glibc asks the tunneler first and only moves on after its REFUSED.
-  const racy = (mode: keyof typeof pods, libc: Libc, name: string, family: Family) => mode !== 'proxy' && libc === 'musl' && name === ZITI_NAME && family !== '6'
-
+  // parallel (DNS_LIBC_PATH=parallel): musl asks both nameservers at once and keeps the first
+  // acceptable answer to each query (res_msend.c), the cluster DNS's NXDOMAIN for a Ziti name
+  // included: these lookups then fail now and then, and the test says so.
   const table: string[] = []
   for (const mode of ['proxy', 'tun', 'tproxy'] as const) {
     await t.test(`${mode}: both libcs resolve the Ziti name and the cluster's names, A, AAAA and both, without a stall`, async (t) => {
@@ -168,8 +176,7 @@ t.test('musl and glibc resolvers in proxy, tun and tproxy pods', rootOnly(['nft'
             const wanted = 'addresses' in want ? sorted(want.addresses).join(' ') : want.error
             const results = runs.map((r) => (r.rc === 0 ? sorted(r.addresses).join(' ') : r.error))
             const what = `${libc} ${name} AF_${family === 'unspec' ? 'UNSPEC' : `INET${family === '6' ? '6' : ''}`}`
-            if (racy(mode, libc, name, family)) t.ok(results.every((r) => r === wanted || r === 'EAI_NONAME'), `${what}: ${wanted}, or EAI_NONAME when the cluster DNS's NXDOMAIN wins the race (got ${[...new Set(got)].join(' | ')})`)
-            else t.same(results, Array(RUNS).fill(wanted), `${what}: ${wanted} every time (got ${[...new Set(got)].join(' | ')})`)
+            t.same(results, Array(RUNS).fill(wanted), `${what}: ${wanted} every time (got ${[...new Set(got)].join(' | ')})`)
             const ms = runs.map((r) => r.ms).sort((a, b) => a - b)
             t.ok(ms.at(-1)! < STALL_MS, `${what}: slowest of ${RUNS} took ${ms.at(-1)!.toFixed(1)} ms (< ${STALL_MS} ms)`)
             table.push(`| ${mode} | ${libc} | ${name} | ${family} | ${[...new Set(got)].join(' / ')} | ${ms[Math.floor(RUNS / 2)]!.toFixed(2)} | ${ms.at(-1)!.toFixed(2)} |`)
@@ -180,46 +187,65 @@ t.test('musl and glibc resolvers in proxy, tun and tproxy pods', rootOnly(['nft'
   }
   t.comment(['getaddrinfo() latency per lookup (median and max of ' + RUNS + ', ms)', '| mode | libc | name | family | result | median | max |', '| --- | --- | --- | --- | --- | --- | --- |', ...table].join('\n'))
 
-  await t.test('musl: how often the cluster DNS\'s NXDOMAIN for a Ziti name beats the tunneler\'s answer', async (t) => {
-    const rates: string[] = []
+  const many = async (rp: RunningPod, libc: Libc, name: string, family: Family, n: number) => {
+    const r = await node.exec(rp, 'app', [`/usr/local/bin/resolve-${libc}`, name, family, String(n)], 120)
+    return r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Lookup)
+  }
+  const fam = (f: Family) => `AF_${f === '4' ? 'INET' : f === '6' ? 'INET6' : 'UNSPEC'}`
+
+  await t.test(`the Ziti name ${RACE_RUNS} times per libc and family: every lookup right (dns: ${PATH})`, async (t) => {
+    const counts: string[] = []
     for (const mode of ['tun', 'tproxy'] as const) {
-      for (const family of ['4', 'unspec'] as const) {
-        const r = await node.exec(pods[mode], 'app', ['/usr/local/bin/resolve-musl', ZITI_NAME, family, String(RACE_RUNS)], 60)
-        const runs = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Lookup)
-        t.equal(runs.length, RACE_RUNS, `${mode} ${family}: ${RACE_RUNS} lookups`)
-        const want = mode === 'tun' ? tunAddr : TPROXY_ZITI_ADDR
-        const lost = runs.filter((x) => x.rc !== 0)
-        t.ok(runs.every((x) => (x.rc === 0 && x.addresses.join() === want) || x.error === 'EAI_NONAME'), `${mode} ${family}: every answer is the tunneler's address or the cluster DNS's NXDOMAIN, never a wrong address`)
-        t.ok(runs.every((x) => x.ms < STALL_MS), `${mode} ${family}: no lookup stalled`)
-        rates.push(`${mode} AF_${family === '4' ? 'INET' : 'UNSPEC'}: ${lost.length}/${runs.length} EAI_NONAME`)
+      const want = mode === 'tun' ? tunAddr : TPROXY_ZITI_ADDR
+      for (const libc of LIBCS) {
+        for (const family of ['4', 'unspec'] as const) {
+          const runs = await many(pods[mode], libc, ZITI_NAME, family, RACE_RUNS)
+          t.equal(runs.length, RACE_RUNS, `${mode} ${libc} ${fam(family)}: ${RACE_RUNS} lookups`)
+          const lost = runs.filter((x) => show(x) !== want)
+          t.equal(lost.length, 0, `${mode} ${libc} ${fam(family)}: ${want} in all ${RACE_RUNS} (wrong: ${[...new Set(lost.map(show))].join(' | ') || 'none'})`)
+          const ms = runs.map((x) => x.ms).sort((a, b) => a - b)
+          t.ok(ms.at(-1)! < STALL_MS, `${mode} ${libc} ${fam(family)}: slowest ${ms.at(-1)!.toFixed(1)} ms`)
+          counts.push(`${mode} ${libc} ${fam(family)}: ${lost.length}/${runs.length} lost, median ${ms[RACE_RUNS >> 1]!.toFixed(2)} ms, max ${ms.at(-1)!.toFixed(2)} ms`)
+        }
       }
     }
-    t.comment(`musl ${ZITI_NAME} lost to the cluster DNS's NXDOMAIN: ${rates.join('; ')}`)
+    t.comment(`dns: ${PATH}, ${ZITI_NAME} x${RACE_RUNS}: ${counts.join('; ')}`)
   })
 
-  await t.test('the tunneler as the only nameserver, forwarding the rest: musl gets every answer right', async (t) => {
-    const conf = (await node.exec(fwdPod, 'ziti-tunnel', ['cat', '/etc/resolv.conf'])).stdout
-    t.same(conf.split('\n').filter((l) => l.startsWith('nameserver ')), ['nameserver 100.64.0.2'], 'one nameserver: the tunneler')
-    t.match(node.kubelet.logs(fwdPod, 'ziti-tunnel'), new RegExp(`DNS upstream\\[\\d\\] is set to ${infra.ip.replace(/\./g, '\\.')}:53`), 'the tunneler forwards to the cluster DNS (ziti_dns.c ziti_dns_set_upstream)')
-    const counts: string[] = []
-    const addr = (await resolve(node, fwdPod, 'glibc', ZITI_NAME, '4'))[0]!.addresses[0] ?? ''
-    t.match(addr, /^100\.(6[4-9]|[7-9]\d|1[01]\d|12[0-7])\.\d+\.\d+$/, `the tunneler answers ${ZITI_NAME} (${addr})`)
-    for (const libc of LIBCS) {
+  await t.test('dns: parallel (the old layout): how often the cluster DNS\'s NXDOMAIN for a Ziti name beats the tunneler under musl', async (t) => {
+    const rates: string[] = []
+    const parTunAddr = (await resolve(node, parPods.tun, 'glibc', ZITI_NAME, '4'))[0]!.addresses[0] ?? ''
+    for (const mode of ['tun', 'tproxy'] as const) {
+      const want = mode === 'tun' ? parTunAddr : TPROXY_ZITI_ADDR
       for (const family of ['4', 'unspec'] as const) {
-        const r = await node.exec(fwdPod, 'app', [`/usr/local/bin/resolve-${libc}`, ZITI_NAME, family, String(RACE_RUNS)], 60)
-        const runs = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Lookup)
-        t.same(runs.map(show), Array(RACE_RUNS).fill(addr), `${libc} ${family}: ${addr} in all ${RACE_RUNS} lookups`)
-        const ms = runs.map((x) => x.ms).sort((a, b) => a - b)
-        t.ok(ms.at(-1)! < STALL_MS, `${libc} ${family}: slowest ${ms.at(-1)!.toFixed(1)} ms`)
-        counts.push(`${libc} AF_${family === '4' ? 'INET' : 'UNSPEC'} median ${ms[RACE_RUNS >> 1]!.toFixed(2)} ms, max ${ms.at(-1)!.toFixed(2)} ms`)
-      }
-      for (const family of FAMILIES) {
-        const runs = await resolve(node, fwdPod, libc, OTHER_NAME, family)
-        const want = 'addresses' in other[family] ? sorted((other[family] as { addresses: string[] }).addresses).join(' ') : ''
-        t.same(runs.map((x) => sorted(x.addresses).join(' ')), Array(RUNS).fill(want), `${libc} ${OTHER_NAME} ${family}: forwarded to the cluster DNS, ${want}`)
-        t.ok(runs.every((x) => x.ms < STALL_MS), `${libc} ${OTHER_NAME} ${family}: no stall`)
+        const runs = await many(parPods[mode], 'musl', ZITI_NAME, family, RACE_RUNS)
+        t.equal(runs.length, RACE_RUNS, `${mode} ${family}: ${RACE_RUNS} lookups`)
+        const lost = runs.filter((x) => x.rc !== 0)
+        t.ok(runs.every((x) => (x.rc === 0 && x.addresses.join() === want) || x.error === 'EAI_NONAME'), `${mode} ${fam(family)}: every answer is the tunneler's address or the cluster DNS's NXDOMAIN, never a wrong address`)
+        t.ok(runs.every((x) => x.ms < STALL_MS), `${mode} ${fam(family)}: no lookup stalled`)
+        rates.push(`${mode} ${fam(family)}: ${lost.length}/${runs.length} EAI_NONAME`)
       }
     }
-    t.comment(`forwarding tunneler, ${ZITI_NAME} x${RACE_RUNS}: ${counts.join('; ')}`)
+    t.comment(`dns: parallel, musl ${ZITI_NAME} lost to the cluster DNS's NXDOMAIN: ${rates.join('; ')}`)
+  })
+
+  await t.test(`a large answer (${BIG_NAME}, ${BIG_RECORDS} A records: TC over UDP)`, async (t) => {
+    const lines: string[] = []
+    for (const [what, rp] of [[`tun (${PATH})`, pods.tun], [`tproxy (${PATH})`, pods.tproxy], ['tun (parallel)', parPods.tun], ['tproxy (parallel)', parPods.tproxy]] as const) {
+      for (const libc of LIBCS) {
+        const runs = await resolve(node, rp, libc, BIG_NAME, '4')
+        const ms = runs.map((x) => x.ms).sort((a, b) => a - b)
+        const got = [...new Set(runs.map((x) => (x.rc === 0 ? `${x.addresses.length} addresses` : x.error)))].join(' | ')
+        lines.push(`${what} ${libc}: ${got}, median ${ms[RUNS >> 1]!.toFixed(1)} ms, max ${ms.at(-1)!.toFixed(1)} ms`)
+        // musl 1.2.3 has no TCP fallback (res_msend.c: UDP only until 1.2.4) and keeps the records
+        // that fit 512 bytes; glibc retries a TC answer over TCP to the same server (res_send.c),
+        // and ziti-edge-tunnel has no TCP listener on 53 (ziti_dns.c:177: udp only): its stack
+        // resets the connection and glibc gives up at once with EAI_AGAIN.
+        const want = libc === 'musl' ? `${BIG_UDP_RECORDS} addresses` : rp === pods.tun && PATH === 'forward' ? 'EAI_AGAIN' : `${BIG_RECORDS} addresses`
+        t.equal(got, want, `${what} ${libc}: ${want} every time`)
+        t.ok(runs.every((x) => x.ms < STALL_MS && x.addresses.every((a) => a.startsWith('198.51.100.'))), `${what} ${libc}: only the name's addresses, no stall`)
+      }
+    }
+    t.comment(`${BIG_NAME} AF_INET x${RUNS}: ${lines.join('; ')}`)
   })
 })

@@ -4,18 +4,41 @@
 // query with the IPv4 ones, an AAAA query with the IPv6 ones, NOERROR and no answer when there
 // are none of that family. Names under an NXDOMAIN suffix are ones the upstream does not know
 // (e.g. `ziti`: no such top-level domain on the Internet, so a real upstream says NXDOMAIN).
+// `big.<anything>` has BIG_RECORDS A records (a large answer): over UDP a client that
+// advertises no EDNS buffer gets at most 512 bytes (RFC 1035 4.2.1), so the answer is cut to
+// the records that fit and TC is set, as CoreDNS does; over TCP (same port) it gets them all.
 //   dns-server.ts HOST PORT ANSWER[,ANSWER...] [CLUSTER_DOMAIN [NXDOMAIN_SUFFIX...]]
 import { createSocket } from 'node:dgram'
-import { answer, nxdomain, questionName } from './dns-wire.ts'
+import { createServer } from 'node:net'
+import { answer, nxdomain, questionName, truncate } from './dns-wire.ts'
+
+export const BIG_RECORDS = 40
+const BIG = Array.from({ length: BIG_RECORDS }, (_, i) => `198.51.100.${i + 1}`)
 
 const [host, port, answers, domain = 'cluster.local', ...unknown] = process.argv.slice(2) as [string, string, string, string?, ...string[]]
 const ips = answers.split(',')
 const under = (name: string, suffix: string) => name === suffix || name.endsWith(`.${suffix}`)
 const s = createSocket('udp4')
-s.on('message', (msg, rinfo) => {
+function respond(msg: Buffer, via: string): Buffer {
   const { name, type } = questionName(msg)
   const nx = under(name, domain) || unknown.some((u) => under(name, u))
-  process.stdout.write(`query ${name} type ${type} from ${rinfo.address}: ${nx ? 'NXDOMAIN' : answers}\n`)
-  s.send(nx ? nxdomain(msg) : answer(msg, ips), rinfo.port, rinfo.address)
+  const big = name.startsWith('big.')
+  process.stdout.write(`query ${name} type ${type} ${via}: ${nx ? 'NXDOMAIN' : big ? `${BIG_RECORDS} records` : answers}\n`)
+  return nx ? nxdomain(msg) : answer(msg, big ? BIG : ips)
+}
+s.on('message', (msg, rinfo) => s.send(truncate(respond(msg, `udp from ${rinfo.address}`), 512), rinfo.port, rinfo.address))
+// DNS over TCP: each message behind a two-byte length (RFC 1035 4.2.2).
+const tcp = createServer((c) => {
+  let buf = Buffer.alloc(0)
+  c.on('data', (d) => {
+    buf = Buffer.concat([buf, d])
+    while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+      const q = buf.subarray(2, 2 + buf.readUInt16BE(0))
+      buf = buf.subarray(2 + q.length)
+      const a = respond(q, `tcp from ${c.remoteAddress}`)
+      c.write(Buffer.concat([Buffer.from([a.length >> 8, a.length & 255]), a]))
+    }
+  })
+  c.on('error', () => {})
 })
-s.bind(Number(port), host, () => process.stdout.write('READY\n'))
+tcp.listen(Number(port), host, () => s.bind(Number(port), host, () => process.stdout.write('READY\n')))

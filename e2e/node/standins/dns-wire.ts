@@ -70,3 +70,20 @@ export function nxdomain(query: Buffer): Buffer {
   header.writeUInt16BE(0, 10)
   return Buffer.concat([header, query.subarray(12, end)])
 }
+
+/**
+ * A UDP answer that fits `limit` bytes: the question and as many whole answer records as fit,
+ * with TC set when any had to go (RFC 1035 4.2.1, RFC 2181 9). Every record here is the same
+ * size (a pointer name, A or AAAA data), so the cut is by record count.
+ */
+export function truncate(msg: Buffer, limit: number): Buffer {
+  if (msg.length <= limit) return msg
+  const { end } = questionName(msg)
+  const count = msg.readUInt16BE(6)
+  const size = (msg.length - end) / count
+  const keep = Math.floor((limit - end) / size)
+  const out = Buffer.from(msg.subarray(0, end + keep * size))
+  out[2] = out[2]! | 0x02
+  out.writeUInt16BE(keep, 6)
+  return out
+}
