@@ -67,6 +67,8 @@ t.test('dns: forward (default) lists the tunneler alone and hands it the cluster
   t.equal(cfg.tproxy.dns, 'forward')
   cfg.tproxy.clusterDns = ['10.100.0.10', 'fd00:10::a']
   t.same(nameservers(cfg, tunPod()), ['100.64.0.2'], 'tun: one nameserver, so musl has nothing to race')
+  const options = (c: typeof cfg) => (admit(c, tunPod()).ops?.find((o) => o.path === '/spec/dnsConfig') as { value: { options: unknown[] } }).value.options
+  t.same(options(cfg), [{ name: 'ndots', value: '5' }, { name: 'edns0' }], 'forward: EDNS0, so glibc takes answers up to 1200 bytes over UDP (the tunneler has no TCP)')
   t.same(sidecar(cfg, tunPod()).args.slice(-2), ['--dns-upstream', '10.100.0.10'], 'tun: ziti-edge-tunnel forwards to the first cluster DNS address (it takes one)')
   t.same(nameservers(cfg, tproxyPod()), ['100.64.0.2'], 'tproxy: one nameserver')
   t.same(sidecar(cfg, tproxyPod()).env.find((e) => e.name === 'ZITI_CNI_DNS_UPSTREAM')?.value, '10.100.0.10,fd00:10::a', 'tproxy: every cluster DNS address (contract item 5)')
@@ -75,6 +77,7 @@ t.test('dns: forward (default) lists the tunneler alone and hands it the cluster
   const par = validateConfig({ ...TEST_CONFIG, tun: { ...TEST_CONFIG.tun, dns: 'parallel' }, tproxy: { ...TEST_CONFIG.tproxy, dns: 'parallel' } }, {})
   t.same(nameservers(par, tunPod()), ['100.64.0.2', ...par.tproxy.clusterDns], 'parallel: the tunneler, then the cluster DNS')
   t.notOk(sidecar(par, tunPod()).args.includes('--dns-upstream'), 'parallel: no upstream for the tunneler')
+  t.same(options(par), [{ name: 'ndots', value: '5' }], 'parallel: no EDNS0 (glibc falls back to TCP on the cluster DNS)')
   t.notOk(sidecar(par, tproxyPod()).env.some((e) => e.name === 'ZITI_CNI_DNS_UPSTREAM'), 'parallel: no ZITI_CNI_DNS_UPSTREAM')
   const ownDns = { ...tunPod(), metadata: { ...tunPod().metadata, annotations: { ...tunPod().metadata.annotations, 'cni.openziti.io/dns-capture': 'false' } } }
   t.equal(nameservers(cfg, ownDns), undefined, 'dns-capture false: the pod keeps its DNS')

@@ -101,7 +101,9 @@ function dnsOps(pod: V1Pod, plan: InterceptionPlan, cfg: WebhookConfig, ops: Ope
   ops.push({ op: 'add', path: '/spec/dnsConfig', value: {
     nameservers: plan.dnsUpstream ? [plan.dnsServer] : [plan.dnsServer, ...cfg.tproxy.clusterDns].slice(0, 3),
     searches: [`${ns}.svc.${domain}`, `svc.${domain}`, domain],
-    options: [{ name: 'ndots', value: '5' }],
+    // forward: glibc asks for answers up to 1200 bytes over UDP (EDNS0) instead of 512 and then
+    // TCP, which the tunneler does not serve (README "Compatibility": sizes measured).
+    options: [{ name: 'ndots', value: '5' }, ...(plan.dnsUpstream ? [{ name: 'edns0' }] : [])],
   } })
   return undefined
 }
