@@ -234,7 +234,7 @@ t.test('musl and glibc resolvers in proxy, tun and tproxy pods', rootOnly(['nft'
   await t.test(`large answers: ${BIG_NAME} (${BIG_RECORDS} A records, 673 bytes) and ${HUGE_NAME} (${HUGE_RECORDS}, 1154 bytes)`, async (t) => {
     if (PATH === 'forward') {
       const tcp = await node.exec(pods.tun, 'ziti-tunnel', ['bash', '-c', 'exec 3<>/dev/tcp/100.64.0.2/53 && echo connected'])
-      t.match(tcp.stderr, /Connection refused/, `tun: TCP to the tunneler's 53 is refused (ziti_dns.c:177 intercepts udp only) (${tcp.stderr.trim()})`)
+      t.match(tcp.stderr, /Connection refused/, `tun: TCP to the tunneler's 53 is refused (ziti_dns.c:190 intercepts udp only) (${tcp.stderr.trim()})`)
     }
     // musl 1.2.3 sends no EDNS0 and has no TCP fallback (res_msend.c: UDP only until 1.2.4):
     // it keeps the records that fit 512 bytes, everywhere. glibc: parallel, it asks the cluster

@@ -139,7 +139,7 @@ static int read_full(int fd, void *buf, size_t n) {
 
 /* DNS over TCP (a client retrying a truncated answer, RFC 7766): each length-prefixed query is
  * answered like a UDP one, and a name that is not ours is relayed over TCP to the first
- * upstream. Neither upstream tunneler listens on TCP 53 (ziti_dns.c:177 intercepts udp only;
+ * upstream. Neither upstream tunneler listens on TCP 53 (ziti_dns.c:190 intercepts udp only;
  * `ziti tunnel`'s resolver is a dns.Server with Net "udp", tunnel/dns/dns_linux.go:40-43): the
  * contract asks for more than they do. */
 static void *dns_tcp(void *arg) {
