@@ -234,8 +234,9 @@ static void *udp_loop(void *arg) {
  * an A query gets 100.64.0.7 and an AAAA query NOERROR with no answer (an A record there was
  * ziti-tunnel-sdk-c #237, fixed by PR #240: musl 1.2.3 takes it as an address; an error rcode
  * there makes musl drop the A answer, openziti/ziti #3075); anything else gets REFUSED (its
- * dns_miss_status, programs/ziti-edge-tunnel/ziti-edge-tunnel.c:85), which sends glibc to the
- * next nameserver and which musl ignores while it waits for the others.
+ * dns_miss_status, programs/ziti-edge-tunnel/ziti-edge-tunnel.c:85), which the callers forward
+ * when $ZITI_CNI_DNS_UPSTREAM is set and send as is otherwise (then glibc asks the next
+ * nameserver and musl ignores it while it waits for the others).
  * Returns the answer's length, 0 if the query is unusable. */
 static size_t dns_answer(const unsigned char *q, size_t n, unsigned char *out) {
   if (n < 17 || n > 512) return 0;
