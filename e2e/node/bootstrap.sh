@@ -9,12 +9,13 @@ cd "$(dirname "$0")/../.."
 readonly PNPM_VERSION=10.34.9
 # containerd + runc run the node suite's pods; busybox-static and gcc (static libc) build its
 # images; clang + libbpf-dev the eBPF object; nodejs + npm only start pnpm when the machine has
-# no Node at all (pnpm then installs Node 22 from the lockfile). The rest build upstream's
+# no Node at all (pnpm then installs Node 22 from the lockfile); musl-tools builds the musl DNS
+# client (an Alpine app's resolver) for e2e/node/dns-libc.test.ts. The rest build upstream's
 # ziti-edge-tunnel from ../shared/third-party/ziti-edge-tunnel (its build.sh's INSTALL_DEPS list)
 # for the tun-mode suites. The arm64 plugin build (cni-plugin/build.ts) needs Debian's aarch64 cross
 # gcc with its static libc and the arm64 loader, libc, libstdc++ and libgcc_s it ships beside the
-# SEA; qemu-user-static runs that build in the empty-root test.
-readonly APT_PACKAGES=(nftables iproute2 containernetworking-plugins util-linux ca-certificates shellcheck clang libbpf-dev containerd runc busybox-static gcc libc6-dev
+# SEA; qemu-user-static runs that build in the empty-root test. musl-tools builds the musl DNS client.
+readonly APT_PACKAGES=(nftables iproute2 containernetworking-plugins util-linux ca-certificates shellcheck clang libbpf-dev containerd runc busybox-static gcc libc6-dev musl-tools
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross libc6-arm64-cross libstdc++6-arm64-cross libgcc-s1-arm64-cross qemu-user-static
   build-essential cmake ninja-build pkgconf git libssl-dev libjson-c-dev libsodium-dev libprotobuf-c-dev zlib1g-dev libsystemd-dev libpcap-dev)
 

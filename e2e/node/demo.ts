@@ -137,7 +137,7 @@ async function main(): Promise<void> {
     const dns = await app(node, scanner, ['resolve', 'billing.ziti'])
     check(dns.answers?.[0] === '100.64.0.7', `DNS billing.ziti -> ${dns.answers ?? dns.error} (the tunneler's resolver at 100.64.0.2, reached through the same datapath)`)
     const other = await app(node, scanner, ['resolve', 'controller.example'])
-    check(other.answers?.[0] === '192.0.2.53', `DNS controller.example -> ${other.answers ?? other.error} (REFUSED by the tunneler, answered by the cluster DNS)`)
+    check(other.answers?.[0] === '192.0.2.53', `DNS controller.example -> ${other.answers ?? other.error} (forwarded by the tunneler to the cluster DNS)`)
 
     step(8, 'identity: auto: the platform governs the attributes; the identity controller creates the identity for the stored pod')
     const autoAnn = { 'cni.openziti.io/identity': 'auto', 'cni.openziti.io/role-attributes': 'billing', 'cni.openziti.io/services': 'pg.ziti:5432=postgres, ledger.ziti:7000=ledger' }

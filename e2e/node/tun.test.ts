@@ -34,7 +34,8 @@ t.test('tun mode on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 'conta
     t.same(sidecar.securityContext?.capabilities, { drop: ['ALL'] })
     const intent = parseIntent(pod.metadata.annotations['cni.openziti.io/interception']!)
     t.same(intent, { v: 1, mode: 'tun', uid: 2171, dev: 'ziti0', addr: '100.64.0.1/10', routes: ['10.99.0.0/16'] })
-    t.same(pod.spec?.dnsConfig?.nameservers, ['100.64.0.2', infra.ip], 'the tunneler\'s resolver first, then the cluster DNS')
+    t.same(pod.spec?.dnsConfig?.nameservers, ['100.64.0.2'], 'the tunneler\'s resolver alone (tun.dns: forward): musl has no second server to race')
+    t.same(sidecar.args?.slice(-2), ['--dns-upstream', infra.ip], 'the tunneler forwards other names to the cluster DNS')
   })
 
   await t.test('the CNI made the device in the pod netns, and the sidecar attached with no capability', async (t) => {
@@ -74,11 +75,11 @@ t.test('tun mode on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 'conta
     const api = await app(node, rp, ['tcp', '10.99.0.7', '443'])
     t.equal(api.reply, 'ziti-service=billing-api caller=tunapp-pod', `an intercept address outside the DNS range, routed by the CNI (${api.error ?? 'ok'})`)
     const vault = await app(node, rp, ['resolve', 'vault.ziti'])
-    t.same(vault.answers, ['192.0.2.53'], `vault.ziti (no Dial policy): REFUSED by the tunneler, answered by the cluster DNS (${vault.error ?? 'ok'})`)
+    t.same(vault.answers, ['192.0.2.53'], `vault.ziti (no Dial policy): not the tunneler's, forwarded to the cluster DNS (${vault.error ?? 'ok'})`)
     t.same(router.events.filter((e) => e.kind === 'connect').map((e) => [e.identity, e.service]), [['tunapp-pod', 'postgres'], ['tunapp-pod', 'logs'], ['tunapp-pod', 'billing-api']], 'the router saw one Connect per flow, each with a Dial session of the pod\'s identity')
     t.same(router.events.filter((e) => e.kind === 'data').map((e) => e.bytes), ['ping'], 'the bytes the app sent reached the router')
     const other = await app(node, rp, ['resolve', 'www.example.org'])
-    t.same(other.answers, ['192.0.2.53'], 'a non-Ziti name: the tunneler says REFUSED, glibc asks the cluster DNS next')
+    t.same(other.answers, ['192.0.2.53'], 'a non-Ziti name: the tunneler forwards it to the cluster DNS and relays the answer')
     const notAService = await app(node, rp, ['tcp', '100.64.0.9', '80'])
     t.notOk(notAService.ok, `an address that is no service is refused inside the device (${notAService.error})`)
     const direct = await app(node, rp, ['tcp', infra.ip, '8080'])

@@ -12,6 +12,15 @@ export interface Resources {
   limits?: Record<string, string>
 }
 
+/**
+ * DNS in tun and tproxy pods. `forward` (the default): the tunneler is the pod's only
+ * nameserver and forwards names it does not serve to the cluster DNS. `parallel`: the tunneler,
+ * then the cluster DNS; musl asks both at once and takes the first answer, so the cluster DNS's
+ * NXDOMAIN for a Ziti name can win and the lookup fails (README "Compatibility").
+ */
+export type DnsPath = 'forward' | 'parallel'
+export const DNS_PATHS: DnsPath[] = ['forward', 'parallel']
+
 export interface WebhookConfig {
   defaultMode: Mode
   /** First initContainers entry with restartPolicy: Always (K8s 1.29+); else a regular container. */
@@ -39,6 +48,8 @@ export interface WebhookConfig {
      */
     dnsCapture: boolean
     dnsServer: string
+    /** How the pod reaches the cluster DNS: see `DnsPath` (`ZITI_CNI_DNS_UPSTREAM`, tproxy contract item 5). */
+    dns: DnsPath
     /**
      * The cluster DNS addresses pods fall back to after the tunneler (tun mode too). Set: an
      * override. Empty (the default): the ClusterIP(s) of `clusterDnsService`, read and followed
@@ -65,6 +76,8 @@ export interface WebhookConfig {
     /** The device's address and prefix; ziti-edge-tunnel's --dns-ip-range (its DNS is the next address). */
     addr: string
     dnsServer: string
+    /** How the pod reaches the cluster DNS: see `DnsPath` (forward: `--dns-upstream`). */
+    dns: DnsPath
     /** Default intercept CIDRs routed into the device besides its own network. */
     routes: Cidr[]
     resource: string
@@ -182,6 +195,7 @@ export const DEFAULT_CONFIG: WebhookConfig = {
     defaultCidrs: [parseCidr(ZITI_DNS_RANGE) as Cidr],
     dnsCapture: true,
     dnsServer: '100.64.0.2',
+    dns: 'forward',
     // Found, not assumed: kubeadm puts it at 10.96.0.10, EKS at 10.100.0.10 or 172.20.0.10.
     clusterDns: [],
     clusterDnsService: 'kube-system/kube-dns',
@@ -196,6 +210,7 @@ export const DEFAULT_CONFIG: WebhookConfig = {
     dev: 'ziti0',
     addr: '100.64.0.1/10',
     dnsServer: '100.64.0.2',
+    dns: 'forward',
     routes: [],
     resource: TUN_RESOURCE,
   },
@@ -273,13 +288,13 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const known: Record<string, string[]> = {
     '': ['defaultMode', 'nativeSidecar', 'sidecarUid', 'sidecarGid', 'identitySecretKey', 'enrollmentSecretKey', 'identityDir', 'resources', 'proxy', 'tproxy', 'tun', 'egress', 'validator', 'controller', 'excludedNamespaces', 'unservedNodes', 'clusterNetworks', 'listen', 'bodyLimitBytes', 'drainSeconds', 'tls', 'logLevel'],
     proxy: ['image', 'portBase', 'aliasRange', 'servicePollSeconds'],
-    tproxy: ['image', 'args', 'port', 'defaultCidrs', 'dnsCapture', 'dnsServer', 'clusterDns', 'clusterDnsService', 'clusterDomain', 'protocols', 'datapath'],
+    tproxy: ['image', 'args', 'port', 'defaultCidrs', 'dnsCapture', 'dnsServer', 'dns', 'clusterDns', 'clusterDnsService', 'clusterDomain', 'protocols', 'datapath'],
     listen: ['host', 'port'],
     clusterNetworks: ['podCidrs', 'serviceCidrs'],
     tls: ['mode', 'certFile', 'keyFile', 'secretName', 'namespace', 'serviceName', 'webhookConfigName', 'validityDays', 'renewBeforeDays'],
     resources: ['requests', 'limits'],
     validator: ['enabled', 'image', 'daemonSet', 'uid'],
-    tun: ['image', 'args', 'dev', 'addr', 'dnsServer', 'routes', 'resource'],
+    tun: ['image', 'args', 'dev', 'addr', 'dnsServer', 'dns', 'routes', 'resource'],
     egress: ['default', 'namespaces', 'clusterDns', 'allowCidrs', 'allowPorts'],
     controller: ['url', 'caFile', 'credentialFile', 'cluster', 'identityPrefix', 'maxPortsPerService', 'reconcileSeconds', 'graceSeconds', 'namespace', 'leaseName', 'leaseSeconds', 'attributePolicy', 'enrollUrl', 'enrollCa', 'enrollImage', 'tokenAudience', 'tokenSeconds', 'enrollPort', 'enrollCertFile', 'enrollKeyFile'],
   }
@@ -301,6 +316,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const bool = (v: unknown) => (typeof v === 'boolean' ? undefined : 'must be true or false')
   const int = (min: number, max: number) => (v: unknown) => (typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max ? undefined : `must be an integer in ${min}-${max}`)
   const port = (v: unknown) => (typeof v === 'number' && typeof parsePort(String(v)) === 'number' ? undefined : 'must be a port 1-65535')
+  const dnsPath = (v: unknown) => (DNS_PATHS.includes(v as DnsPath) ? undefined : `must be ${DNS_PATHS.join(' or ')}`)
   const str = (v: unknown) => (typeof v === 'string' && v.length > 0 ? undefined : 'must be a non-empty string')
   const image = (v: unknown) => (typeof v === 'string' && PINNED_IMAGE.test(v) && !v.endsWith(':latest') ? undefined : 'must be a fully qualified image with a pinned tag or digest (not :latest)')
   const cidr = (key: string, v: unknown, fallback: Cidr): Cidr => {
@@ -384,6 +400,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
       defaultCidrs: cidrList('tproxy.defaultCidrs', tproxy.defaultCidrs, d.tproxy.defaultCidrs),
       dnsCapture: pick('tproxy.dnsCapture', tproxy.dnsCapture, d.tproxy.dnsCapture, bool),
       dnsServer: pick('tproxy.dnsServer', tproxy.dnsServer, d.tproxy.dnsServer, (v) => (typeof v === 'string' && typeof parseAddress(v) !== 'string' ? undefined : 'must be an IP address')),
+      dns: pick('tproxy.dns', tproxy.dns, d.tproxy.dns, dnsPath),
       clusterDns: list('tproxy.clusterDns', tproxy.clusterDns, d.tproxy.clusterDns, (v) => (typeof v === 'string' && typeof parseAddress(v) !== 'string' ? undefined : 'must be an IP address')),
       clusterDnsService: pick('tproxy.clusterDnsService', tproxy.clusterDnsService, d.tproxy.clusterDnsService, (v) => { const r = typeof v === 'string' ? parseServiceRef(v) : 'must be a string'; return typeof r === 'string' ? r : undefined }),
       clusterDomain: pick('tproxy.clusterDomain', tproxy.clusterDomain, d.tproxy.clusterDomain, (v) => (typeof v === 'string' && isDnsName(v) ? undefined : 'must be a DNS domain')),
@@ -399,6 +416,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
         return typeof a !== 'string' && a.address.family === 4 && a.network.prefix >= 8 && a.network.prefix <= 30 ? undefined : 'must be an IPv4 address with a prefix of 8-30 (e.g. 100.64.0.1/10)'
       }),
       dnsServer: pick('tun.dnsServer', tun.dnsServer, d.tun.dnsServer, (v) => (typeof v === 'string' && typeof parseAddress(v) !== 'string' && v.includes('.') ? undefined : 'must be an IPv4 address')),
+      dns: pick('tun.dns', tun.dns, d.tun.dns, dnsPath),
       routes: cidrList('tun.routes', tun.routes, d.tun.routes),
       resource: pick('tun.resource', tun.resource, d.tun.resource, (v) => (typeof v === 'string' && EXTENDED_RESOURCE_NAME.test(v) ? undefined : 'must be an extended resource name (domain/name)')),
     },
@@ -469,6 +487,8 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Webho
   const tunAddr = parseInterfaceAddress(cfg.tun.addr)
   const tunDns = parseAddress(cfg.tun.dnsServer)
   if (typeof tunAddr !== 'string' && typeof tunDns !== 'string' && !cidrContains(tunAddr.network, tunDns)) problems.push(`tun.dnsServer: ${cfg.tun.dnsServer} is outside ${cfg.tun.addr} (the tunneler answers DNS inside its device)`)
+  // forward: the webhook gives the tunneler the cluster DNS (followed at run time); a fixed one in args would fight it.
+  if (cfg.tun.dns === 'forward' && cfg.tun.args.some((a) => a === '-u' || a.startsWith('--dns-upstream'))) problems.push('tun.args: --dns-upstream is set by the webhook (the cluster DNS) while tun.dns is forward; drop it, or set tun.dns: parallel')
   if (cfg.tproxy.protocols.length === 0) problems.push('tproxy.protocols: must list tcp, udp or both')
   // `ziti tunnel proxy` listens on 0.0.0.0 only: a v6 alias would be DNATed to [::1] where
   // nothing listens.

@@ -52,7 +52,46 @@ t.test('admission while the cluster DNS is unknown: DNS-using tproxy and tun pod
   t.ok(admit(cfg, tproxyPod({ 'cni.openziti.io/dns-capture': 'false' })).response.allowed, 'a pod that keeps its own DNS does not need it')
   t.ok(admit(cfg, { metadata: { name: 'p', namespace: 'apps', annotations: { 'cni.openziti.io/identity-secret': 'id', 'cni.openziti.io/services': 'pg.ziti:5432=postgres' } }, spec: { containers: [{ name: 'app', image: 'registry.example.com/app:1', securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }] } }).response.allowed, 'proxy pods never need it')
   cfg.tproxy.clusterDns = ['10.100.0.10']
-  t.same(nameservers(cfg, tproxyPod()), ['100.64.0.2', '10.100.0.10'], 'once known: the tunneler first, then the cluster DNS')
+  t.same(nameservers(cfg, tproxyPod()), ['100.64.0.2'], 'once known: the tunneler alone (dns: forward)')
+})
+
+const tunPod = () => ({ ...tproxyPod(), metadata: { ...tproxyPod().metadata, annotations: { ...tproxyPod().metadata.annotations, 'cni.openziti.io/mode': 'tun' } } })
+const sidecar = (cfg: ReturnType<typeof validateConfig>, pod: object) => {
+  const op = admit(cfg, pod).ops?.find((o) => o.path === '/spec/initContainers') as { value: Array<{ name: string; args: string[]; env: Array<{ name: string; value?: string }> }> } | undefined
+  return op!.value.find((c) => c.name === 'ziti-tunnel')!
+}
+
+t.test('dns: forward (default) lists the tunneler alone and hands it the cluster DNS; parallel keeps both nameservers', async (t) => {
+  const cfg = validateConfig(TEST_CONFIG, {})
+  t.equal(cfg.tun.dns, 'forward')
+  t.equal(cfg.tproxy.dns, 'forward')
+  cfg.tproxy.clusterDns = ['10.100.0.10', 'fd00:10::a']
+  t.same(nameservers(cfg, tunPod()), ['100.64.0.2'], 'tun: one nameserver, so musl has nothing to race')
+  const options = (c: typeof cfg) => (admit(c, tunPod()).ops?.find((o) => o.path === '/spec/dnsConfig') as { value: { options: unknown[] } }).value.options
+  t.same(options(cfg), [{ name: 'ndots', value: '5' }, { name: 'edns0' }], 'forward: EDNS0, so glibc takes answers up to 1200 bytes over UDP (the tunneler has no TCP)')
+  t.same(sidecar(cfg, tunPod()).args.slice(-2), ['--dns-upstream', '10.100.0.10'], 'tun: ziti-edge-tunnel forwards to the first cluster DNS address (it takes one)')
+  t.same(nameservers(cfg, tproxyPod()), ['100.64.0.2'], 'tproxy: one nameserver')
+  t.same(sidecar(cfg, tproxyPod()).env.find((e) => e.name === 'ZITI_CNI_DNS_UPSTREAM')?.value, '10.100.0.10,fd00:10::a', 'tproxy: every cluster DNS address (contract item 5)')
+  cfg.tproxy.clusterDns = ['172.20.0.10']
+  t.same(sidecar(cfg, tunPod()).args.slice(-1), ['172.20.0.10'], 'a new cluster DNS reaches the next pod of the same template (part of the cache key)')
+  const par = validateConfig({ ...TEST_CONFIG, tun: { ...TEST_CONFIG.tun, dns: 'parallel' }, tproxy: { ...TEST_CONFIG.tproxy, dns: 'parallel' } }, {})
+  t.same(nameservers(par, tunPod()), ['100.64.0.2', ...par.tproxy.clusterDns], 'parallel: the tunneler, then the cluster DNS')
+  t.notOk(sidecar(par, tunPod()).args.includes('--dns-upstream'), 'parallel: no upstream for the tunneler')
+  t.same(options(par), [{ name: 'ndots', value: '5' }], 'parallel: no EDNS0 (glibc falls back to TCP on the cluster DNS)')
+  t.notOk(sidecar(par, tproxyPod()).env.some((e) => e.name === 'ZITI_CNI_DNS_UPSTREAM'), 'parallel: no ZITI_CNI_DNS_UPSTREAM')
+  const ownDns = { ...tunPod(), metadata: { ...tunPod().metadata, annotations: { ...tunPod().metadata.annotations, 'cni.openziti.io/dns-capture': 'false' } } }
+  t.equal(nameservers(cfg, ownDns), undefined, 'dns-capture false: the pod keeps its DNS')
+  t.notOk(sidecar(cfg, ownDns).args.includes('--dns-upstream'), 'dns-capture false: the tunneler forwards nothing')
+  for (const [raw, want] of [
+    [{ tun: { dns: 'race' } }, 'tun.dns: must be forward or parallel'],
+    [{ tproxy: { dns: true } }, 'tproxy.dns: must be forward or parallel'],
+    [{ tun: { args: ['run', '--dns-upstream', '1.1.1.1'] } }, 'tun.args: --dns-upstream is set by the webhook (the cluster DNS) while tun.dns is forward; drop it, or set tun.dns: parallel'],
+  ] as const) {
+    let problems: string[] = []
+    try { validateConfig(raw, {}) } catch (e) { if (e instanceof ConfigError) problems = e.problems }
+    t.same(problems, [want], want)
+  }
+  t.same(validateConfig({ tun: { dns: 'parallel', args: ['run', '--dns-upstream', '1.1.1.1'] } }, {}).tun.args, ['run', '--dns-upstream', '1.1.1.1'], 'parallel: an upstream of your own is yours')
 })
 
 t.test('the follower reads kube-system/kube-dns from the API and follows it through a watch', async (t) => {
@@ -74,7 +113,7 @@ t.test('the follower reads kube-system/kube-dns from the API and follows it thro
   }
   api.put('services', kubeDnsService(['172.20.0.10', 'fd00:20::a']) as never)
   await until(['172.20.0.10', 'fd00:20::a'], 'a changed Service reaches the config through the watch')
-  t.same(nameservers(cfg, tproxyPod()), ['100.64.0.2', '172.20.0.10', 'fd00:20::a'])
+  t.same(sidecar(cfg, tproxyPod()).env.find((e) => e.name === 'ZITI_CNI_DNS_UPSTREAM')?.value, '172.20.0.10,fd00:20::a', 'the next pod\'s tunneler forwards to the new addresses')
   api.delete('services', 'kube-system', 'kube-dns')
   await until([], 'a deleted Service empties it')
   t.notOk(admit(cfg, tproxyPod()).response.allowed, 'and DNS-using pods are refused, not sent to a stale address')

@@ -11,6 +11,11 @@
 //                dlopen()s, upstream's own docker-entrypoint.sh from the same source tarball, and
 //                the attach shim preloaded (deploy/shim/ziti-tun-attach.c), as
 //                deploy/docker/ziti-edge-tunnel-attach.Dockerfile ships it
+//   libc-apps    app containers for the resolver suite (dns-libc.test.ts): e2e/node/images/resolve.c
+//                built static with musl (/usr/local/bin/resolve-musl, an Alpine app's resolver) and
+//                dynamic with this machine's glibc (/usr/local/bin/resolve-glibc and its ldd
+//                closure; glibc >= 2.34 carries the files and dns NSS modules in libc.so.6), with
+//                Debian's /etc/nsswitch.conf
 import { spawnSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs'
@@ -31,6 +36,7 @@ export const IMAGES = {
   validator: 'localhost/zcni/validator:e2e',
   tproxy: 'localhost/zcni/tproxy-standin:e2e',
   tun: 'localhost/zcni/ziti-edge-tunnel-attach:e2e',
+  libcApps: 'localhost/zcni/libc-apps:e2e',
 } as const
 
 export const SHIM_PATH = '/usr/local/lib/ziti-tun-attach.so'
@@ -52,10 +58,11 @@ const DLOPENED = ['libsystemd.so.0']
 
 const PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
-function cc(source: string, out: string, link: 'static' | 'shared' = 'static'): void {
-  const mode = link === 'static' ? ['-static'] : ['-shared', '-fPIC']
-  const r = spawnSync('gcc', [...mode, '-O2', '-Wall', '-Werror', '-o', out, source, ...(link === 'shared' ? ['-ldl'] : [])], { encoding: 'utf8' })
-  if (r.status !== 0) throw new Error(`gcc ${source}: ${r.stderr}`)
+function cc(source: string, out: string, link: 'static' | 'shared' | 'dynamic' = 'static', compiler: 'gcc' | 'musl-gcc' = 'gcc'): void {
+  const mode = { static: ['-static'], shared: ['-shared', '-fPIC'], dynamic: [] }[link]
+  const r = spawnSync(compiler, [...mode, '-O2', '-Wall', '-Werror', '-o', out, source, ...(link === 'shared' ? ['-ldl'] : [])], { encoding: 'utf8' })
+  if (r.error) throw new Error(`${compiler} ${source}: ${r.error.message}${compiler === 'musl-gcc' ? ' (Debian package musl-tools)' : ''}`)
+  if (r.status !== 0) throw new Error(`${compiler} ${source}: ${r.stderr}`)
 }
 
 /** Builds every image into one OCI archive; returns its path (caller imports and removes it). */
@@ -66,6 +73,8 @@ export function buildTestImages(): { archive: string; work: string } {
   cc(join(HERE, '../images/pause.c'), join(bin, 'pause'))
   for (const f of readdirSync(STANDINS).filter((n) => n.endsWith('.c'))) cc(join(STANDINS, f), join(bin, f.slice(0, -2)))
   cc(join(REPO, 'deploy/shim/ziti-tun-attach.c'), join(bin, 'ziti-tun-attach.so'), 'shared')
+  cc(join(HERE, '../images/resolve.c'), join(bin, 'resolve-musl'), 'static', 'musl-gcc')
+  cc(join(HERE, '../images/resolve.c'), join(bin, 'resolve-glibc'), 'dynamic')
 
   const pause = new Rootfs(join(work, 'pause-root')).file(join(bin, 'pause'), '/pause')
   const pauseLayer = pause.layer(join(work, 'pause.tar'))
@@ -105,6 +114,17 @@ export function buildTestImages(): { archive: string; work: string } {
   tools.content('/entrypoint.sh', '#!/bin/bash\n# Stand-in image entrypoint: see /opt/zcni/standins/ziti-tunnel.ts\nexec node /opt/zcni/standins/ziti-tunnel.ts "$@"\n', 0o755)
   const toolsLayer = tools.layer(join(work, 'tools.tar'))
 
+  const libcApps = new Rootfs(join(work, 'libc-apps-root'))
+    .file(join(bin, 'pause'), '/pause')
+    .file(join(bin, 'resolve-musl'), '/usr/local/bin/resolve-musl')
+    .binary(join(bin, 'resolve-glibc'), '/usr/local/bin/resolve-glibc')
+    // Debian's default (libc-bin, /usr/share/libc-bin/nsswitch.conf): /etc/hosts, then DNS.
+    // Without the file glibc would ask DNS first (nss_database.c default "dns [!UNAVAIL=return] files").
+    .content('/etc/nsswitch.conf', 'hosts: files dns\n')
+    .content('/etc/passwd', 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n')
+    .directory('/tmp', 0o1777)
+  const libcAppsLayer = libcApps.layer(join(work, 'libc-apps.tar'))
+
   const images: ImageConfig[] = [
     { name: IMAGES.pause, layers: [pauseLayer], entrypoint: ['/pause'], env: [PATH] },
     { name: IMAGES.tools, layers: [toolsLayer], entrypoint: ['/pause'], env: [PATH] },
@@ -116,6 +136,7 @@ export function buildTestImages(): { archive: string; work: string } {
     // deploy/docker/ziti-edge-tunnel-attach.Dockerfile: upstream's ENTRYPOINT and CMD
     // (docker/ziti-edge-tunnel.Dockerfile:38-39) plus ENV LD_PRELOAD and USER 2171.
     { name: IMAGES.tun, layers: [toolsLayer], entrypoint: ['/docker-entrypoint.sh'], cmd: ['run'], env: [PATH, `LD_PRELOAD=${SHIM_PATH}`], user: '2171:2171' },
+    { name: IMAGES.libcApps, layers: [libcAppsLayer], entrypoint: ['/pause'], env: [PATH] },
   ]
   const archive = join(work, 'images.tar')
   writeOciArchive(archive, images, work)

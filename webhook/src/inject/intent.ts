@@ -6,7 +6,7 @@ import {
   parseCidr, parseInterceptCidrs, parseInterfaceAddress, parseMode, parseServices, type Cidr, type Intent, type Mode, type Proto,
 } from '@ziti-cni/shared'
 import type { V1HostAlias } from '@kubernetes/client-node'
-import { NFTABLES_REFUSED, type WebhookConfig } from '../config.ts'
+import { NFTABLES_REFUSED, type DnsPath, type WebhookConfig } from '../config.ts'
 import type { AutoEntry, AutoServices } from '../ziti/services.ts'
 
 export interface ProxyListener { service: string; proto: Proto; port: number }
@@ -22,6 +22,11 @@ export interface InterceptionPlan {
   ports: number[]
   /** tproxy: the tunneler's DNS address inside the intercept range, when the pod uses it. */
   dnsServer?: string
+  /**
+   * `dns: forward`: the cluster DNS the tunneler forwards other names to; the pod then lists
+   * the tunneler alone (a second nameserver races it under musl: README "Compatibility").
+   */
+  dnsUpstream?: string[]
   /** Whether DNS was asked for explicitly (an error if the pod has its own DNS settings). */
   dnsExplicit?: boolean
   /** What the plan could not include, for the admission response. */
@@ -119,7 +124,12 @@ function planTun(annotations: Record<string, string>, cfg: WebhookConfig): Inter
   const dnsAsked = annotations[ANNOTATION_DNS_CAPTURE] !== undefined ? parseDnsCapture(annotations[ANNOTATION_DNS_CAPTURE]!) : undefined
   const useDns = dnsAsked ?? true
   const intent: Intent = { v: 1, mode: 'tun', uid: cfg.sidecarUid, dev: cfg.tun.dev, addr: cfg.tun.addr, routes }
-  return { mode: 'tun', intent, aliases: [], listeners: [], ports: [], ...(useDns ? { dnsServer: cfg.tun.dnsServer, dnsExplicit: dnsAsked === true } : {}) }
+  return { mode: 'tun', intent, aliases: [], listeners: [], ports: [], ...(useDns ? dnsPlan(cfg.tun.dnsServer, cfg.tun.dns, cfg, dnsAsked) : {}) }
+}
+
+/** The tunneler's DNS part of a tun or tproxy plan (the cluster DNS as read now: it is followed). */
+function dnsPlan(dnsServer: string, path: DnsPath, cfg: WebhookConfig, asked: boolean | undefined): Pick<InterceptionPlan, 'dnsServer' | 'dnsUpstream' | 'dnsExplicit'> {
+  return { dnsServer, ...(path === 'forward' ? { dnsUpstream: [...cfg.tproxy.clusterDns] } : {}), dnsExplicit: asked === true }
 }
 
 /** Entries for proxy mode: from the services annotation, or from the controller (auto). */
@@ -251,5 +261,5 @@ function planTproxy(annotations: Record<string, string>, cfg: WebhookConfig): In
     datapath, cidrs: cidrs.map(formatCidr), proto: [...cfg.tproxy.protocols], to: cfg.tproxy.port, dns: undefined,
     excludeCidrs: mergeCidrs(exclude).map(formatCidr), excludePorts: mergedPorts.map(formatPortRange), fence,
   }
-  return { mode: 'tproxy', intent, aliases: [], listeners: [], ports: fence, ...(useDns ? { dnsServer: cfg.tproxy.dnsServer, dnsExplicit: dnsAsked === true } : {}) }
+  return { mode: 'tproxy', intent, aliases: [], listeners: [], ports: fence, ...(useDns ? dnsPlan(cfg.tproxy.dnsServer, cfg.tproxy.dns, cfg, dnsAsked) : {}) }
 }

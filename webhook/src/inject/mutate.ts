@@ -81,10 +81,11 @@ function preconditionContext(cfg: WebhookConfig, secretNames: string[], injected
 }
 
 /**
- * tproxy DNS: the tunneler's address first, the cluster DNS after it, the usual search path.
- * glibc moves to the next server on REFUSED or SERVFAIL, and musl ignores those answers while
- * it waits for another server's: a tunneler answering REFUSED for names it does not own never
- * breaks the pod's other lookups. Returns a warning when the pod's own DNS settings win.
+ * tun/tproxy DNS, with the usual search path. `dns: forward`: the tunneler alone, forwarding
+ * the rest to the cluster DNS (plan.dnsUpstream). `parallel`: the tunneler, then the cluster
+ * DNS: glibc moves on after the tunneler's REFUSED, but musl asks both at once and a cluster
+ * NXDOMAIN for a Ziti name that arrives first fails the lookup (README "Compatibility").
+ * Returns a warning when the pod's own DNS settings win.
  */
 function dnsOps(pod: V1Pod, plan: InterceptionPlan, cfg: WebhookConfig, ops: Operation[]): string | undefined {
   if (!plan.dnsServer) return undefined
@@ -98,9 +99,11 @@ function dnsOps(pod: V1Pod, plan: InterceptionPlan, cfg: WebhookConfig, ops: Ope
   const domain = cfg.tproxy.clusterDomain
   ops.push({ op: 'add', path: '/spec/dnsPolicy', value: 'None' })
   ops.push({ op: 'add', path: '/spec/dnsConfig', value: {
-    nameservers: [plan.dnsServer, ...cfg.tproxy.clusterDns].slice(0, 3),
+    nameservers: plan.dnsUpstream ? [plan.dnsServer] : [plan.dnsServer, ...cfg.tproxy.clusterDns].slice(0, 3),
     searches: [`${ns}.svc.${domain}`, `svc.${domain}`, domain],
-    options: [{ name: 'ndots', value: '5' }],
+    // forward: glibc asks for answers up to 1200 bytes over UDP (EDNS0) instead of 512 and then
+    // TCP, which the tunneler does not serve (README "Compatibility": sizes measured).
+    options: [{ name: 'ndots', value: '5' }, ...(plan.dnsUpstream ? [{ name: 'edns0' }] : [])],
   } })
   return undefined
 }
@@ -178,9 +181,9 @@ export class InjectionCache {
     this.max = max
   }
   get(annotations: Record<string, string>, identity: IdentitySource, hostAliases: V1HostAlias[], cfg: WebhookConfig, namespace: string): Prepared {
-    // The validator image follows the agent DaemonSet at run time: part of the key. So is the
-    // namespace's egress floor (its config key: namespaces without an entry share entries).
-    const key = JSON.stringify([USER_ANNOTATIONS.map((k) => annotations[k] ?? null), hostAliases, cfg.validator.image, egressFloor(cfg, namespace).key])
+    // The validator image and the cluster DNS follow the cluster at run time: part of the key. So
+    // is the namespace's egress floor (its config key: namespaces without an entry share entries).
+    const key = JSON.stringify([USER_ANNOTATIONS.map((k) => annotations[k] ?? null), hostAliases, cfg.validator.image, cfg.tproxy.clusterDns, egressFloor(cfg, namespace).key])
     const hit = this.entries.get(key)
     if (hit) {
       this.hits++

@@ -119,7 +119,10 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
   } else if (plan.mode === 'tun') {
     image = cfg.tun.image
     // ziti-edge-tunnel's tun address is the first of --dns-ip-range; the CNI made it so.
-    args = [...cfg.tun.args, '--dns-ip-range', cfg.tun.addr]
+    // --dns-upstream takes one address (ziti-edge-tunnel.c:1006-1011 passes an array of one to
+    // ziti_dns_set_upstream); names it does not serve are relayed there over UDP (ziti_dns.c
+    // query_upstream), so the pod needs no second nameserver.
+    args = [...cfg.tun.args, '--dns-ip-range', cfg.tun.addr, ...(plan.dnsUpstream?.length ? ['--dns-upstream', plan.dnsUpstream[0]!] : [])]
     env.push({ name: 'ZITI_TUN_DEV', value: cfg.tun.dev })
   } else {
     image = cfg.tproxy.image
@@ -131,6 +134,8 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
       { name: 'ZITI_CNI_INTERCEPT_CIDRS', value: intent.cidrs.join(',') },
       ...(intent.dns !== undefined ? [{ name: 'ZITI_CNI_DNS_PORT', value: String(intent.dns) }] : []),
       ...(plan.dnsServer ? [{ name: 'ZITI_CNI_DNS_SERVER', value: plan.dnsServer }] : []),
+      // Contract item 5: forward every other name there (the pod lists the tunneler alone).
+      ...(plan.dnsUpstream?.length ? [{ name: 'ZITI_CNI_DNS_UPSTREAM', value: plan.dnsUpstream.join(',') }] : []),
     )
   }
   const probeTargets = plan.mode === 'proxy'
