@@ -2,9 +2,11 @@
 // present the pod's projected token to the identity controller over HTTPS (verified against
 // ZITI_CNI_ENROLL_CA), write the one-time JWT where the tunneler's entrypoint enrolls it
 // (`$ZITI_IDENTITY_DIR/$ZITI_IDENTITY_BASENAME.jwt`, openziti/ziti entrypoint.sh:118-133).
-// Already enrolled (the identity JSON is in the emptyDir after a restart): nothing to do.
+// Already enrolled (the identity JSON is in the emptyDir after a restart): nothing to do. Not
+// enrolled but the token spent (this step reran after an enrollment died half-way): the
+// controller re-issues the identity and answers a fresh JWT, which replaces the spent file.
 // Retries while the controller catches up (the pod may be newer than its watch).
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs'
 import { request } from 'node:https'
 
 function env(name: string): string {
@@ -46,13 +48,16 @@ async function main(): Promise<number> {
     try {
       const r = await post(url, ca, token)
       if (r.status === 200 && r.body.jwt) {
-        writeFileSync(`${dir}/${base}.jwt`, r.body.jwt, { mode: 0o600 })
+        // Whole or not at all: the tunneler never reads half a JWT.
+        writeFileSync(`${dir}/${base}.jwt.tmp`, r.body.jwt, { mode: 0o600 })
+        renameSync(`${dir}/${base}.jwt.tmp`, `${dir}/${base}.jwt`)
         process.stderr.write(`ziti-enroll: wrote ${dir}/${base}.jwt\n`)
         return 0
       }
       why = `HTTP ${r.status}: ${r.body.message ?? ''}`
-      // 401/403/409 will not change by waiting, except a pod the controller has not seen yet.
-      if (r.status === 409 || r.status === 401) { process.stderr.write(`ziti-enroll: refused: ${why}\n`); return 1 }
+      // A token the API server refused will not change by waiting; 403 (a pod the controller's
+      // API read has not caught up with) and 409 (its re-issue raced another) may.
+      if (r.status === 401) { process.stderr.write(`ziti-enroll: refused: ${why}\n`); return 1 }
     } catch (e) {
       why = (e as Error).message
     }
