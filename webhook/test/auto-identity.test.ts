@@ -9,7 +9,7 @@ import { request } from 'node:https'
 import { generateKeyPairSync } from 'node:crypto'
 import forge from 'node-forge'
 import { spawn } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pino } from 'pino'
@@ -238,6 +238,59 @@ t.test('the enroller killed after the controller signed its CSR, before the iden
   const done = await enrollCsr(fake, fresh.body.jwt!)
   t.equal(done.status, 200, 'the fresh JWT enrolls')
   t.equal(await logsIn(fake, { cert: done.cert!, key: done.key }), 200, 'and the pod\'s new credential logs in')
+})
+
+t.test('the enrollment step killed after the controller signed its CSR, before the identity file: its rerun recovers the pod, the first certificate is dead', async (t) => {
+  const { api, fake, start, whCa } = await world(t)
+  const rt = await start('ic-0')
+  const { serving } = testCerts()
+  const server = enrollServer(rt.enrollment, { cert: serving.certPem, key: serving.keyPem }, new Registry(), pino({ level: 'silent' }))
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  t.teardown(() => new Promise((r) => server.close(r)))
+  const pod = await api.create('pods', autoPod('billing-0') as never) as unknown as V1Pod
+  const dir = mkdtempSync(join(tmpdir(), 'zcni-enroll-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  writeFileSync(join(dir, 'token'), projected(api, pod))
+  const file = join(dir, 'ziti-cni.json')
+  const run = (timeoutSeconds: string) => new Promise<{ code: number | null; stderr: string }>((resolve) => {
+    const p = spawn(process.execPath, [new URL('../src/identity-controller/enroll-init.ts', import.meta.url).pathname], {
+      env: { ...process.env, NODE_OPTIONS: '', ZITI_IDENTITY_DIR: dir, ZITI_IDENTITY_BASENAME: 'ziti-cni', ZITI_CNI_ENROLL_URL: `https://127.0.0.1:${(server.address() as AddressInfo).port}`, ZITI_CNI_ENROLL_CA: whCa, ZITI_CNI_TOKEN_FILE: join(dir, 'token'), ZITI_CNI_ENROLL_TIMEOUT_SECONDS: timeoutSeconds },
+    })
+    let stderr = ''
+    p.stderr.on('data', (b: Buffer) => { stderr += b.toString() })
+    p.on('close', (code) => resolve({ code, stderr }))
+  })
+  // The identity file cannot be written (its temporary name is taken): the step dies exactly
+  // between the controller signing the CSR and the file existing.
+  mkdirSync(`${file}.tmp`)
+  const died = await run('0')
+  t.equal(died.code, 1, 'the step failed')
+  t.match(died.stderr, /giving up: EISDIR/)
+  t.notOk(existsSync(file), 'no identity file')
+  const spent = { ...managed(fake)[0]! }
+  t.ok(spent.certFingerprint, 'the controller had signed the CSR')
+  t.notOk(spent.enrollment, 'and spent the token: a tunneler handed this JWT could never enroll it')
+
+  rmSync(`${file}.tmp`, { recursive: true })
+  const rerun = await run('60') // the kubelet reruns a failed init container
+  t.equal(rerun.code, 0, rerun.stderr)
+  t.match(rerun.stderr, /enrolled; wrote/)
+  t.equal(statSync(file).mode & 0o777, 0o600, 'the identity file is the sidecar uid\'s only')
+  const now = managed(fake)
+  t.equal(now.length, 1, 'one identity for the pod')
+  t.not(now[0]!.id, spent.id, 'the spent identity was deleted and recreated')
+  t.notOk([...fake.identities.values()].some((i) => i.certFingerprint === spent.certFingerprint), 'no identity authenticates with the first certificate')
+  const written = JSON.parse(readFileSync(file, 'utf8')) as { ztAPI: string; id: { cert: string; key: string; ca: string } }
+  t.equal(written.ztAPI, `${fake.url}/edge/client/v1`)
+  const who = { cert: written.id.cert.replace(/^pem:/, ''), key: written.id.key.replace(/^pem:/, '') }
+  t.equal(await logsIn(fake, who), 200, 'the written identity logs in')
+  t.equal(fake.identities.get(now[0]!.id)!.certFingerprint !== undefined, true)
+
+  const again = await run('60') // a later rerun (or a sidecar restart) changes nothing
+  t.equal(again.code, 0)
+  t.match(again.stderr, /enrolled already/)
+  t.same(managed(fake).map((i) => i.id), [now[0]!.id], 'no re-issue once the identity file exists')
+  t.equal(await logsIn(fake, who), 200)
 })
 
 t.test('no re-issue for a pod the caller is not: another pod\'s token, a stale token of a deleted pod, forged tokens', async (t) => {
