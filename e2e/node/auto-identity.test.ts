@@ -151,6 +151,28 @@ t.test('identity: auto on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 
     t.equal(node.api.requests.filter((r) => r.path.includes('/secrets')).length, 0, 'no Secret was read or written for it')
   })
 
+  await t.test('the enrollment dies after the controller signed the CSR (answer lost): the step asks again, the identity is re-issued, the first certificate is dead', async (t) => {
+    ctrl.dropEnrollmentAnswers = 1
+    const p = await node.createPod(manifest('billing-lost', { 'cni.openziti.io/role-attributes': 'billing' }))
+    const r = await node.runPod(p)
+    t.equal(ctrl.dropEnrollmentAnswers, 0, 'the first enrollment\'s answer was dropped')
+    const dropped = ctrl.droppedEnrollments.at(-1)!
+    t.ok(dropped, 'after the controller signed it')
+    const log = node.kubelet.logs(r, 'ziti-enroll')
+    t.match(log, /attempt 1: .*(socket hang up|ECONNRESET)/, 'the step saw the answer lost')
+    t.match(log, /enrolled; wrote \/netfoundry\/ziti-cni\.json/)
+    const now = ours().find((i) => i.tags['ziti-cni.openziti.io/pod-uid'] === p.metadata.uid)!
+    t.not(now.id, dropped.identityId, 'the spent identity was deleted and recreated')
+    t.notOk(ctrl.identities.has(dropped.identityId))
+    t.notOk([...ctrl.identities.values()].some((i) => i.certFingerprint === dropped.certFingerprint), 'no identity authenticates with the first certificate')
+    t.ok(now.certFingerprint, 'the new identity is enrolled')
+    const pg = await app(node, r, ['tcp', 'pg.ziti', '5432'])
+    t.match(pg.reply, /^ziti-service=postgres /, `the pod works (${pg.error ?? 'ok'})`)
+    await node.removePod(r)
+    node.api.delete('pods', 'apps', p.metadata.name)
+    await until('its identity to go', () => !ctrl.identities.has(now.id), 10_000)
+  })
+
   await t.test('two replicas: exactly one leads; leadership moves when the leader stops', async (t) => {
     t.same(replicas.filter((r) => r.rt.leader.isLeader()).length, 1, 'exactly one leader')
     const lease = node.api.get('leases', 'ziti-cni-identity', 'ziti-cni-identity-controller') as unknown as { spec: { renewTime: string; holderIdentity: string } }
