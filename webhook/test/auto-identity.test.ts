@@ -19,6 +19,7 @@ import { createWebhookMetrics } from '../src/metrics.ts'
 import { buildServer } from '../src/server.ts'
 import { startIdentityController, type IdentityRuntime } from '../src/identity-controller/runtime.ts'
 import { EnrollLimiter, enrollServer, type EnrollLimits } from '../src/identity-controller/enroll-server.ts'
+import { identityJson, parseOtt } from '../src/identity-controller/ott-enroll.ts'
 import { FakeZitiController } from '../../e2e/node/standins/ziti-controller.ts'
 import { https, startApiStandIn, testCerts, TEST_CONFIG } from './helpers.ts'
 
@@ -335,6 +336,20 @@ t.test('no re-issue for a pod the caller is not: another pod\'s token, a stale t
   t.ok(fake.identities.has(deletedId), 'no re-issue from a stale token: the spent identity is as it was')
   t.equal(managed(fake).length, 3, 'no identity created either')
   await intact('stale tokens')
+})
+
+t.test('parseOtt: an enrollment token that is not an OTT JWT is refused naming the claim; identityJson is what the tunnelers load', async (t) => {
+  const jwt = (claims: Record<string, unknown>) => `e30.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.c2ln`
+  const good = { iss: 'https://ctrl.example:1280', sub: 'id1', jti: 'tok', em: 'ott', exp: 2_000_000_000 }
+  t.match(parseOtt(jwt(good), 0), { claims: good })
+  t.throws(() => parseOtt('not-a-jwt', 0), /not a JWT/)
+  t.throws(() => parseOtt('a.!!!.c', 0), /claims are not JSON/)
+  t.throws(() => parseOtt(jwt({ ...good, em: 'ca' }), 0), /em claim is "ca", not "ott"/)
+  t.throws(() => parseOtt(jwt({ ...good, jti: undefined }), 0), /no jti claim/)
+  t.throws(() => parseOtt(jwt({ ...good, exp: 'soon' }), 0), /no exp claim/)
+  t.throws(() => parseOtt(jwt(good), 2_000_000_001_000), /expired \(exp claim\)/)
+  t.throws(() => parseOtt(jwt({ ...good, iss: 'http://ctrl.example' }), 0), /iss claim http:\/\/ctrl\.example is not an https URL/)
+  t.same(JSON.parse(identityJson('https://c:1', 'CERT', 'KEY', 'CA')), { ztAPI: 'https://c:1/edge/client/v1', ztAPIs: ['https://c:1/edge/client/v1'], configTypes: null, id: { cert: 'pem:CERT', key: 'pem:KEY', ca: 'pem:CA' } })
 })
 
 t.test('the enrollment endpoint over HTTPS', async (t) => {
