@@ -3,8 +3,9 @@
 // audience-bound projected token). The identity controller (two replicas, one Lease) creates
 // the identity for the pod the API server stored, with attributes nobody can forge; in the pod,
 // containerd + runc run the init step, which presents the kubelet-projected token to the
-// enrollment endpoint (TokenReview), writes the one-time JWT into the sidecar's emptyDir, where
-// the stand-in `ziti tunnel proxy` enrolls it with its own key; the app reaches its services;
+// enrollment endpoint (TokenReview), enrolls the one-time JWT with a key it makes and writes the
+// identity into the sidecar's emptyDir, where the stand-in `ziti tunnel proxy` loads it (it
+// never enrolls, so its restarts cannot strand a spent token); the app reaches its services;
 // the pod goes and so does its identity, also when the controller was down at the time.
 import t from 'tap'
 import { request } from 'node:https'
@@ -130,9 +131,12 @@ t.test('identity: auto on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 
     t.ok(identity.enrollment, 'not enrolled yet')
   })
 
-  await t.test('in the pod: the init step fetches the JWT with the projected token, the sidecar enrolls, the app gets replies', async (t) => {
+  await t.test('in the pod: the init step fetches the JWT with the projected token and enrolls it, the sidecar loads the identity, the app gets replies', async (t) => {
     rp = await node.runPod(pod)
-    t.match(node.kubelet.logs(rp, 'ziti-enroll'), /wrote \/netfoundry\/ziti-cni\.jwt/)
+    t.match(node.kubelet.logs(rp, 'ziti-enroll'), /enrolled; wrote \/netfoundry\/ziti-cni\.json/)
+    const sidecarLog = node.kubelet.logs(rp, 'ziti-tunnel')
+    t.match(sidecarLog, /running "ziti tunnel proxy --identity \/netfoundry\/ziti-cni\.json/)
+    t.notMatch(sidecarLog, /enrolling/, 'the sidecar found its identity: it enrolls nothing')
     const enrolled = ctrl.identities.get(identity!.id)!
     t.ok(enrolled.certFingerprint, 'enrolled with a CSR: the key was made in the pod')
     t.notOk(enrolled.enrollment, 'the one-time token is spent')
@@ -140,11 +144,33 @@ t.test('identity: auto on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 
     t.match(pg.reply, /^ziti-service=postgres listener=15100 /, `pg.ziti:5432 through #billing (${pg.error ?? 'ok'})`)
     const api = await app(node, rp, ['tcp', 'api.ziti', '443'])
     t.match(api.reply, /^ziti-service=billing-api /, `api.ziti:443 through #k8s.sa:e2e/apps/billing (${api.error ?? 'ok'})`)
-    const jwt = await node.exec(rp, 'app', ['cat', '/netfoundry/ziti-cni.jwt'])
-    t.not(jwt.code, 0, 'the app container cannot read the JWT file (the emptyDir is the sidecar\'s)')
+    const idFile = await node.exec(rp, 'app', ['cat', '/netfoundry/ziti-cni.json'])
+    t.not(idFile.code, 0, 'the app container cannot read the identity file (the emptyDir is the sidecar\'s)')
     const tok = await node.exec(rp, 'app', ['ls', '/var/run/secrets/ziti-cni.openziti.io/enroll'])
     t.not(tok.code, 0, 'nor the enrollment token')
     t.equal(node.api.requests.filter((r) => r.path.includes('/secrets')).length, 0, 'no Secret was read or written for it')
+  })
+
+  await t.test('the enrollment dies after the controller signed the CSR (answer lost): the step asks again, the identity is re-issued, the first certificate is dead', async (t) => {
+    ctrl.dropEnrollmentAnswers = 1
+    const p = await node.createPod(manifest('billing-lost', { 'cni.openziti.io/role-attributes': 'billing' }))
+    const r = await node.runPod(p)
+    t.equal(ctrl.dropEnrollmentAnswers, 0, 'the first enrollment\'s answer was dropped')
+    const dropped = ctrl.droppedEnrollments.at(-1)!
+    t.ok(dropped, 'after the controller signed it')
+    const log = node.kubelet.logs(r, 'ziti-enroll')
+    t.match(log, /attempt 1: .*(socket hang up|ECONNRESET)/, 'the step saw the answer lost')
+    t.match(log, /enrolled; wrote \/netfoundry\/ziti-cni\.json/)
+    const now = ours().find((i) => i.tags['ziti-cni.openziti.io/pod-uid'] === p.metadata.uid)!
+    t.not(now.id, dropped.identityId, 'the spent identity was deleted and recreated')
+    t.notOk(ctrl.identities.has(dropped.identityId))
+    t.notOk([...ctrl.identities.values()].some((i) => i.certFingerprint === dropped.certFingerprint), 'no identity authenticates with the first certificate')
+    t.ok(now.certFingerprint, 'the new identity is enrolled')
+    const pg = await app(node, r, ['tcp', 'pg.ziti', '5432'])
+    t.match(pg.reply, /^ziti-service=postgres /, `the pod works (${pg.error ?? 'ok'})`)
+    await node.removePod(r)
+    node.api.delete('pods', 'apps', p.metadata.name)
+    await until('its identity to go', () => !ctrl.identities.has(now.id), 10_000)
   })
 
   await t.test('two replicas: exactly one leads; leadership moves when the leader stops', async (t) => {

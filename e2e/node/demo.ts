@@ -151,7 +151,7 @@ async function main(): Promise<void> {
     check(!!id, `the identity controller created ${id?.name} with role attributes ${JSON.stringify(id?.roleAttributes)}`)
     const ledger = await node.runPod(apod)
     say(`   ziti-enroll: ${node.kubelet.logs(ledger, 'ziti-enroll').trim().split('\n').at(-1)}`)
-    check(!!controller.identities.get(id!.id)?.certFingerprint, 'the sidecar enrolled the JWT the init step fetched (TokenReview-verified) with a key made in the pod')
+    check(!!controller.identities.get(id!.id)?.certFingerprint, 'the init step enrolled the JWT it fetched (TokenReview-verified) with a key made in the pod')
     for (const [host, port] of [['pg.ziti', '5432'], ['ledger.ziti', '7000']] as const) {
       const r = await app(node, ledger, ['tcp', host, port])
       check(!!r.reply?.startsWith('ziti-service='), `tcp ${host}:${port} -> ${r.reply ?? r.error}`)

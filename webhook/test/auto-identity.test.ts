@@ -6,8 +6,10 @@ import t from 'tap'
 import { KubeConfig, type V1Pod } from '@kubernetes/client-node'
 import type { AddressInfo } from 'node:net'
 import { request } from 'node:https'
+import { generateKeyPairSync } from 'node:crypto'
+import forge from 'node-forge'
 import { spawn } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pino } from 'pino'
@@ -17,6 +19,7 @@ import { createWebhookMetrics } from '../src/metrics.ts'
 import { buildServer } from '../src/server.ts'
 import { startIdentityController, type IdentityRuntime } from '../src/identity-controller/runtime.ts'
 import { EnrollLimiter, enrollServer, type EnrollLimits } from '../src/identity-controller/enroll-server.ts'
+import { identityJson, parseOtt } from '../src/identity-controller/ott-enroll.ts'
 import { FakeZitiController } from '../../e2e/node/standins/ziti-controller.ts'
 import { https, startApiStandIn, testCerts, TEST_CONFIG } from './helpers.ts'
 
@@ -168,14 +171,185 @@ t.test('enrollment: only the pod\'s own audience-bound token gets its JWT, once'
   t.match(await rt.enrollment.answer(`Bearer ${projected(api, bystander)}`), { status: 403, body: { message: /gets no identity: the pod does not ask for/ } })
   t.equal(managed(fake).length, 1, 'no identity for the bystander')
 
-  delete fake.identities.get(identity.id)!.enrollment // the sidecar enrolled
-  t.match(await rt.enrollment.answer(`Bearer ${token}`), { status: 409, body: { message: /enrolled already/ } }, 'a spent token is not handed out again')
+  delete fake.identities.get(identity.id)!.enrollment // spent, and the pod asks again (the enroller died half-way)
+  const again = await rt.enrollment.answer(`Bearer ${token}`)
+  t.equal(again.status, 200, 'a pod that proves itself gets a fresh JWT once its own is spent')
+  t.not(again.body.jwt, ok.body.jwt, 'never the spent one')
+  t.notOk(fake.identities.has(identity.id), 'the spent identity is gone')
+  t.same(managed(fake).map((i) => i.name), [identity.name], 'one identity, the same name')
 
   // The pod goes: its token is invalidated (claims.go), even for a new pod of the same name.
   api.delete('pods', 'apps', 'billing-0')
   t.match(await rt.enrollment.answer(`Bearer ${token}`), { status: 401, body: { message: /service account token has been invalidated/ } })
   api.put('pods', { ...pod, metadata: { ...pod.metadata!, uid: 'another-uid' } } as never)
   t.match(await rt.enrollment.answer(`Bearer ${token}`), { status: 401, body: { message: /pod UID \(another-uid\) does not match/ } })
+})
+
+/** `ziti edge enroll` up to the point where the controller has signed the CSR: key, CSR, POST. */
+async function enrollCsr(fake: FakeZitiController, jwt: string): Promise<{ status: number; text: string; key: string; cert?: string }> {
+  const { jti } = JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString('utf8')) as { jti: string }
+  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048, publicKeyEncoding: { type: 'spki', format: 'pem' }, privateKeyEncoding: { type: 'pkcs8', format: 'pem' } })
+  const csr = forge.pki.createCertificationRequest()
+  csr.publicKey = forge.pki.publicKeyFromPem(publicKey)
+  csr.setSubject([{ name: 'commonName', value: jti }])
+  csr.sign(forge.pki.privateKeyFromPem(privateKey) as forge.pki.rsa.PrivateKey, forge.md.sha256.create())
+  const r = await zitiCall(fake, 'POST', `/edge/client/v1/enroll?method=ott&token=${encodeURIComponent(jti)}`, forge.pki.certificationRequestToPem(csr), 'application/x-pem-file')
+  const cert = r.status === 200 ? (JSON.parse(r.text) as { data: { cert: string } }).data.cert : undefined
+  return { ...r, key: privateKey, ...(cert ? { cert } : {}) }
+}
+
+function zitiCall(fake: FakeZitiController, method: string, path: string, body: string, type: string, who?: { cert: string; key: string }): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(`${fake.url}${path}`, { method, ca: fake.ca.certPem, ...(who ?? {}), headers: { 'content-type': type } }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (c: Buffer) => chunks.push(c))
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }))
+    })
+    req.on('error', reject)
+    req.end(body)
+  })
+}
+
+/** Whether a key and certificate log in as an identity (cert authentication, client API). */
+const logsIn = async (fake: FakeZitiController, who: { cert: string; key: string }) => (await zitiCall(fake, 'POST', '/edge/client/v1/authenticate?method=cert', '{}', 'application/json', who)).status
+
+t.test('the enroller killed after the controller signed its CSR, before the identity file: the pod asks again, gets a fresh identity, the half-enrolled cert is dead', async (t) => {
+  const { api, fake, start } = await world(t)
+  const rt = await start('ic-1')
+  const pod = await api.create('pods', autoPod('billing-0') as never) as unknown as V1Pod
+  const token = projected(api, pod)
+  const first = await rt.enrollment.answer(`Bearer ${token}`)
+  t.equal(first.status, 200)
+  const spentId = managed(fake)[0]!.id
+  // The enroller: CSR accepted, certificate issued ... and killed before writing the file.
+  const half = await enrollCsr(fake, first.body.jwt!)
+  t.equal(half.status, 200, 'the controller accepted the CSR and spent the token')
+  t.equal(await logsIn(fake, { cert: half.cert!, key: half.key }), 200, 'the half-enrolled credential worked at that moment')
+  t.match(await enrollCsr(fake, first.body.jwt!), { status: 400, text: /INVALID_ENROLLMENT_TOKEN/ }, 'the spent JWT enrolls no more (the wedge, without a re-issue)')
+
+  // The enroller's rerun: no identity file, so it asks again with the pod's bound token.
+  const fresh = await rt.enrollment.answer(`Bearer ${token}`)
+  t.equal(fresh.status, 200, 'the pod proves itself and gets a fresh JWT')
+  t.not(fresh.body.jwt, first.body.jwt)
+  const now = managed(fake)
+  t.equal(now.length, 1, 'still one identity for the pod')
+  t.not(now[0]!.id, spentId, 'the spent identity was deleted and recreated')
+  t.equal(now[0]!.tags['ziti-cni.openziti.io/pod-uid'], pod.metadata!.uid, 'for the same pod')
+  t.equal(await logsIn(fake, { cert: half.cert!, key: half.key }), 401, 'the half-enrolled certificate no longer logs in')
+  const done = await enrollCsr(fake, fresh.body.jwt!)
+  t.equal(done.status, 200, 'the fresh JWT enrolls')
+  t.equal(await logsIn(fake, { cert: done.cert!, key: done.key }), 200, 'and the pod\'s new credential logs in')
+})
+
+t.test('the enrollment step killed after the controller signed its CSR, before the identity file: its rerun recovers the pod, the first certificate is dead', async (t) => {
+  const { api, fake, start, whCa } = await world(t)
+  const rt = await start('ic-0')
+  const { serving } = testCerts()
+  const server = enrollServer(rt.enrollment, { cert: serving.certPem, key: serving.keyPem }, new Registry(), pino({ level: 'silent' }))
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  t.teardown(() => new Promise((r) => server.close(r)))
+  const pod = await api.create('pods', autoPod('billing-0') as never) as unknown as V1Pod
+  const dir = mkdtempSync(join(tmpdir(), 'zcni-enroll-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  writeFileSync(join(dir, 'token'), projected(api, pod))
+  const file = join(dir, 'ziti-cni.json')
+  const run = (timeoutSeconds: string) => new Promise<{ code: number | null; stderr: string }>((resolve) => {
+    const p = spawn(process.execPath, [new URL('../src/identity-controller/enroll-init.ts', import.meta.url).pathname], {
+      env: { ...process.env, NODE_OPTIONS: '', ZITI_IDENTITY_DIR: dir, ZITI_IDENTITY_BASENAME: 'ziti-cni', ZITI_CNI_ENROLL_URL: `https://127.0.0.1:${(server.address() as AddressInfo).port}`, ZITI_CNI_ENROLL_CA: whCa, ZITI_CNI_TOKEN_FILE: join(dir, 'token'), ZITI_CNI_ENROLL_TIMEOUT_SECONDS: timeoutSeconds },
+    })
+    let stderr = ''
+    p.stderr.on('data', (b: Buffer) => { stderr += b.toString() })
+    p.on('close', (code) => resolve({ code, stderr }))
+  })
+  // The identity file cannot be written (its temporary name is taken): the step dies exactly
+  // between the controller signing the CSR and the file existing.
+  mkdirSync(`${file}.tmp`)
+  const died = await run('0')
+  t.equal(died.code, 1, 'the step failed')
+  t.match(died.stderr, /giving up: EISDIR/)
+  t.notOk(existsSync(file), 'no identity file')
+  const spent = { ...managed(fake)[0]! }
+  t.ok(spent.certFingerprint, 'the controller had signed the CSR')
+  t.notOk(spent.enrollment, 'and spent the token: a tunneler handed this JWT could never enroll it')
+
+  rmSync(`${file}.tmp`, { recursive: true })
+  const rerun = await run('60') // the kubelet reruns a failed init container
+  t.equal(rerun.code, 0, rerun.stderr)
+  t.match(rerun.stderr, /enrolled; wrote/)
+  t.equal(statSync(file).mode & 0o777, 0o600, 'the identity file is the sidecar uid\'s only')
+  const now = managed(fake)
+  t.equal(now.length, 1, 'one identity for the pod')
+  t.not(now[0]!.id, spent.id, 'the spent identity was deleted and recreated')
+  t.notOk([...fake.identities.values()].some((i) => i.certFingerprint === spent.certFingerprint), 'no identity authenticates with the first certificate')
+  const written = JSON.parse(readFileSync(file, 'utf8')) as { ztAPI: string; id: { cert: string; key: string; ca: string } }
+  t.equal(written.ztAPI, `${fake.url}/edge/client/v1`)
+  const who = { cert: written.id.cert.replace(/^pem:/, ''), key: written.id.key.replace(/^pem:/, '') }
+  t.equal(await logsIn(fake, who), 200, 'the written identity logs in')
+  t.equal(fake.identities.get(now[0]!.id)!.certFingerprint !== undefined, true)
+
+  const again = await run('60') // a later rerun (or a sidecar restart) changes nothing
+  t.equal(again.code, 0)
+  t.match(again.stderr, /enrolled already/)
+  t.same(managed(fake).map((i) => i.id), [now[0]!.id], 'no re-issue once the identity file exists')
+  t.equal(await logsIn(fake, who), 200)
+})
+
+t.test('no re-issue for a pod the caller is not: another pod\'s token, a stale token of a deleted pod, forged tokens', async (t) => {
+  const { api, fake, start } = await world(t)
+  const rt = await start('ic-1')
+  const victim = await api.create('pods', autoPod('billing-0') as never) as unknown as V1Pod
+  const victimToken = projected(api, victim)
+  const enrolled = await enrollCsr(fake, (await rt.enrollment.answer(`Bearer ${victimToken}`)).body.jwt!)
+  t.equal(enrolled.status, 200, 'the victim enrolled')
+  const victimId = managed(fake)[0]!.id
+  const intact = async (why: string) => {
+    t.ok(fake.identities.has(victimId), `${why}: the victim's identity is untouched`)
+    t.equal(await logsIn(fake, { cert: enrolled.cert!, key: enrolled.key }), 200, `${why}: its credential still logs in`)
+  }
+
+  // Another injected pod of the same ServiceAccount: its token speaks for itself only.
+  const attacker = await api.create('pods', autoPod('billing-1') as never) as unknown as V1Pod
+  const mine = await rt.enrollment.answer(`Bearer ${projected(api, attacker)}`)
+  t.equal(mine.status, 200)
+  t.equal(fake.identities.get(victimId)?.enrollment, undefined, 'the answer is the attacker\'s own identity')
+  t.not(mine.body.jwt, undefined)
+  await intact('another pod\'s token')
+
+  // Forged: a token naming the victim the API server did not sign; an unbound token of its SA.
+  const [h, , sig] = victimToken.split('.')
+  const claims = JSON.parse(Buffer.from(victimToken.split('.')[1]!, 'base64url').toString('utf8')) as Record<string, unknown>
+  const forgedToken = `${h}.${Buffer.from(JSON.stringify({ ...claims, exp: (claims.exp as number) + 3600 })).toString('base64url')}.${sig}`
+  t.match(await rt.enrollment.answer(`Bearer ${forgedToken}`), { status: 401 }, 'a token with altered claims is not authenticated')
+  t.match(await rt.enrollment.answer(`Bearer ${api.serviceAccountTokens.request('apps', 'billing', { audiences: [AUDIENCE], expirationSeconds: 600 })}`), { status: 403 })
+  await intact('forged tokens')
+
+  // The victim's token after its pod is deleted, and with a new pod of the same name.
+  const deleted = await api.create('pods', autoPod('billing-2') as never) as unknown as V1Pod
+  const staleToken = projected(api, deleted)
+  t.equal((await rt.enrollment.answer(`Bearer ${staleToken}`)).status, 200)
+  const deletedId = managed(fake).find((i) => i.tags['ziti-cni.openziti.io/pod-uid'] === deleted.metadata!.uid)!.id
+  delete fake.identities.get(deletedId)!.enrollment // it enrolled
+  api.delete('pods', 'apps', 'billing-2')
+  t.match(await rt.enrollment.answer(`Bearer ${staleToken}`), { status: 401, body: { message: /invalidated/ } }, 'a deleted pod\'s token is invalid')
+  api.put('pods', { ...deleted, metadata: { ...deleted.metadata!, uid: 'the-new-pod-uid' } } as never)
+  t.match(await rt.enrollment.answer(`Bearer ${staleToken}`), { status: 401, body: { message: /does not match/ } }, 'and does not speak for a new pod of that name')
+  t.ok(fake.identities.has(deletedId), 'no re-issue from a stale token: the spent identity is as it was')
+  t.equal(managed(fake).length, 3, 'no identity created either')
+  await intact('stale tokens')
+})
+
+t.test('parseOtt: an enrollment token that is not an OTT JWT is refused naming the claim; identityJson is what the tunnelers load', async (t) => {
+  const jwt = (claims: Record<string, unknown>) => `e30.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.c2ln`
+  const good = { iss: 'https://ctrl.example:1280', sub: 'id1', jti: 'tok', em: 'ott', exp: 2_000_000_000 }
+  t.match(parseOtt(jwt(good), 0), { claims: good })
+  t.throws(() => parseOtt('not-a-jwt', 0), /not a JWT/)
+  t.throws(() => parseOtt('a.!!!.c', 0), /claims are not JSON/)
+  t.throws(() => parseOtt(jwt({ ...good, em: 'ca' }), 0), /em claim is "ca", not "ott"/)
+  t.throws(() => parseOtt(jwt({ ...good, jti: undefined }), 0), /no jti claim/)
+  t.throws(() => parseOtt(jwt({ ...good, exp: 'soon' }), 0), /no exp claim/)
+  t.throws(() => parseOtt(jwt(good), 2_000_000_001_000), /expired \(exp claim\)/)
+  t.throws(() => parseOtt(jwt({ ...good, iss: 'http://ctrl.example' }), 0), /iss claim http:\/\/ctrl\.example is not an https URL/)
+  t.same(JSON.parse(identityJson('https://c:1', 'CERT', 'KEY', 'CA')), { ztAPI: 'https://c:1/edge/client/v1', ztAPIs: ['https://c:1/edge/client/v1'], configTypes: null, id: { cert: 'pem:CERT', key: 'pem:KEY', ca: 'pem:CA' } })
 })
 
 t.test('the enrollment endpoint over HTTPS', async (t) => {

@@ -107,6 +107,12 @@ export class FakeZitiController {
   down = false
   /** Added latency per request, ms. */
   latencyMs = 0
+  /** Failure injection: the next n enrollments are carried out (token spent, CSR signed) but
+   *  the connection is dropped before the answer, as when the enroller dies right then. */
+  dropEnrollmentAnswers = 0
+  /** The identities (and certificate fingerprints) of the enrollments whose answer was dropped. */
+  readonly droppedEnrollments: Array<{ identityId: string; certFingerprint: string }> = []
+  private lastEnrolled: { identityId: string; certFingerprint: string } | undefined
   sessionTimeoutMs: number
   private readonly enrollmentMinutes: number
   private readonly host: string
@@ -241,6 +247,13 @@ export class FakeZitiController {
       if (failure) throw new ApiError(failure.status, failure.code, failure.status === 429 ? 'The resource is rate limited' : 'The cluster has no leader')
       const body = await readBody(req)
       const out = await this.route(req, url, body, call)
+      if (this.dropEnrollmentAnswers > 0 && out.status === 200 && req.method === 'POST' && /\/enroll(\/ott)?$/.test(url.pathname)) {
+        this.dropEnrollmentAnswers--
+        if (this.lastEnrolled) this.droppedEnrollments.push(this.lastEnrolled)
+        this.calls.push(call)
+        req.socket.destroy()
+        return
+      }
       // The controller names its run in every reply; ziti-sdk-c reads it (library/ziti_ctrl.c:224-230)
       // and 1.18.1 crashes without it at its first dial (posture.c:201 strcmp of two NULLs).
       const headers: Record<string, string> = { 'content-type': out.raw ?? 'application/json', 'ziti-instance-id': this.instanceId }
@@ -484,6 +497,7 @@ export class FakeZitiController {
     const cert = await certFromCsr(csrPem ?? '', this.ca, id.id)
     if (!cert) throw new ApiError(400, 'MISSING_OR_INVALID_CSR', 'The request requires a valid CSR')
     id.certFingerprint = fingerprint(cert)
+    this.lastEnrolled = { identityId: id.id, certFingerprint: id.certFingerprint }
     delete id.enrollment // single use
     id.updatedAt = new Date().toISOString()
     return `${cert}${this.ca.certPem}`

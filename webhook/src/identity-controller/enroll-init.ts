@@ -1,11 +1,16 @@
-// The pod's enrollment step (init container `ziti-enroll`, injected for identity: auto):
-// present the pod's projected token to the identity controller over HTTPS (verified against
-// ZITI_CNI_ENROLL_CA), write the one-time JWT where the tunneler's entrypoint enrolls it
-// (`$ZITI_IDENTITY_DIR/$ZITI_IDENTITY_BASENAME.jwt`, openziti/ziti entrypoint.sh:118-133).
-// Already enrolled (the identity JSON is in the emptyDir after a restart): nothing to do.
+// The pod's enrollment step (init container `ziti-enroll`, injected for identity: auto): present
+// the pod's projected token to the identity controller over HTTPS (verified against
+// ZITI_CNI_ENROLL_CA), enroll the one-time JWT it answers with a key made here (ott-enroll.ts),
+// and write the identity where the tunneler's entrypoint loads it
+// (`$ZITI_IDENTITY_DIR/$ZITI_IDENTITY_BASENAME.json`, openziti/ziti entrypoint.sh:110-127), whole
+// or not at all. The tunneler never enrolls, so its restarts cannot strand a spent token.
+// Already enrolled (the identity JSON is in the emptyDir): nothing to do. Killed half-way (the
+// controller signed the CSR, the file was never written): the kubelet reruns this step, the
+// token is spent, and the controller answers a fresh JWT for a re-issued identity.
 // Retries while the controller catches up (the pod may be newer than its watch).
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs'
 import { request } from 'node:https'
+import { enrollOtt } from './ott-enroll.ts'
 
 function env(name: string): string {
   const v = process.env[name]
@@ -46,13 +51,18 @@ async function main(): Promise<number> {
     try {
       const r = await post(url, ca, token)
       if (r.status === 200 && r.body.jwt) {
-        writeFileSync(`${dir}/${base}.jwt`, r.body.jwt, { mode: 0o600 })
-        process.stderr.write(`ziti-enroll: wrote ${dir}/${base}.jwt\n`)
+        // A failure here is retried like any other: a spent token (this step died after the
+        // controller signed its CSR; EnrollmentRefused) makes the next ask re-issue it.
+        const json = await enrollOtt(r.body.jwt)
+        writeFileSync(`${identity}.tmp`, json, { mode: 0o600 })
+        renameSync(`${identity}.tmp`, identity)
+        process.stderr.write(`ziti-enroll: enrolled; wrote ${identity}\n`)
         return 0
       }
       why = `HTTP ${r.status}: ${r.body.message ?? ''}`
-      // 401/403/409 will not change by waiting, except a pod the controller has not seen yet.
-      if (r.status === 409 || r.status === 401) { process.stderr.write(`ziti-enroll: refused: ${why}\n`); return 1 }
+      // A token the API server refused will not change by waiting; 403 (a pod the controller's
+      // API read has not caught up with) and 409 (its re-issue raced another) may.
+      if (r.status === 401) { process.stderr.write(`ziti-enroll: refused: ${why}\n`); return 1 }
     } catch (e) {
       why = (e as Error).message
     }

@@ -4,7 +4,9 @@
 // (status.user.extra["authentication.kubernetes.io/pod-name"/"pod-uid"], kubernetes
 // pkg/serviceaccount/claims.go). The pod must exist with that uid, run as that
 // ServiceAccount, be injected with identity: auto and pass the attribute policy; then its
-// identity is ensured and its one-time JWT returned. Once enrolled, there is no JWT to give.
+// identity is ensured and its one-time JWT returned. Asked again once the JWT is spent (the
+// pod's enroller died between the controller accepting the CSR and the identity file being
+// written), the identity is deleted and recreated: a fresh JWT, the half-enrolled cert revoked.
 //
 // Who can reach /enroll: any pod in the cluster (the Service is cluster-wide on purpose) and
 // anything that can route to a pod IP. What a request costs: a TLS handshake here; then one
@@ -72,10 +74,16 @@ export class Enrollment {
     const want = wantedIdentity(pod, this.d.cfg, this.d.cluster)
     if (!want.ok) return refuse(403, `pod ${namespace}/${podName} gets no identity: ${want.reason}`)
     const deadline = Date.now() + 10_000
-    const have = await this.d.identities.ensure(want.spec, deadline)
-    const detail = await this.d.identities.detail(have.id, deadline)
-    const jwt = detail?.enrollment?.ott?.jwt
-    if (!jwt) return refuse(409, `identity ${want.spec.name} is enrolled already: its one-time token is spent`)
+    let have = await this.d.identities.ensure(want.spec, deadline)
+    let jwt = (await this.d.identities.detail(have.id, deadline))?.enrollment?.ott?.jwt
+    if (!jwt) {
+      // Spent, yet the pod asks: its enroller only asks while the pod holds no identity file,
+      // so the enrollment died half-way (the CSR accepted, the file never written). Only this
+      // pod's bound token gets here, and it re-issues only this pod's identity.
+      have = await this.d.identities.reissue(want.spec, have, deadline)
+      jwt = (await this.d.identities.detail(have.id, deadline))?.enrollment?.ott?.jwt
+      if (!jwt) return refuse(409, `identity ${want.spec.name} was re-issued and enrolled again at once; retry`)
+    }
     this.d.log.info({ pod: `${namespace}/${podName}`, podUid, identity: want.spec.name, identityId: have.id }, 'handed the enrollment token to its pod')
     return { status: 200, body: { jwt } }
   }

@@ -46,6 +46,19 @@ export class Identities {
     return this.client.getIdentity(id, deadline)
   }
 
+  /**
+   * A fresh identity in place of `spent` (same name, new id, new one-time token), for a pod that
+   * proved itself but holds no enrolled identity: its enroller died after the controller took
+   * the CSR and before the file was written. Deleting the identity deletes its authenticator,
+   * so the half-enrolled certificate no longer logs in. By id: a concurrent re-issue (another
+   * replica, a retry) deletes nothing twice (404) and both answer the one new identity.
+   */
+  async reissue(spec: IdentitySpec, spent: IdentityDetail, deadline: number): Promise<IdentityDetail> {
+    if (await this.client.deleteIdentity(spent.id, deadline)) this.metrics.identities.inc({ event: 'reissued' })
+    this.log.info({ identity: spec.name, identityId: spent.id }, 'deleted the pod\'s spent identity to issue a fresh one-time token')
+    return this.ensure(spec, deadline)
+  }
+
   /** True when deleted, false when it was not there. */
   async removeByName(name: string, deadline: number, why: string): Promise<boolean> {
     const have = await this.byName(name, deadline)

@@ -6,7 +6,7 @@ import type { V1Container, V1EnvVar, V1SecurityContext, V1Volume } from '@kubern
 import type { WebhookConfig } from '../config.ts'
 import type { InterceptionPlan } from './intent.ts'
 
-/** auto: the enrollment init step writes the JWT into the identity dir (ziti/reference.ts). */
+/** auto: the enrollment init step enrolls and writes the identity JSON into the identity dir (ziti/reference.ts). */
 export type IdentitySource = { kind: 'identity' | 'enrollment'; ref: SecretRef } | { kind: 'auto' }
 
 /**
@@ -102,8 +102,8 @@ export function buildSidecar(plan: InterceptionPlan, identity: IdentitySource, c
   ]
   if (identity.kind === 'identity') env.push({ name: 'ZITI_IDENTITY_JSON', valueFrom: { secretKeyRef: { name: identity.ref.name, key: identity.ref.key ?? cfg.identitySecretKey } } })
   else if (identity.kind === 'enrollment') env.push({ name: 'ZITI_ENROLL_TOKEN', valueFrom: { secretKeyRef: { name: identity.ref.name, key: identity.ref.key ?? cfg.enrollmentSecretKey } } })
-  // auto: no env; the entrypoint finds <dir>/ziti-cni.jwt, or after a restart the enrolled
-  // identity in the emptyDir (entrypoint.sh:110-127).
+  // auto: no env; the entrypoint loads <dir>/ziti-cni.json, which the init step enrolled and
+  // wrote before this container started (entrypoint.sh:110-127); a restart loads it again.
   let image: string
   let args: string[]
   if (plan.mode === 'proxy') {

@@ -9,7 +9,7 @@ export function createControllerMetrics(registry: Registry) {
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers: [registry],
     }),
     logins: new Counter({ name: 'ziti_cni_controller_logins_total', help: 'Logins to the OpenZiti controller by result', labelNames: ['result'] as const, registers: [registry] }),
-    identities: new Counter({ name: 'ziti_cni_identities_total', help: 'Per-pod Ziti identities by lifecycle event (created, pod-deleted, reconciled-deleted)', labelNames: ['event'] as const, registers: [registry] }),
+    identities: new Counter({ name: 'ziti_cni_identities_total', help: 'Per-pod Ziti identities by lifecycle event (created, reissued, pod-deleted, reconciled-deleted)', labelNames: ['event'] as const, registers: [registry] }),
     reconciles: new Counter({ name: 'ziti_cni_reconcile_runs_total', help: 'Identity reconcile passes by result', labelNames: ['result'] as const, registers: [registry] }),
   }
 }

@@ -1,10 +1,10 @@
 // What `identity: auto` injects: a reference, never a credential. An init step (the identity
 // controller's image, unprivileged) presents the pod's own projected ServiceAccount token,
-// audience-bound to the enrollment endpoint, and writes the one-time JWT it gets back into the
-// sidecar's memory emptyDir under the name the stock tunneler images look for
-// (`${ZITI_IDENTITY_DIR}/${ZITI_IDENTITY_BASENAME}.jwt`, openziti/ziti @804f55a
-// dist/docker-images/ziti-tunnel/entrypoint.sh:118-133, which then runs `ziti edge enroll`:
-// the key is generated in the pod and never leaves it). Pure: from the config only.
+// audience-bound to the enrollment endpoint, enrolls the one-time JWT it gets back (the key is
+// generated in the pod and never leaves it; identity-controller/ott-enroll.ts) and writes the
+// identity into the sidecar's memory emptyDir under the name the stock tunneler images load
+// (`${ZITI_IDENTITY_DIR}/${ZITI_IDENTITY_BASENAME}.json`, openziti/ziti @804f55a
+// dist/docker-images/ziti-tunnel/entrypoint.sh:110-127). Pure: from the config only.
 import type { V1Container, V1Volume } from '@kubernetes/client-node'
 import { SIDECAR_VOLUME } from '@ziti-cni/shared'
 import type { WebhookConfig } from '../config.ts'
@@ -13,7 +13,7 @@ import { sidecarSecurityContext } from '../inject/sidecar.ts'
 export const ENROLL_NAME = 'ziti-enroll'
 export const ENROLL_TOKEN_VOLUME = 'ziti-enroll-token'
 export const ENROLL_TOKEN_DIR = '/var/run/secrets/ziti-cni.openziti.io/enroll'
-/** The sidecar's ZITI_IDENTITY_BASENAME: the entrypoint enrolls `<dir>/<basename>.jwt`. */
+/** The sidecar's ZITI_IDENTITY_BASENAME: the entrypoint loads `<dir>/<basename>.json`. */
 export const IDENTITY_BASENAME = 'ziti-cni'
 
 export interface AutoIdentity {
@@ -37,7 +37,7 @@ export function autoIdentity(cfg: WebhookConfig): AutoIdentity {
         { name: 'ZITI_IDENTITY_DIR', value: cfg.identityDir },
         { name: 'ZITI_IDENTITY_BASENAME', value: IDENTITY_BASENAME },
       ],
-      // The sidecar's uid: it writes the file only the sidecar reads (mode 0600).
+      // The sidecar's uid: it writes the identity only the sidecar reads (mode 0600).
       volumeMounts: [
         { name: SIDECAR_VOLUME, mountPath: cfg.identityDir },
         { name: ENROLL_TOKEN_VOLUME, mountPath: ENROLL_TOKEN_DIR, readOnly: true },
