@@ -181,7 +181,7 @@ try {
     const byController = burstCalls.filter((c) => c.identity === admin.identity.id)
     out(`burst of ${BURST} identity: auto pods created at once (${burstLoad})`)
     out(`  all stored (admission) ${fmt(created)}; running ${started.length}/${BURST} after ${fmt(allRunning)} (deadline ${fmt(DEADLINE_MS)}); restarts: ziti-enroll ${restarts('ziti-enroll')}, sidecar ${restarts('ziti-tunnel')} (startup probe under load)`)
-    out(`  identities created ${ids.filter(Boolean).length}/${BURST}, enrolled by their own sidecar ${enrolledCount}/${BURST}, distinct ${new Set(ids.map((i) => i?.id)).size}`)
+    out(`  identities created ${ids.filter(Boolean).length}/${BURST}, enrolled in their own pod (init step) ${enrolledCount}/${BURST}, distinct ${new Set(ids.map((i) => i?.id)).size}`)
     // The periodic reconcile's list (`name contains "<prefix>-"`) runs every reconcileSeconds
     // whatever the pods do: counted apart from the calls each pod causes.
     const isReconcile = (c: FakeCall) => c.method === 'GET' && !!new URLSearchParams(c.path.split('?')[1] ?? '').get('filter')?.startsWith('name contains')
