@@ -3,8 +3,8 @@
 // endpoint), the API server stand-in, the fake OpenZiti controller, containerd + runc, the CNI
 // plugin, the stand-in tunneler. Prints:
 //   - PODS pods of each kind, interleaved (the order alternates): time from the pod's creation
-//     (the API create, admission included) to the sidecar enrolled (auto: the fake controller
-//     answered its enrollment) and to the first intercepted reply (pg.ziti:5432 through the
+//     (the API create, admission included) to the pod enrolled (auto: the fake controller
+//     answered the init step's enrollment) and to the first intercepted reply (pg.ziti:5432 through the
 //     sidecar, asked from the app container by `kubectl exec`-style exec: the same cost for both
 //     kinds, ~0.1-0.3 s of each figure); medians, p90, and the ratio auto/Secret;
 //   - a burst of BURST identity: auto pods created at once: all running and enrolled, identities
