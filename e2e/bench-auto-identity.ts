@@ -141,7 +141,7 @@ try {
   out(`identity: auto vs Secret identity, ${PODS} pods each, interleaved, containerd + runc (${interleavedLoad})`)
   out(row('Secret: created -> running (init + sidecar)', samples.secret.map((s) => s.runningMs)))
   out(row('Secret: created -> first intercepted reply', samples.secret.map((s) => s.replyMs)))
-  out(row('auto:   created -> sidecar enrolled', samples.auto.map((s) => s.enrolledMs ?? NaN)))
+  out(row('auto:   created -> enrolled (init)', samples.auto.map((s) => s.enrolledMs ?? NaN)))
   out(row('auto:   created -> running (init + sidecar)', samples.auto.map((s) => s.runningMs)))
   out(row('auto:   created -> first intercepted reply', samples.auto.map((s) => s.replyMs)))
   const ratio = med(samples.auto.map((s) => s.replyMs)) / med(samples.secret.map((s) => s.replyMs))
