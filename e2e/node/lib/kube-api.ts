@@ -88,6 +88,7 @@ export class KubeApiStandIn {
   private rv = 100
   private inflight = 0
   private overloadedUntil = 0
+  private overloadRetryAfter = 1
   private timers = new Set<NodeJS.Timeout>()
   private readonly o: Required<Omit<KubeApiOptions, 'admission' | 'chaos' | 'chaosSeed' | 'cert' | 'key' | 'tokens'>>
   tokens: Set<string>
@@ -164,8 +165,11 @@ export class KubeApiStandIn {
   /** Every webhook call the admission chain made. */
   get admissionCalls(): readonly WebhookCall[] { return this.mutating.calls }
 
-  /** APF stand-in: every request in the next `ms` answers 429 with Retry-After. */
-  overload(ms: number): void { this.overloadedUntil = Date.now() + ms }
+  /** APF stand-in: every request in the next `ms` answers 429 with Retry-After (seconds; default the option's). */
+  overload(ms: number, retryAfterSeconds = this.o.retryAfterSeconds): void {
+    this.overloadedUntil = Date.now() + ms
+    this.overloadRetryAfter = retryAfterSeconds
+  }
 
   /**
    * etcd compaction: the watch history and every continue token up to now are gone; a watch
@@ -336,7 +340,7 @@ export class KubeApiStandIn {
     if (!user) return this.fail(res, new StatusError(401, 'Unauthorized', 'Unauthorized'))
     record.user = user.username
     const isWatch = ['true', '1'].includes(url.searchParams.get('watch') ?? '')
-    if (Date.now() < this.overloadedUntil) return this.tooManyRequests(res, this.o.retryAfterSeconds)
+    if (Date.now() < this.overloadedUntil) return this.tooManyRequests(res, this.overloadRetryAfter)
     if (this.chaos?.faults.has('429') && this.chaos.chance(0.05)) return this.tooManyRequests(res, this.chaos.between(1, 2))
     if (isWatch) return this.serve(req, res, url, user)
     if (this.o.maxInflight > 0 && this.inflight >= this.o.maxInflight) return this.tooManyRequests(res, this.o.retryAfterSeconds)
