@@ -48,6 +48,8 @@ async function world(t: Tap, controller: Record<string, unknown> = {}) {
   api.put('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'apps', labels: { 'cni.openziti.io/inject': 'enabled' } } })
   api.put('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'other', labels: { 'cni.openziti.io/inject': 'enabled' } } })
   api.put('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'kube-system' } })
+  // The Lease's namespace, as deploy/components/controller-identities/namespace.yaml makes it.
+  api.put('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: config.controller.namespace } })
   for (const [ns, sa] of [['apps', 'default'], ['apps', 'billing'], ['other', 'default']]) api.put('serviceaccounts', { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: sa!, namespace: ns! } })
   const start = async (identity: string, cfg = config.controller, autoStart = false) => {
     const rt = await startIdentityController(cfg, kc, new Registry(), pino({ level: process.env.ZCNI_TEST_LOG ?? 'silent' }), { identity, credentialText: credential, autoStart })
