@@ -61,3 +61,25 @@ t.test('rate-limited: at most maxPerMinute deletions a minute, the rest deferred
   await r.tick()
   t.same(deleted, ['a', 'b', 'c', 'd'], 'the deferred ones go a minute later')
 })
+
+t.test('a deletion the API refuses for now (429) is tried again by tick(); a pod already gone is not', async (t) => {
+  const answers: Array<number | undefined> = [429, undefined]
+  const deleted: string[] = []
+  const counts: string[] = []
+  const r = new Repairer({
+    mode: 'delete', nodeName: 'n1', installed: () => true, maxPerMinute: 5, log: pino({ level: 'silent' }), count: (a) => counts.push(a),
+    deletePod: async (_ns, name) => {
+      const code = answers.shift()
+      if (code) throw Object.assign(new Error(`HTTP-Code: ${code}`), { code })
+      deleted.push(name)
+    },
+  })
+  await r.consider(failed('busy'))
+  t.same([deleted, counts], [[], ['failed']], 'the 429 is a failure')
+  await r.tick()
+  t.same([deleted, counts], [['busy'], ['failed', 'deleted']], 'the next tick deletes it')
+  answers.push(404)
+  await r.consider(failed('gone'))
+  await r.tick()
+  t.same(deleted, ['busy'], 'a 404 (already gone) is not retried')
+})

@@ -67,6 +67,8 @@ t.test('identity: auto on containerd + runc', rootOnly(['nft', 'ip', 'nsenter', 
   // The identity controller's credential: exactly the granular permissions it needs.
   const admin = ctrl.addCertIdentity('ziti-cni-identity-controller', ['identity.create', 'identity.read', 'identity.delete', 'service.read', 'config.read'])
   const credential = JSON.stringify({ ztAPI: `${ctrl.url}/edge/client/v1`, id: { cert: `pem:${admin.cert}`, key: `pem:${admin.key}`, ca: `pem:${ctrl.ca.certPem}` } })
+  // The Lease's namespace, as deploy/components/controller-identities/namespace.yaml makes it.
+  node.api.put('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'ziti-cni-identity' } } as never)
   node.api.put('serviceaccounts', { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'billing', namespace: 'apps' } } as never)
   node.api.put('serviceaccounts', { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'default', namespace: 'apps' } } as never)
 

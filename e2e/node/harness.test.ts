@@ -163,6 +163,43 @@ t.test('the kubelet harness on containerd + runc', rootOnly(['nft', 'ip', 'nsent
     await node.removePod(rp)
   })
 
+  await t.test('app containers that exit are restarted by restartPolicy: Always with back-off, OnFailure not after 0, Never not at all', async (t) => {
+    const always = await node.runPod(await pod('app-exits', { containers: [{ name: 'app', image: IMAGES.tools, command: ['sh', '-c', 'sleep 1; exit 4'], securityContext: CSC }] }))
+    const onFailure = await node.runPod(await pod('app-done', { restartPolicy: 'OnFailure', containers: [{ name: 'app', image: IMAGES.tools, command: ['sh', '-c', 'sleep 1; exit 0'], securityContext: CSC }] }))
+    const never = await node.runPod(await pod('app-fails', { restartPolicy: 'Never', containers: [{ name: 'app', image: IMAGES.tools, command: ['sh', '-c', 'sleep 1; exit 3'], securityContext: CSC }] }))
+    await until('the Always app restarted twice', () => (stored('app-exits')?.status?.containerStatuses?.[0]?.restartCount ?? 0) >= 2, 30_000)
+    const app = stored('app-exits')!.status!.containerStatuses![0]!
+    t.equal(app.lastState.terminated?.exitCode, 4, 'lastState: it exited with 4')
+    t.equal(stored('app-exits')!.status!.phase, 'Running', 'the pod keeps running')
+    const loop = seen.get('app-exits')!.map((s) => s.containerStatuses?.[0]).find((s) => s?.state.waiting?.reason === 'CrashLoopBackOff')
+    t.match(loop?.state.waiting?.message, /^back-off 2s restarting failed container=app pod=app-exits_plain\(/, 'CrashLoopBackOff between the restarts, with the configured back-off')
+    await until('OnFailure: Succeeded', () => stored('app-done')?.status?.phase === 'Succeeded', 20_000)
+    await until('Never: Failed', () => stored('app-fails')?.status?.phase === 'Failed', 20_000)
+    const done = stored('app-done')!.status!.containerStatuses![0]!
+    const failed = stored('app-fails')!.status!.containerStatuses![0]!
+    t.match([done.restartCount, done.state.terminated?.exitCode, done.state.terminated?.reason], [0, 0, 'Completed'], 'OnFailure after exit 0: terminated, not restarted')
+    t.match([failed.restartCount, failed.state.terminated?.exitCode, failed.state.terminated?.reason], [0, 3, 'Error'], 'Never after exit 3: terminated, not restarted')
+    for (const rp of [always, onFailure, never]) await node.removePod(rp)
+  })
+
+  await t.test('a failed sandbox (CNI ADD closed while the agent is down) is retried after the pod worker\'s back-off', async (t) => {
+    await node.stopAgent()
+    node.kubelet.opts.syncBackoffMs = 1000
+    t.teardown(() => { node.kubelet.opts.syncBackoffMs = undefined })
+    const intent = JSON.stringify({ v: 1, mode: 'proxy', uid: 2171, dnat: [{ dst: '100.64.0.2', proto: 'tcp', port: 5432, to: 15100 }], fence: [15100] })
+    const p = await node.createPod({ metadata: { name: 'retried', namespace: 'apps', annotations: { [ANNOTATION_INTERCEPTION]: intent } }, spec: { securityContext: SC, containers: [{ name: 'app', image: IMAGES.tools, securityContext: CSC }] } })
+    const before = node.kubelet.sandboxRetries
+    const failFast = await node.runPod(p).then(() => undefined, (e: Error) => e)
+    t.match(failFast?.message, /failed \(add\)/, 'first-failure mode: the failed ADD is the answer')
+    const running = node.runPod(p, { until: 'running', deadlineMs: 60_000 })
+    await until('two retries', () => node.kubelet.sandboxRetries >= before + 2, 20_000)
+    await node.startAgent()
+    const rp = await running
+    t.ok(node.kubelet.sandboxRetries >= before + 2, `retried ${node.kubelet.sandboxRetries - before} times, then ran`)
+    t.ok(node.hasTable(rp), 'and the agent programmed it')
+    await node.removePod(rp)
+  })
+
   await t.test('app containers start together; each waits only on its own startup probe', async (t) => {
     const p = await pod('probes', {
       containers: [

@@ -24,7 +24,10 @@ async function standIn(t: { teardown: (fn: () => unknown) => void }, opts: Parti
     clusters: [{ name: 'c', server: url, caData: Buffer.from(ca.certPem).toString('base64') }],
     users: [{ name: 'u', token: TOKEN }], contexts: [{ name: 'x', cluster: 'c', user: 'u' }], currentContext: 'x',
   })
-  for (const ns of ['default', 'apps', 'plain', 'kube-system']) await api.create('namespaces', { metadata: { name: ns, labels: ns === 'apps' || ns === 'kube-system' ? { 'cni.openziti.io/inject': 'enabled' } : {} } })
+  for (const ns of ['apps', 'plain']) await api.create('namespaces', { metadata: { name: ns, labels: ns === 'apps' ? { 'cni.openziti.io/inject': 'enabled' } : {} } })
+  // kube-system is the API server's own (lifecycle.ts SYSTEM_NAMESPACES); label it as a user would.
+  const system = api.get('namespaces', undefined, 'kube-system')!
+  api.put('namespaces', { ...system, metadata: { ...system.metadata, labels: { ...system.metadata.labels, 'cni.openziti.io/inject': 'enabled' } } })
   return { api, url, kc, core: kc.makeApiClient(CoreV1Api) }
 }
 
@@ -415,7 +418,7 @@ t.test('chaos: seeded, per-fault switches, and the faults it injects', async (t)
   t.equal(parseChaos(undefined), undefined)
   t.equal(parseChaos('0'), undefined)
   t.same([...parseChaos('1')!.faults], DEFAULT_FAULTS)
-  t.notOk(parseChaos('1')!.faults.has('429'), '429 stays off by default until the informer rewrite lands')
+  t.ok(parseChaos('1')!.faults.has('429'), 'ZCNI_CHAOS=1 includes 429: the product backs off everywhere it talks to the API')
   t.same([...parseChaos('all')!.faults].sort(), ['410', '429', 'bookmark', 'paging', 'watch-end'])
   t.throws(() => parseChaos('watch-end,nope'), /ZCNI_CHAOS: unknown fault "nope"/)
   const a = parseChaos('1', '42')!
@@ -442,4 +445,82 @@ t.test('chaos: seeded, per-fault switches, and the faults it injects', async (t)
   const w = openWatch(url, '/api/v1/pods?watch=true&timeoutSeconds=60')
   await until('an early end', () => w.endedAt() >= 0, 25_000)
   t.ok(w.endedAt() < 21_000, `chaos ended a 60 s watch after ${w.endedAt()} ms`)
+})
+
+t.test('NamespaceLifecycle: 404 for a namespace that does not exist, 403 while one terminates, immortal ones stay', async (t) => {
+  const { api, url } = await standIn(t, { namespaceCleanupMs: 300 })
+  for (const ns of ['default', 'kube-system', 'kube-public', 'kube-node-lease', 'ziti-cni-system']) t.match(api.get('namespaces', undefined, ns), { status: { phase: 'Active' }, spec: { finalizers: ['kubernetes'] } }, `${ns} exists from the start`)
+  const missing = await raw(url, 'POST', '/api/v1/namespaces/nowhere/pods', pod('p', { namespace: 'nowhere' }))
+  t.equal(missing.status, 404)
+  t.match(JSON.parse(missing.text), { reason: 'NotFound', message: 'namespaces "nowhere" not found', details: { name: 'nowhere', kind: 'namespaces' } })
+  await raw(url, 'POST', '/api/v1/namespaces', { metadata: { name: 'doomed' } })
+  t.ok(api.get('serviceaccounts', 'doomed', 'default'), 'a new namespace gets its default ServiceAccount')
+  t.equal((await raw(url, 'POST', '/api/v1/namespaces/doomed/pods', pod('early', { namespace: 'doomed' }))).status, 201)
+  const del = await raw(url, 'DELETE', '/api/v1/namespaces/doomed')
+  t.equal(del.status, 200)
+  t.match(JSON.parse(del.text), { status: { phase: 'Terminating' }, metadata: { deletionTimestamp: /Z$/ } })
+  const late = await raw(url, 'POST', '/api/v1/namespaces/doomed/pods', { ...pod('late', { namespace: 'doomed' }), metadata: { generateName: 'late-', namespace: 'doomed' } })
+  t.equal(late.status, 403)
+  t.match(JSON.parse(late.text), { reason: 'Forbidden', message: 'pods "late-" is forbidden: unable to create new content in namespace doomed because it is being terminated', details: { causes: [{ reason: 'NamespaceTerminating', message: 'namespace doomed is being terminated', field: 'metadata.namespace' }] } })
+  await until('the namespace controller emptied and removed it', () => !api.get('namespaces', undefined, 'doomed'), 5_000)
+  t.notOk(api.get('pods', 'doomed', 'early'), 'its pods went with it')
+  const immortal = await raw(url, 'DELETE', '/api/v1/namespaces/kube-system')
+  t.equal(immortal.status, 403)
+  t.equal(JSON.parse(immortal.text).message, 'namespaces "kube-system" is forbidden: this namespace may not be deleted')
+})
+
+t.test('ServiceAccount admission: "default" when empty, 403 naming a missing one, before the webhooks', async (t) => {
+  const { url } = await standIn(t)
+  const made = await raw(url, 'POST', '/api/v1/namespaces/plain/pods', pod('sa-default', { namespace: 'plain' }))
+  t.equal(JSON.parse(made.text).spec.serviceAccountName, 'default')
+  const bad = await raw(url, 'POST', '/api/v1/namespaces/plain/pods', pod('sa-missing', { namespace: 'plain', spec: { serviceAccountName: 'billing' } }))
+  t.equal(bad.status, 403)
+  t.equal(JSON.parse(bad.text).message, 'pods "sa-missing" is forbidden: error looking up service account plain/billing: serviceaccount "billing" not found')
+})
+
+t.test('list options: resourceVersionMatch validated as the API does (422 ListOptions)', async (t) => {
+  const { url } = await standIn(t)
+  const cases: Array<[string, string]> = [
+    ['resourceVersionMatch=NotOlderThan', 'ListOptions.meta.k8s.io "" is invalid: resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided'],
+    ['resourceVersionMatch=Exact&resourceVersion=0', 'ListOptions.meta.k8s.io "" is invalid: resourceVersionMatch: Forbidden: resourceVersionMatch "exact" is forbidden for resourceVersion "0"'],
+    ['resourceVersionMatch=Newest&resourceVersion=5', 'ListOptions.meta.k8s.io "" is invalid: resourceVersionMatch: Unsupported value: "Newest": supported values: "Exact", "NotOlderThan", ""'],
+    ['watch=true&resourceVersionMatch=NotOlderThan', 'ListOptions.meta.k8s.io "" is invalid: resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided'],
+  ]
+  for (const [q, message] of cases) {
+    const r = await raw(url, 'GET', `/api/v1/pods?${q}`)
+    t.equal(r.status, 422, q)
+    t.equal(JSON.parse(r.text).message, message)
+  }
+  t.equal((await raw(url, 'GET', '/api/v1/pods?resourceVersionMatch=NotOlderThan&resourceVersion=0')).status, 200, 'NotOlderThan with a version is fine')
+})
+
+t.test('PATCH: the four content types the API takes, 415 with its message for others, apply needs a fieldManager', async (t) => {
+  const { api, url } = await standIn(t)
+  await raw(url, 'POST', '/api/v1/namespaces/plain/pods', pod('p', { namespace: 'plain', labels: { a: '1' } }))
+  // raw() sends JSON only: these bodies are written as given.
+  const send = (type: string, body: string, q = '') => new Promise<Raw>((resolve, reject) => {
+    const req = httpsRequest(`${url}/api/v1/namespaces/plain/pods/p${q}`, { method: 'PATCH', ca: ca.certPem, headers: { authorization: `Bearer ${TOKEN}`, 'content-type': type } }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (c: Buffer) => chunks.push(c))
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }))
+    })
+    req.on('error', reject)
+    req.end(body)
+  })
+  t.equal((await send('application/json-patch+json', JSON.stringify([{ op: 'add', path: '/metadata/labels/b', value: '2' }]))).status, 200)
+  t.equal((await send('application/merge-patch+json; charset=utf-8', JSON.stringify({ metadata: { labels: { a: null } } }))).status, 200)
+  t.same(api.get('pods', 'plain', 'p')!.metadata.labels, { b: '2' })
+  const smp = await send('application/strategic-merge-patch+json', JSON.stringify({ spec: { containers: [{ name: 'app', image: 'registry.example.com/app:2.0' }] } }))
+  t.equal(smp.status, 200)
+  t.match(JSON.parse(smp.text).spec.containers, [{ name: 'app', image: 'registry.example.com/app:2.0', terminationMessagePath: '/dev/termination-log' }], 'strategic: the container merged by name, its other fields kept')
+  const wrong = await send('application/json', '{}')
+  t.equal(wrong.status, 415)
+  t.match(JSON.parse(wrong.text), { reason: 'UnsupportedMediaType', code: 415, message: 'the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml' })
+  const noManager = await send('application/apply-patch+yaml', 'apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n')
+  t.equal(noManager.status, 422)
+  t.equal(JSON.parse(noManager.text).message, 'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch')
+  t.equal((await send('application/merge-patch+json', '{}', '?force=true')).status, 422, 'force only with apply')
+  const applied = await send('application/apply-patch+yaml', 'apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels:\n    c: "3"\n', '?fieldManager=test')
+  t.equal(applied.status, 200)
+  t.same(api.get('pods', 'plain', 'p')!.metadata.labels, { b: '2', c: '3' }, 'apply merged into the live object')
 })

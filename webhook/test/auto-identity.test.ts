@@ -51,6 +51,8 @@ async function world(t: Tap, controller: Record<string, unknown> = {}) {
   api.put('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'apps', labels: { 'cni.openziti.io/inject': 'enabled' } } })
   api.put('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'other', labels: { 'cni.openziti.io/inject': 'enabled' } } })
   api.put('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'kube-system' } })
+  // The Lease's namespace, as deploy/components/controller-identities/namespace.yaml makes it.
+  api.put('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: config.controller.namespace } })
   for (const [ns, sa] of [['apps', 'default'], ['apps', 'billing'], ['other', 'default']]) api.put('serviceaccounts', { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: sa!, namespace: ns! } })
   const start = async (identity: string, cfg = config.controller, autoStart = false) => {
     const rt = await startIdentityController(cfg, kc, new Registry(), pino({ level: process.env.ZCNI_TEST_LOG ?? 'silent' }), { identity, credentialText: credential, autoStart })
@@ -557,4 +559,22 @@ t.test('auto-drift: what a running pod intercepts against what its identity may 
   const changed = await drift()
   t.equal(changed.status, 3, 'exit 3: drift')
   t.match(changed.stdout, /intercepted, no longer granted \(dials fail at the controller\): \n  pg\.ziti:5432\/tcp=postgres\n/)
+})
+
+t.test('a busy API server (429, Retry-After 3 s): the pod watch waits as asked, then creates identities', async (t) => {
+  const { api, fake, start } = await world(t)
+  const rt = await lead(await start('ic-0'))
+  api.overload(4_000, 3)
+  const began = Date.now()
+  const stopWatch = rt.controller.start()
+  t.teardown(stopWatch)
+  const podCalls = () => api.requests.filter((r) => r.path.startsWith('/api/v1/pods'))
+  await new Promise((r) => setTimeout(r, 2_900 - (Date.now() - began)))
+  t.same(podCalls().map((r) => r.status), [429], 'one list, then nothing before the Retry-After')
+  await new Promise((r) => setTimeout(r, 4_200 - (Date.now() - began)))
+  await rt.leader.tryAcquireOrRenew()
+  await api.create('pods', autoPod('late') as never)
+  for (let i = 0; i < 150 && managed(fake).length < 1; i++) await new Promise((r) => setTimeout(r, 100))
+  t.equal(managed(fake).length, 1, 'the restarted watch created the identity')
+  t.ok(podCalls().filter((r) => r.status === 429).length <= 3, 'few requests while refused, not a 2 s loop')
 })

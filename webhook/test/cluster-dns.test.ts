@@ -167,3 +167,27 @@ t.test('address-range sanity at start: our ranges against the stated pod and Ser
   t.same(cfg.tproxy.clusterDns, [], 'a discovered DNS address inside the intercept range is not used (it would be captured)')
   t.notOk(admit(cfg, tproxyPod()).response.allowed, 'DNS-using pods refused')
 })
+
+t.test('a busy API server (429, Retry-After 3 s): the follower waits as asked, then follows', async (t) => {
+  const { api, url, ca } = await startApiStandIn(t, 'tok')
+  const kc = new KubeConfig()
+  kc.loadFromOptions({ clusters: [{ name: 'c', server: url, caData: Buffer.from(ca.certPem).toString('base64') }], users: [{ name: 'u', token: 'tok' }], contexts: [{ name: 'x', cluster: 'c', user: 'u' }], currentContext: 'x' })
+  const seen: string[][] = []
+  api.overload(4_000, 3)
+  const began = Date.now()
+  const follower = new ClusterDnsFollower(kc, { namespace: 'kube-system', name: 'kube-dns' }, pino({ level: 'silent' }), (ips) => seen.push(ips))
+  await follower.start()
+  t.teardown(() => follower.stop())
+  t.same(seen, [], 'nothing known while the server refuses')
+  await new Promise((r) => setTimeout(r, 2_900 - (Date.now() - began)))
+  const early = api.requests.filter((r) => r.path.includes('kube-dns'))
+  t.same(early.map((r) => r.status), [429], 'one request, then nothing before the Retry-After')
+  const end = Date.now() + 15_000
+  while (!seen.length && Date.now() < end) await new Promise((r) => setTimeout(r, 50))
+  t.same(seen[0], ['10.96.0.10'], 'read once the server accepts again')
+  api.put('services', kubeDnsService(['10.100.0.10']) as never)
+  while (seen.length < 2 && Date.now() < end) await new Promise((r) => setTimeout(r, 20))
+  t.same(seen[1], ['10.100.0.10'], 'and followed through the watch')
+  const refused = api.requests.filter((r) => r.path.includes('kube-dns') && r.status === 429)
+  t.ok(refused.length <= 3, `few requests while refused (${refused.length}), not a 2 s loop`)
+})

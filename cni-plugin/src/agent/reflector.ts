@@ -25,6 +25,9 @@
 // - `synced` turns true only once a list has succeeded and stays true after (HasSynced).
 import type { IncomingMessage } from 'node:http'
 import type { Logger } from 'pino'
+import { Backoff, retryAfterMs } from '../../../shared/src/backoff.ts'
+
+export { Backoff, type BackoffOptions } from '../../../shared/src/backoff.ts'
 
 export interface KubeObject {
   metadata?: { name?: string; namespace?: string; uid?: string; resourceVersion?: string }
@@ -54,41 +57,6 @@ export function isExpired(e: unknown): boolean {
 export function isWatchRetriable(e: unknown): boolean {
   if (e instanceof ApiError) return e.status === 429
   return (e as NodeJS.ErrnoException)?.code === 'ECONNREFUSED'
-}
-
-export interface BackoffOptions {
-  initialMs?: number
-  capMs?: number
-  factor?: number
-  jitter?: number
-  resetMs?: number
-  rand?: () => number
-  now?: () => number
-}
-
-/**
- * apimachinery wait.Backoff as the reflector configures it (reflector.go:59-67, 317-336):
- * each delay is the current step plus up to `jitter` times itself; the step doubles up to the
- * cap; after `resetMs` without a delay the next one starts from the beginning again.
- */
-export class Backoff {
-  private readonly o: Required<BackoffOptions>
-  private step: number
-  private last = -Infinity
-  constructor(o: BackoffOptions = {}) {
-    this.o = { initialMs: 800, capMs: 30_000, factor: 2, jitter: 1, resetMs: 120_000, rand: Math.random, now: Date.now, ...o }
-    this.step = this.o.initialMs
-  }
-
-  /** The next delay in ms, never shorter than what the server asked for (Retry-After). */
-  next(retryAfterMs = 0): number {
-    const now = this.o.now()
-    if (now - this.last > this.o.resetMs) this.step = this.o.initialMs
-    this.last = now
-    const base = this.step
-    this.step = Math.min(this.step * this.o.factor, this.o.capMs)
-    return Math.max(Math.round(base + this.o.rand() * this.o.jitter * base), retryAfterMs)
-  }
 }
 
 /** reflector.go:588: a whole number of seconds in [min, 2*min]. */
@@ -123,9 +91,7 @@ export async function checkResponse(res: IncomingMessage): Promise<IncomingMessa
   const body = await readAll(res).catch(() => '')
   let status: { reason?: string; message?: string } = {}
   try { status = JSON.parse(body) as typeof status } catch { /* not a Status */ }
-  const seconds = Number(res.headers['retry-after'])
-  const retryAfterMs = (code === 429 || code >= 500) && Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : 0
-  throw new ApiError(code, status.reason ?? 'Unknown', status.message ?? (body.slice(0, 200) || `HTTP ${code}`), retryAfterMs)
+  throw new ApiError(code, status.reason ?? 'Unknown', status.message ?? (body.slice(0, 200) || `HTTP ${code}`), retryAfterMs(code, res.headers['retry-after']))
 }
 
 /** Newline-delimited JSON watch events (the API's watch encoding for application/json). */

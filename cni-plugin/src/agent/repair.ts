@@ -78,8 +78,13 @@ export class Repairer {
       this.o.count('deleted')
       this.o.onAction?.(pod, 'deleted', 'ziti-cni deleted the pod: it started without Ziti interception (its validator init container failed); its controller recreates it')
     } catch (e) {
+      // Gone, or a new pod by that name (the uid precondition): nothing left to repair.
+      const code = (e as { code?: number }).code
+      if (code === 404 || code === 409) return
+      // A busy API server (429), a 5xx, no connection: tick() tries again.
       this.done.delete(uid)
-      this.log.error({ ...ref, err: String(e) }, 'repair by deletion failed')
+      this.pending.set(uid, pod)
+      this.log.error({ ...ref, err: String(e) }, 'repair by deletion failed; retrying')
       this.o.count('failed')
       this.o.onAction?.(pod, 'failed', `the pod runs without Ziti interception and ziti-cni could not delete it: ${String(e)}`)
     }

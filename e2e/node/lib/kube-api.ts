@@ -13,10 +13,12 @@ import { createServer, type Server } from 'node:https'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import jsonpatch from 'fast-json-patch'
+import { parse as parseYaml } from 'yaml'
 import { KubeEvents } from './kube-events.ts'
 import { KubeTokens } from './kube-tokens.ts'
 import { loadShippedConfiguration, MutatingAdmission, warningHeaders, type MutatingWebhookConfiguration, type Resolver, type WebhookCall } from './kube-api/admission.ts'
 import { parseChaos, type Chaos } from './kube-api/chaos.ts'
+import { listOptionErrors, namespaceLifecycle, newNamespace, patchOptionErrors, patchType, serviceAccountAdmission, SYSTEM_NAMESPACES } from './kube-api/lifecycle.ts'
 import { decodeError, defaultPod, invalid, metaErrors, podUpdateErrors, RESOURCES, StatusError, validatePod, type Obj, type Resource } from './kube-api/objects.ts'
 import { parseFieldSelector, parseLabelSelector, labelsMatch, SelectorError, type Matcher } from './kube-api/selectors.ts'
 import { seedServices } from './kube-services.ts'
@@ -67,6 +69,8 @@ export interface KubeApiOptions {
   continueTtlMs?: number
   /** The node's kubelet: how long it takes to stop a terminating pod's containers. */
   kubeletStopMs?: number
+  /** The namespace controller: how long emptying a terminating namespace takes. */
+  namespaceCleanupMs?: number
   /** Chaos spec (default: env ZCNI_CHAOS) and seed (default: env ZCNI_CHAOS_SEED). */
   chaos?: string
   chaosSeed?: string
@@ -88,6 +92,7 @@ export class KubeApiStandIn {
   private rv = 100
   private inflight = 0
   private overloadedUntil = 0
+  private overloadRetryAfter = 1
   private timers = new Set<NodeJS.Timeout>()
   private readonly o: Required<Omit<KubeApiOptions, 'admission' | 'chaos' | 'chaosSeed' | 'cert' | 'key' | 'tokens'>>
   tokens: Set<string>
@@ -117,6 +122,7 @@ export class KubeApiStandIn {
       bookmarkFrequencyMs: opts.bookmarkFrequencyMs ?? 60_000,
       continueTtlMs: opts.continueTtlMs ?? 5 * 60_000,
       kubeletStopMs: opts.kubeletStopMs ?? 500,
+      namespaceCleanupMs: opts.namespaceCleanupMs ?? 500,
     }
     this.chaos = parseChaos(opts.chaos ?? process.env.ZCNI_CHAOS, opts.chaosSeed ?? process.env.ZCNI_CHAOS_SEED)
     if (this.chaos) process.stderr.write(`# kube-api stand-in: chaos ${[...this.chaos.faults].join(',')} seed ${this.chaos.seed} (replay with ZCNI_CHAOS_SEED=${this.chaos.seed})\n`)
@@ -127,6 +133,8 @@ export class KubeApiStandIn {
         this.fail(res, new StatusError(500, 'InternalError', `Internal error occurred: ${(e as Error).message}`))
       })
     })
+    // The system namespaces, and the one deploy/base/namespace.yaml makes for ziti-cni.
+    for (const name of [...SYSTEM_NAMESPACES, 'ziti-cni-system']) this.put('namespaces', newNamespace({ metadata: { name } }))
     seedServices(this)
   }
 
@@ -164,8 +172,11 @@ export class KubeApiStandIn {
   /** Every webhook call the admission chain made. */
   get admissionCalls(): readonly WebhookCall[] { return this.mutating.calls }
 
-  /** APF stand-in: every request in the next `ms` answers 429 with Retry-After. */
-  overload(ms: number): void { this.overloadedUntil = Date.now() + ms }
+  /** APF stand-in: every request in the next `ms` answers 429 with Retry-After (seconds; default the option's). */
+  overload(ms: number, retryAfterSeconds = this.o.retryAfterSeconds): void {
+    this.overloadedUntil = Date.now() + ms
+    this.overloadRetryAfter = retryAfterSeconds
+  }
 
   /**
    * etcd compaction: the watch history and every continue token up to now are gone; a watch
@@ -255,6 +266,12 @@ export class KubeApiStandIn {
     this.events.push(ev)
     if (this.events.length > this.o.historySize) this.events.shift()
     for (const w of this.watchers) if (w.resource === r.plural) this.deliver(w, ev)
+    // The ServiceAccounts controller: every namespace gets a "default" ServiceAccount
+    // (kubernetes pkg/controller/serviceaccount/serviceaccounts_controller.go).
+    const ns = object.metadata.name
+    if (r.plural === 'namespaces' && type === 'ADDED' && !this.get('serviceaccounts', ns, 'default')) {
+      this.put('serviceaccounts', { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'default', namespace: ns } })
+    }
   }
 
   /**
@@ -336,7 +353,7 @@ export class KubeApiStandIn {
     if (!user) return this.fail(res, new StatusError(401, 'Unauthorized', 'Unauthorized'))
     record.user = user.username
     const isWatch = ['true', '1'].includes(url.searchParams.get('watch') ?? '')
-    if (Date.now() < this.overloadedUntil) return this.tooManyRequests(res, this.o.retryAfterSeconds)
+    if (Date.now() < this.overloadedUntil) return this.tooManyRequests(res, this.overloadRetryAfter)
     if (this.chaos?.faults.has('429') && this.chaos.chance(0.05)) return this.tooManyRequests(res, this.chaos.between(1, 2))
     if (isWatch) return this.serve(req, res, url, user)
     if (this.o.maxInflight > 0 && this.inflight >= this.o.maxInflight) return this.tooManyRequests(res, this.o.retryAfterSeconds)
@@ -371,7 +388,10 @@ export class KubeApiStandIn {
 
     if (method === 'GET' && !name) {
       const filter = this.selectors(r, ns, url.searchParams)
-      if (['true', '1'].includes(url.searchParams.get('watch') ?? '')) return this.watch(r, filter, url, res)
+      const watching = ['true', '1'].includes(url.searchParams.get('watch') ?? '')
+      const badOptions = listOptionErrors(url.searchParams, watching)
+      if (badOptions.length) throw invalid('ListOptions', 'meta.k8s.io', '', badOptions)
+      if (watching) return this.watch(r, filter, url, res)
       return this.json(res, 200, this.list(r, filter, url.searchParams))
     }
     if (method === 'POST' && !name) {
@@ -388,27 +408,50 @@ export class KubeApiStandIn {
     }
     if (method === 'DELETE') {
       if (!existing) throw notFound()
+      const immortal = namespaceLifecycle('DELETE', r, ns, existing, name, () => undefined)
+      if (immortal) throw immortal
+      if (r.plural === 'namespaces') return this.json(res, 200, this.terminateNamespace(k, existing))
       const opts = ((await body()) ?? {}) as DeleteOptions
       const q = url.searchParams.get('gracePeriodSeconds')
       if (q !== null) opts.gracePeriodSeconds = Number(q)
       return this.json(res, 200, this.deleteObject(r, k, existing, opts))
     }
-    if (method === 'PUT' || method === 'PATCH') {
+    if (method === 'PATCH') {
+      const type = patchType(req.headers['content-type'])
+      if (type instanceof StatusError) throw type
+      const badOptions = patchOptionErrors(type, url.searchParams)
+      if (badOptions.length) throw invalid('PatchOptions', 'meta.k8s.io', '', badOptions)
+      const text = await rawBody(req)
+      if (type === 'application/apply-patch+yaml') {
+        const applied = parseApply(text, r, name, ns)
+        if (!existing) {
+          const out = await this.createObject(r, ns, applied, url.searchParams.get('dryRun') === 'All')
+          return this.json(res, 201, out.obj, warningHeaders(out.warnings))
+        }
+        return this.json(res, 200, this.update(r, k, existing, { ...(mergePatch(existing, applied) as Obj), metadata: { ...(mergePatch(existing.metadata, applied.metadata) as Obj['metadata']), name, ...(r.namespaced ? { namespace: ns } : {}) } }, sub))
+      }
+      if (!existing) throw notFound()
+      let b: unknown
+      try { b = JSON.parse(text) } catch (e) { throw new StatusError(400, 'BadRequest', `error decoding patch: ${(e as Error).message}`) }
+      let next: Obj
+      try {
+        next = type === 'application/json-patch+json' ? jsonpatch.applyPatch(structuredClone(existing), b as jsonpatch.Operation[], true).newDocument
+          : type === 'application/strategic-merge-patch+json' ? strategicMergePatch(existing, b) as Obj
+          : mergePatch(existing, b) as Obj
+      } catch (e) {
+        throw new StatusError(422, 'Invalid', `patch failed: ${(e as Error).message}`)
+      }
+      return this.json(res, 200, this.update(r, k, existing, { ...next, metadata: { ...next.metadata, name, ...(r.namespaced ? { namespace: ns } : {}) } }, sub))
+    }
+    if (method === 'PUT') {
       if (!existing) throw notFound()
       const b = await body()
       let next: Obj
-      if (method === 'PUT') {
+      {
         next = b as Obj
         const want = next.metadata?.resourceVersion
         if (want && want !== existing.metadata.resourceVersion) {
           throw new StatusError(409, 'Conflict', `Operation cannot be fulfilled on ${r.plural}${r.apiVersion.includes('/') ? `.${r.apiVersion.split('/')[0]}` : ''} "${name}": the object has been modified; please apply your changes to the latest version and try again`, { name, kind: r.plural })
-        }
-      } else {
-        const type = String(req.headers['content-type'] ?? '')
-        try {
-          next = type.includes('json-patch') ? jsonpatch.applyPatch(structuredClone(existing), b as jsonpatch.Operation[], true).newDocument : mergePatch(existing, b) as Obj
-        } catch (e) {
-          throw new StatusError(422, 'Invalid', `patch failed: ${(e as Error).message}`)
         }
       }
       return this.json(res, 200, this.update(r, k, existing, { ...next, metadata: { ...next.metadata, name, ...(r.namespaced ? { namespace: ns } : {}) } }, sub))
@@ -497,15 +540,19 @@ export class KubeApiStandIn {
     let candidate: Obj = structuredClone(obj)
     candidate.metadata = { ...candidate.metadata, ...(namespace ? { namespace } : {}) }
     if (!candidate.metadata.name && !candidate.metadata.generateName) throw invalid(r.kind, group(r), '', [{ type: 'Required value', field: 'metadata.name', detail: 'name or generateName is required' }])
-    if (r.plural === 'namespaces') {
-      // The namespace's own name as a label, always (kubernetes pkg/registry/core/namespace/strategy.go PrepareForCreate).
-      candidate.metadata.labels = { ...candidate.metadata.labels, 'kubernetes.io/metadata.name': candidate.metadata.name }
-    }
+    if (r.plural === 'namespaces') candidate = newNamespace(candidate)
+    // The built-in admission plugins run first, in the apiserver's order: NamespaceLifecycle,
+    // then ServiceAccount, then the webhooks (kubernetes pkg/kubeapiserver/options/plugins.go AllOrderedPlugins).
+    const refused = namespaceLifecycle('CREATE', r, namespace, candidate, undefined, (n) => this.get('namespaces', undefined, n))
+    if (refused) throw refused
     let warnings: string[] = []
     if (r.plural === 'pods') {
       // Defaulting at decode, before admission (kubernetes pkg/apis/core/v1/defaults.go);
       // the user's status is dropped and the pod starts Pending (pod strategy PrepareForCreate).
       candidate = { ...defaultPod(candidate), status: { phase: 'Pending' } }
+      const sa = serviceAccountAdmission(r, candidate, (n, name) => this.get('serviceaccounts', n, name))
+      if ('error' in sa) throw sa.error
+      candidate = sa.pod
       // Mutating admission runs before the name is generated (the apiserver's BeforeCreate
       // fills generateName, and the uid, after admission): a webhook sees name "" for them.
       if (!this.mutating.empty) {
@@ -568,6 +615,31 @@ export class KubeApiStandIn {
     }
     this.store.set(k, stored)
     this.emit('MODIFIED', r, stored, existing)
+    return stored
+  }
+
+  /**
+   * DELETE of a namespace (kubernetes pkg/registry/core/namespace/storage/storage.go Delete):
+   * deletionTimestamp and phase Terminating while the `kubernetes` finalizer is on; the
+   * namespace controller then deletes everything in it and the namespace
+   * (pkg/controller/namespace/deletion/namespaced_resources_deleter.go). Meanwhile creates in
+   * it are refused (NamespaceLifecycle).
+   */
+  private terminateNamespace(k: string, existing: Obj): Obj {
+    if ((existing.status as { phase?: string } | undefined)?.phase === 'Terminating') return existing
+    const r = this.resource('namespaces')
+    const marked: Obj = { ...existing, metadata: { ...existing.metadata, deletionTimestamp: new Date().toISOString().replace(/\.\d+Z$/, 'Z') }, status: { ...(existing.status as object), phase: 'Terminating' } }
+    const stored = this.stamp(r, marked, existing)
+    this.store.set(k, stored)
+    this.emit('MODIFIED', r, stored, existing)
+    const name = existing.metadata.name
+    this.later(this.o.namespaceCleanupMs, () => {
+      for (const [key, obj] of [...this.store]) {
+        if (obj.metadata.namespace === name) this.remove(this.resource(key.split('/')[0]!), key, obj)
+      }
+      const now = this.store.get(k)
+      if (now) this.remove(r, k, now)
+    })
     return stored
   }
 
@@ -699,6 +771,53 @@ function mergePatch(target: unknown, patch: unknown): unknown {
   for (const [k, v] of Object.entries(patch)) {
     if (v === null) delete out[k]
     else out[k] = mergePatch(out[k], v)
+  }
+  return out
+}
+
+async function rawBody(req: IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = []
+  for await (const c of req) chunks.push(c as Buffer)
+  return Buffer.concat(chunks).toString('utf8')
+}
+
+/**
+ * Server-side apply, as far as this stand-in goes: the YAML (or JSON) object, of the URL's
+ * kind and name (handlers/patch.go applyPatcher), merged into the live object or created.
+ * Field ownership (managedFields, conflicts between managers, 409) is not kept: nothing in
+ * this project applies (README, "The Kubernetes API stand-in").
+ */
+function parseApply(text: string, r: Resource, name: string, ns: string | undefined): Obj {
+  let obj: Obj
+  try { obj = parseYaml(text) as Obj } catch (e) { throw new StatusError(400, 'BadRequest', `error decoding YAML: ${(e as Error).message}`) }
+  if (!obj || typeof obj !== 'object' || typeof obj.metadata !== 'object') throw new StatusError(400, 'BadRequest', 'the object provided is unrecognized')
+  if (obj.kind !== r.kind || obj.apiVersion !== r.apiVersion) throw new StatusError(400, 'BadRequest', `the kind or apiVersion of the applied object (${obj.apiVersion}, Kind=${obj.kind}) does not match the resource (${r.apiVersion}, Kind=${r.kind})`)
+  if (obj.metadata.name && obj.metadata.name !== name) throw new StatusError(400, 'BadRequest', `the name of the object (${obj.metadata.name}) does not match the name on the URL (${name})`)
+  return { ...obj, metadata: { ...obj.metadata, name, ...(r.namespaced ? { namespace: ns } : {}) } }
+}
+
+/**
+ * A strategic merge patch (apimachinery pkg/util/strategicpatch): a merge patch whose lists
+ * of named items (containers, volumes, env: patchMergeKey "name") merge by name and accept
+ * `$patch: delete`; other lists are replaced.
+ */
+function strategicMergePatch(target: unknown, patch: unknown): unknown {
+  const named = (xs: unknown[]) => xs.every((x) => typeof x === 'object' && x !== null && typeof (x as { name?: unknown }).name === 'string')
+  if (Array.isArray(patch) && Array.isArray(target) && named(patch) && named(target)) {
+    const out = [...target] as Array<Record<string, unknown>>
+    for (const item of patch as Array<Record<string, unknown>>) {
+      const at = out.findIndex((x) => x.name === item.name)
+      if (item.$patch === 'delete') { if (at >= 0) out.splice(at, 1); continue }
+      if (at >= 0) out[at] = strategicMergePatch(out[at], item) as Record<string, unknown>
+      else out.push(item)
+    }
+    return out
+  }
+  if (typeof patch !== 'object' || patch === null || Array.isArray(patch)) return patch
+  const out: Record<string, unknown> = typeof target === 'object' && target !== null && !Array.isArray(target) ? { ...(target as Record<string, unknown>) } : {}
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k]
+    else out[k] = strategicMergePatch(out[k], v)
   }
   return out
 }

@@ -157,6 +157,30 @@ export class PodAdmissionError extends Error {
 export const CONTAINER_BACKOFF = { initialMs: 10_000, maxMs: 300_000 }
 
 /**
+ * A pod sync that failed (RunPodSandbox: a CNI ADD that failed, e.g. closed while the agent
+ * is down) is tried again after the pod worker's back-off: kubelet.go backOffPeriod = 10 s,
+ * jittered by workerBackOffPeriodJitterFactor 0.5 (pkg/kubelet/pod_workers.go completeWork:
+ * `p.workQueue.Enqueue(uid, wait.Jitter(p.backOffPeriod, workerBackOffPeriodJitterFactor))`).
+ */
+export const SYNC_BACKOFF_MS = 10_000
+
+/** wait.Jitter (apimachinery pkg/util/wait/backoff.go): d plus up to factor × d. */
+export function jitter(ms: number, factor = 0.5, rand: () => number = Math.random): number {
+  return Math.round(ms + rand() * factor * ms)
+}
+
+/**
+ * Whether an exited container is started again (pkg/kubelet/container/helpers.go
+ * ShouldContainerBeRestarted, used by kuberuntime_manager.go computePodActions): Always
+ * restarts it, OnFailure only after a non-zero exit, Never not at all.
+ */
+export function shouldRestart(policy: string | undefined, exitCode: number): boolean {
+  if (policy === 'Never') return false
+  if (policy === 'OnFailure') return exitCode !== 0
+  return true
+}
+
+/**
  * Pure: how long the kubelet waits before restarting a container that has already been
  * restarted `restarts` times (kuberuntime_manager.go doBackOff over flowcontrol.Backoff: no
  * entry yet, so the first restart is at once; then 10 s, doubling, capped at 5 minutes).
@@ -208,6 +232,8 @@ export interface KubeletOptions {
   releaseDevices?: (pod: V1Pod) => void
   /** Container restart back-off (the kubelet's 10 s doubling to 5 min). */
   restartBackoff?: { initialMs: number; maxMs: number }
+  /** The pod worker's period after a failed sync, e.g. RunPodSandbox (the kubelet's 10 s, jittered by up to half). */
+  syncBackoffMs?: number
   /** A projected serviceAccountToken source: the kubelet's TokenRequest bound to the pod. */
   serviceAccountToken?: (pod: V1Pod, audience: string, expirationSeconds: number) => string
 }
@@ -239,12 +265,14 @@ interface Waiter { settled: boolean; resolve: (rp: RunningPod) => void; reject: 
  * next init container on their startup probe and are restarted whenever they exit, and app
  * containers started together, each with its own startup probe (pkg/kubelet/prober: one
  * worker per container, so no container waits on another's probe). App containers that exit
- * are not restarted (the harness's limit).
+ * are restarted by the pod's restartPolicy with the same back-off.
  */
 export class Kubelet {
   readonly opts: KubeletOptions
   readonly cri: CriClient
   private readonly pods = new Set<RunningPod>()
+  /** RunPodSandbox attempts that failed and were tried again ('running' mode). */
+  sandboxRetries = 0
   constructor(opts: KubeletOptions) {
     this.opts = opts
     this.cri = opts.cri
@@ -385,12 +413,24 @@ export class Kubelet {
     const dir = join(this.opts.podsDir, pod.metadata!.uid!)
     mkdirSync(join(dir, 'logs'), { recursive: true })
     const config = sandboxConfig(pod, this.opts.dns, join(dir, 'logs'))
+    // 'running': a failed sandbox (CNI ADD) is retried after the pod worker's back-off until
+    // the deadline, the devices staying allocated meanwhile, as the kubelet does.
+    const failFast = (opts.until ?? 'first-failure') === 'first-failure'
+    const giveUpAt = Date.now() + (opts.deadlineMs ?? 120_000)
     let sandboxId: string
-    try {
-      sandboxId = await this.cri.runPodSandbox(config)
-    } catch (e) {
-      this.opts.releaseDevices?.(pod)
-      throw e
+    for (;;) {
+      try {
+        sandboxId = await this.cri.runPodSandbox(config)
+        break
+      } catch (e) {
+        const wait = jitter(this.opts.syncBackoffMs ?? SYNC_BACKOFF_MS)
+        if (failFast || Date.now() + wait > giveUpAt) {
+          this.opts.releaseDevices?.(pod)
+          throw e
+        }
+        this.sandboxRetries++
+        await sleep(wait)
+      }
     }
     const status = await this.cri.podSandboxStatus(sandboxId, true)
     const info = JSON.parse(status.info.info ?? '{}') as { runtimeSpec?: { linux?: { namespaces?: Array<{ type: string; path?: string }> } } }
@@ -403,9 +443,9 @@ export class Kubelet {
     chmodSync(join(dir, 'etc-hosts'), 0o644)
     const volumes = this.volumes(pod, dir)
     return new Promise<RunningPod>((resolve, reject) => {
-      const w: Waiter = { settled: false, resolve, reject, failFast: (opts.until ?? 'first-failure') === 'first-failure' }
+      const w: Waiter = { settled: false, resolve, reject, failFast }
       if (!w.failFast) {
-        const t = setTimeout(() => this.settle(w, new PodStartError(`pod ${pod.metadata!.name} not running after ${opts.deadlineMs ?? 120_000} ms`, snapshot(rp))), opts.deadlineMs ?? 120_000)
+        const t = setTimeout(() => this.settle(w, new PodStartError(`pod ${pod.metadata!.name} not running after ${opts.deadlineMs ?? 120_000} ms`, snapshot(rp))), Math.max(0, giveUpAt - Date.now()))
         t.unref()
       }
       this.worker(rp, volumes, opts, w).catch((e: Error) => this.settle(w, e))
@@ -464,7 +504,7 @@ export class Kubelet {
     const r = this.record(rp, c.name)
     rp.statuses.set(c.name, st)
     r.started = false
-    const terminated = { terminated: { exitCode: st.exit_code, reason: st.reason || (st.exit_code === 0 ? 'Completed' : 'Error'), ...(st.message ? { message: st.message } : {}), startedAt: nsToIso(st.started_at), finishedAt: nsToIso(st.finished_at), containerID: `containerd://${st.id}` } }
+    const terminated = terminatedState(st)
     r.state = terminated
     this.report(rp)
     const delay = restartDelay(r.restarts, this.opts.restartBackoff)
@@ -505,16 +545,29 @@ export class Kubelet {
     this.live(rp).held.add(container)
   }
 
-  /** A native sidecar that exits is restarted, with back-off, for as long as the pod lives. */
-  private async superviseSidecar(rp: RunningPod, c: V1Container, volumes: Map<string, string>, id: string, opts: RunPodOptions, w: Waiter): Promise<void> {
+  /**
+   * A container that exits is started again, with back-off, for as long as the pod lives and
+   * its policy says so (ShouldContainerBeRestarted): native sidecars always, app containers by
+   * the pod's restartPolicy (computePodActions). One that stays terminated is reported so;
+   * once every app container has, the pod is Succeeded if all exited 0, else Failed
+   * (kubelet_pods.go getPhase).
+   */
+  private async supervise(rp: RunningPod, c: V1Container, volumes: Map<string, string>, id: string, opts: RunPodOptions, w: Waiter, policy: string): Promise<void> {
     for (;;) {
       const st = await this.waitExit(rp, id, Infinity, 1000)
       if (typeof st === 'string') return
-      if (rp.held.has(c.name)) {
-        const r = this.record(rp, c.name)
+      const r = this.record(rp, c.name)
+      if (!shouldRestart(policy, st.exit_code)) {
         rp.statuses.set(c.name, st)
         r.started = false
-        r.lastState = { terminated: { exitCode: st.exit_code, reason: st.reason || 'Error', startedAt: nsToIso(st.started_at), finishedAt: nsToIso(st.finished_at), containerID: `containerd://${st.id}` } }
+        r.state = terminatedState(st)
+        this.report(rp, this.phaseAfterExit(rp))
+        return
+      }
+      if (rp.held.has(c.name)) {
+        rp.statuses.set(c.name, st)
+        r.started = false
+        r.lastState = terminatedState(st)
         r.state = { waiting: { reason: 'CrashLoopBackOff', message: `back-off 5m0s restarting failed container=${c.name}` } }
         this.report(rp)
         while (!rp.stopped && rp.held.has(c.name)) await sleep(500)
@@ -527,13 +580,20 @@ export class Kubelet {
     }
   }
 
+  /** Running while an app container runs or will run again; then Succeeded or Failed. */
+  private phaseAfterExit(rp: RunningPod): RunningPod['phase'] {
+    const apps = (rp.pod.spec?.containers ?? []).map((c) => rp.records.get(c.name)?.state)
+    if (!apps.every((st) => st && 'terminated' in st)) return rp.phase
+    return apps.every((st) => (st as { terminated: { exitCode: number } }).terminated.exitCode === 0) ? 'Succeeded' : 'Failed'
+  }
+
   private async worker(rp: RunningPod, volumes: Map<string, string>, opts: RunPodOptions, w: Waiter): Promise<void> {
     const pod = rp.pod
     for (const c of pod.spec?.initContainers ?? []) {
       if (c.restartPolicy === 'Always') {
         const id = await this.startUntilStarted(rp, c, volumes, opts, w)
         if (!id) return
-        void this.superviseSidecar(rp, c, volumes, id, opts, w).catch(() => {})
+        void this.supervise(rp, c, volumes, id, opts, w, 'Always').catch(() => {})
         continue
       }
       for (;;) {
@@ -568,6 +628,8 @@ export class Kubelet {
     if (rp.stopped || started.some((id) => !id)) return
     this.report(rp, 'Running')
     this.settle(w, rp)
+    const policy = pod.spec?.restartPolicy ?? 'Always'
+    ;(pod.spec?.containers ?? []).forEach((c, i) => void this.supervise(rp, c, volumes, started[i]!, opts, w, policy).catch(() => {}))
   }
 
   /** `kubectl exec`: runs as the container's user with its capabilities, seccomp and no_new_privs. */
@@ -604,6 +666,10 @@ export class Kubelet {
   async removeAll(): Promise<void> {
     for (const rp of [...this.pods]) await this.removePod(rp).catch(() => this.cleanDir(rp.dir))
   }
+}
+
+function terminatedState(st: ContainerStatus): K8sState {
+  return { terminated: { exitCode: st.exit_code, reason: st.reason || (st.exit_code === 0 ? 'Completed' : 'Error'), ...(st.message ? { message: st.message } : {}), startedAt: nsToIso(st.started_at), finishedAt: nsToIso(st.finished_at), containerID: `containerd://${st.id}` } }
 }
 
 function snapshot(rp: RunningPod): RunningPod {

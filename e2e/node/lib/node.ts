@@ -196,7 +196,8 @@ export class TestNode {
       await this.deviceManager.start()
     }
     await this.api.create('daemonsets', { metadata: { name: 'ziti-cni-agent', namespace: 'ziti-cni-system' }, spec: {} })
-    for (const ns of ['default', 'apps', 'plain']) {
+    // "default" is the API server's own (kube-api/lifecycle.ts SYSTEM_NAMESPACES).
+    for (const ns of ['apps', 'plain']) {
       await this.api.create('namespaces', { metadata: { name: ns, labels: { 'kubernetes.io/metadata.name': ns, ...(ns === 'apps' ? { 'cni.openziti.io/inject': 'enabled' } : {}) } } })
     }
     this.healthPort = await freePort()

@@ -11,6 +11,7 @@ import type { ControllerMetrics } from '../ziti/metrics.ts'
 import type { Identities } from './identities.ts'
 import { planReconcile, wantedIdentity, type ReconcilePlan } from './plan.ts'
 import { identityName } from '../ziti/identity.ts'
+import { Backoff, retryAfterOf } from '../../../shared/src/backoff.ts'
 
 export const POD_SELECTOR = `${LABEL_AUTO_IDENTITY}=true`
 
@@ -73,16 +74,26 @@ export class IdentityController {
     informer.on('add', (p) => void guard('creating an identity', this.onPod(p)))
     informer.on('update', (p) => void guard('creating an identity', this.onPod(p)))
     informer.on('delete', (p) => void guard('deleting an identity', this.onPodDeleted(p)))
-    informer.on('error', (e: unknown) => {
-      // client-node's informer stops on an error: restart it after a pause (client-go backs
-      // off 800 ms to 30 s; one fixed pause keeps this simple, the reconcile covers the gap).
-      log.warn({ err: String(e) }, 'pod watch failed; restarting in 2 s')
-      setTimeout(() => { if (!this.stopped) void informer.start().catch(() => {}) }, 2000).unref()
-    })
-    void informer.start().catch((e: unknown) => log.warn({ err: String(e) }, 'pod watch did not start; retrying'))
+    // client-node 2.0.1's ListWatch stops for good on any error but 410 and its own timeout
+    // (cache.js doneHandler: the error callbacks, then return), and a throw while starting a
+    // watch only rejects start(). Either way: start it again after client-go's back-off
+    // (800 ms doubling to 30 s, never before a 429's Retry-After; reflector.go:652-657), so a
+    // busy API server (APF) is not hammered and the watch never stays dead.
+    const backoff = new Backoff()
+    let pending: NodeJS.Timeout | undefined
+    const restart = (e: unknown) => {
+      if (this.stopped || pending) return
+      const wait = backoff.next(retryAfterOf(e))
+      log.warn({ err: String(e), retryInMs: wait }, 'pod watch failed; restarting after a back-off')
+      pending = setTimeout(() => { pending = undefined; run() }, wait)
+      pending.unref()
+    }
+    const run = () => { if (!this.stopped) informer.start().catch(restart) }
+    informer.on('error', restart)
+    run()
     const timer = setInterval(() => { void this.reconcile() }, this.d.cfg.reconcileSeconds * 1000)
     timer.unref()
-    return () => { this.stopped = true; clearInterval(timer); void informer.stop() }
+    return () => { this.stopped = true; clearInterval(timer); if (pending) clearTimeout(pending); void informer.stop() }
   }
 
   /**

@@ -1,17 +1,19 @@
 // Chaos: the faults a real API server produces on its own now and then, turned on at random
 // and seeded so a failing run can be replayed. ZCNI_CHAOS=1 turns on the faults the current
-// product must already survive; ZCNI_CHAOS=all every fault; or a list, e.g.
+// product must survive (today: all of them); ZCNI_CHAOS=all every fault; or a list, e.g.
 // ZCNI_CHAOS=watch-end,bookmark,410,paging,429. ZCNI_CHAOS_SEED=<n> replays a run.
 
 export const FAULTS = ['watch-end', 'bookmark', '410', 'paging', '429'] as const
 export type Fault = (typeof FAULTS)[number]
 
 /**
- * What ZCNI_CHAOS=1 means. `429` stays off until the agent's pod cache backs off like
- * client-go (issue 20 row 4): today a 429 on the plugin's fallback GET fails a CNI ADD, which
- * the kubelet would retry but the node harness does not.
+ * What ZCNI_CHAOS=1 means: every fault. The product survives a 429 everywhere it talks to the
+ * API: the agent's reflector and pod lookups back off like client-go, the identity
+ * controller's informer and the webhook's cluster-DNS follower wait client-go's back-off and
+ * any Retry-After (shared/src/backoff.ts), and a CNI ADD that fails meanwhile is retried by the
+ * kubelet harness after the pod worker's back-off (kubelet.ts SYNC_BACKOFF_MS).
  */
-export const DEFAULT_FAULTS: Fault[] = ['watch-end', 'bookmark', '410', 'paging']
+export const DEFAULT_FAULTS: Fault[] = [...FAULTS]
 
 export interface Chaos {
   faults: Set<Fault>

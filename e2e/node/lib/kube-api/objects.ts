@@ -55,6 +55,12 @@ export class StatusError extends Error {
 
 export interface FieldError { type: string; field: string; detail: string }
 
+/** field.ErrorType -> metav1.CauseType (apimachinery pkg/util/validation/field/errors.go ErrorType constants). */
+const CAUSE_TYPES: Record<string, string> = {
+  'Not found': 'FieldValueNotFound', 'Required value': 'FieldValueRequired', 'Duplicate value': 'FieldValueDuplicate', 'Invalid value': 'FieldValueInvalid',
+  'Unsupported value': 'FieldValueNotSupported', 'Forbidden': 'FieldValueForbidden', 'Too long': 'FieldValueTooLong', 'Too many': 'FieldValueTooMany',
+}
+
 /**
  * NewInvalid (apimachinery pkg/api/errors/errors.go:284-311): 422, reason Invalid,
  * `<Kind> "<name>" is invalid: <errors>`; one error prints bare, several as a [list].
@@ -65,7 +71,7 @@ export function invalid(kind: string, group: string, name: string, errs: FieldEr
   const qualified = group ? `${kind}.${group}` : kind
   return new StatusError(422, 'Invalid', `${qualified} "${name}" is invalid: ${agg}`, {
     name, ...(group ? { group } : {}), kind,
-    causes: errs.map((e) => ({ reason: `Field${e.type.replace(/ /g, '')}`, message: `${e.type}${e.detail ? `: ${e.detail}` : ''}`, field: e.field })),
+    causes: errs.map((e) => ({ reason: CAUSE_TYPES[e.type] ?? 'FieldValueInvalid', message: `${e.type}${e.detail ? `: ${e.detail}` : ''}`, field: e.field })),
   })
 }
 
