@@ -5,6 +5,7 @@ import { clusterDnsAddresses, parseServiceRef, type ServiceRef } from './cluster
 import { clusterDnsRanges, takenRanges, type WebhookConfig } from './config.ts'
 import { rangeClashes } from '../../shared/src/ranges.ts'
 import { Backoff, retryAfterOf } from '../../shared/src/backoff.ts'
+import { makeApiClient } from './kube-client.ts'
 
 /**
  * Follows the Service: one GET at start, then a watch on that one name (RBAC grants
@@ -34,7 +35,7 @@ export class ClusterDnsFollower {
   constructor(kc: KubeConfig, ref: ServiceRef, log: Logger, onChange: (ips: string[], problem?: string) => void, backoff = new Backoff()) {
     this.kc = kc
     this.ref = ref
-    this.core = kc.makeApiClient(CoreV1Api)
+    this.core = makeApiClient(kc, CoreV1Api)
     this.log = log.child({ component: 'cluster-dns', service: `${ref.namespace}/${ref.name}` })
     this.onChange = onChange
     this.backoff = backoff

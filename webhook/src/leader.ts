@@ -4,6 +4,7 @@
 // racing for an expired lease cannot both win (the loser gets 409).
 import { CoordinationV1Api, V1MicroTime, type KubeConfig, type V1Lease } from '@kubernetes/client-node'
 import type { Logger } from 'pino'
+import { makeApiClient } from './kube-client.ts'
 
 export class LeaderElector {
   private readonly api: CoordinationV1Api
@@ -17,7 +18,7 @@ export class LeaderElector {
   private readonly listeners: Array<(leading: boolean) => void> = []
 
   constructor(kc: KubeConfig, opts: { namespace: string; name: string; identity: string; leaseSeconds: number }, log: Logger) {
-    this.api = kc.makeApiClient(CoordinationV1Api)
+    this.api = makeApiClient(kc, CoordinationV1Api)
     this.namespace = opts.namespace
     this.name = opts.name
     this.identity = opts.identity

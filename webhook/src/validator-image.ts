@@ -2,6 +2,7 @@
 // webhook's namespace) at start-up, and follow it, so an upgrade of the agent moves both.
 import { AppsV1Api, type KubeConfig } from '@kubernetes/client-node'
 import type { Logger } from 'pino'
+import { makeApiClient } from './kube-client.ts'
 
 export class ValidatorImage {
   private readonly apps: AppsV1Api
@@ -11,7 +12,7 @@ export class ValidatorImage {
   current = ''
 
   constructor(kc: KubeConfig, namespace: string, name: string, log: Logger) {
-    this.apps = kc.makeApiClient(AppsV1Api)
+    this.apps = makeApiClient(kc, AppsV1Api)
     this.namespace = namespace
     this.name = name
     this.log = log.child({ component: 'validator-image', daemonSet: `${namespace}/${name}` })

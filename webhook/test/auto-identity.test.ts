@@ -38,7 +38,12 @@ async function world(t: Tap, controller: Record<string, unknown> = {}) {
   t.teardown(() => fake.close())
   const admin = fake.addCertIdentity('ziti-cni-identity-controller', LEAST)
   const credential = JSON.stringify({ ztAPI: `${fake.url}/edge/client/v1`, id: { cert: admin.cert, key: admin.key, ca: fake.ca.certPem } })
-  const { api, url, ca } = await startApiStandIn(t, TOKEN)
+  // These tests step leader election and reconcile passes by hand and assert what one pass
+  // did; a random 429 (and the client's Retry-After wait) reorders those steps. The same code
+  // meets 429s in kube-client.test.ts, the watch-start 429 test below and the e2e suites, which
+  // run with every chaos fault; here every fault but 429 stays on.
+  const chaos = process.env.ZCNI_CHAOS ? 'watch-end,bookmark,410,paging' : undefined
+  const { api, url, ca } = await startApiStandIn(t, TOKEN, chaos ? { chaos } : {})
   const kc = new KubeConfig()
   kc.loadFromOptions({ clusters: [{ name: 'c', server: url, caData: Buffer.from(ca.certPem).toString('base64') }], users: [{ name: 'u', token: TOKEN }], contexts: [{ name: 'x', cluster: 'c', user: 'u' }], currentContext: 'x' })
   const { ca: whCa, serving } = testCerts()
@@ -409,7 +414,8 @@ t.test('an /enroll flood gets 429 before any TokenReview; the API server sees a 
     req.on('error', reject)
     req.end()
   })
-  const reviews = () => api.requests.filter((r) => r.method === 'POST' && r.path.endsWith('/tokenreviews')).length
+  // Answered ones: a 429 the API server's APF sent back (chaos) cost it nothing and is sent again.
+  const reviews = () => api.requests.filter((r) => r.method === 'POST' && r.path.endsWith('/tokenreviews') && r.status !== 429).length
   const started = Date.now()
   // One source, 60 forged requests at once; then 60 more from 60 other sources.
   const oneSource = await Promise.all(Array.from({ length: 60 }, () => post('127.0.0.2', 'forged')))
@@ -456,8 +462,9 @@ t.test('deleted pods lose their identity: by the watch, and by the reconcile whe
   fake.setDown(false)
   await new Promise((r) => setTimeout(r, 2100)) // graceSeconds
   await rt.leader.tryAcquireOrRenew()
-  t.equal((await rt.controller.reconcile())?.delete.length, 1, 'the next pass deletes it')
-  t.equal(managed(fake).length, 0)
+  // Asked for now, it may queue behind the periodic pass, which then is the one that deletes.
+  t.ok(await rt.controller.reconcile(), 'the next pass runs')
+  t.equal(managed(fake).length, 0, 'and the identity of the pod deleted while the controller was down is gone')
 })
 
 t.test('two clusters on one controller never delete each other\'s identities; the default tag is the kube-system uid', async (t) => {

@@ -43,11 +43,11 @@ export function https(url: string, ca: string, method: string, body?: string, he
 }
 
 /** An API server stand-in on HTTPS with one bearer token, closed when the test ends. */
-export async function startApiStandIn(t: { teardown: (fn: () => unknown) => void }, token: string) {
+export async function startApiStandIn(t: { teardown: (fn: () => unknown) => void }, token: string, o: { chaos?: string } = {}) {
   const { KubeApiStandIn } = await import('../../e2e/node/lib/kube-api.ts')
   const ca = createCa({ commonName: 'api-ca', validDays: 1 })
   const serving = createServingCert(ca, { commonName: 'api', ipAddresses: ['127.0.0.1'], validDays: 1 })
-  const api = new KubeApiStandIn({ cert: serving.certPem, key: serving.keyPem, tokens: [token] })
+  const api = new KubeApiStandIn({ cert: serving.certPem, key: serving.keyPem, tokens: [token], ...(o.chaos !== undefined ? { chaos: o.chaos } : {}) })
   const url = await api.listen()
   t.teardown(() => api.close())
   return { api, url, ca }

@@ -18,6 +18,7 @@ import { parseCredential } from '../ziti/credential.ts'
 import { drift, listenersFromArgs, podInterception } from '../ziti/drift.ts'
 import { createControllerMetrics } from '../ziti/metrics.ts'
 import { autoServices } from '../ziti/services.ts'
+import { makeApiClient } from '../kube-client.ts'
 
 const callerPath = (p: string) => resolve(process.env.INIT_CWD ?? process.cwd(), p)
 class UsageError extends Error {}
@@ -32,7 +33,7 @@ async function run(argv: string[]): Promise<number> {
   const kc = new KubeConfig()
   if (values.kubeconfig) kc.loadFromFile(callerPath(values.kubeconfig))
   else kc.loadFromDefault()
-  const pod: V1Pod = await kc.makeApiClient(CoreV1Api).readNamespacedPod({ namespace: values.namespace, name: positionals[0]! })
+  const pod: V1Pod = await makeApiClient(kc, CoreV1Api).readNamespacedPod({ namespace: values.namespace, name: positionals[0]! })
   const ann = pod.metadata?.annotations ?? {}
   if (ann[ANNOTATION_IDENTITY] !== AUTO || !pod.metadata?.uid) throw new UsageError(`pod ${values.namespace}/${positionals[0]} does not use ${ANNOTATION_IDENTITY}: auto`)
   const name = identityName(config.controller.identityPrefix, { namespace: values.namespace, name: pod.metadata.name!, uid: pod.metadata.uid })

@@ -12,6 +12,7 @@ import type { Identities } from './identities.ts'
 import { planReconcile, wantedIdentity, type ReconcilePlan } from './plan.ts'
 import { identityName } from '../ziti/identity.ts'
 import { Backoff, retryAfterOf } from '../../../shared/src/backoff.ts'
+import { makeApiClient } from '../kube-client.ts'
 
 export const POD_SELECTOR = `${LABEL_AUTO_IDENTITY}=true`
 
@@ -30,14 +31,15 @@ export class IdentityController {
   private readonly core: CoreV1Api
   private readonly d: IdentityControllerDeps
   private informer: (Informer<V1Pod> & ObjectCache<V1Pod>) | undefined
-  private running = false
+  /** The pass in progress: a reconcile asked for meanwhile runs after it, never beside it. */
+  private current: Promise<ReconcilePlan | undefined> | undefined
   private stopped = false
   /** Pod uids whose identity exists: status updates of a pod cost no controller call. */
   private readonly ensured = new Set<string>()
 
   constructor(d: IdentityControllerDeps) {
     this.d = d
-    this.core = d.kc.makeApiClient(CoreV1Api)
+    this.core = makeApiClient(d.kc, CoreV1Api)
   }
 
   private deadline(): number {
@@ -102,9 +104,21 @@ export class IdentityController {
    * proves its pod gone; any failure deletes nothing and the next pass retries.
    */
   async reconcile(): Promise<ReconcilePlan | undefined> {
-    const { identities, cfg, cluster, metrics, log, isLeader } = this.d
-    if (this.running || !isLeader()) return undefined
-    this.running = true
+    // A pass waiting out an API server's Retry-After can take seconds: queue behind it rather
+    // than skip, so a pass asked for always sees the world as it is after the call.
+    while (this.current) await this.current.catch(() => undefined)
+    if (!this.d.isLeader()) return undefined
+    const pass = this.pass()
+    this.current = pass
+    try {
+      return await pass
+    } finally {
+      if (this.current === pass) this.current = undefined
+    }
+  }
+
+  private async pass(): Promise<ReconcilePlan | undefined> {
+    const { identities, cfg, cluster, metrics, log } = this.d
     try {
       const pods = (await this.core.listPodForAllNamespaces({ labelSelector: POD_SELECTOR })).items
       const deadline = Date.now() + Math.max(10_000, cfg.reconcileSeconds * 500)
@@ -128,8 +142,6 @@ export class IdentityController {
       metrics.reconciles.inc({ result: 'error' })
       log.warn({ err: String(e) }, 'identity reconcile pass failed; retrying next period')
       return undefined
-    } finally {
-      this.running = false
     }
   }
 }

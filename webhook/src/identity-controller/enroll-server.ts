@@ -22,6 +22,7 @@ import { Counter, type Registry } from 'prom-client'
 import type { ControllerConfig } from '../config.ts'
 import type { Identities } from './identities.ts'
 import { wantedIdentity } from './plan.ts'
+import { makeApiClient } from '../kube-client.ts'
 
 export const EXTRA_POD_NAME = 'authentication.kubernetes.io/pod-name'
 export const EXTRA_POD_UID = 'authentication.kubernetes.io/pod-uid'
@@ -43,8 +44,8 @@ export class Enrollment {
 
   constructor(d: EnrollDeps) {
     this.d = d
-    this.auth = d.kc.makeApiClient(AuthenticationV1Api)
-    this.core = d.kc.makeApiClient(CoreV1Api)
+    this.auth = makeApiClient(d.kc, AuthenticationV1Api)
+    this.core = makeApiClient(d.kc, CoreV1Api)
   }
 
   async answer(authorization: string | undefined): Promise<EnrollAnswer> {

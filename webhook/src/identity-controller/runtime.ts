@@ -14,6 +14,7 @@ import { createControllerMetrics } from '../ziti/metrics.ts'
 import { IdentityController } from './controller.ts'
 import { Enrollment } from './enroll-server.ts'
 import { Identities } from './identities.ts'
+import { makeApiClient } from '../kube-client.ts'
 
 export interface IdentityRuntime {
   cluster: string
@@ -31,7 +32,7 @@ export interface IdentityRuntime {
  */
 export async function clusterTag(cfg: ControllerConfig, kc: KubeConfig): Promise<string> {
   if (cfg.cluster) return cfg.cluster
-  const ns = await kc.makeApiClient(CoreV1Api).readNamespace({ name: 'kube-system' })
+  const ns = await makeApiClient(kc, CoreV1Api).readNamespace({ name: 'kube-system' })
   if (!ns.metadata?.uid) throw new Error('the kube-system namespace has no uid; set controller.cluster')
   return `uid-${ns.metadata.uid}`
 }

@@ -3,6 +3,7 @@
 import { AdmissionregistrationV1Api, CoreV1Api, PatchStrategy, setHeaderOptions, type KubeConfig } from '@kubernetes/client-node'
 import type { Logger } from 'pino'
 import { decideMaterial, fromSecretData, toSecretData, type TlsMaterial, type TlsPolicy } from './material.ts'
+import { makeApiClient } from '../kube-client.ts'
 
 export interface SelfManagedOptions extends TlsPolicy {
   secretName: string
@@ -18,8 +19,8 @@ export class SelfManagedTls {
   private readonly log: Logger
 
   constructor(kc: KubeConfig, opts: SelfManagedOptions, log: Logger) {
-    this.core = kc.makeApiClient(CoreV1Api)
-    this.admission = kc.makeApiClient(AdmissionregistrationV1Api)
+    this.core = makeApiClient(kc, CoreV1Api)
+    this.admission = makeApiClient(kc, AdmissionregistrationV1Api)
     this.opts = opts
     this.log = log.child({ component: 'tls' })
   }
