@@ -9,10 +9,14 @@ import t from 'tap'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { createServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
-import { KubeConfig, type V1Pod } from '@kubernetes/client-node'
+import type { V1Pod } from '@kubernetes/client-node'
+import { createKubeClient, type KubeClient } from '../src/agent/kube.ts'
 import { pino } from 'pino'
 import { Backoff, watchTimeoutSeconds } from '../src/agent/reflector.ts'
-import { createPodSource } from '../src/agent/pods.ts'
+import { cachedPod, createPodSource } from '../src/agent/pods.ts'
+import { needsRepair } from '../src/agent/repair.ts'
+import { snapshotEntry } from '../src/agent/snapshot.ts'
+import { ANNOTATION_INTERCEPTION, EXIT_NOT_INTERCEPTED, podIngress, VALIDATOR_NAME, type IngressSpec } from '@ziti-cni/shared'
 import { createCa, createServingCert } from '../../webhook/src/tls/certs.ts'
 
 const log = pino({ level: 'silent' })
@@ -163,10 +167,8 @@ function status(code: number, reason: string, message: string) {
   return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, code }
 }
 
-function kubeconfig(server: string): KubeConfig {
-  const kc = new KubeConfig()
-  kc.loadFromOptions({ clusters: [{ name: 'c', server, caData: Buffer.from(CA.certPem).toString('base64') }], users: [{ name: 'u', token: 'tok' }], contexts: [{ name: 'x', cluster: 'c', user: 'u' }], currentContext: 'x' })
-  return kc
+function kubeconfig(server: string): KubeClient {
+  return createKubeClient({ server, ca: { data: CA.certPem }, token: 'tok' })
 }
 
 async function waitFor(what: string, cond: () => boolean, ms = 5000): Promise<void> {
@@ -340,4 +342,42 @@ t.test('a watch that ends at once with no event is an error: back-off and relist
   t.equal(api.watchesAsked().length, 4, 'three dropped watches, then the running one')
   t.equal(api.lists().length, 4, 'each very short watch (reflector.go:1090) ends the round: a relist after the back-off')
   t.ok(pods.synced())
+})
+
+t.test('the cache keeps what the agent reads of a pod, and nothing else', async (t) => {
+  const intent = '{"v":1,"mode":"proxy","uid":2171,"dnat":[],"fence":[]}'
+  const pod = {
+    metadata: {
+      name: 'web', namespace: 'apps', uid: 'uid-web', resourceVersion: '7', deletionTimestamp: undefined,
+      labels: { app: 'web' }, ownerReferences: [{ kind: 'ReplicaSet', name: 'web-1' }],
+      annotations: { [ANNOTATION_INTERCEPTION]: intent, 'kubectl.kubernetes.io/last-applied-configuration': 'x'.repeat(4000) },
+      managedFields: [{ manager: 'kubelet', operation: 'Update', fieldsV1: { 'f:status': {} } }],
+    },
+    spec: {
+      nodeName: NODE,
+      initContainers: [{ name: VALIDATOR_NAME, image: 'v', env: [{ name: 'A', value: 'b' }] }],
+      containers: [{ name: 'app', image: 'app:1', env: [{ name: 'E', value: 'v' }], ports: [{ containerPort: 8080 }, { containerPort: 53, protocol: 'UDP' }], readinessProbe: { httpGet: { port: 9090, path: '/ready' } }, volumeMounts: [{ name: 'v', mountPath: '/v' }] }],
+      volumes: [{ name: 'v', emptyDir: {} }],
+    },
+    status: { phase: 'Running', podIP: '10.0.0.5', initContainerStatuses: [{ name: VALIDATOR_NAME, state: { terminated: { exitCode: EXIT_NOT_INTERCEPTED } } }], conditions: [{ type: 'Ready', status: 'True' }] },
+  } as unknown as V1Pod
+  const kept = cachedPod(pod)
+  t.same(podIngress(kept.spec as IngressSpec), podIngress(pod.spec as IngressSpec), 'the ingress the fence lets in is the same')
+  t.same(podIngress(kept.spec as IngressSpec).map((p) => p.port), [8080, 9090, 53], 'ports and probe ports are kept')
+  t.equal(needsRepair(kept), needsRepair(pod), 'repair decides the same')
+  t.ok(needsRepair(kept), 'the validator status is kept')
+  t.same(snapshotEntry(kept), snapshotEntry(pod), 'the snapshot entry is the same')
+  t.same(kept.metadata, { name: 'web', namespace: 'apps', uid: 'uid-web', resourceVersion: '7', annotations: { [ANNOTATION_INTERCEPTION]: intent } }, 'only the agent\'s own annotations')
+  t.notOk(JSON.stringify(kept).includes('managedFields') || JSON.stringify(kept).includes('env') || JSON.stringify(kept).includes('volumes'), 'managedFields, env and volumes are dropped')
+  t.ok(JSON.stringify(kept).length < JSON.stringify(pod).length / 4, `${JSON.stringify(kept).length} of ${JSON.stringify(pod).length} bytes kept`)
+  t.ok(needsRepair(cachedPod({ ...pod, metadata: { ...pod.metadata, deletionTimestamp: new Date() } })) === false, 'a deletion is kept (repair leaves a deleted pod alone)')
+})
+
+t.test('the cache stores the compact pod', async (t) => {
+  const { api, pods } = await world(t, (api) => { api.upsert('a', { managedFields: [{ manager: 'kubelet' }], labels: { x: 'y' } }) })
+  await waitFor('synced', () => pods.synced())
+  const r = await pods.get({ namespace: 'apps', name: 'a', uid: 'uid-a' } as never, 1000)
+  t.equal(r.source, 'cache')
+  t.same(r.pod, cachedPod(api.pods.get('apps/a')!), 'what the cache holds is cachedPod of what was listed')
+  t.notOk(r.pod?.metadata?.managedFields, 'without managedFields')
 })

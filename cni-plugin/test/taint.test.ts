@@ -1,8 +1,8 @@
-// The agent's startup-taint removal against the API stand-in (real client-node GET and JSON
-// patch): nothing before the agent is ready, then only its own node's taint; a taint list that
+// The agent's startup-taint removal against the API stand-in (the agent's own client: GET and
+// JSON patch): nothing before the agent is ready, then only its own node's taint; a taint list that
 // changed since the read fails the patch's test op instead of being overwritten.
 import t from 'tap'
-import { KubeConfig } from '@kubernetes/client-node'
+import { createKubeClient } from '../src/agent/kube.ts'
 import { pino } from 'pino'
 import { createCa, createServingCert } from '../../webhook/src/tls/certs.ts'
 import { KubeApiStandIn } from '../../e2e/node/lib/kube-api.ts'
@@ -21,8 +21,7 @@ t.test('removes the taint from its own node once ready, and nothing else', async
   const api = new KubeApiStandIn({ cert: serving.certPem, key: serving.keyPem, tokens: ['tok'] })
   const url = await api.listen()
   t.teardown(() => api.close())
-  const kc = new KubeConfig()
-  kc.loadFromOptions({ clusters: [{ name: 'c', server: url, caData: Buffer.from(ca.certPem).toString('base64') }], users: [{ name: 'u', token: 'tok' }], contexts: [{ name: 'x', cluster: 'c', user: 'u' }], currentContext: 'x' })
+  const kc = createKubeClient({ server: url, ca: { data: ca.certPem }, token: 'tok' })
   const other = { key: 'karpenter.sh/disrupted', effect: 'NoSchedule' }
   for (const name of ['node-a', 'node-b']) api.put('nodes', { apiVersion: 'v1', kind: 'Node', metadata: { name }, spec: { taints: [{ key: STARTUP_TAINT, effect: 'NoSchedule' }, other] } } as never)
   let ready = false

@@ -1,6 +1,5 @@
 // ziti-cni-agent: the node agent (DaemonSet). Serves the CNI executable, keeps the pod cache,
 // programs pod netns, and installs/guards the plugin on the node.
-import { AppsV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node'
 import { chmodSync, mkdirSync, rmSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { pino, type Logger } from 'pino'
@@ -12,6 +11,8 @@ import { EventRecorder, withFailureEvents } from './events.ts'
 import { createAgentMetrics } from './metrics.ts'
 import { createNetns } from './netns.ts'
 import { createPodSource } from './pods.ts'
+import { createKubeClient, loadConnection, seg, type KubeClient } from './kube.ts'
+import { ApiError } from './reflector.ts'
 import { Programmer } from './programmer.ts'
 import { startDriftDetection } from './drift.ts'
 import { startTaintRemoval } from './taint.ts'
@@ -20,7 +21,7 @@ import { release } from 'node:os'
 import { Repairer } from './repair.ts'
 import { cniInFlight, createCniServer, createHealthServer } from './server.ts'
 import { StateStore } from './state.ts'
-import { TunDevicePlugin } from '../deviceplugin/tun-plugin.ts'
+import type { TunDevicePlugin } from '../deviceplugin/tun-plugin.ts'
 
 function pluginEntry(f: AgentFlags) {
   return {
@@ -44,18 +45,15 @@ async function run(f: AgentFlags): Promise<void> {
   if (tooOld.length) { for (const p of tooOld) log.fatal(p); throw new FlagError(tooOld.join('\n')) }
   let cachedCount = () => 0
   const metrics = createAgentMetrics(() => cachedCount())
-  const kc = new KubeConfig()
-  if (f.kubeconfig) kc.loadFromFile(f.kubeconfig)
-  else kc.loadFromCluster()
-  const pods = createPodSource(kc, f.nodeName, log, { onLookup: (source, outcome) => metrics.lookups.inc({ source, outcome }) })
+  const kube = createKubeClient(loadConnection(f.kubeconfig, process.env))
+  const pods = createPodSource(kube, f.nodeName, log, { onLookup: (source, outcome) => metrics.lookups.inc({ source, outcome }) })
   cachedCount = () => pods.cachedCount()
   let installer: Installer | undefined
-  const core = kc.makeApiClient(CoreV1Api)
-  const events = new EventRecorder({ node: f.nodeName, log, post: async (namespace, body) => { await core.createNamespacedEvent({ namespace, body: body as never }) } })
+  const events = new EventRecorder({ node: f.nodeName, log, post: async (namespace, body) => { await kube.json('POST', `/api/v1/namespaces/${seg(namespace)}/events`, { body }) } })
   const repairer = new Repairer({
     mode: f.repair, nodeName: f.nodeName, maxPerMinute: f.repairPerMinute, log,
     installed: () => !f.install || (installer?.ready ?? false),
-    deletePod: async (namespace, name, uid) => { await core.deleteNamespacedPod({ name, namespace, body: { preconditions: { uid } } }) },
+    deletePod: async (namespace, name, uid) => { await kube.json('DELETE', `/api/v1/namespaces/${seg(namespace)}/pods/${seg(name)}`, { body: { preconditions: { uid } } }) },
     count: (action) => metrics.repairs.inc({ action }),
     onAction: (pod, action, message) => void events.record({ namespace: pod.metadata!.namespace!, name: pod.metadata!.name!, uid: pod.metadata?.uid }, 'Warning', action === 'failed' ? 'RepairFailed' : action === 'deleted' ? 'DeletedNotIntercepted' : 'NotIntercepted', message),
   })
@@ -96,6 +94,8 @@ async function run(f: AgentFlags): Promise<void> {
   let tunPlugin: TunDevicePlugin | undefined
   if (f.tunDevicePlugin) {
     const t = f.tunDevicePlugin
+    // Loaded only in tun mode: grpc-js and proto-loader cost ~20 MiB resident (bench/rss.ts).
+    const { TunDevicePlugin } = await import('../deviceplugin/tun-plugin.ts')
     tunPlugin = new TunDevicePlugin({ dir: t.dir, resource: t.resource, socketName: 'ziti-cni-tun.sock', deviceNode: t.node, uid: t.uid, gid: t.gid, devices: t.devices, log })
     await tunPlugin.start()
   }
@@ -108,7 +108,7 @@ async function run(f: AgentFlags): Promise<void> {
       return { ready: true, reason: '' }
     },
   }, metrics, log)
-  const untaint = f.startupTaint ? startTaintRemoval(kc, f.nodeName, f.startupTaint, log, () => (!installer || installer.ready) && pods.synced()) : undefined
+  const untaint = f.startupTaint ? startTaintRemoval(kube, f.nodeName, f.startupTaint, log, () => (!installer || installer.ready) && pods.synced()) : undefined
   await health.listen({ host: f.healthAddr.host, port: f.healthAddr.port })
   log.info({ socket: f.socket, health: `${f.healthAddr.host}:${f.healthAddr.port}` }, 'agent ready')
 
@@ -123,7 +123,7 @@ async function run(f: AgentFlags): Promise<void> {
     await health.close()
     await pods.stop()
     snapshot.flush()
-    if (await shouldUninstall(f, kc, log)) for (const line of uninstall({ ...f, snapshot: snapshotPath(f) })) log.info(line)
+    if (await shouldUninstall(f, kube, log)) for (const line of uninstall({ ...f, snapshot: snapshotPath(f) })) log.info(line)
     else log.info('leaving the plugin installed (upgrade or restart)')
     rmSync(f.socket, { force: true })
     process.exit(0)
@@ -133,17 +133,17 @@ async function run(f: AgentFlags): Promise<void> {
 }
 
 /** Uninstall only when asked to, or when our DaemonSet is gone or going: never on upgrade. */
-async function shouldUninstall(f: AgentFlags, kc: KubeConfig, log: Logger): Promise<boolean> {
+async function shouldUninstall(f: AgentFlags, kube: KubeClient, log: Logger): Promise<boolean> {
   if (f.uninstallOnExit) return true
   if (!f.daemonSet || !f.install) return false
   try {
-    const ds = await kc.makeApiClient(AppsV1Api).readNamespacedDaemonSet({ name: f.daemonSet.name, namespace: f.daemonSet.namespace })
+    const ds = await kube.json<{ metadata?: { deletionTimestamp?: string } }>('GET', `/apis/apps/v1/namespaces/${seg(f.daemonSet.namespace)}/daemonsets/${seg(f.daemonSet.name)}`)
     return ds.metadata?.deletionTimestamp !== undefined
   } catch (e) {
     // 404: the DaemonSet is gone. 401/403: our ServiceAccount or RBAC is gone, which is how a
     // `kubectl delete -k`, `skaffold delete` or a prune (rendered order) looks from here.
     // Leaving the plugin installed then would make every ADD on the node fail.
-    const code = (e as { code?: number }).code
+    const code = e instanceof ApiError ? e.status : undefined
     if (code === 404 || code === 401 || code === 403) {
       log.info({ status: code }, 'the DaemonSet is gone or our credentials are revoked: uninstalling')
       return true

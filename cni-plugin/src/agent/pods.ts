@@ -1,12 +1,11 @@
 // Pod lookups for ADD/CHECK: a node-scoped cache (list+watch on spec.nodeName, our own
 // reflector: see reflector.ts for why not client-node's informer) first, a direct GET when the
 // cache misses or holds another incarnation, bounded by a deadline.
-import type { IncomingMessage } from 'node:http'
-import { request, type RequestOptions } from 'node:https'
-import { CoreV1Api, type KubeConfig, type V1Pod } from '@kubernetes/client-node'
+import type { V1Pod } from '@kubernetes/client-node'
 import type { Logger } from 'pino'
 import type { PodRef } from '../cni/spec.ts'
-import { httpListerWatcher, Reflector, type ApiGet, type ReflectorOptions } from './reflector.ts'
+import { seg, type KubeClient } from './kube.ts'
+import { ApiError, httpListerWatcher, Reflector, type ReflectorOptions } from './reflector.ts'
 
 export interface PodLookup {
   pod: V1Pod | undefined
@@ -31,32 +30,43 @@ export interface PodSourceHooks {
 
 const RETRY_MS = [100, 200, 400, 800, 1600]
 
+/** Annotations the agent reads: its own (the interception intent). */
+const OWN_ANNOTATION_PREFIX = 'cni.openziti.io/'
+type Container = NonNullable<V1Pod['spec']>['containers'][number]
+
 /**
- * GETs against the kubeconfig's server with its TLS and credentials, applied per request so a
- * rotated token file is read again (client-node's tokenFile authenticator).
+ * Pure: what the cache keeps of a pod, the fields the agent reads and nothing else: identity
+ * and version, deletion, its own annotations (the intent), the node, each container's ports and
+ * probes (the ingress the fence lets in: shared/ingress.ts) and the init containers' statuses
+ * (repair reads the validator's). A pod from EKS carries ~6 KiB of JSON (managedFields, env,
+ * volumes, last-applied-configuration) the agent never reads; 500 of them as whole V1Pod objects
+ * held several MiB of heap (bench/rss.ts).
  */
-export function kubeGet(kc: KubeConfig): ApiGet {
-  return async (pathAndQuery, signal) => {
-    const server = kc.getCurrentCluster()?.server
-    if (!server) throw new Error('the kubeconfig names no server')
-    const url = new URL(pathAndQuery, server)
-    // The API is HTTPS; client-node refuses http:// unless TLS verification is off.
-    if (url.protocol !== 'https:') throw new Error(`the API server must be https, not ${url.protocol}`)
-    const opts: RequestOptions = { headers: { accept: 'application/json' } }
-    await kc.applyToHTTPSOptions(opts)
-    return new Promise<IncomingMessage>((resolve, reject) => {
-      const req = request(url, { ...opts, method: 'GET', signal }, resolve)
-      req.on('error', reject)
-      req.end()
-    })
+export function cachedPod(pod: V1Pod): V1Pod {
+  const m = pod.metadata ?? {}
+  const annotations = Object.fromEntries(Object.entries(m.annotations ?? {}).filter(([k]) => k.startsWith(OWN_ANNOTATION_PREFIX)))
+  const container = (c: Container): Container => {
+    const { name, ports, livenessProbe, readinessProbe, startupProbe } = c
+    return { name, ...(ports ? { ports } : {}), ...(livenessProbe ? { livenessProbe } : {}), ...(readinessProbe ? { readinessProbe } : {}), ...(startupProbe ? { startupProbe } : {}) }
+  }
+  const spec = pod.spec
+  const init = pod.status?.initContainerStatuses
+  return {
+    metadata: {
+      name: m.name, namespace: m.namespace, uid: m.uid, resourceVersion: m.resourceVersion,
+      ...(m.deletionTimestamp ? { deletionTimestamp: m.deletionTimestamp } : {}),
+      ...(Object.keys(annotations).length ? { annotations } : {}),
+    },
+    ...(spec ? { spec: { nodeName: spec.nodeName, containers: (spec.containers ?? []).map(container), ...(spec.initContainers ? { initContainers: spec.initContainers.map(container) } : {}) } } : {}),
+    ...(init ? { status: { initContainerStatuses: init } } : {}),
   }
 }
 
-export function createPodSource(kc: KubeConfig, nodeName: string, log: Logger, hooks: PodSourceHooks = {}): PodSource {
-  const core = kc.makeApiClient(CoreV1Api)
+export function createPodSource(kube: KubeClient, nodeName: string, log: Logger, hooks: PodSourceHooks = {}): PodSource {
   const listeners: Array<(pod: V1Pod) => void> = []
-  const reflector = new Reflector<V1Pod>(httpListerWatcher<V1Pod>(kubeGet(kc), '/api/v1/pods', `spec.nodeName=${nodeName}`), {
+  const reflector = new Reflector<V1Pod>(httpListerWatcher<V1Pod>(kube.get, '/api/v1/pods', `spec.nodeName=${nodeName}`), {
     name: 'pods', log, ...hooks.reflector,
+    transform: cachedPod,
     onUpsert: (pod) => { for (const cb of listeners) cb(pod) },
   })
   reflector.start()
@@ -75,15 +85,14 @@ export function createPodSource(kc: KubeConfig, nodeName: string, log: Logger, h
       let lastError: unknown
       for (let attempt = 0; ; attempt++) {
         try {
-          const pod = await core.readNamespacedPod({ name: ref.name, namespace: ref.namespace })
+          const pod = await kube.json<V1Pod>('GET', `/api/v1/namespaces/${seg(ref.namespace)}/pods/${seg(ref.name)}`)
           if (matches(pod, ref)) {
             hooks.onLookup?.('api', 'hit')
             return { pod, source: 'api' }
           }
           lastError = new Error(`pod ${ref.namespace}/${ref.name} has uid ${pod.metadata?.uid}, expected ${ref.uid}`)
         } catch (e) {
-          const code = (e as { code?: number }).code
-          if (code === 404) {
+          if (e instanceof ApiError && e.status === 404) {
             hooks.onLookup?.('api', 'miss')
             return { pod: undefined, source: 'api' }
           }

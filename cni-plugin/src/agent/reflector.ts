@@ -176,6 +176,11 @@ export interface ReflectorOptions<T> {
   minWatchTimeoutSeconds?: number
   backoff?: Backoff
   rand?: () => number
+  /**
+   * What the store keeps of each listed or watched object (client-go's SetTransform,
+   * shared_informer.go: e.g. TransformStripManagedFields); applied before the callbacks too.
+   */
+  transform?: (obj: T) => T
   onUpsert?: (obj: T) => void
   onDelete?: (obj: T) => void
 }
@@ -304,7 +309,8 @@ export class Reflector<T extends KubeObject> {
   /** The store becomes exactly the list: new and changed objects upserted, missing ones deleted. */
   private replace(items: T[]): void {
     const seen = new Set<string>()
-    for (const item of items) {
+    for (const listed of items) {
+      const item = this.o.transform ? this.o.transform(listed) : listed
       const k = key(item)
       seen.add(k)
       const old = this.store.get(k)
@@ -377,8 +383,9 @@ export class Reflector<T extends KubeObject> {
       this.store.delete(k)
       if (old) this.o.onDelete?.(ev.object)
     } else if (ev.type === 'ADDED' || ev.type === 'MODIFIED') {
-      this.store.set(k, ev.object)
-      this.o.onUpsert?.(ev.object)
+      const obj = this.o.transform ? this.o.transform(ev.object) : ev.object
+      this.store.set(k, obj)
+      this.o.onUpsert?.(obj)
     }
     if (rv) this.lastSyncResourceVersion = rv
   }

@@ -1,6 +1,7 @@
 // Two listeners: the CNI socket (root-only unix socket the executable talks to) and the
-// health/metrics port (fastify) for the kubelet and Prometheus.
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+// health/metrics port (node:http: three read-only GET routes; fastify cost the agent ~6 MiB of
+// resident memory for them, bench/rss.ts) for the kubelet and Prometheus.
+import { createServer as createHttpServer } from 'node:http'
 import type { Logger } from 'pino'
 import { createServer, type Server } from 'node:net'
 import { MAX_MESSAGE_BYTES, requestProblem, type AgentRequest, type AgentResponse } from '../cni/agent-protocol.ts'
@@ -69,13 +70,37 @@ export interface HealthProbe {
   ready(): { ready: boolean; reason: string }
 }
 
-export function createHealthServer(probe: HealthProbe, metrics: AgentMetrics, log: Logger): FastifyInstance {
-  const app = Fastify({ loggerInstance: log.child({ component: 'health' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }) })
-  app.get('/healthz', async (_req, reply) => reply.code(probe.live() ? 200 : 500).send({ ok: probe.live() }))
-  app.get('/readyz', async (_req, reply) => {
-    const r = probe.ready()
-    return reply.code(r.ready ? 200 : 503).send(r)
+export interface HealthServer {
+  listen(addr: { host: string; port: number }): Promise<void>
+  close(): Promise<void>
+}
+
+/** GET (or HEAD) /healthz, /readyz and /metrics; anything else 404, other methods 405. */
+export function createHealthServer(probe: HealthProbe, metrics: AgentMetrics, log: Logger): HealthServer {
+  const healthLog = log.child({ component: 'health' })
+  const server = createHttpServer((req, res) => {
+    const send = (status: number, type: string, body: string) => {
+      res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body) })
+      res.end(req.method === 'HEAD' ? undefined : body)
+    }
+    const json = (status: number, body: unknown) => send(status, 'application/json; charset=utf-8', JSON.stringify(body))
+    const path = (req.url ?? '/').split('?')[0]
+    if (req.method !== 'GET' && req.method !== 'HEAD') return json(405, { error: 'Method Not Allowed' })
+    if (path === '/healthz') return json(probe.live() ? 200 : 500, { ok: probe.live() })
+    if (path === '/readyz') { const r = probe.ready(); return json(r.ready ? 200 : 503, r) }
+    if (path === '/metrics') {
+      return void metrics.registry.metrics().then((text) => send(200, metrics.registry.contentType, text), (e: unknown) => {
+        healthLog.error({ err: (e as Error).message }, 'cannot render metrics')
+        json(500, { error: 'cannot render metrics' })
+      })
+    }
+    json(404, { error: 'Not Found', path })
   })
-  app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()))
-  return app
+  // fastify's default (72 s), longer than a scrape interval: node's own 5 s closes idle
+  // keep-alive sockets under clients that are about to reuse them ("socket hang up").
+  server.keepAliveTimeout = 72_000
+  return {
+    listen: ({ host, port }) => new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(port, host, () => { server.off('error', reject); resolve() }) }),
+    close: () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()) }),
+  }
 }

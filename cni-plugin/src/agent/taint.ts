@@ -6,8 +6,9 @@
 // deploy/components/startup-taint component grants the patch and confines it with a
 // ValidatingAdmissionPolicy: the agent may only remove this taint, only from the node its
 // bound token names. Pure patch first, then the thin remover.
-import { CoreV1Api, PatchStrategy, setHeaderOptions, type KubeConfig, type V1Node, type V1Taint } from '@kubernetes/client-node'
+import type { V1Node, V1Taint } from '@kubernetes/client-node'
 import type { Logger } from 'pino'
+import { seg, type KubeClient } from './kube.ts'
 
 export const STARTUP_TAINT = 'cni.openziti.io/agent-not-ready'
 
@@ -27,8 +28,8 @@ export function untaintPatch(node: V1Node, key: string): Array<{ op: 'test' | 'r
  * Waits for `ready`, then removes the taint from `nodeName`, retrying (a failed test, the API
  * away) every `retryMs` until the node no longer has it. Returns the stop function.
  */
-export function startTaintRemoval(kc: KubeConfig, nodeName: string, key: string, log: Logger, ready: () => boolean, retryMs = 2_000): { stop: () => void; done: Promise<void> } {
-  const core = kc.makeApiClient(CoreV1Api)
+export function startTaintRemoval(kube: KubeClient, nodeName: string, key: string, log: Logger, ready: () => boolean, retryMs = 2_000): { stop: () => void; done: Promise<void> } {
+  const path = `/api/v1/nodes/${seg(nodeName)}`
   const l = log.child({ component: 'startup-taint', taint: key })
   let stopped = false
   let timer: NodeJS.Timeout | undefined
@@ -37,10 +38,10 @@ export function startTaintRemoval(kc: KubeConfig, nodeName: string, key: string,
       if (stopped) return resolve()
       if (ready()) {
         try {
-          const node = await core.readNode({ name: nodeName })
+          const node = await kube.json<V1Node>('GET', path)
           const patch = untaintPatch(node, key)
           if (!patch) { l.info('node carries no startup taint (or no longer)'); return resolve() }
-          await core.patchNode({ name: nodeName, body: patch }, setHeaderOptions('Content-Type', PatchStrategy.JsonPatch))
+          await kube.json('PATCH', path, { body: patch, contentType: 'application/json-patch+json' })
           l.info('plugin installed and agent ready: removed the startup taint from this node')
           return resolve()
         } catch (e) {
