@@ -7,13 +7,16 @@
 import type { AgentRequest, AgentResponse, ExecRequest } from '../cni/agent-protocol.ts'
 import { renderExecFallback, renderExecReply } from '../cni/agent-protocol.ts'
 import { DEFAULTS, parseRequest } from '../cni/request.ts'
-import { pluginLogger } from '../plugin/log.ts'
+import type { Logger as PinoLogger } from 'pino'
+import { pluginLogger, type Logger } from '../plugin/log.ts'
 import { renderStdout, runPlugin } from '../plugin/run.ts'
 
 export interface ExecDeps {
   /** The socket path this agent listens on, as the config's `agentSocket` names it. */
   ownSocket: string
   handle(req: AgentRequest): Promise<AgentResponse>
+  /** Where the plugin's lines go when its config names no `logFile` (the executable's stderr otherwise). */
+  log: PinoLogger
 }
 
 /** The raw reply for one EXEC request (already validated by execRequestProblem). */
@@ -29,7 +32,7 @@ export async function handleExec(body: ExecRequest, deps: ExecDeps): Promise<Buf
     agentStatus: async () => true,
     // Unreachable (the agent answers every call); undefined would fail closed if it ever were.
     readSnapshot: () => undefined,
-    logger: (req) => pluginLogger(env, req),
+    logger: (req) => (req?.conf.logFile ? pluginLogger(env, req) : asPlugin(deps.log)),
   })
   return renderExecReply(out.exitCode, renderStdout(out))
 }
@@ -42,4 +45,9 @@ function configuredSocket(env: NodeJS.ProcessEnv, stdin: string): string | undef
   } catch {
     return undefined
   }
+}
+
+/** The agent's own log as the plugin's Logger (it already logs each request, so at debug). */
+function asPlugin(log: PinoLogger): Logger {
+  return { log: (level, msg, fields) => log[level === 'info' ? 'debug' : level]({ plugin: 'ziti-cni', ...fields }, msg) }
 }

@@ -34,7 +34,7 @@ export function createCniServer(programmer: Pick<Programmer, 'handle'>, metrics:
       cniLog.warn({ problem }, 'refused an EXEC request')
       return renderExecReply(1, JSON.stringify(new CniError(ErrorCode.DecodeFailure, `agent EXEC request: ${problem}`).toJSON(CURRENT_VERSION)) + '\n')
     }
-    return handleExec(body as ExecRequest, { ownSocket, handle })
+    return handleExec(body as ExecRequest, { ownSocket, handle, log: cniLog })
   }
   const handle = async (decoded: unknown): Promise<AgentResponse> => {
     let body = decoded as AgentRequest
