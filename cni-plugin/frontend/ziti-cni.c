@@ -94,6 +94,8 @@ static void put(const char *p, size_t n) {
   request_len += n;
 }
 
+#define PUT_LITERAL(s) put(s, sizeof s - 1)
+
 /* A JSON string: `"` and `\` escaped, control bytes as \u00XX, every other byte as is. */
 static void put_json_string(const char *p, size_t n) {
   static const char hex[] = "0123456789abcdef";
@@ -151,14 +153,19 @@ static void forward(const char *address_file, char **envp, int is_version) {
   int timeout_s;
   if (!read_agent_address(address_file, &addr, &timeout_s)) return;
   if (!is_version) {
-    ssize_t n = read_upto(0, input, sizeof input);
+    /* input_len counts every byte taken from fd 0, so the replay loses none even on an error. */
     input_read = 1;
-    if (n < 0) return;
-    input_len = (size_t)n;
-    if (input_len > MAX_MESSAGE) return; /* too large to forward: the replay sends it all */
+    for (;;) {
+      ssize_t r = read(0, input + input_len, sizeof input - input_len);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return;
+      if (r == 0) break;
+      input_len += (size_t)r;
+      if (input_len == sizeof input) return; /* over MAX_MESSAGE: too large to forward; the replay sends it all */
+    }
     input_whole = 1;
   }
-  put("{\"command\":\"EXEC\",\"env\":{", 25);
+  PUT_LITERAL("{\"command\":\"EXEC\",\"env\":{");
   int first = 1;
   for (size_t k = 0; k < sizeof ENV_KEYS / sizeof *ENV_KEYS; k++) {
     size_t kl = strlen(ENV_KEYS[k]);
@@ -172,7 +179,7 @@ static void forward(const char *address_file, char **envp, int is_version) {
       break;
     }
   }
-  put("},\"stdin\":", 10);
+  PUT_LITERAL("},\"stdin\":");
   put_json_string(input, input_len);
   put("}\n", 2);
   if (request_overflow) return;

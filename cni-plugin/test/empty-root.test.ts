@@ -164,6 +164,16 @@ for (const arch of Object.keys(ELF_MACHINE) as Arch[]) t.test(`the installed ${a
   const v = await run('VERSION')
   t.same(JSON.parse(v.stdout), JSON.parse(version.stdout), 'EXEC: VERSION, the same answer')
   t.same(lines, ['EXEC', 'EXEC', 'EXEC', 'EXEC', 'EXEC'], 'one EXEC connection per run: no Node plugin started')
+  // Falls back, still with this agent up: stdin over 4 MiB (never sent; replayed whole to Node) ...
+  lines.length = 0
+  const big = await run('ADD', { padding: 'x'.repeat(5 << 20) })
+  t.equal(big.code, 0, big.stdout.slice(0, 300))
+  t.same(lines, ['ADD'], 'stdin over 4 MiB: no EXEC; the Node plugin read all of it (replayed) and asked the agent itself')
+  // ... and a config naming another agent's socket: this agent declines, Node asks that one (absent).
+  lines.length = 0
+  const other = await run('ADD', { agentSocket: '/var/run/other/agent.sock' })
+  t.same(lines, ['EXEC'], 'EXEC declined, nothing handled here')
+  t.match(JSON.parse(other.stdout), { code: 11, msg: /cannot reach the agent at \/var\/run\/other\/agent\.sock/ }, 'the Node plugin tried the configured agent and failed closed')
   await stop()
 
   // Path 2: an agent that answers EXEC with a JSON-line error (an older agent): the Node plugin.
