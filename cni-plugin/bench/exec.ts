@@ -6,13 +6,18 @@
 //   node -e 0               Node's own start-up
 //   SEA VERSION (host libs) the Node SEA run as before, by the host's loader and libraries
 //   ziti-cni VERSION        the installed layout: static front end -> bundled ld.so -> SEA
-//   SEA / ziti-cni ADD      an ADD for a pod, answered by a fake agent on a unix socket
+//   SEA / ziti-cni ADD      an ADD for a pod, answered by the agent's socket server (a stand-in
+//                           Programmer: pass through) on a unix socket
+//   ziti-cni … (EXEC)       the front end's first path: the invocation forwarded to the agent
+//                           (ziti-cni.d/agent-socket written); the others run its Node fallback
 import { spawn } from 'node:child_process'
 import { chmodSync, copyFileSync, mkdtempSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
+import { pino } from 'pino'
+import { createAgentMetrics } from '../src/agent/metrics.ts'
+import { createCniServer } from '../src/agent/server.ts'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { installBinary } from '../src/install/installer.ts'
+import { installBinary, writeAgentAddress } from '../src/install/installer.ts'
 
 const dist = new URL('../dist/', import.meta.url).pathname
 
@@ -27,11 +32,14 @@ export async function benchExec(runs: number): Promise<ExecFigures> {
   // (executable, loaded by the host's loader and libraries).
   installBinary(`${dist}ziti-cni`, join(dir, 'bin'))
   const installed = join(dir, 'bin/ziti-cni')
+  writeAgentAddress(join(dir, 'bin-exec'), { type: 'ziti-cni', agentSocket: socket })
+  installBinary(`${dist}ziti-cni`, join(dir, 'bin-exec'))
+  const forwarding = join(dir, 'bin-exec/ziti-cni')
   const hostSea = join(dir, 'ziti-cni-host')
   copyFileSync(`${dist}ziti-cni.d/ziti-cni-node`, hostSea)
   chmodSync(hostSea, 0o755)
 
-  const agent = createServer((c) => c.on('data', () => c.end('{"ok":true,"intercepted":false}\n')))
+  const agent = createCniServer({ handle: async () => ({ ok: true, intercepted: false }) }, createAgentMetrics(), pino({ level: 'silent' }), socket)
   await new Promise<void>((r) => agent.listen(socket, () => r()))
 
   const stdin = JSON.stringify({ cniVersion: '1.0.0', name: 'net', type: 'ziti-cni', agentSocket: socket, snapshot: join(dir, 'none.json'), prevResult: { cniVersion: '1.0.0', ips: [{ address: '10.0.0.5/24' }] } })
@@ -43,6 +51,8 @@ export async function benchExec(runs: number): Promise<ExecFigures> {
     { name: 'ziti-cni VERSION', cmd: [installed], env: { CNI_COMMAND: 'VERSION' } },
     { name: 'SEA ADD (host libs)', cmd: [hostSea], env: addEnv, stdin },
     { name: 'ziti-cni ADD', cmd: [installed], env: addEnv, stdin },
+    { name: 'ziti-cni VERSION (EXEC)', cmd: [forwarding], env: { CNI_COMMAND: 'VERSION' } },
+    { name: 'ziti-cni ADD (EXEC)', cmd: [forwarding], env: addEnv, stdin },
   ]
 
   function once(cmd: string[], env: Record<string, string>, input = '', rss = false): Promise<{ ms: number; kib: number; cpu: number }> {

@@ -2,10 +2,13 @@
 // writes goes into an otherwise EMPTY root (no /proc, /dev, /etc/ld.so.cache, libc, shell),
 // and the executable runs VERSION, ADD, CHECK, DEL and STATUS there under chroot, as libcni
 // would exec it (absolute path, CNI_* environment, the conflist's entry with prevResult on
-// stdin). The agent is a fake listening on the socket path inside the root: what is proven is
-// that the executable starts, speaks the agent protocol and prints the spec's answers with no
-// host library, not that a netns is programmed (the containerd tier does that). With the fake
-// agent gone, the agent-down path reads the intent snapshot inside the root.
+// stdin). Both of the executable's paths run there: forwarded to the agent (EXEC: the agent's
+// real socket server and runPlugin(), with a stand-in for the Programmer that only records what
+// it was asked) and the Node plugin it falls back to (an agent that speaks only the JSON-line
+// protocol, as an older one; then no agent at all, where the intent snapshot inside the root
+// decides). What is proven is that the executable starts, speaks the protocol and prints the
+// spec's answers with no host library, not that a netns is programmed (the containerd tier
+// does that).
 // Every target arch's build runs it (dist/<arch>/): the host's natively, another arch's under
 // qemu-user through a binfmt_misc entry with the F flag (the kernel opens qemu when the entry
 // is registered, so nothing of qemu is needed inside the root). Every installed file is also
@@ -17,7 +20,11 @@ import { tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 import { rootOnly } from '../../shared/testkit/root.ts'
 import { spawn, spawnSync } from 'node:child_process'
-import { ensureConflist, installBinary } from '../src/install/installer.ts'
+import { pino } from 'pino'
+import { ensureConflist, installBinary, writeAgentAddress } from '../src/install/installer.ts'
+import { createCniServer } from '../src/agent/server.ts'
+import { createAgentMetrics } from '../src/agent/metrics.ts'
+import type { AgentRequest } from '../src/cni/agent-protocol.ts'
 import { renderSnapshot } from '../src/cni/intent-snapshot.ts'
 import { ELF_MACHINE, readElf } from '../frontend/elf.ts'
 
@@ -84,10 +91,11 @@ for (const arch of Object.keys(ELF_MACHINE) as Arch[]) t.test(`the installed ${a
   const root = mkdtempSync(join(tmpdir(), 'zcni-root-'))
   t.teardown(() => rmSync(root, { recursive: true, force: true }))
   // Exactly what the installer writes: the executable and its dir, our conflist entry.
+  const entry = { type: 'ziti-cni' as const, agentSocket: SOCKET, snapshot: SNAPSHOT, timeoutSeconds: 5 }
+  writeAgentAddress(join(root, BIN), entry)
   installBinary(FRONT_END, join(root, BIN))
   mkdirSync(join(root, 'etc/cni/net.d'), { recursive: true })
   writeFileSync(join(root, 'etc/cni/net.d/10-bridge.conflist'), JSON.stringify({ cniVersion: '1.0.0', name: 'k8s-pod-network', plugins: [{ type: 'bridge' }] }))
-  const entry = { type: 'ziti-cni' as const, agentSocket: SOCKET, snapshot: SNAPSHOT, timeoutSeconds: 5 }
   ensureConflist(join(root, 'etc/cni/net.d'), entry)
   mkdirSync(join(root, 'var/run/ziti-cni'), { recursive: true, mode: 0o700 })
 
@@ -99,7 +107,8 @@ for (const arch of Object.keys(ELF_MACHINE) as Arch[]) t.test(`the installed ${a
   t.comment(`installed (${arch}): ${installed.length} files, ${(bytes / 2 ** 20).toFixed(1)} MiB: ${installed.map((f) => f.slice('opt/cni/bin/'.length)).join(', ')}`)
 
   // As ELF: all for this arch; the front end static; the rest needing nothing outside ziti-cni.d.
-  const elf = new Map(installed.map((f) => [f.slice('opt/cni/bin/'.length), readElf(join(root, f))]))
+  t.equal(readFileSync(join(root, BIN, 'ziti-cni.d/agent-socket'), 'utf8'), `${SOCKET}\n5\n`, 'where the front end finds the agent')
+  const elf = new Map(installed.filter((f) => !f.endsWith('/agent-socket')).map((f) => [f.slice('opt/cni/bin/'.length), readElf(join(root, f))]))
   t.same([...elf].filter(([, e]) => e.machine !== ELF_MACHINE[arch]).map(([f]) => f), [], `every installed file is an ${arch} ELF (e_machine ${ELF_MACHINE[arch]})`)
   t.same(elf.get('ziti-cni'), { machine: ELF_MACHINE[arch], interpreter: undefined, needed: [] }, 'the front end is static: no loader, no libraries')
   const inside = new Set([...elf.keys()].filter((f) => f.startsWith('ziti-cni.d/')).map((f) => f.slice('ziti-cni.d/'.length)))
@@ -131,23 +140,61 @@ for (const arch of Object.keys(ELF_MACHINE) as Arch[]) t.test(`the installed ${a
   t.equal(version.code, 0, version.stderr)
   t.same(JSON.parse(version.stdout), { cniVersion: '1.1.0', supportedVersions: ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] })
 
-  // A fake agent on the socket path inside the root.
+  // Each connection's first request line, by command: which path each run took.
+  const lines: string[] = []
+  const listen = async (server: Server) => {
+    server.on('connection', (c) => { let buf = ''; c.on('data', (d) => { if (!buf.includes('\n')) { buf += d.toString('utf8'); if (buf.includes('\n')) lines.push((JSON.parse(buf) as { command: string }).command) } }) })
+    await new Promise<void>((r) => server.listen(join(root, SOCKET), () => r()))
+    return () => new Promise<void>((r) => server.close(() => r()))
+  }
+  const podAsked = { command: 'ADD', containerId: 'c0ffee', netns: '/var/run/netns/cni-x', ifName: 'eth0', pod: { namespace: 'apps', name: 'web', uid: 'uid-web' }, validAttachments: [], podIps: ['10.22.0.5'] }
+
+  // Path 1: the agent's own socket server answers EXEC (its path as the config names it).
+  const handled: AgentRequest[] = []
+  let stop = await listen(createCniServer({ handle: async (r) => { handled.push(r); return { ok: true, intercepted: true, mode: 'proxy' } } }, createAgentMetrics(), pino({ level: 'silent' }), SOCKET))
+  const forwarded = await run('ADD')
+  t.equal(forwarded.code, 0, forwarded.stderr + forwarded.stdout)
+  t.same(JSON.parse(forwarded.stdout), { ...prevResult, cniVersion: '1.1.0' }, 'EXEC: ADD prints prevResult at the caller\'s version')
+  t.same(handled.at(-1), podAsked, 'EXEC: the agent\'s handler got the pod')
+  for (const command of ['CHECK', 'DEL', 'STATUS']) {
+    const r = await run(command)
+    t.same({ code: r.code, stdout: r.stdout }, { code: 0, stdout: '' }, `EXEC: ${command} succeeds, prints nothing`)
+  }
+  t.same(handled.map((r) => r.command), ['ADD', 'CHECK', 'DEL'], 'EXEC: STATUS needs no handler (the agent answering is the agent up)')
+  const v = await run('VERSION')
+  t.same(JSON.parse(v.stdout), JSON.parse(version.stdout), 'EXEC: VERSION, the same answer')
+  t.same(lines, ['EXEC', 'EXEC', 'EXEC', 'EXEC', 'EXEC'], 'one EXEC connection per run: no Node plugin started')
+  // Falls back, still with this agent up: stdin over 4 MiB (never sent; replayed whole to Node) ...
+  lines.length = 0
+  const big = await run('ADD', { padding: 'x'.repeat(5 << 20) })
+  t.equal(big.code, 0, big.stdout.slice(0, 300))
+  t.same(lines, ['ADD'], 'stdin over 4 MiB: no EXEC; the Node plugin read all of it (replayed) and asked the agent itself')
+  // ... and a config naming another agent's socket: this agent declines, Node asks that one (absent).
+  lines.length = 0
+  const other = await run('ADD', { agentSocket: '/var/run/other/agent.sock' })
+  t.same(lines, ['EXEC'], 'EXEC declined, nothing handled here')
+  t.match(JSON.parse(other.stdout), { code: 11, msg: /cannot reach the agent at \/var\/run\/other\/agent\.sock/ }, 'the Node plugin tried the configured agent and failed closed')
+  await stop()
+
+  // Path 2: an agent that answers EXEC with a JSON-line error (an older agent): the Node plugin.
+  lines.length = 0
   const requests: Array<Record<string, unknown>> = []
-  const agent: Server = createServer((c) => {
+  stop = await listen(createServer((c) => {
     let buf = ''
     c.on('data', (d) => {
       buf += d.toString('utf8')
       if (!buf.includes('\n')) return
-      requests.push(JSON.parse(buf))
+      const req = JSON.parse(buf) as Record<string, unknown>
+      if (req.command === 'EXEC') return void c.end(JSON.stringify({ ok: false, code: 6, msg: 'agent request: command must be ADD, DEL, CHECK, GC or PING' }) + '\n')
+      requests.push(req)
       c.end(JSON.stringify({ ok: true, intercepted: true, mode: 'proxy' }) + '\n')
     })
-  })
-  await new Promise<void>((r) => agent.listen(join(root, SOCKET), () => r()))
+  }))
 
   const add = await run('ADD')
   t.equal(add.code, 0, add.stderr + add.stdout)
   t.same(JSON.parse(add.stdout), { ...prevResult, cniVersion: '1.1.0' }, 'ADD prints prevResult at the caller\'s version')
-  t.same(requests.at(-1), { command: 'ADD', containerId: 'c0ffee', netns: '/var/run/netns/cni-x', ifName: 'eth0', pod: { namespace: 'apps', name: 'web', uid: 'uid-web' }, validAttachments: [], podIps: ['10.22.0.5'] }, 'the agent got the pod')
+  t.same(requests.at(-1), podAsked, 'the agent got the pod, from the Node plugin (stdin replayed to it)')
   const check = await run('CHECK')
   t.equal(check.code, 0, check.stdout)
   t.equal(check.stdout, '', 'CHECK prints nothing on success')
@@ -158,9 +205,10 @@ for (const arch of Object.keys(ELF_MACHINE) as Arch[]) t.test(`the installed ${a
   const status = await run('STATUS')
   t.equal(status.code, 0, status.stdout)
   t.equal(requests.at(-1)?.command, 'PING')
+  t.same(lines, ['EXEC', 'ADD', 'EXEC', 'CHECK', 'EXEC', 'DEL', 'EXEC', 'PING'], 'each run: EXEC refused, then the Node plugin\'s own request')
 
   // The agent is gone: its snapshot inside the root decides.
-  await new Promise<void>((r) => agent.close(() => r()))
+  await stop()
   const down = await run('ADD')
   t.equal(JSON.parse(down.stdout).code, 11, 'no snapshot: fails closed, try again later')
   t.match(JSON.parse(down.stdout).msg, /no intent snapshot on this node/)

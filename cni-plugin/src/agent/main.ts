@@ -77,7 +77,7 @@ async function run(f: AgentFlags): Promise<void> {
   const stopDrift = f.drift === 'off' ? () => {} : startDriftDetection({ netns, state, log, lookupDeadlineMs: f.lookupDeadlineMs, bpfObject: f.bpfObject, action: f.drift, nodeName: f.nodeName, minAgeMs: f.driftIntervalMs, registry: metrics.registry, busy: () => cniInFlight.count > 0,
     emitEvent: (ev) => events.record({ namespace: ev.involvedObject.namespace!, name: ev.involvedObject.name!, uid: ev.involvedObject.uid }, 'Warning', ev.reason!, ev.message!) }, () => state.list(), f.driftIntervalMs)
 
-  const cni = createCniServer(withFailureEvents(programmer, events), metrics, log)
+  const cni = createCniServer(withFailureEvents(programmer, events), metrics, log, f.socket)
   rmSync(f.socket, { force: true })
   await new Promise<void>((resolve, reject) => { cni.once('error', reject); cni.listen(f.socket, () => resolve()) })
   chmodSync(f.socket, 0o600)

@@ -4,27 +4,40 @@
 import { createServer as createHttpServer } from 'node:http'
 import type { Logger } from 'pino'
 import { createServer, type Server } from 'node:net'
-import { MAX_MESSAGE_BYTES, requestProblem, type AgentRequest, type AgentResponse } from '../cni/agent-protocol.ts'
-import { CniError, ErrorCode } from '../cni/spec.ts'
+import { execRequestProblem, MAX_MESSAGE_BYTES, renderExecReply, requestProblem, type AgentRequest, type AgentResponse, type ExecRequest } from '../cni/agent-protocol.ts'
+import { CniError, CURRENT_VERSION, ErrorCode } from '../cni/spec.ts'
+import { handleExec } from './exec.ts'
 import type { AgentMetrics } from './metrics.ts'
 import type { Programmer } from './programmer.ts'
 
-/**
- * The CNI socket: one JSON request line in, one JSON response line out, per connection.
- * Root-only (0600), on the node; the executable is its only client.
- */
 /** CNI requests being handled now: background work (the drift pass) yields to pod start-up. */
 export const cniInFlight = { count: 0 }
 
-export function createCniServer(programmer: Pick<Programmer, 'handle'>, metrics: AgentMetrics, log: Logger): Server {
+/**
+ * The CNI socket: one JSON request line in, one answer out, per connection: a JSON line, or for
+ * EXEC the raw reply (agent-protocol.ts). Root-only (0600), on the node; the executable (its
+ * front end, or the Node plugin) is its only client. `ownSocket` is the path it listens on as
+ * the plugin's config names it (an EXEC for another agent's socket is refused).
+ */
+export function createCniServer(programmer: Pick<Programmer, 'handle'>, metrics: AgentMetrics, log: Logger, ownSocket: string): Server {
   const cniLog = log.child({ component: 'cni-server' })
-  const handle = async (line: string): Promise<AgentResponse> => {
-    let body: AgentRequest
+  const answer = async (line: string): Promise<string | Buffer> => {
+    let body: unknown
     try {
-      body = JSON.parse(line) as AgentRequest
+      body = JSON.parse(line)
     } catch {
-      return { ok: false, code: ErrorCode.DecodeFailure, msg: 'agent request is not JSON' }
+      return JSON.stringify({ ok: false, code: ErrorCode.DecodeFailure, msg: 'agent request is not JSON' }) + '\n'
     }
+    if ((body as { command?: unknown } | null)?.command !== 'EXEC') return JSON.stringify(await handle(body)) + '\n'
+    const problem = execRequestProblem(body)
+    if (problem) {
+      cniLog.warn({ problem }, 'refused an EXEC request')
+      return renderExecReply(1, JSON.stringify(new CniError(ErrorCode.DecodeFailure, `agent EXEC request: ${problem}`).toJSON(CURRENT_VERSION)) + '\n')
+    }
+    return handleExec(body as ExecRequest, { ownSocket, handle, log: cniLog })
+  }
+  const handle = async (decoded: unknown): Promise<AgentResponse> => {
+    let body = decoded as AgentRequest
     const problem = requestProblem(body)
     if (problem) return { ok: false, code: ErrorCode.DecodeFailure, msg: `agent request: ${problem}` }
     if (body.command === 'PING') return { ok: true, intercepted: false }
@@ -60,7 +73,7 @@ export function createCniServer(programmer: Pick<Programmer, 'handle'>, metrics:
       if (size > MAX_MESSAGE_BYTES) { sock.end(JSON.stringify({ ok: false, code: ErrorCode.DecodeFailure, msg: 'agent request is too large' }) + '\n'); return }
       if (!c.includes(10)) return
       sock.pause()
-      void handle(Buffer.concat(chunks).toString('utf8')).then((res) => sock.end(JSON.stringify(res) + '\n'))
+      void answer(Buffer.concat(chunks).toString('utf8')).then((reply) => sock.end(reply))
     })
   })
 }

@@ -1,6 +1,8 @@
 // The wire contract between the thin CNI executable and the node agent: one JSON object per
 // line over a unix socket, one request per connection. Chosen over HTTP because loading
 // node:http and its parser costs the short-lived executable ~9 ms per ADD (bench:cni).
+// EXEC (below) carries a whole CNI invocation from the static front end (frontend/ziti-cni.c),
+// which cannot run the TypeScript plugin itself; its reply is raw so the C side parses no JSON.
 import type { PodRef } from './spec.ts'
 
 export const MAX_MESSAGE_BYTES = 4 << 20
@@ -39,4 +41,50 @@ export function requestProblem(v: unknown): string | undefined {
     !r.validAttachments.every((a) => typeof a?.containerID === 'string' && typeof a?.ifname === 'string'))) return 'validAttachments must be [{containerID, ifname}]'
   if (r.podIps !== undefined && (!Array.isArray(r.podIps) || r.podIps.length > 16 || !r.podIps.every((ip) => typeof ip === 'string' && ip.length <= 64))) return 'podIps must be at most 16 address strings'
   return undefined
+}
+
+/**
+ * The environment variables of a CNI invocation the plugin reads (cni/request.ts): the front
+ * end sends exactly these, when set; anything else is refused.
+ */
+export const EXEC_ENV_KEYS = ['CNI_COMMAND', 'CNI_CONTAINERID', 'CNI_NETNS', 'CNI_IFNAME', 'CNI_ARGS', 'CNI_PATH'] as const
+
+/** A raw CNI invocation for the agent to run through the same runPlugin() the executable runs. */
+export interface ExecRequest {
+  command: 'EXEC'
+  env: Partial<Record<(typeof EXEC_ENV_KEYS)[number], string>>
+  /** The executable's stdin (the network config), as text; at most MAX_MESSAGE_BYTES. */
+  stdin: string
+}
+
+/** Checks a decoded EXEC request; returns a problem naming the field, or undefined. */
+export function execRequestProblem(v: unknown): string | undefined {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return 'request must be a JSON object'
+  const r = v as Record<string, unknown>
+  for (const k of Object.keys(r)) if (!['command', 'env', 'stdin'].includes(k)) return `unknown field ${JSON.stringify(k)}`
+  if (r.command !== 'EXEC') return 'command must be EXEC'
+  if (typeof r.env !== 'object' || r.env === null || Array.isArray(r.env)) return 'env must be an object of strings'
+  for (const [k, val] of Object.entries(r.env)) {
+    if (!(EXEC_ENV_KEYS as readonly string[]).includes(k)) return `env: unknown key ${JSON.stringify(k)} (known: ${EXEC_ENV_KEYS.join(', ')})`
+    if (typeof val !== 'string') return `env.${k} must be a string`
+  }
+  if (typeof (r.env as Record<string, unknown>).CNI_COMMAND !== 'string') return 'env.CNI_COMMAND is required'
+  if (typeof r.stdin !== 'string') return 'stdin must be a string'
+  if (Buffer.byteLength(r.stdin) > MAX_MESSAGE_BYTES) return `stdin must be at most ${MAX_MESSAGE_BYTES} bytes`
+  return undefined
+}
+
+/**
+ * The EXEC reply, raw so the front end needs no JSON parser: `<exitCode> <stdoutBytes>\n`
+ * then exactly that many bytes of the plugin's stdout. The byte count lets it tell a complete
+ * reply from an agent that died mid-answer.
+ */
+export function renderExecReply(exitCode: number, stdout: string): Buffer {
+  const body = Buffer.from(stdout, 'utf8')
+  return Buffer.concat([Buffer.from(`${exitCode} ${body.length}\n`), body])
+}
+
+/** Any first line that is not `<digits> <digits>`: the front end runs the Node plugin instead. */
+export function renderExecFallback(reason: string): Buffer {
+  return Buffer.from(`fallback: ${reason.replace(/\n/g, ' ')}\n`)
 }

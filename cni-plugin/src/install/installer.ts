@@ -7,6 +7,7 @@ import { chmodSync, closeSync, copyFileSync, openSync, readSync, existsSync, mkd
 import { basename, dirname, join } from 'node:path'
 import type { Logger } from 'pino'
 import { renderSnapshot } from '../cni/intent-snapshot.ts'
+import { DEFAULTS } from '../cni/request.ts'
 import { candidateFiles, convertedName, hasPlugin, insertPlugin, PLUGIN_TYPE, primaryType, removePlugin, restoreConverted, selectPrimary, type ConfFile, type PluginEntry } from './conflist.ts'
 
 export interface InstallerOptions {
@@ -95,6 +96,18 @@ export function pluginLayout(source: string, binDir: string): Array<{ source: st
   return [...files, { source, target: join(binDir, PLUGIN_TYPE), mode: 0o755 }]
 }
 
+/**
+ * `ziti-cni.d/agent-socket` beside the front end: the agent's socket path, then the timeout in
+ * seconds, one per line. The front end reads it to forward the invocation to the agent (EXEC)
+ * before it has parsed any config; without it, it runs the Node plugin. Written atomically.
+ */
+export function writeAgentAddress(binDir: string, entry: PluginEntry): boolean {
+  const path = join(binDir, `${PLUGIN_TYPE}.d`, 'agent-socket')
+  if (typeof entry.agentSocket !== 'string') { rmSync(path, { force: true }); return false }
+  const timeout = typeof entry.timeoutSeconds === 'number' ? entry.timeoutSeconds : DEFAULTS.timeoutSeconds
+  return writeAtomic(path, `${entry.agentSocket}\n${Math.ceil(timeout)}\n`, 0o644)
+}
+
 export function installBinary(source: string, binDir: string, memos: Map<string, BinaryMemo> = new Map()): boolean {
   let changed = false
   for (const f of pluginLayout(source, binDir)) {
@@ -180,6 +193,8 @@ export class Installer {
 
   /** One full pass; safe to repeat. */
   reconcile(reason: string): ConfState {
+    // Before the front end lands, so it finds the agent from its first run.
+    writeAgentAddress(this.opts.cniBinDir, this.opts.entry)
     if (installBinary(this.opts.pluginSource, this.opts.cniBinDir, this.binary)) this.log.info({ reason, dir: this.opts.cniBinDir }, 'installed the ziti-cni executable')
     if (existsSync(this.opts.pluginKubeconfig)) {
       // An older release left a token that reads every pod in the cluster on this node's disk.

@@ -1,5 +1,6 @@
 // The CNI executable's logger: JSON lines to a file or stderr, never stdout (stdout is the result).
 import { appendFileSync } from 'node:fs'
+import type { CniRequest } from '../cni/request.ts'
 
 export type Level = 'debug' | 'info' | 'warn' | 'error'
 const ORDER: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 }
@@ -21,4 +22,12 @@ export function createLogger(base: Record<string, unknown>, file: string | undef
       }
     },
   }
+}
+
+/** The plugin's logger for one invocation: the same fields whether the executable or the agent (EXEC) runs it. */
+export function pluginLogger(env: NodeJS.ProcessEnv, req: CniRequest | undefined): Logger {
+  return createLogger(
+    { plugin: 'ziti-cni', command: env.CNI_COMMAND, containerId: req?.containerId, pod: req?.pod ? `${req.pod.namespace}/${req.pod.name}` : undefined },
+    req?.conf.logFile,
+  )
 }

@@ -2,8 +2,8 @@
 // stdout carries only the CNI result or error JSON; logs go to the log file or stderr.
 import { readFileSync } from 'node:fs'
 import { agentStatus, callAgent } from './agent-client.ts'
-import { createLogger } from './log.ts'
-import { runPlugin } from './run.ts'
+import { pluginLogger } from './log.ts'
+import { renderStdout, runPlugin } from './run.ts'
 
 function readStdin(): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -24,12 +24,10 @@ async function main(): Promise<void> {
         throw e
       }
     },
-    logger: (req) => createLogger(
-      { plugin: 'ziti-cni', command: process.env.CNI_COMMAND, containerId: req?.containerId, pod: req?.pod ? `${req.pod.namespace}/${req.pod.name}` : undefined },
-      req?.conf.logFile,
-    ),
+    logger: (req) => pluginLogger(process.env, req),
   })
-  if (out.stdout !== undefined) process.stdout.write(JSON.stringify(out.stdout) + '\n')
+  const text = renderStdout(out)
+  if (text) process.stdout.write(text)
   process.exitCode = out.exitCode
 }
 

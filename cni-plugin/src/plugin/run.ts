@@ -22,6 +22,11 @@ export interface PluginOutput {
   exitCode: number
 }
 
+/** What the executable prints: the JSON and a newline, or nothing. */
+export function renderStdout(out: PluginOutput): string {
+  return out.stdout === undefined ? '' : JSON.stringify(out.stdout) + '\n'
+}
+
 export async function runPlugin(env: NodeJS.ProcessEnv, stdin: string, deps: PluginDeps): Promise<PluginOutput> {
   if (env.CNI_COMMAND === 'VERSION') return { stdout: versionResult(), exitCode: 0 }
   let req: CniRequest | undefined
