@@ -28,8 +28,7 @@ import { appPod, infraPod, STANDINS } from './lib/pods.ts'
 import { IMAGES } from './lib/test-images.ts'
 import type { RunningPod } from './lib/kubelet.ts'
 import { startWebhook } from './lib/webhook.ts'
-import { FakeZitiController } from './standins/ziti-controller.ts'
-import { FakeEdgeRouter } from './standins/ziti-router.ts'
+import { startZitiFabric } from './lib/tun-world.ts'
 
 const RUNS = 5
 const RACE_RUNS = 50
@@ -89,12 +88,7 @@ t.test('musl and glibc resolvers in proxy, tun and tproxy pods', rootOnly(['nft'
   node.api.admission = webhook.admission
 
   // tun: the controller and an edge router on the gateway (as in tun.test.ts), one dialable service.
-  const ctrl = new FakeZitiController({ host: node.gateway })
-  await ctrl.listen()
-  closers.push(() => ctrl.close())
-  const router = new FakeEdgeRouter(ctrl.ca, { apiSessionIdentity: (tok) => ctrl.apiSessionIdentity(tok), dialService: (d, i) => ctrl.clientApi.dialService(d, i) }, node.gateway)
-  ctrl.clientApi.addRouter('er-node', await router.listen())
-  closers.push(() => router.close())
+  const { ctrl } = await startZitiFabric(node.gateway, closers)
   const pg = ctrl.addService('postgres', ['db'], [ctrl.addConfig('postgres-intercept', 'intercept.v1', { protocols: ['tcp'], addresses: [ZITI_NAME], portRanges: [{ low: 5432, high: 5432 }] })])
   pg.encryptionRequired = false
   const me = ctrl.addCertIdentity('dnsapp-pod', [])

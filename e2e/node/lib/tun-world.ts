@@ -22,6 +22,17 @@ export interface TunWorld {
   router: FakeEdgeRouter
 }
 
+/** The fake controller and one edge router listening on `host`; their close goes on `closers`. */
+export async function startZitiFabric(host: string, closers: Array<() => Promise<unknown>>): Promise<{ ctrl: FakeZitiController; router: FakeEdgeRouter }> {
+  const ctrl = new FakeZitiController({ host })
+  await ctrl.listen()
+  closers.push(() => ctrl.close())
+  const router = new FakeEdgeRouter(ctrl.ca, { apiSessionIdentity: (tok) => ctrl.apiSessionIdentity(tok), dialService: (d, i) => ctrl.clientApi.dialService(d, i) }, host)
+  ctrl.clientApi.addRouter('er-node', await router.listen())
+  closers.push(() => router.close())
+  return { ctrl, router }
+}
+
 /**
  * Starts the world (torn down with `t`; `tproxy`: tproxy mode configured too) and stores `identity` (a cert identity with role
  * attribute `attribute`, dialing postgres, logs and billing-api) as Secret apps/`secret`.
@@ -46,12 +57,7 @@ export async function startTunWorld(t: Test, opts: { id: number; identity: strin
 
   // The controller and one edge router on the pod network's gateway, where sidecars reach them;
   // what the pod's identity may dial comes from the controller (services, configs, a policy).
-  const ctrl = new FakeZitiController({ host: node.gateway })
-  await ctrl.listen()
-  closers.push(() => ctrl.close())
-  const router = new FakeEdgeRouter(ctrl.ca, { apiSessionIdentity: (tok) => ctrl.apiSessionIdentity(tok), dialService: (d, i) => ctrl.clientApi.dialService(d, i) }, node.gateway)
-  ctrl.clientApi.addRouter('er-node', await router.listen())
-  closers.push(() => router.close())
+  const { ctrl, router } = await startZitiFabric(node.gateway, closers)
   const svc = (name: string, attrs: string[], intercept: object) => {
     const s = ctrl.addService(name, attrs, [ctrl.addConfig(`${name}-intercept`, 'intercept.v1', intercept as Record<string, unknown>)])
     s.encryptionRequired = false // the router stand-in has no end-to-end encryption
