@@ -65,6 +65,9 @@ try {
   ctrl.addPolicy('bench-dials-db', 'Dial', ['#bench'], ['#db'])
   const admin = ctrl.addCertIdentity('ziti-cni-identity-controller', ['identity.create', 'identity.read', 'identity.delete', 'service.read', 'config.read'])
   const credential = JSON.stringify({ ztAPI: `${ctrl.url}/edge/client/v1`, id: { cert: `pem:${admin.cert}`, key: `pem:${admin.key}`, ca: `pem:${ctrl.ca.certPem}` } })
+  // The Lease's namespace, as deploy/components/controller-identities/namespace.yaml makes it
+  // (the API stand-in refuses a Lease in a namespace that does not exist: NamespaceLifecycle).
+  node.api.put('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'ziti-cni-identity' } } as never)
   node.api.put('serviceaccounts', { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'bench', namespace: 'apps' } } as never)
 
   // The baseline: one identity enrolled beforehand, in a Secret (what `identity-secret` pods use).

@@ -72,6 +72,9 @@ async function main(): Promise<void> {
     await node.deviceManager!.ready('tun.openziti.io/tun')
     const tls = enrollmentTls(node.gateway)
     const idc = (enrollUrl: string) => ({ url: controller!.url, cluster: 'demo', reconcileSeconds: 1, graceSeconds: 3, enrollUrl, enrollCa: tls.ca.certPem, enrollImage: IMAGES.validator, attributePolicy: [{ namespace: 'apps', attributes: ['billing'] }] })
+    // The Lease's namespace, as deploy/components/controller-identities/namespace.yaml makes it
+    // (the API stand-in refuses a Lease in a namespace that does not exist: NamespaceLifecycle).
+    node.api.put('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'ziti-cni-identity' } } as never)
     identities = await startIdentityControllerReplica({ controller: idc('https://127.0.0.1:1') }, { kubeconfig: node.agentKubeconfig, credential, replica: 'identity-controller-0', tls: { cert: tls.serving.certPem, key: tls.serving.keyPem }, host: node.gateway, port: 0 })
     node.api.put('serviceaccounts', { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'default', namespace: 'apps' } } as never)
     webhook = await startWebhook({
