@@ -57,3 +57,29 @@ export function retryAfterOf(e: unknown): number {
   const header = err?.headers ? Object.entries(err.headers).find(([k]) => k.toLowerCase() === 'retry-after')?.[1] : undefined
   return retryAfterMs(status, header)
 }
+
+export interface ResendOptions {
+  /** client-go's REST client: 10 (rest/client.go maxRetries). */
+  maxRetries?: number
+  /** The longest single wait honoured (client-go has none; a bound keeps a caller's deadline meaningful). */
+  maxWaitMs?: number
+  sleep?: (ms: number) => Promise<void>
+}
+
+/**
+ * Sends a request again while its answer asks for that (`wait(answer)` > 0: a 429 or a 5xx with
+ * Retry-After), after that long, at most `maxRetries` times, as client-go's REST client does
+ * (rest/with_retry.go:309-318). The refused answer is `discard`ed first so its connection is
+ * reused. The webhook's client-node clients and the agent's own client both send through this.
+ */
+export async function resendWhileAsked<R>(send: () => Promise<R>, wait: (answer: R) => number, discard: (answer: R) => unknown, o: ResendOptions = {}): Promise<R> {
+  const maxRetries = o.maxRetries ?? 10
+  const sleep = o.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)))
+  for (let attempt = 0; ; attempt++) {
+    const answer = await send()
+    const ms = wait(answer)
+    if (ms === 0 || attempt >= maxRetries) return answer
+    await discard(answer)
+    await sleep(Math.min(ms, o.maxWaitMs ?? 30_000))
+  }
+}

@@ -5,33 +5,18 @@
 // 429 a real API server sends under load fails one TokenReview, pod read, list or Lease
 // renewal of ours outright.
 import { IsomorphicFetchHttpLibrary, ServerConfiguration, createConfiguration, wrapHttpLibrary, type HttpLibrary, type KubeConfig, type RequestContext, type ResponseContext } from '@kubernetes/client-node'
-import { retryAfterMs } from '../../shared/src/backoff.ts'
+import { resendWhileAsked, retryAfterMs, type ResendOptions } from '../../shared/src/backoff.ts'
 
-export const MAX_RETRIES = 10
-
-export interface RetryOptions {
-  maxRetries?: number
-  sleep?: (ms: number) => Promise<void>
-  /** The longest single wait honoured (client-go has none; a bound keeps a caller's deadline meaningful). */
-  maxWaitMs?: number
-}
+export type RetryOptions = ResendOptions
 
 /** An HttpLibrary that sends a request again while the answer asks for it (429/5xx + Retry-After). */
 export function retryingHttpLibrary(inner: HttpLibrary = new IsomorphicFetchHttpLibrary(), o: RetryOptions = {}): HttpLibrary {
-  const maxRetries = o.maxRetries ?? MAX_RETRIES
-  const sleep = o.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)))
-  const maxWaitMs = o.maxWaitMs ?? 30_000
   return wrapHttpLibrary({
-    async send(request: RequestContext): Promise<ResponseContext> {
-      for (let attempt = 0; ; attempt++) {
-        const res = await inner.send(request).toPromise()
-        const wait = retryAfterMs(res.httpStatusCode, res.headers['retry-after'])
-        if (wait === 0 || attempt >= maxRetries || request.getSignal()?.aborted) return res
-        // Drain the refused answer so its connection goes back to the pool.
-        await res.body.text().catch(() => undefined)
-        await sleep(Math.min(wait, maxWaitMs))
-      }
-    },
+    send: (request: RequestContext): Promise<ResponseContext> => resendWhileAsked(
+      () => inner.send(request).toPromise(),
+      (res) => (request.getSignal()?.aborted ? 0 : retryAfterMs(res.httpStatusCode, res.headers['retry-after'])),
+      (res) => res.body.text().catch(() => undefined),
+      o),
   })
 }
 

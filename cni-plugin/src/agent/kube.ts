@@ -11,11 +11,8 @@ import { request, type RequestOptions } from 'node:https'
 import { isIPv6 } from 'node:net'
 import { dirname, isAbsolute, join } from 'node:path'
 import { parse as parseYaml } from 'yaml'
-import { retryAfterMs } from '../../../shared/src/backoff.ts'
+import { resendWhileAsked, retryAfterMs } from '../../../shared/src/backoff.ts'
 import { ApiError, checkResponse, type ApiGet } from './reflector.ts'
-
-/** What client-go's REST client retries a 429 or a 5xx with Retry-After at most. */
-const MAX_RETRIES = 10
 
 export const SERVICEACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount'
 /** client-node file_auth.js and client-go's cached token source: re-read a token file after 60 s. */
@@ -142,16 +139,8 @@ export function createKubeClient(c: KubeConnection): KubeClient {
   return {
     server: c.server,
     async json<T>(method: string, pathAndQuery: string, body?: RequestBody): Promise<T> {
-      // A 429 (APF) or a 5xx with Retry-After is sent again after that long, at most 10 times,
-      // as client-go's REST client does (rest/with_retry.go:309-318; maxRetries 10).
-      let raw = await send(method, pathAndQuery, body)
-      for (let attempt = 0; attempt < MAX_RETRIES; attempt++) {
-        const wait = retryAfterMs(raw.statusCode ?? 0, raw.headers['retry-after'])
-        if (wait === 0) break
-        raw.resume()
-        await new Promise((r) => setTimeout(r, Math.min(wait, 30_000)))
-        raw = await send(method, pathAndQuery, body)
-      }
+      // A 429 (APF) or a 5xx with Retry-After is sent again after that long, as client-go does.
+      const raw = await resendWhileAsked(() => send(method, pathAndQuery, body), (r) => retryAfterMs(r.statusCode ?? 0, r.headers['retry-after']), (r) => r.resume())
       const res = await checkResponse(raw)
       const chunks: Buffer[] = []
       for await (const chunk of res) chunks.push(chunk as Buffer)
